@@ -1,0 +1,58 @@
+//! The command line: clap subcommands, each in its own file under `cli/`.
+//!
+//! Exit codes: 0 success, 1 a run that failed, 2 bad arguments or config.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod serve;
+
+/// A load balancer that refuses sticky sessions, and proves your app does not need them.
+#[derive(Debug, Parser)]
+#[command(name = "unstick", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the load balancer.
+    Serve(serve::ServeArgs),
+    /// Validate a config file and print the effective configuration.
+    Check(serve::CheckArgs),
+}
+
+/// Exit code for bad arguments or configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a run that failed.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap uses 2 for usage errors and 0 for --help/--version.
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    init_tracing();
+    match cli.command {
+        Command::Serve(args) => serve::serve(args),
+        Command::Check(args) => serve::check(args),
+    }
+}
+
+/// Diagnostics go to stderr, filtered by `RUST_LOG` (default: unstick at info).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("unstick=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

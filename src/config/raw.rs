@@ -1,0 +1,695 @@
+//! The raw, serde-shaped configuration (every key, with defaults) and its validation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::value::{RawDuration, RawSize, MAX_WEIGHT};
+use super::{
+    invalid, AccessLog, ActiveHealth, Affinity, AffinityPolicy, Algorithm, BackendSpec, Config,
+    ConfigError, Discovery, Health, Http2, Limits, Locator, Retries, SniCert, StatusRange,
+    Timeouts, Tls, UpstreamProtocol, UpstreamTls,
+};
+
+/// The configuration as written: every key optional, with its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub listen: String,
+    /// An address, or `off`.
+    pub admin: String,
+    pub algorithm: String,
+    pub access_log: String,
+    /// Each entry is `"[SCHEME://]HOST:PORT[=WEIGHT]"` or a table
+    /// `{ address, weight, protocol }`.
+    pub backends: Vec<toml::Value>,
+    pub timeouts: RawTimeouts,
+    pub limits: RawLimits,
+    pub retries: RawRetries,
+    pub health: RawHealth,
+    pub affinity_cookies: RawAffinity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+    pub http2: RawHttp2,
+    pub upstream_tls: RawUpstreamTls,
+    pub discovery: RawDiscovery,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin: "127.0.0.1:9090".into(),
+            algorithm: "round-robin".into(),
+            access_log: "json".into(),
+            backends: Vec::new(),
+            timeouts: RawTimeouts::default(),
+            limits: RawLimits::default(),
+            retries: RawRetries::default(),
+            health: RawHealth::default(),
+            affinity_cookies: RawAffinity::default(),
+            tls: None,
+            http2: RawHttp2::default(),
+            upstream_tls: RawUpstreamTls::default(),
+            discovery: RawDiscovery::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    pub connect: RawDuration,
+    pub response_header: RawDuration,
+    pub client_header: RawDuration,
+    pub client_idle: RawDuration,
+    pub upstream_idle: RawDuration,
+    pub drain: RawDuration,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            connect: "1s".into(),
+            response_header: "30s".into(),
+            client_header: "10s".into(),
+            client_idle: "60s".into(),
+            upstream_idle: "30s".into(),
+            drain: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_connections: u64,
+    pub max_header_bytes: RawSize,
+    pub max_headers: u64,
+    pub upstream_idle_per_backend: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_connections: 10_000,
+            max_header_bytes: RawSize::Text("64KiB".into()),
+            max_headers: 100,
+            upstream_idle_per_backend: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetries {
+    pub enabled: bool,
+    pub max_per_request: u64,
+    pub budget_ratio: f64,
+    pub budget_min_per_second: u64,
+    pub replay_buffer: RawSize,
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        RawRetries {
+            enabled: true,
+            max_per_request: 2,
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+            replay_buffer: RawSize::Text("64KiB".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub eject_after_failures: u64,
+    pub backoff: RawDuration,
+    pub slow_start: RawDuration,
+    pub active: RawActiveHealth,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            eject_after_failures: 3,
+            backoff: "1s".into(),
+            slow_start: "0".into(),
+            active: RawActiveHealth::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawActiveHealth {
+    pub enabled: bool,
+    pub path: String,
+    pub interval: RawDuration,
+    pub timeout: RawDuration,
+    pub rise: u64,
+    pub fall: u64,
+    pub expect_status: String,
+}
+
+impl Default for RawActiveHealth {
+    fn default() -> Self {
+        RawActiveHealth {
+            enabled: false,
+            path: "/healthz".into(),
+            interval: "2s".into(),
+            timeout: "1s".into(),
+            rise: 2,
+            fall: 3,
+            expect_status: "200-399".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAffinity {
+    pub policy: String,
+    pub names: Vec<String>,
+    pub exempt: Vec<String>,
+}
+
+impl Default for RawAffinity {
+    fn default() -> Self {
+        RawAffinity {
+            policy: "strip".into(),
+            names: Vec::new(),
+            exempt: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    pub sni: Vec<RawSniCert>,
+    pub reload_interval: RawDuration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_listen: Option<String>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            cert: String::new(),
+            key: String::new(),
+            sni: Vec::new(),
+            reload_interval: "10s".into(),
+            redirect_listen: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniCert {
+    pub names: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp2 {
+    pub enabled: bool,
+    pub max_concurrent_streams: u64,
+    pub initial_stream_window: RawSize,
+    pub initial_connection_window: RawSize,
+}
+
+impl Default for RawHttp2 {
+    fn default() -> Self {
+        RawHttp2 {
+            enabled: true,
+            max_concurrent_streams: 256,
+            initial_stream_window: RawSize::Text("1MiB".into()),
+            initial_connection_window: RawSize::Text("4MiB".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDiscovery {
+    pub interval: RawDuration,
+    pub min_interval: RawDuration,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        RawDiscovery {
+            interval: "5s".into(),
+            min_interval: "1s".into(),
+        }
+    }
+}
+
+// === validation ===
+
+fn addr(l: &Locator, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.trim().parse().map_err(|_| {
+        invalid(
+            l,
+            key,
+            format!("`{text}` is not an IP:PORT address (e.g. 127.0.0.1:8080)"),
+        )
+    })
+}
+
+fn dur(
+    l: &Locator,
+    key: &str,
+    d: &RawDuration,
+) -> Result<std::time::Duration, ConfigError> {
+    d.parse().map_err(|m| invalid(l, key, m))
+}
+
+fn positive_dur(
+    l: &Locator,
+    key: &str,
+    d: &RawDuration,
+) -> Result<std::time::Duration, ConfigError> {
+    let v = dur(l, key, d)?;
+    if v.is_zero() {
+        return Err(invalid(l, key, "must be greater than zero"));
+    }
+    Ok(v)
+}
+
+fn size(l: &Locator, key: &str, s: &RawSize) -> Result<usize, ConfigError> {
+    s.parse().map_err(|m| invalid(l, key, m))
+}
+
+fn range(l: &Locator, key: &str, v: u64, low: u64, high: u64) -> Result<u64, ConfigError> {
+    if v < low || v > high {
+        return Err(invalid(
+            l,
+            key,
+            format!("must be between {low} and {high}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_backend(l: &Locator, i: usize, v: &toml::Value) -> Result<BackendSpec, ConfigError> {
+    let key = format!("backends[{i}]");
+    match v {
+        toml::Value::String(s) => BackendSpec::parse(s).map_err(|m| invalid(l, &key, m)),
+        toml::Value::Table(t) => {
+            let mut spec = BackendSpec {
+                address: String::new(),
+                weight: 1,
+                protocol: UpstreamProtocol::Http1,
+            };
+            for (k, v) in t {
+                let field = format!("{key}.{k}");
+                match (k.as_str(), v) {
+                    ("address", toml::Value::String(s)) => spec.address = s.clone(),
+                    ("weight", toml::Value::Integer(w)) => {
+                        spec.weight = u32::try_from(*w)
+                            .ok()
+                            .filter(|w| (1..=MAX_WEIGHT).contains(w))
+                            .ok_or_else(|| {
+                                invalid(
+                                    l,
+                                    &field,
+                                    format!("must be between 1 and {MAX_WEIGHT}, got {w}"),
+                                )
+                            })?
+                    }
+                    ("protocol", toml::Value::String(p)) => {
+                        spec.protocol = match p.as_str() {
+                            "http1" => UpstreamProtocol::Http1,
+                            "h2c" => UpstreamProtocol::H2c,
+                            "https" => UpstreamProtocol::Https,
+                            "h2" => UpstreamProtocol::H2,
+                            _ => {
+                                return Err(invalid(
+                                    l,
+                                    &field,
+                                    format!("`{p}` is not one of http1, h2c, https, h2"),
+                                ))
+                            }
+                        }
+                    }
+                    ("address" | "weight" | "protocol", other) => {
+                        return Err(invalid(
+                            l,
+                            &field,
+                            format!("has the wrong type ({})", other.type_str()),
+                        ))
+                    }
+                    (other, _) => {
+                        return Err(invalid(
+                            l,
+                            &field,
+                            format!("unknown field `{other}`, expected one of `address`, `weight`, `protocol`"),
+                        ))
+                    }
+                }
+            }
+            if spec.address.is_empty() {
+                return Err(invalid(l, &key, "a backend table needs an `address`"));
+            }
+            spec.check().map_err(|m| invalid(l, &key, m))?;
+            Ok(spec)
+        }
+        other => Err(invalid(
+            l,
+            &key,
+            format!(
+                "must be a string like \"127.0.0.1:3000\" or a table, not {}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+fn one_of<T: Copy>(
+    l: &Locator,
+    key: &str,
+    text: &str,
+    options: &[(&str, T)],
+) -> Result<T, ConfigError> {
+    options
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<_> = options.iter().map(|(n, _)| *n).collect();
+            invalid(
+                l,
+                key,
+                format!("`{text}` is not one of: {}", names.join(", ")),
+            )
+        })
+}
+
+impl RawConfig {
+    /// Checks every value and builds the typed [`Config`].
+    pub(crate) fn validate(&self, l: &Locator) -> Result<Config, ConfigError> {
+        let algorithm = match self.algorithm.as_str() {
+            "ip-hash" | "ip_hash" | "hash" | "consistent-hash" | "sticky" | "cookie" | "uri-hash" => {
+                return Err(invalid(
+                    l,
+                    "algorithm",
+                    format!(
+                        "`{}` routes by client identity, which is refused. {}",
+                        self.algorithm,
+                        super::STICKY_EXPLANATION
+                    ),
+                ))
+            }
+            other => one_of(
+                l,
+                "algorithm",
+                other,
+                &[
+                    ("round-robin", Algorithm::RoundRobin),
+                    ("least-connections", Algorithm::LeastConnections),
+                ],
+            )?,
+        };
+        let access_log = one_of(
+            l,
+            "access_log",
+            &self.access_log,
+            &[
+                ("off", AccessLog::Off),
+                ("common", AccessLog::Common),
+                ("json", AccessLog::Json),
+            ],
+        )?;
+        let admin = match self.admin.trim() {
+            "off" | "" => None,
+            a => Some(addr(l, "admin", a)?),
+        };
+        let listen = addr(l, "listen", &self.listen)?;
+        if admin == Some(listen) {
+            return Err(invalid(
+                l,
+                "admin",
+                "the admin listener must not share the proxy's address",
+            ));
+        }
+        let backends = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, v)| parse_backend(l, i, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, b) in backends.iter().enumerate() {
+            if backends[..i].iter().any(|o| o.address == b.address) {
+                return Err(invalid(
+                    l,
+                    &format!("backends[{i}]"),
+                    format!("backend `{}` is listed twice", b.address),
+                ));
+            }
+        }
+
+        let t = &self.timeouts;
+        let timeouts = Timeouts {
+            connect: positive_dur(l, "timeouts.connect", &t.connect)?,
+            response_header: positive_dur(l, "timeouts.response_header", &t.response_header)?,
+            client_header: positive_dur(l, "timeouts.client_header", &t.client_header)?,
+            client_idle: positive_dur(l, "timeouts.client_idle", &t.client_idle)?,
+            upstream_idle: positive_dur(l, "timeouts.upstream_idle", &t.upstream_idle)?,
+            drain: dur(l, "timeouts.drain", &t.drain)?,
+        };
+
+        let m = &self.limits;
+        let limits = Limits {
+            max_connections: range(l, "limits.max_connections", m.max_connections, 1, 1 << 20)?
+                as usize,
+            max_header_bytes: {
+                let v = size(l, "limits.max_header_bytes", &m.max_header_bytes)?;
+                range(l, "limits.max_header_bytes", v as u64, 8192, 1 << 20)? as usize
+            },
+            max_headers: range(l, "limits.max_headers", m.max_headers, 8, 1000)? as usize,
+            upstream_idle_per_backend: range(
+                l,
+                "limits.upstream_idle_per_backend",
+                m.upstream_idle_per_backend,
+                0,
+                65536,
+            )? as usize,
+        };
+
+        let r = &self.retries;
+        if !(0.0..=1.0).contains(&r.budget_ratio) {
+            return Err(invalid(
+                l,
+                "retries.budget_ratio",
+                format!("must be between 0.0 and 1.0, got {}", r.budget_ratio),
+            ));
+        }
+        let retries = Retries {
+            enabled: r.enabled,
+            max_per_request: range(l, "retries.max_per_request", r.max_per_request, 0, 10)? as u32,
+            budget_ratio: r.budget_ratio,
+            budget_min_per_second: range(
+                l,
+                "retries.budget_min_per_second",
+                r.budget_min_per_second,
+                0,
+                1_000_000,
+            )? as u32,
+            replay_buffer: {
+                let v = size(l, "retries.replay_buffer", &r.replay_buffer)?;
+                range(l, "retries.replay_buffer", v as u64, 0, 16 << 20)? as usize
+            },
+        };
+
+        let h = &self.health;
+        let a = &h.active;
+        if !a.path.starts_with('/') {
+            return Err(invalid(
+                l,
+                "health.active.path",
+                format!("`{}` must start with `/`", a.path),
+            ));
+        }
+        let health = Health {
+            eject_after_failures: range(
+                l,
+                "health.eject_after_failures",
+                h.eject_after_failures,
+                1,
+                1000,
+            )? as u32,
+            backoff: positive_dur(l, "health.backoff", &h.backoff)?,
+            slow_start: dur(l, "health.slow_start", &h.slow_start)?,
+            active: ActiveHealth {
+                enabled: a.enabled,
+                path: a.path.clone(),
+                interval: positive_dur(l, "health.active.interval", &a.interval)?,
+                timeout: positive_dur(l, "health.active.timeout", &a.timeout)?,
+                rise: range(l, "health.active.rise", a.rise, 1, 100)? as u32,
+                fall: range(l, "health.active.fall", a.fall, 1, 100)? as u32,
+                expect_status: StatusRange::parse(&a.expect_status)
+                    .map_err(|m| invalid(l, "health.active.expect_status", m))?,
+            },
+        };
+
+        let af = &self.affinity_cookies;
+        let affinity = Affinity {
+            policy: one_of(
+                l,
+                "affinity_cookies.policy",
+                &af.policy,
+                &[
+                    ("strip", AffinityPolicy::Strip),
+                    ("reject", AffinityPolicy::Reject),
+                    ("log", AffinityPolicy::Log),
+                ],
+            )?,
+            names: check_cookie_names(l, "affinity_cookies.names", &af.names)?,
+            exempt: check_cookie_names(l, "affinity_cookies.exempt", &af.exempt)?,
+        };
+
+        let tls = match &self.tls {
+            None => None,
+            Some(t) => {
+                if t.cert.is_empty() || t.key.is_empty() {
+                    return Err(invalid(
+                        l,
+                        "tls",
+                        "needs both `cert` and `key` (PEM files)",
+                    ));
+                }
+                Some(Tls {
+                    cert: PathBuf::from(&t.cert),
+                    key: PathBuf::from(&t.key),
+                    sni: t
+                        .sni
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            if s.names.is_empty() {
+                                return Err(invalid(
+                                    l,
+                                    &format!("tls.sni[{i}].names"),
+                                    "must list at least one server name",
+                                ));
+                            }
+                            Ok(SniCert {
+                                names: s.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                                cert: PathBuf::from(&s.cert),
+                                key: PathBuf::from(&s.key),
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                    reload_interval: positive_dur(l, "tls.reload_interval", &t.reload_interval)?,
+                    redirect_listen: t
+                        .redirect_listen
+                        .as_deref()
+                        .map(|a| addr(l, "tls.redirect_listen", a))
+                        .transpose()?,
+                })
+            }
+        };
+
+        let h2 = &self.http2;
+        let window = |key: &str, s: &RawSize| -> Result<u32, ConfigError> {
+            let v = size(l, key, s)?;
+            Ok(range(l, key, v as u64, 65_535, (1 << 31) - 1)? as u32)
+        };
+        let http2 = Http2 {
+            enabled: h2.enabled,
+            max_concurrent_streams: range(
+                l,
+                "http2.max_concurrent_streams",
+                h2.max_concurrent_streams,
+                1,
+                100_000,
+            )? as u32,
+            initial_stream_window: window("http2.initial_stream_window", &h2.initial_stream_window)?,
+            initial_connection_window: window(
+                "http2.initial_connection_window",
+                &h2.initial_connection_window,
+            )?,
+        };
+
+        let u = &self.upstream_tls;
+        if u.client_cert.is_some() != u.client_key.is_some() {
+            return Err(invalid(
+                l,
+                "upstream_tls",
+                "`client_cert` and `client_key` go together",
+            ));
+        }
+        let upstream_tls = UpstreamTls {
+            ca_file: u.ca_file.as_ref().map(PathBuf::from),
+            client_cert: u.client_cert.as_ref().map(PathBuf::from),
+            client_key: u.client_key.as_ref().map(PathBuf::from),
+        };
+
+        let d = &self.discovery;
+        let discovery = Discovery {
+            interval: positive_dur(l, "discovery.interval", &d.interval)?,
+            min_interval: positive_dur(l, "discovery.min_interval", &d.min_interval)?,
+        };
+        if discovery.interval < discovery.min_interval {
+            return Err(invalid(
+                l,
+                "discovery.interval",
+                "must not be shorter than `discovery.min_interval`",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            admin,
+            algorithm,
+            access_log,
+            backends,
+            timeouts,
+            limits,
+            retries,
+            health,
+            affinity,
+            tls,
+            http2,
+            upstream_tls,
+            discovery,
+        })
+    }
+}
+
+/// Cookie names are RFC 6265 tokens, optionally ending in `*` (a prefix pattern).
+fn check_cookie_names(l: &Locator, key: &str, names: &[String]) -> Result<Vec<String>, ConfigError> {
+    for (i, n) in names.iter().enumerate() {
+        let body = n.strip_suffix('*').unwrap_or(n);
+        let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+        if body.is_empty() || !body.chars().all(token) {
+            return Err(invalid(
+                l,
+                &format!("{key}[{i}]"),
+                format!("`{n}` is not a cookie name (or `prefix*` pattern)"),
+            ));
+        }
+    }
+    Ok(names.to_vec())
+}

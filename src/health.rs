@@ -1,0 +1,232 @@
+//! Health: passive ejection from request failures, active HTTP checks, and
+//! backoff probes that bring ejected backends back when active checks are off.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{header, Request, StatusCode};
+use tokio::task::JoinSet;
+
+use crate::config;
+use crate::proxy::{ProxyError, X_UNSTICK_DRAIN};
+use crate::upstream::{Backend, Conn, RequestBody, State, Upstreams};
+
+/// The longest wait between backoff probes.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Answered with an expected status.
+    Up,
+    /// Answered 503, or asked to drain: out of rotation until it recovers.
+    Draining,
+    /// Refused, timed out, reset, or answered with an unexpected status.
+    Down(String),
+}
+
+/// Health state keeper, shared by the proxy and the checker tasks.
+pub struct Health {
+    upstreams: Arc<Upstreams>,
+    config: ArcSwap<config::Health>,
+    /// Backends with a backoff probe running (so one runs per backend).
+    probing: Mutex<Vec<Arc<Backend>>>,
+}
+
+// === impl Health ===
+
+impl Health {
+    pub fn new(upstreams: Arc<Upstreams>, config: config::Health) -> Health {
+        Health {
+            upstreams,
+            config: ArcSwap::from_pointee(config),
+            probing: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn set_config(&self, config: config::Health) {
+        self.config.store(Arc::new(config));
+    }
+
+    pub fn config(&self) -> Arc<config::Health> {
+        self.config.load_full()
+    }
+
+    /// A request to `b` got a response head.
+    pub fn on_success(&self, b: &Backend) {
+        // Read first: most requests succeed, and a store would bounce the cache line.
+        if b.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            b.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to `b` failed. A refused connect ejects at once (nothing
+    /// listens there); other failures eject after `eject_after_failures` in a row.
+    pub fn on_failure(self: &Arc<Self>, b: &Arc<Backend>, err: &ProxyError, refused: bool) {
+        if refused {
+            self.eject(b, "connect_refused", &err.to_string());
+            return;
+        }
+        let n = b.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.config.load().eject_after_failures {
+            self.eject(b, "failures", &format!("{n} failures in a row, last: {err}"));
+        }
+    }
+
+    /// Takes a healthy backend out of rotation.
+    pub fn eject(self: &Arc<Self>, b: &Arc<Backend>, reason: &str, detail: &str) {
+        if b.transition(State::Healthy, State::Ejected) {
+            tracing::warn!(backend = %b.name, reason, detail, "backend ejected");
+            b.metrics.ejection(reason);
+            self.upstreams.refresh();
+            self.watch_return(b);
+        }
+    }
+
+    /// Makes sure something will bring `b` back: the active checker if it
+    /// runs, otherwise a backoff probe.
+    pub fn watch_return(self: &Arc<Self>, b: &Arc<Backend>) {
+        if self.config.load().active.enabled {
+            return;
+        }
+        {
+            let mut probing = self.probing.lock().unwrap_or_else(|e| e.into_inner());
+            if probing.iter().any(|p| Arc::ptr_eq(p, b)) {
+                return;
+            }
+            probing.push(b.clone());
+        }
+        let this = self.clone();
+        let b = b.clone();
+        tokio::spawn(async move {
+            this.backoff_probe(&b).await;
+            this.probing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|p| !Arc::ptr_eq(p, &b));
+        });
+    }
+
+    /// Probes an ejected backend with growing pauses until it answers (or
+    /// active checks take over). Lenient: any answer below 500 without a
+    /// drain request counts, since the app may have no health path.
+    async fn backoff_probe(&self, b: &Arc<Backend>) {
+        let mut wait = self.config.load().backoff;
+        loop {
+            tokio::time::sleep(wait).await;
+            let config = self.config.load_full();
+            let state = b.state();
+            if config.active.enabled || !matches!(state, State::Ejected | State::Draining) {
+                return;
+            }
+            match probe(b, &config.active, true).await {
+                Probe::Up => {
+                    if b.transition(state, State::Healthy) {
+                        tracing::info!(backend = %b.name, "backend back in rotation (probe)");
+                        self.upstreams.refresh();
+                    }
+                    return;
+                }
+                Probe::Draining | Probe::Down(_) => wait = (wait * 2).min(MAX_BACKOFF),
+            }
+        }
+    }
+
+    /// Runs active checks until the task is dropped.
+    pub async fn run_active(self: Arc<Self>) {
+        loop {
+            let config = self.config.load_full();
+            let active = &config.active;
+            if !active.enabled {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let next = tokio::time::Instant::now() + active.interval;
+            let backends = self.upstreams.load().all.clone();
+            let mut probes = JoinSet::new();
+            for b in backends {
+                let active = active.clone();
+                probes.spawn(async move {
+                    let result = probe(&b, &active, false).await;
+                    (b, result)
+                });
+            }
+            while let Some(Ok((b, result))) = probes.join_next().await {
+                self.apply_probe(&b, result, active);
+            }
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    /// Applies one active-check result with rise/fall thresholds.
+    fn apply_probe(&self, b: &Arc<Backend>, result: Probe, active: &config::ActiveHealth) {
+        let state = b.state();
+        if matches!(state, State::AdminDrained | State::Removed) {
+            return;
+        }
+        match result {
+            Probe::Up => {
+                b.probe_failures.store(0, Ordering::Relaxed);
+                let n = b.consecutive_successes.fetch_add(1, Ordering::Relaxed) + 1;
+                if state != State::Healthy && n >= active.rise && b.transition(state, State::Healthy) {
+                    tracing::info!(backend = %b.name, "backend back in rotation (health check)");
+                    self.upstreams.refresh();
+                }
+            }
+            Probe::Draining => {
+                b.consecutive_successes.store(0, Ordering::Relaxed);
+                if b.transition(State::Healthy, State::Draining) {
+                    tracing::info!(backend = %b.name, "backend draining (health check answered 503)");
+                    b.metrics.ejection("drain");
+                    self.upstreams.refresh();
+                }
+            }
+            Probe::Down(why) => {
+                b.consecutive_successes.store(0, Ordering::Relaxed);
+                let n = b.probe_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= active.fall && b.transition(State::Healthy, State::Ejected) {
+                    tracing::warn!(backend = %b.name, reason = %why, "backend ejected (health check)");
+                    b.metrics.ejection("health_check");
+                    b.record_error(format!("health check: {why}"));
+                    self.upstreams.refresh();
+                }
+            }
+        }
+    }
+}
+
+/// One health probe: a GET of the health path on a new connection.
+///
+/// Strict probes need a status in `expect_status`; lenient ones (backoff
+/// probes with active checks off) accept any status below 500.
+pub async fn probe(b: &Backend, active: &config::ActiveHealth, lenient: bool) -> Probe {
+    let attempt = async {
+        let Conn::Http1(mut sender) = b.pool.connect().await.map_err(|e| e.to_string())?;
+        let req = Request::get(active.path.as_str())
+            .header(header::HOST, b.name.as_ref())
+            .header(header::USER_AGENT, "unstick-health-check")
+            .header(header::CONNECTION, "close")
+            .body(RequestBody::Empty)
+            .map_err(|e| e.to_string())?;
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(active.timeout, attempt).await {
+        Err(_) => Probe::Down(format!("no answer within {:?}", active.timeout)),
+        Ok(Err(e)) => Probe::Down(e),
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            let drain = resp.headers().get(&X_UNSTICK_DRAIN).is_some_and(|v| v == "1");
+            if status == StatusCode::SERVICE_UNAVAILABLE || drain {
+                Probe::Draining
+            } else if (lenient && status.as_u16() < 500)
+                || (!lenient && active.expect_status.contains(status.as_u16()))
+            {
+                Probe::Up
+            } else {
+                Probe::Down(format!("unexpected status {status}"))
+            }
+        }
+    }
+}

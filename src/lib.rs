@@ -1,0 +1,28 @@
+//! unstick: a load balancer that refuses sticky sessions, and proves your app
+//! does not need them.
+//!
+//! # Layout
+//!
+//! - [`config`]: raw TOML, env and flag overrides -> a validated `Config`; depends on nothing.
+//! - [`cli`]: clap subcommands (`serve`, `check`, ...); flags and env override the file.
+//! - [`app`]: wires a `Config` into a running balancer (listeners, proxy, health, admin).
+//! - [`server`]: accept loop, connection limits, client timeouts, HTTP/1 and HTTP/2, graceful drain.
+//! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond.
+//! - [`balancer`]: `pick(&self, healthy)`; never sees a request. One file per algorithm.
+//! - [`upstream`]: backends, in-flight guards, connection pools, snapshots (arc-swap).
+//! - [`health`]: passive ejection, active HTTP checks, backoff probes.
+//! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
+//! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
+//! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
+
+pub mod admin;
+pub mod app;
+pub mod balancer;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod testkit;
+pub mod upstream;

@@ -1,0 +1,288 @@
+//! Prometheus metric families, registered on a registry that is passed in.
+//!
+//! No globals: [`Metrics::register`] takes the registry, and the request path
+//! holds pre-resolved children (see [`BackendMetrics`]) so it never looks up
+//! label values or takes a lock to count.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Upper bounds (seconds) of the latency buckets.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A response's class: `1xx` .. `5xx`, or `error` when no response came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeClass {
+    C1xx = 0,
+    C2xx = 1,
+    C3xx = 2,
+    C4xx = 3,
+    C5xx = 4,
+    Error = 5,
+}
+
+pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+impl CodeClass {
+    pub fn of(status: u16) -> CodeClass {
+        match status / 100 {
+            1 => CodeClass::C1xx,
+            2 => CodeClass::C2xx,
+            3 => CodeClass::C3xx,
+            4 => CodeClass::C4xx,
+            _ => CodeClass::C5xx,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        CODE_CLASSES[self as usize]
+    }
+}
+
+/// How a request to a backend failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The connection could not be made (refused, unreachable, handshake).
+    Connect = 0,
+    /// The connection was reset or closed before a response head.
+    Reset = 1,
+    /// No connection or no response head in time.
+    Timeout = 2,
+    /// The backend failed after the response head was sent to the client.
+    AfterHead = 3,
+}
+
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "reset", "timeout", "after_head"];
+
+impl UpstreamErrorKind {
+    pub fn as_str(self) -> &'static str {
+        UPSTREAM_ERROR_KINDS[self as usize]
+    }
+}
+
+/// Every metric family unstick exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounter,
+    pub backend_healthy: IntGaugeVec,
+    pub backend_in_flight: IntGaugeVec,
+    pub ejections: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub affinity_refused: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    /// Client-view durations by code class, pre-resolved.
+    pub request_duration_by_class: [Histogram; 6],
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registered once");
+    m
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registered once");
+    m
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let m = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registered once");
+    m
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Registers every family on `registry`.
+    pub fn register(registry: &Registry) -> Metrics {
+        let r = registry;
+        let requests = counter_vec(
+            r,
+            "unstick_requests_total",
+            "Client requests answered, by backend and response class (`error`: no response).",
+            &["backend", "code_class"],
+        );
+        let request_duration = histogram_vec(
+            r,
+            "unstick_request_duration_seconds",
+            "Client-view request duration, from request head to the end of the response body.",
+            &["code_class"],
+        );
+        let upstream_duration = histogram_vec(
+            r,
+            "unstick_upstream_duration_seconds",
+            "Time from sending a request to a backend to its response head.",
+            &["backend"],
+        );
+        let upstream_errors = counter_vec(
+            r,
+            "unstick_upstream_errors_total",
+            "Failed requests to backends, by kind: connect, reset, timeout, after_head.",
+            &["backend", "kind"],
+        );
+        let retries = counter_vec(
+            r,
+            "unstick_retries_total",
+            "Requests retried on another backend, by the failure that caused the retry.",
+            &["reason"],
+        );
+        let retry_budget_exhausted = IntCounter::new(
+            "unstick_retry_budget_exhausted_total",
+            "Retries not made because the retry budget was spent.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(retry_budget_exhausted.clone()))
+            .expect("registered once");
+        let backend_healthy = gauge_vec(
+            r,
+            "unstick_backend_healthy",
+            "1 if the backend is in rotation, 0 if not.",
+            &["backend"],
+        );
+        let backend_in_flight = gauge_vec(
+            r,
+            "unstick_backend_in_flight",
+            "Requests in flight on the backend (until their response body ends).",
+            &["backend"],
+        );
+        let ejections = counter_vec(
+            r,
+            "unstick_ejections_total",
+            "Times a backend left rotation, by reason.",
+            &["backend", "reason"],
+        );
+        let connections_open =
+            IntGauge::new("unstick_connections_open", "Client connections open.")
+                .expect("valid metric");
+        r.register(Box::new(connections_open.clone()))
+            .expect("registered once");
+        let affinity_refused = counter_vec(
+            r,
+            "unstick_affinity_cookies_refused_total",
+            "Affinity cookies refused, by direction (request, response) and cookie name.",
+            &["direction", "name"],
+        );
+        let build_info = gauge_vec(
+            r,
+            "unstick_build_info",
+            "Always 1; the version is a label.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let request_duration_by_class =
+            CODE_CLASSES.map(|c| request_duration.with_label_values(&[c]));
+        Metrics {
+            registry: registry.clone(),
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            retries,
+            retry_budget_exhausted,
+            backend_healthy,
+            backend_in_flight,
+            ejections,
+            connections_open,
+            affinity_refused,
+            build_info,
+            request_duration_by_class,
+        }
+    }
+
+    /// A fresh registry with every family (for tests and tools).
+    pub fn new_unregistered() -> Metrics {
+        Metrics::register(&Registry::new())
+    }
+
+    /// Pre-resolved children for one backend.
+    pub fn backend(&self, name: &str) -> BackendMetrics {
+        let healthy = self.backend_healthy.with_label_values(&[name]);
+        healthy.set(1);
+        BackendMetrics {
+            name: name.to_owned(),
+            requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[name, c])),
+            upstream_duration: self.upstream_duration.with_label_values(&[name]),
+            errors: UPSTREAM_ERROR_KINDS.map(|k| self.upstream_errors.with_label_values(&[name, k])),
+            healthy,
+            in_flight: self.backend_in_flight.with_label_values(&[name]),
+            ejections: self.ejections.clone(),
+        }
+    }
+
+    /// Forgets a backend's series once it has left the configuration.
+    pub fn remove_backend(&self, name: &str) {
+        for c in CODE_CLASSES {
+            let _ = self.requests.remove_label_values(&[name, c]);
+        }
+        for k in UPSTREAM_ERROR_KINDS {
+            let _ = self.upstream_errors.remove_label_values(&[name, k]);
+        }
+        let _ = self.upstream_duration.remove_label_values(&[name]);
+        let _ = self.backend_healthy.remove_label_values(&[name]);
+        let _ = self.backend_in_flight.remove_label_values(&[name]);
+    }
+
+    /// Counts a request answered without any backend (e.g. none healthy).
+    pub fn request_without_backend(&self, class: CodeClass) {
+        self.requests
+            .with_label_values(&["none", class.as_str()])
+            .inc();
+    }
+
+    /// Prometheus text exposition of the registry.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// One backend's metric children, resolved once.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    name: String,
+    pub requests: [IntCounter; 6],
+    pub upstream_duration: Histogram,
+    pub errors: [IntCounter; 4],
+    pub healthy: IntGauge,
+    pub in_flight: IntGauge,
+    ejections: IntCounterVec,
+}
+
+impl BackendMetrics {
+    pub fn request(&self, class: CodeClass) {
+        self.requests[class as usize].inc();
+    }
+
+    pub fn error(&self, kind: UpstreamErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    /// Counts an ejection (rare, so the label is looked up here).
+    pub fn ejection(&self, reason: &str) {
+        self.ejections.with_label_values(&[&self.name, reason]).inc();
+    }
+}

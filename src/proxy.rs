@@ -1,0 +1,558 @@
+//! The request path: scrub headers -> pick a backend -> forward -> retry when
+//! safe -> respond.
+//!
+//! Nothing here routes by client identity: the balancer is handed the
+//! backends in rotation and nothing of the request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
+
+use crate::balancer::{self, Balance};
+use crate::config::{Config, Retries, Timeouts};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::upstream::{Backend, Conn, ConnectError, InFlight, RequestBody, State, Upstreams};
+
+pub mod access_log;
+mod body;
+pub mod error;
+pub mod headers;
+pub mod retry;
+
+pub use access_log::{AccessLogger, Entry};
+pub use body::ResponseBody;
+pub use error::{Kind, ProxyError, Retry, Source};
+
+use body::Completion;
+use headers::{RequestIds, X_REQUEST_ID};
+use retry::RetryBudget;
+
+/// The header a backend sends (with `Connection: close`) to leave rotation.
+pub static X_UNSTICK_DRAIN: http::HeaderName = http::HeaderName::from_static("x-unstick-drain");
+
+/// Who sent a request, as the server saw the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    /// The connection is TLS.
+    pub https: bool,
+}
+
+/// The parts of the configuration the request path reads; swapped whole on reload.
+pub struct Settings {
+    pub balancer: Box<dyn Balance>,
+    pub timeouts: Timeouts,
+    pub retries: Retries,
+    pub budget: RetryBudget,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        let weighted = config.backends.iter().any(|b| b.weight != 1)
+            || !config.health.slow_start.is_zero();
+        Settings {
+            balancer: balancer::build(config.algorithm, weighted, config.health.slow_start),
+            timeouts: config.timeouts.clone(),
+            retries: config.retries.clone(),
+            budget: RetryBudget::new(
+                config.retries.budget_ratio,
+                config.retries.budget_min_per_second,
+            ),
+        }
+    }
+}
+
+/// The proxy: shared by every connection.
+pub struct Proxy {
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Metrics,
+    pub access_log: AccessLogger,
+    pub health: Arc<Health>,
+    settings: ArcSwap<Settings>,
+    ids: RequestIds,
+}
+
+/// A successful attempt: the response head, and what the body must hold.
+struct Forwarded {
+    response: Response<Incoming>,
+    conn: Conn,
+    in_flight: InFlight,
+}
+
+/// A failed forward: the error, and the backend that failed last.
+struct Failed {
+    error: ProxyError,
+    backend: Option<Arc<Backend>>,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    pub fn new(
+        upstreams: Arc<Upstreams>,
+        settings: Settings,
+        metrics: Metrics,
+        access_log: AccessLogger,
+        health: Arc<Health>,
+    ) -> Proxy {
+        Proxy {
+            upstreams,
+            metrics,
+            access_log,
+            health,
+            settings: ArcSwap::from_pointee(settings),
+            ids: RequestIds::new(),
+        }
+    }
+
+    /// Swaps in new settings (hot reload); requests in flight keep the old ones.
+    pub fn set_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Handles one client request. Never fails: errors become responses.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let settings = self.settings.load_full();
+        let request_id = headers::request_id(req.headers(), &self.ids);
+        let log = self.access_log.enabled().then(|| {
+            Box::new(Entry {
+                time: SystemTime::now(),
+                client: client.addr,
+                method: req.method().clone(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                status: 0,
+                bytes: 0,
+                duration: Duration::ZERO,
+                backend: None,
+                attempts: 0,
+                request_id: request_id.to_str().unwrap_or("-").to_owned(),
+                error: None,
+            })
+        });
+        let upgrade = headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_version = req.version();
+
+        let (mut parts, body) = req.into_parts();
+        prepare_request(&mut parts, &client, &request_id, upgrade);
+
+        let mut done = Completion::new(self.clone(), start, 0);
+        done.log = log;
+        let result = self.forward(parts, body, &settings, &mut done).await;
+        match result {
+            Ok(fwd) => self.respond(fwd, done, request_id, client_version, client_upgrade),
+            Err(failed) => self.fail(failed, done, request_id),
+        }
+    }
+
+    /// Sends the request, retrying on another backend when that is safe.
+    async fn forward(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        s: &Settings,
+        done: &mut Completion,
+    ) -> Result<Forwarded, Failed> {
+        let replay_allowed =
+            s.retries.enabled && retry::replay_allowed(&parts.method, &parts.headers);
+        let body = if body.is_end_stream() {
+            RequestBody::Empty
+        } else if replay_allowed && s.retries.max_per_request > 0 {
+            buffer_for_replay(body, s.retries.replay_buffer)
+                .await
+                .map_err(|error| Failed {
+                    error,
+                    backend: None,
+                })?
+        } else {
+            RequestBody::Stream(body)
+        };
+        if s.retries.enabled {
+            s.budget.record_request();
+        }
+        // A copy is kept only when a request that was already sent may be
+        // sent again; otherwise the request is moved, and comes back from
+        // hyper only if none of it was written.
+        let keep_copy = replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
+        let mut request = Some(Request::from_parts(parts, body));
+        let mut tried: Vec<Arc<Backend>> = Vec::new();
+        let mut last: Option<Failed> = None;
+
+        for attempt in 0..=s.retries.max_per_request {
+            let Some(backend) = self.pick(s, &tried) else {
+                return Err(last.unwrap_or(Failed {
+                    error: ProxyError::no_backends(),
+                    backend: None,
+                }));
+            };
+            if let (Some(log), true) = (&mut done.log, attempt > 0) {
+                log.attempts = attempt;
+            }
+            let to_send = match (keep_copy, request.take()) {
+                (true, Some(r)) => {
+                    let copy = clone_request(&r);
+                    request = Some(r);
+                    copy
+                }
+                (false, Some(r)) => r,
+                (_, None) => break,
+            };
+            match self.attempt(&backend, to_send, &s.timeouts).await {
+                Ok(fwd) => {
+                    if let Some(log) = &mut done.log {
+                        log.attempts = attempt + 1;
+                    }
+                    return Ok(fwd);
+                }
+                Err((error, returned)) => {
+                    if returned.is_some() {
+                        request = returned;
+                    }
+                    let body_replayable = request.is_some();
+                    let error = error.with_backend(&backend.name);
+                    if let Some(log) = &mut done.log {
+                        log.attempts = attempt + 1;
+                    }
+                    let again = s.retries.enabled
+                        && attempt < s.retries.max_per_request
+                        && retry::may_retry(&error, replay_allowed, body_replayable);
+                    let reason = error.reason();
+                    tried.push(backend.clone());
+                    last = Some(Failed {
+                        error,
+                        backend: Some(backend),
+                    });
+                    if !again {
+                        break;
+                    }
+                    if !s.budget.try_withdraw() {
+                        self.metrics.retry_budget_exhausted.inc();
+                        break;
+                    }
+                    self.metrics.retries.with_label_values(&[reason]).inc();
+                    tracing::info!(
+                        backend = %tried.last().map(|b| b.name.as_ref()).unwrap_or("-"),
+                        cause = %last.as_ref().map(|f| f.error.to_string()).unwrap_or_default(),
+                        attempt = attempt + 2,
+                        "retrying on another backend"
+                    );
+                }
+            }
+        }
+        Err(last.unwrap_or(Failed {
+            error: ProxyError::no_backends(),
+            backend: None,
+        }))
+    }
+
+    /// Picks a backend in rotation that has not been tried for this request.
+    fn pick(&self, s: &Settings, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        let snapshot = self.upstreams.load();
+        if tried.is_empty() {
+            return s.balancer.pick(&snapshot.healthy).cloned();
+        }
+        // Retries only: a small allocation off the common path.
+        let others: Vec<Arc<Backend>> = snapshot
+            .healthy
+            .iter()
+            .filter(|b| !tried.iter().any(|t| Arc::ptr_eq(t, b)))
+            .cloned()
+            .collect();
+        s.balancer.pick(&others).cloned()
+    }
+
+    /// One attempt on one backend. On failure, returns the request if none of
+    /// it was sent.
+    async fn attempt(
+        &self,
+        backend: &Arc<Backend>,
+        req: Request<RequestBody>,
+        timeouts: &Timeouts,
+    ) -> Result<Forwarded, (ProxyError, Option<Request<RequestBody>>)> {
+        let in_flight = backend.start_request();
+        let (mut conn, _reused) = match backend.pool.checkout().await {
+            Ok(c) => c,
+            Err(e) => {
+                let (kind, refused) = match e {
+                    ConnectError::Refused => (Kind::Connect("connection refused".into()), true),
+                    ConnectError::Timeout(d) => (Kind::ConnectTimeout(d), false),
+                    other => (Kind::Connect(other.to_string()), false),
+                };
+                let err = ProxyError::new(Source::Upstream, kind, Retry::Safe);
+                self.health.on_failure(backend, &err, refused);
+                return Err((err, Some(req)));
+            }
+        };
+        let sent_at = Instant::now();
+        let Conn::Http1(sender) = &mut conn;
+        let result = tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
+        match result {
+            Ok(Ok(response)) => {
+                backend
+                    .metrics
+                    .upstream_duration
+                    .observe(sent_at.elapsed().as_secs_f64());
+                self.health.on_success(backend);
+                Ok(Forwarded {
+                    response,
+                    conn,
+                    in_flight,
+                })
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // A pooled connection that closed before we wrote: not the
+                // backend's failure, and safe to send anywhere.
+                Some(req) => Err((
+                    ProxyError::new(
+                        Source::Upstream,
+                        Kind::Reset("the connection closed before the request was sent".into()),
+                        Retry::Safe,
+                    ),
+                    Some(req),
+                )),
+                None => {
+                    let err = ProxyError::new(
+                        Source::Upstream,
+                        Kind::Reset(describe_hyper_error(e.error())),
+                        Retry::IfIdempotent,
+                    );
+                    self.health.on_failure(backend, &err, false);
+                    Err((err, None))
+                }
+            },
+            Err(_elapsed) => {
+                let err = ProxyError::new(
+                    Source::Upstream,
+                    Kind::ResponseTimeout(timeouts.response_header),
+                    Retry::Never,
+                );
+                self.health.on_failure(backend, &err, false);
+                Err((err, None))
+            }
+        }
+    }
+
+    /// Builds the client's response from the backend's.
+    fn respond(
+        &self,
+        fwd: Forwarded,
+        mut done: Completion,
+        request_id: HeaderValue,
+        client_version: Version,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ResponseBody> {
+        let Forwarded {
+            mut response,
+            conn,
+            in_flight,
+        } = fwd;
+        let backend = in_flight.backend().clone();
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let backend_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
+        let (mut parts, body) = response.into_parts();
+
+        if asks_to_drain(&parts.headers) && backend.transition(State::Healthy, State::Draining) {
+            tracing::info!(backend = %backend.name, "backend asked to drain; out of rotation");
+            backend.metrics.ejection("drain");
+            self.upstreams.refresh();
+            self.health.watch_return(&backend);
+        }
+        headers::remove_hop_by_hop(&mut parts.headers, switching);
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+        parts.version = client_version;
+
+        done.status = parts.status.as_u16();
+        if let Some(log) = &mut done.log {
+            log.status = done.status;
+            log.backend = Some(backend.name.clone());
+        }
+        if let (Some(client), Some(upstream)) = (client_upgrade, backend_upgrade) {
+            // The connection now belongs to the tunnel, which holds the
+            // in-flight count until either side closes.
+            done.backend = Some(backend);
+            tokio::spawn(tunnel(client, upstream, in_flight));
+            return Response::from_parts(parts, ResponseBody::empty().with_completion(done));
+        }
+        done.in_flight = Some(in_flight);
+        done.conn = Some(conn);
+        Response::from_parts(parts, ResponseBody::upstream(body, done))
+    }
+
+    /// Turns a failure into the client's response: status and a one-line body.
+    fn fail(
+        &self,
+        failed: Failed,
+        mut done: Completion,
+        request_id: HeaderValue,
+    ) -> Response<ResponseBody> {
+        let Failed { error, backend } = failed;
+        if let (Some(b), Some(kind)) = (&backend, error.upstream_kind()) {
+            b.metrics.error(kind);
+            b.record_error(error.to_string());
+        }
+        tracing::debug!(error = %error, "request failed");
+        let status = error.status();
+        done.status = status.as_u16();
+        if let Some(log) = &mut done.log {
+            log.status = done.status;
+            log.backend = backend.as_ref().map(|b| b.name.clone());
+        }
+        done.backend = backend;
+        let mut response = error_response(status, &error.to_string());
+        response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        let (parts, body) = response.into_parts();
+        Response::from_parts(parts, body.with_completion(done))
+    }
+}
+
+/// A plain-text error response; 503s carry `Retry-After`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    let mut body = String::with_capacity(message.len() + 1);
+    body.push_str(message);
+    body.push('\n');
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// Rewrites the request head for the backend.
+fn prepare_request(
+    parts: &mut http::request::Parts,
+    client: &ClientInfo,
+    request_id: &HeaderValue,
+    upgrade: bool,
+) {
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    let authority = parts.uri.authority().cloned();
+    headers::set_forwarded(
+        &mut parts.headers,
+        client.addr.ip(),
+        client.https,
+        authority.as_ref().map(|a| a.as_str()),
+    );
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // HTTP/2 clients send the authority in the URI, HTTP/1.1 backends need Host.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = &authority {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    // Backends get origin-form (path and query) over HTTP/1.1.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = Version::HTTP_11;
+}
+
+/// A copy of a request whose body can be replayed.
+fn clone_request(r: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(r.body().try_clone().unwrap_or(RequestBody::Empty));
+    *copy.method_mut() = r.method().clone();
+    *copy.uri_mut() = r.uri().clone();
+    *copy.version_mut() = r.version();
+    *copy.headers_mut() = r.headers().clone();
+    copy
+}
+
+/// Reads up to `limit` bytes of the body so the request can be replayed.
+/// A larger body is streamed on (with the part already read in front) and
+/// cannot be replayed.
+async fn buffer_for_replay(mut body: Incoming, limit: usize) -> Result<RequestBody, ProxyError> {
+    if body.size_hint().exact().is_some_and(|n| n as usize > limit) || limit == 0 {
+        return Ok(RequestBody::Stream(body));
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ProxyError::new(
+                Source::Client,
+                Kind::BadRequest(format!("could not read the request body: {e}")),
+                Retry::Never,
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                return Ok(RequestBody::Prefixed {
+                    prefix: Some(buf.freeze()),
+                    rest: body,
+                });
+            }
+        }
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    Ok(RequestBody::Full(Some(buf.freeze())))
+}
+
+fn asks_to_drain(h: &http::HeaderMap) -> bool {
+    h.get(&X_UNSTICK_DRAIN).is_some_and(|v| v.as_bytes() == b"1")
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
+fn describe_hyper_error(e: &hyper::Error) -> String {
+    use std::error::Error as _;
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and backend connection.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "tunnel closed with an error");
+    }
+    drop(in_flight);
+}

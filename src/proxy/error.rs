@@ -1,0 +1,157 @@
+//! The request path's one error type, and its one map to a status code.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::metrics::UpstreamErrorKind;
+
+/// Which side caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// Whether the request may be sent again to another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// No byte of the request reached a backend: safe for any method.
+    Safe,
+    /// The request was (maybe partly) sent, and no response head came back:
+    /// safe only for idempotent requests whose body can be replayed.
+    IfIdempotent,
+    /// Never (e.g. after a response head, or a timeout while the backend works).
+    Never,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// No backend is configured, or none is in rotation.
+    NoBackends,
+    /// A connection to the backend could not be made.
+    Connect(String),
+    /// The connect did not complete in time.
+    ConnectTimeout(Duration),
+    /// The backend reset or closed the connection before a response head.
+    Reset(String),
+    /// No response head within the timeout.
+    ResponseTimeout(Duration),
+    /// The backend set an affinity cookie and the policy is `reject`.
+    AffinityRejected(String),
+    /// The client's request could not be read.
+    BadRequest(String),
+    /// A bug or resource failure inside unstick.
+    Internal(String),
+}
+
+/// A failed request: source, kind, retry safety, and the backend involved.
+#[derive(Debug, Clone)]
+pub struct ProxyError {
+    pub source: Source,
+    pub kind: Kind,
+    pub retry: Retry,
+    /// The backend that failed, if one was tried.
+    pub backend: Option<std::sync::Arc<str>>,
+}
+
+impl ProxyError {
+    pub fn new(source: Source, kind: Kind, retry: Retry) -> ProxyError {
+        ProxyError {
+            source,
+            kind,
+            retry,
+            backend: None,
+        }
+    }
+
+    pub fn no_backends() -> ProxyError {
+        ProxyError::new(Source::Internal, Kind::NoBackends, Retry::Never)
+    }
+
+    pub fn with_backend(mut self, name: &std::sync::Arc<str>) -> ProxyError {
+        self.backend = Some(name.clone());
+        self
+    }
+
+    /// The one map from failure to status.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            Kind::NoBackends => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Connect(_) | Kind::Reset(_) | Kind::AffinityRejected(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Kind::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Kind::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The upstream error class for metrics, if a backend failed.
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        match self.kind {
+            Kind::Connect(_) => Some(UpstreamErrorKind::Connect),
+            Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => Some(UpstreamErrorKind::Timeout),
+            Kind::Reset(_) => Some(UpstreamErrorKind::Reset),
+            _ => None,
+        }
+    }
+
+    /// A short name for the cause, for logs and the retry metric's `reason`.
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            Kind::NoBackends => "no_backends",
+            Kind::Connect(_) => "connect",
+            Kind::ConnectTimeout(_) => "connect_timeout",
+            Kind::Reset(_) => "reset",
+            Kind::ResponseTimeout(_) => "timeout",
+            Kind::AffinityRejected(_) => "affinity_rejected",
+            Kind::BadRequest(_) => "bad_request",
+            Kind::Internal(_) => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    /// The one-line body sent to the client.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = |f: &mut fmt::Formatter<'_>| match &self.backend {
+            Some(b) => write!(f, " (backend {b})"),
+            None => Ok(()),
+        };
+        match &self.kind {
+            Kind::NoBackends => write!(f, "no backend available: none is configured or in rotation"),
+            Kind::Connect(e) => {
+                write!(f, "bad gateway: could not connect to the backend: {e}")?;
+                on(f)
+            }
+            Kind::ConnectTimeout(d) => {
+                write!(f, "gateway timeout: connecting to the backend took over {d:?}")?;
+                on(f)
+            }
+            Kind::Reset(e) => {
+                write!(f, "bad gateway: the backend closed the connection before responding: {e}")?;
+                on(f)
+            }
+            Kind::ResponseTimeout(d) => {
+                write!(f, "gateway timeout: the backend sent no response within {d:?}")?;
+                on(f)
+            }
+            Kind::AffinityRejected(name) => {
+                write!(
+                    f,
+                    "bad gateway: the backend tried to set the affinity cookie `{name}`; \
+                     unstick refuses sticky sessions (affinity_cookies.policy = \"reject\")"
+                )?;
+                on(f)
+            }
+            Kind::BadRequest(e) => write!(f, "bad request: {e}"),
+            Kind::Internal(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}

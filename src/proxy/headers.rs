@@ -1,0 +1,206 @@
+//! Header rewriting on the way in and out: hop-by-hop removal, forwarding
+//! headers, and request ids.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
+/// `Upgrade` is handled apart: it is kept for a WebSocket handshake.
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including every header that `Connection` names.
+///
+/// If `keep_upgrade` (a WebSocket handshake), `Connection: upgrade` and
+/// `Upgrade` are put back afterwards. `TE: trailers` is kept (gRPC needs it).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: most requests carry no Connection header at all.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers_only = te
+            .to_str()
+            .map(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")))
+            .unwrap_or(false);
+        if trailers_only {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// True if the request asks to switch protocols (e.g. WebSocket).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (from `Host`, or the request's authority).
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, authority: Option<&str>) {
+    let ip = client.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::try_from(format!("{prev}, {ip}")),
+        None => HeaderValue::try_from(ip),
+    };
+    if let Ok(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    let host = headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), h);
+    }
+}
+
+/// Keeps a well-formed incoming `X-Request-Id`, or makes a new one.
+pub fn request_id(headers: &HeaderMap, ids: &RequestIds) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    ids.next()
+}
+
+/// Generates request ids: a random per-process prefix and a counter, so ids
+/// are unique across restarts and cost no syscall or lock.
+pub struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> RequestIds {
+        RequestIds {
+            prefix: rand::random::<u64>(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 33];
+        hex(self.prefix, &mut buf[..16]);
+        buf[16] = b'-';
+        hex(n, &mut buf[17..]);
+        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds::new()
+    }
+}
+
+fn hex(v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_hop_by_hop_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::TE, "trailers, deflate".parse().unwrap());
+        h.insert("x-keep", "yes".parse().unwrap());
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+        assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn keeps_upgrade_for_websocket() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "example.com".parse().unwrap());
+        h.insert(X_FORWARDED_FOR.clone(), "10.0.0.1".parse().unwrap());
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true, None);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "example.com");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 33);
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID.clone(), "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h, &ids), "abc-123");
+        h.insert(X_REQUEST_ID.clone(), "".parse().unwrap());
+        assert_ne!(request_id(&h, &ids), "");
+    }
+}

@@ -1,0 +1,1 @@
+//! Fake backends for tests and benches; never used by `serve`.
