@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod serve;
+mod testkit;
 
 /// A load balancer that refuses sticky sessions, and proves your app does not need them.
 #[derive(Debug, Parser)]
@@ -22,6 +23,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Validate a config file and print the effective configuration.
     Check(serve::CheckArgs),
+    /// A fake backend for tests and benches.
+    #[command(hide = true)]
+    TestkitBackend(testkit::TestkitArgs),
 }
 
 /// Exit code for bad arguments or configuration.
@@ -43,6 +47,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Check(args) => serve::check(args),
+        Command::TestkitBackend(args) => testkit::run(args),
     }
 }
 
@@ -53,6 +58,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -128,25 +128,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
-        let backends: Vec<String> = app
-            .proxy
-            .upstreams
-            .load()
-            .all
-            .iter()
-            .map(|b| b.spec.to_string())
-            .collect();
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            listen = %app.proxy_addr,
-            admin = %app.admin_addr.map_or("off".to_owned(), |a| a.to_string()),
-            backends = %backends.join(","),
-            algorithm = ?config.algorithm,
-            retries = config.retries.enabled,
-            active_health = config.health.active.enabled,
-            affinity_cookies = ?config.affinity.policy,
-            "unstick started"
-        );
+        eprintln!("{}", startup_line(&app, &config));
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
             wait_for_stop_signal().await;
@@ -180,4 +162,30 @@ async fn wait_for_stop_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// The structured startup line (one JSON object on stderr): version,
+/// listeners, backends, algorithm and policies.
+fn startup_line(app: &App, config: &Config) -> String {
+    let backends: Vec<String> = app
+        .proxy
+        .upstreams
+        .load()
+        .all
+        .iter()
+        .map(|b| b.name.to_string())
+        .collect();
+    serde_json::json!({
+        "event": "started",
+        "version": env!("CARGO_PKG_VERSION"),
+        "listen": app.proxy_addr.to_string(),
+        "admin": app.admin_addr.map(|a| a.to_string()),
+        "backends": backends,
+        "algorithm": config.algorithm,
+        "retries": config.retries.enabled,
+        "active_health_checks": config.health.active.enabled,
+        "affinity_cookies": config.affinity.policy,
+        "access_log": config.access_log,
+    })
+    .to_string()
 }
