@@ -454,7 +454,7 @@ impl<'a> Locator<'a> {
         let message = e.inner().message().trim().to_owned();
         // serde reports an unknown field at its parent: name the field itself.
         if let Some(rest) = message.strip_prefix("unknown field `") {
-            if let Some(name) = rest.split('`').next() {
+            if let Some(name) = rest.split('`').next().filter(|n| !key.ends_with(n)) {
                 key = if key == "." || key.is_empty() {
                     name.to_owned()
                 } else {

@@ -30,6 +30,11 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
 /// If `keep_upgrade` (a WebSocket handshake), `Connection: upgrade` and
 /// `Upgrade` are put back afterwards. `TE: trailers` is kept (gRPC needs it).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = if keep_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     // Fast path: most requests carry no Connection header at all.
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -57,10 +62,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(header::TE);
         }
     }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+    match upgrade {
+        Some(protocol) => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+        None => {
+            headers.remove(header::UPGRADE);
+        }
     }
 }
 
