@@ -36,7 +36,7 @@ pub fn build(algorithm: Algorithm, weighted: bool, slow_start: Duration) -> Box<
     match (algorithm, weighted) {
         (Algorithm::RoundRobin, false) => Box::new(RoundRobin::new()),
         (Algorithm::RoundRobin, true) => Box::new(SmoothWeighted::new(slow_start)),
-        (Algorithm::LeastConnections, _) => Box::new(LeastConnections::new(slow_start)),
+        (Algorithm::LeastConnections, w) => Box::new(LeastConnections::new(w, slow_start)),
     }
 }
 

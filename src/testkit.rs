@@ -432,3 +432,47 @@ pub mod client {
         request(addr, Method::GET, path, &[], Bytes::new()).await
     }
 }
+
+/// Backends that are never connected to, for balancer tests and benches:
+/// one per weight, on 127.0.0.1 ports 1, 2, ...
+pub fn backends(weights: &[u32]) -> Vec<Arc<crate::upstream::Backend>> {
+    use crate::config::{BackendSpec, UpstreamProtocol};
+    use crate::upstream::{Backend, PoolSettings};
+    let metrics = crate::metrics::Metrics::new_unregistered();
+    let pool = PoolSettings {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(30),
+        max_idle: 0,
+    };
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], (i + 1) as u16));
+            let spec = BackendSpec {
+                address: addr.to_string(),
+                weight,
+                protocol: UpstreamProtocol::Http1,
+            };
+            Arc::new(Backend::new(spec, addr, pool, &metrics))
+        })
+        .collect()
+}
+
+/// A config for tests: proxy and admin on 127.0.0.1 port 0, access log off,
+/// the given backends. Adjust fields before starting.
+pub fn test_config(backends: &[SocketAddr]) -> crate::config::Config {
+    let mut c = crate::config::Config::defaults();
+    c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    c.access_log = crate::config::AccessLog::Off;
+    c.backends = backends
+        .iter()
+        .map(|a| crate::config::BackendSpec {
+            address: a.to_string(),
+            weight: 1,
+            protocol: crate::config::UpstreamProtocol::Http1,
+        })
+        .collect();
+    c
+}
