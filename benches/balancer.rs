@@ -24,9 +24,11 @@ fn pick(c: &mut Criterion) {
             b.iter(|| black_box(rr.pick(black_box(h))))
         });
         let sw = SmoothWeighted::new(Duration::ZERO);
-        group.bench_with_input(BenchmarkId::new("round-robin-weighted", n), &weighted, |b, h| {
-            b.iter(|| black_box(sw.pick(black_box(h))))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("round-robin-weighted", n),
+            &weighted,
+            |b, h| b.iter(|| black_box(sw.pick(black_box(h)))),
+        );
         let lc = LeastConnections::new(false, Duration::ZERO);
         group.bench_with_input(BenchmarkId::new("least-connections", n), &equal, |b, h| {
             b.iter(|| black_box(lc.pick(black_box(h))))

@@ -12,7 +12,10 @@ fn shares(b: &dyn Balance, healthy: &[Arc<Backend>], picks: usize) -> Vec<usize>
         let p = b.pick(healthy).unwrap();
         *counts.entry(p.addr.port()).or_default() += 1;
     }
-    healthy.iter().map(|h| counts.get(&h.addr.port()).copied().unwrap_or(0)).collect()
+    healthy
+        .iter()
+        .map(|h| counts.get(&h.addr.port()).copied().unwrap_or(0))
+        .collect()
 }
 
 #[test]
@@ -30,7 +33,9 @@ fn empty_gives_none() {
 fn round_robin_is_even_and_in_order() {
     let healthy = backends(&[1, 1, 1]);
     let rr = RoundRobin::new();
-    let order: Vec<u16> = (0..6).map(|_| rr.pick(&healthy).unwrap().addr.port()).collect();
+    let order: Vec<u16> = (0..6)
+        .map(|_| rr.pick(&healthy).unwrap().addr.port())
+        .collect();
     assert_eq!(order, [1, 2, 3, 1, 2, 3]);
     assert_eq!(shares(&rr, &healthy, 3000), [1000, 1000, 1000]);
 }
@@ -44,7 +49,9 @@ fn smooth_weighted_shares_and_interleaving() {
     // Weights 3:1 interleave as nginx does: never three of one in a row.
     let healthy = backends(&[3, 1]);
     let w = SmoothWeighted::new(Duration::ZERO);
-    let order: Vec<u16> = (0..8).map(|_| w.pick(&healthy).unwrap().addr.port()).collect();
+    let order: Vec<u16> = (0..8)
+        .map(|_| w.pick(&healthy).unwrap().addr.port())
+        .collect();
     assert_eq!(order, [1, 1, 2, 1, 1, 1, 2, 1]);
     let first_cycle = &order[..4];
     assert_eq!(first_cycle.iter().filter(|&&p| p == 1).count(), 3);
@@ -79,7 +86,9 @@ fn least_connections_counts_until_the_guard_drops() {
     assert_eq!(lc.pick(&healthy).unwrap().addr.port(), 2);
     drop(guard);
     assert_eq!(healthy[0].in_flight(), 0);
-    let picks: Vec<u16> = (0..2).map(|_| lc.pick(&healthy).unwrap().addr.port()).collect();
+    let picks: Vec<u16> = (0..2)
+        .map(|_| lc.pick(&healthy).unwrap().addr.port())
+        .collect();
     assert!(picks.contains(&1));
 }
 

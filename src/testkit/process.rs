@@ -120,18 +120,27 @@ pub struct ChildBackend {
 impl ChildBackend {
     /// Starts a backend on 127.0.0.1 port 0, with extra `testkit-backend`
     /// flags such as `--delay 200ms`.
-    pub fn spawn(bin: &Path, id: &str, extra: &[&str]) -> ChildBackend {
+    pub fn spawn(bin: impl AsRef<Path>, id: &str, extra: &[&str]) -> ChildBackend {
+        let bin = bin.as_ref();
         Self::spawn_on(bin, id, "127.0.0.1:0", extra)
             .unwrap_or_else(|e| panic!("backend {id} did not start: {e}"))
     }
 
-    fn spawn_on(bin: &Path, id: &str, listen: &str, extra: &[&str]) -> Result<ChildBackend, String> {
+    fn spawn_on(
+        bin: &Path,
+        id: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<ChildBackend, String> {
         let mut cmd = Command::new(bin);
         cmd.arg("testkit-backend")
             .args(["--id", id, "--listen", listen])
             .args(extra);
         let mut process = ChildProcess::spawn(cmd).map_err(|e| e.to_string())?;
-        let Some(line) = process.stdout.wait_for("listening ", Duration::from_secs(10)) else {
+        let Some(line) = process
+            .stdout
+            .wait_for("listening ", Duration::from_secs(10))
+        else {
             let _ = process.wait_timeout(Duration::from_millis(200));
             return Err(process.stderr.text());
         };
@@ -147,7 +156,8 @@ impl ChildBackend {
     }
 
     /// Kills this backend (if alive) and starts it again on the same address.
-    pub fn restart(&mut self, bin: &Path, extra: &[&str]) {
+    pub fn restart(&mut self, bin: impl AsRef<Path>, extra: &[&str]) {
+        let bin = bin.as_ref();
         let _ = self.process.child.kill();
         let _ = self.process.child.wait();
         let mut last = String::new();
@@ -162,7 +172,10 @@ impl ChildBackend {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("backend {} could not restart on {}: {last}", self.id, self.addr);
+        panic!(
+            "backend {} could not restart on {}: {last}",
+            self.id, self.addr
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -180,8 +193,8 @@ pub struct ChildUnstick {
 impl ChildUnstick {
     /// Starts `unstick serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 ARGS`
     /// (later flags win) and waits for its startup line.
-    pub fn spawn(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> ChildUnstick {
-        let mut cmd = Command::new(bin);
+    pub fn spawn(bin: impl AsRef<Path>, args: &[&str], env: &[(&str, &str)]) -> ChildUnstick {
+        let mut cmd = Command::new(bin.as_ref());
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(args)

@@ -1,0 +1,541 @@
+//! `unstick serve`: distribution, streaming, error classes, drain, config errors.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use unstick::app::App;
+use unstick::config::Algorithm;
+use unstick::testkit::client::{self, Conn};
+use unstick::testkit::process::{ChildProcess, ChildUnstick};
+use unstick::testkit::{test_config, BackendOptions, FakeBackend};
+
+const BIN: &str = env!("CARGO_BIN_EXE_unstick");
+
+async fn backends(n: usize, delay: Duration) -> Vec<FakeBackend> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            FakeBackend::start(BackendOptions {
+                id: format!("b{i}"),
+                delay,
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    out
+}
+
+fn addrs(b: &[FakeBackend]) -> Vec<SocketAddr> {
+    b.iter().map(|b| b.addr).collect()
+}
+
+/// Sends `total` GETs over `conns` keep-alive connections; all must be 200.
+async fn drive(addr: SocketAddr, total: usize, conns: usize) {
+    let per = total / conns;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await.unwrap();
+            for _ in 0..per {
+                let r = c.get("/").await.unwrap();
+                assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_evenly() {
+    let b = backends(3, Duration::ZERO).await;
+    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    drive(app.proxy_addr, 3000, 6).await;
+    for backend in &b {
+        let n = backend.requests();
+        assert!((990..=1010).contains(&n), "backend got {n} of 3000");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_give_proportional_shares() {
+    let b = backends(3, Duration::ZERO).await;
+    let mut config = test_config(&addrs(&b));
+    for (spec, w) in config.backends.iter_mut().zip([1, 2, 3]) {
+        spec.weight = w;
+    }
+    let app = App::start(config).await.unwrap();
+    drive(app.proxy_addr, 6000, 6).await;
+    for (backend, want) in b.iter().zip([1000u64, 2000, 3000]) {
+        let n = backend.requests();
+        assert!(
+            n.abs_diff(want) <= want / 100,
+            "got {n}, want {want} +/- 1%"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_avoids_the_slow_backend() {
+    let slow = FakeBackend::start(BackendOptions {
+        id: "slow".into(),
+        delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let fast = backends(2, Duration::ZERO).await;
+    let mut all = vec![slow.addr];
+    all.extend(addrs(&fast));
+    let mut config = test_config(&all);
+    config.algorithm = Algorithm::LeastConnections;
+    let app = App::start(config).await.unwrap();
+    let addr = app.proxy_addr;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await.unwrap();
+            while tokio::time::Instant::now() < deadline {
+                assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = slow.requests() + fast.iter().map(FakeBackend::requests).sum::<u64>();
+    let share = slow.requests() as f64 / total as f64;
+    assert!(total > 100, "only {total} requests");
+    assert!(
+        share < 0.10,
+        "slow backend got {:.1}% of {total}",
+        share * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_and_request_ids() {
+    let b = backends(1, Duration::ZERO).await;
+    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let r = client::request(
+        app.proxy_addr,
+        Method::GET,
+        "/headers",
+        &[
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "10.1.2.3"),
+            ("x-app", "kept"),
+        ],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let seen = r.text();
+    assert!(
+        seen.contains("x-forwarded-for: 10.1.2.3, 127.0.0.1"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
+    assert!(
+        seen.contains(&format!("x-forwarded-host: {}", app.proxy_addr)),
+        "{seen}"
+    );
+    assert!(seen.contains("x-app: kept"), "{seen}");
+    assert!(!seen.contains("x-hop"), "{seen}");
+    assert!(!seen.contains("keep-alive: timeout"), "{seen}");
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(seen.contains(&format!("x-request-id: {id}")), "{seen}");
+
+    let r = client::request(
+        app.proxy_addr,
+        Method::GET,
+        "/",
+        &[("x-request-id", "client-id-42")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.headers["x-request-id"], "client-id-42");
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_50_mib_each_way_with_flat_memory() {
+    const SIZE: usize = 50 << 20;
+    let b = backends(1, Duration::ZERO).await;
+    let backend = b[0].addr.to_string();
+    let lb = ChildUnstick::spawn(BIN, &["--backend", &backend, "--access-log", "off"], &[]);
+    // Warm up so the baseline includes the runtime's steady state.
+    for _ in 0..20 {
+        client::get(lb.addr, "/").await.unwrap();
+    }
+    let before = peak_rss_kib(lb.pid());
+
+    let upload = Bytes::from(vec![b'u'; SIZE]);
+    let r = client::request(lb.addr, Method::POST, "/echo", &[], upload)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), SIZE);
+
+    let r = client::get(lb.addr, &format!("/bytes/{SIZE}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), SIZE);
+
+    let growth_mib = (peak_rss_kib(lb.pid()).saturating_sub(before)) as f64 / 1024.0;
+    eprintln!("proxy peak RSS: {before} KiB before, grew {growth_mib:.1} MiB");
+    assert!(
+        growth_mib < 16.0,
+        "proxy peak memory grew {growth_mib:.1} MiB while streaming 50 MiB each way"
+    );
+}
+
+/// A listener whose accept queue is full, so connects to it hang.
+fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(c) => held.push(c),
+            Err(_) => break,
+        }
+    }
+    (s, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_class_has_its_status_and_body() {
+    // No backend configured: 503 with Retry-After.
+    let app = App::start(test_config(&[])).await.unwrap();
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(r.text().contains("no backend available"), "{}", r.text());
+
+    // Nothing listens: 502 naming the cause.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let app = App::start(test_config(&[dead])).await.unwrap();
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.text().contains("could not connect"), "{}", r.text());
+    assert!(r.text().contains(&dead.to_string()), "{}", r.text());
+    // It is out of rotation now: 503 at once.
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Reset before the response head (a POST is not retried): 502.
+    let b = backends(1, Duration::ZERO).await;
+    let mut config = test_config(&addrs(&b));
+    config.timeouts.response_header = Duration::from_millis(300);
+    let app = App::start(config).await.unwrap();
+    let r = client::request(app.proxy_addr, Method::POST, "/reset", &[], "x")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.text().contains("closed the connection"), "{}", r.text());
+
+    // No response head in time: 504.
+    let r = client::get(app.proxy_addr, "/hang").await.unwrap();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(r.text().contains("no response within"), "{}", r.text());
+
+    // Connect that never completes: 504 naming the connect.
+    let (hole, _held) = black_hole();
+    let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
+    let mut config = test_config(&[hole_addr]);
+    config.timeouts.connect = Duration::from_millis(300);
+    let app = App::start(config).await.unwrap();
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(r.text().contains("connecting"), "{}", r.text());
+}
+
+/// Writes raw bytes and returns the status line of the answer.
+async fn raw_status(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let mut got = Vec::new();
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests() {
+    let b = backends(1, Duration::ZERO).await;
+    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let line = raw_status(app.proxy_addr, b"GARBAGE\r\n\r\n").await;
+    assert!(line.contains(" 400 "), "{line}");
+    let line = raw_status(
+        app.proxy_addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    )
+    .await;
+    assert!(line.contains(" 400 "), "{line}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let line = raw_status(app.proxy_addr, big.as_bytes()).await;
+    assert!(line.contains(" 431 "), "{line}");
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let line = raw_status(
+        app.proxy_addr,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(line.contains(" 431 "), "{line}");
+    // The server is still fine.
+    assert_eq!(
+        client::get(app.proxy_addr, "/").await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(b[0].requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_and_exits_0() {
+    let b = Arc::new(backends(1, Duration::ZERO).await.remove(0));
+    let backend = b.addr.to_string();
+    let mut lb = ChildUnstick::spawn(BIN, &["--backend", &backend], &[]);
+    let addr = lb.addr;
+    let mut requests = Vec::new();
+    for _ in 0..20 {
+        requests.push(tokio::spawn(async move {
+            client::get(addr, "/slow/1500").await
+        }));
+    }
+    for _ in 0..500 {
+        if b.counters
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 20
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        b.counters
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        20
+    );
+    assert!(lb.process.signal(libc::SIGTERM));
+
+    // New connections are refused once the listener closes.
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "new connections still accepted after SIGTERM");
+
+    for r in requests {
+        let r = r.await.unwrap().expect("request in flight completes");
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let status =
+        tokio::task::spawn_blocking(move || lb.process.wait_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("unstick exits after the drain");
+    assert_eq!(status.code(), Some(0));
+}
+
+fn unstick(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "unstick-serve-test-{}-{name}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/unstick.toml");
+    let (code, out, err) = unstick(&["check", "--config", example]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[timeouts]") && out.contains("connect = \"1s\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_mistakes_name_file_line_and_key() {
+    let cases = [
+        (
+            "unknown",
+            "listen = \"127.0.0.1:1\"\n[timeouts]\nconect = \"1s\"\n",
+            ":3: key `timeouts.conect`",
+            "unknown field",
+        ),
+        (
+            "value",
+            "[timeouts]\nconnect = \"soon\"\n",
+            ":2: key `timeouts.connect`",
+            "not a duration",
+        ),
+        (
+            "type",
+            "[retries]\n\nmax_per_request = \"two\"\n",
+            ":3: key `retries.max_per_request`",
+            "invalid type",
+        ),
+        (
+            "range",
+            "[health.active]\nrise = 0\n",
+            ":2: key `health.active.rise`",
+            "between 1 and",
+        ),
+        (
+            "backend",
+            "backends = [\"127.0.0.1:1\", \"nope\"]\n",
+            ":1: key `backends[1]`",
+            "HOST:PORT",
+        ),
+        ("syntax", "listen = \n", ":1:", "not valid TOML"),
+        (
+            "sticky",
+            "[[backends]]\naddress = \"127.0.0.1:1\"\nsticky = true\n",
+            ":3: key `backends[0].sticky`",
+            "Redis",
+        ),
+        (
+            "algorithm",
+            "algorithm = \"ip-hash\"\n",
+            ":1: key `algorithm`",
+            "client identity",
+        ),
+    ];
+    for (name, text, location, message) in cases {
+        let path = temp_config(name, text);
+        let (code, _, err) = unstick(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(
+            err.contains(&format!("{}{location}", path.display())),
+            "{name}: {err}"
+        );
+        assert!(err.contains(message), "{name}: {err}");
+        // serve refuses the same file the same way.
+        let (code, _, err2) = unstick(&["serve", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{name}: {err2}");
+        assert!(err2.contains(message), "{name}: {err2}");
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[test]
+fn env_and_flags_override_the_file_and_name_their_origin() {
+    let path = temp_config("env", "listen = \"127.0.0.1:1000\"\n");
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            path.to_str().unwrap(),
+            "--algorithm",
+            "least-connections",
+        ])
+        .env("UNSTICK_LISTEN", "127.0.0.1:2000")
+        .env("UNSTICK_BACKENDS", "127.0.0.1:3001,127.0.0.1:3002=2")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("listen = \"127.0.0.1:2000\""), "{text}");
+    assert!(text.contains("algorithm = \"least-connections\""), "{text}");
+    assert!(text.contains("127.0.0.1:3002=2"), "{text}");
+
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env("UNSTICK_TIMEOUTS_CONNECT", "fast")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("environment variable UNSTICK_TIMEOUTS_CONNECT"),
+        "{err}"
+    );
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn bad_arguments_exit_2_with_usage() {
+    let (code, _, err) = unstick(&["serve", "--no-such-flag"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("Usage"), "{err}");
+    let (code, _, err) = unstick(&["frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("Usage"), "{err}");
+    let (code, _, err) = unstick(&["serve", "--listen", "not-an-address", "--admin", "off"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("flag --listen"), "{err}");
+}
+
+#[test]
+fn child_process_helper_is_killed_on_drop() {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("30");
+    let p = ChildProcess::spawn(cmd).unwrap();
+    let pid = p.pid();
+    drop(p);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
