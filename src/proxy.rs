@@ -206,8 +206,23 @@ impl Proxy {
                     backend: None,
                 }));
             };
-            if let (Some(log), true) = (&mut done.log, attempt > 0) {
-                log.attempts = attempt;
+            if let Some(failed) = &last {
+                // This is a retry: it must fit the budget.
+                if !s.budget.try_withdraw() {
+                    self.metrics.retry_budget_exhausted.inc();
+                    break;
+                }
+                self.metrics
+                    .retries
+                    .with_label_values(&[failed.error.reason()])
+                    .inc();
+                tracing::info!(
+                    failed = %failed.backend.as_ref().map_or("-", |b| &*b.name),
+                    cause = %failed.error,
+                    next = %backend.name,
+                    attempt = attempt + 1,
+                    "retrying on another backend"
+                );
             }
             let to_send = match (keep_copy, request.take()) {
                 (true, Some(r)) => {
@@ -237,7 +252,6 @@ impl Proxy {
                     let again = s.retries.enabled
                         && attempt < s.retries.max_per_request
                         && retry::may_retry(&error, replay_allowed, body_replayable);
-                    let reason = error.reason();
                     tried.push(backend.clone());
                     last = Some(Failed {
                         error,
@@ -246,17 +260,6 @@ impl Proxy {
                     if !again {
                         break;
                     }
-                    if !s.budget.try_withdraw() {
-                        self.metrics.retry_budget_exhausted.inc();
-                        break;
-                    }
-                    self.metrics.retries.with_label_values(&[reason]).inc();
-                    tracing::info!(
-                        backend = %tried.last().map(|b| b.name.as_ref()).unwrap_or("-"),
-                        cause = %last.as_ref().map(|f| f.error.to_string()).unwrap_or_default(),
-                        attempt = attempt + 2,
-                        "retrying on another backend"
-                    );
                 }
             }
         }

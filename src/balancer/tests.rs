@@ -101,3 +101,19 @@ fn least_connections_weighs_load() {
     let _b = healthy[1].start_request();
     assert_eq!(lc.pick(&healthy).unwrap().addr.port(), 1);
 }
+
+#[test]
+fn slow_start_ramps_a_returning_backend() {
+    let healthy = backends(&[1, 1]);
+    let window = Duration::from_millis(400);
+    // Backend 2 leaves and comes back: its weight restarts low.
+    healthy[1].set_state(crate::upstream::State::Ejected);
+    healthy[1].set_state(crate::upstream::State::Healthy);
+    assert!(healthy[1].effective_weight(window) < healthy[0].effective_weight(window));
+    let w = SmoothWeighted::new(window);
+    let early = shares(&w, &healthy, 1000);
+    assert!(early[1] < 250, "returning backend got {early:?} right away");
+    std::thread::sleep(window + Duration::from_millis(50));
+    let later = shares(&w, &healthy, 1000);
+    assert_eq!(later, [500, 500], "after the window the shares are equal");
+}

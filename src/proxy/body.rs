@@ -81,6 +81,12 @@ impl Drop for Completion {
             Some(backend) => {
                 backend.metrics.request(class);
                 if self.end == End::Failed {
+                    tracing::warn!(
+                        backend = %backend.name,
+                        status = self.status,
+                        bytes = self.bytes,
+                        "backend failed after the response head was sent; the client got a truncated response"
+                    );
                     backend.metrics.error(UpstreamErrorKind::AfterHead);
                     backend
                         .record_error("the backend failed after sending the response head".into());

@@ -1,0 +1,533 @@
+//! Resilience: zero client errors while backend processes are killed,
+//! stopped and restarted.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use tokio::time::Instant;
+use unstick::app::App;
+use unstick::config::Config;
+use unstick::testkit::client::{self, Conn};
+use unstick::testkit::process::ChildBackend;
+use unstick::testkit::{test_config, BackendOptions, FakeBackend};
+use unstick::upstream::State;
+
+const BIN: &str = env!("CARGO_BIN_EXE_unstick");
+
+fn spawn_backends(n: usize) -> Vec<ChildBackend> {
+    (0..n)
+        .map(|i| ChildBackend::spawn(BIN, &format!("b{i}"), &["--drain", "300ms"]))
+        .collect()
+}
+
+/// Health checks as the chaos runner would set them: fast.
+fn fast_health(config: &mut Config) {
+    config.health.active.enabled = true;
+    config.health.active.interval = Duration::from_millis(200);
+    config.health.active.timeout = Duration::from_millis(200);
+    config.health.active.rise = 1;
+    config.health.active.fall = 2;
+}
+
+fn counter(app: &App, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = app.proxy.metrics.encode();
+    text.lines()
+        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter(|l| l[family.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    /// (start, end, status, body) of every failed request.
+    failures: Mutex<Vec<(Instant, Instant, u16, String)>>,
+}
+
+/// `clients` loops sending `method` requests until `stop`.
+fn start_clients(
+    addr: SocketAddr,
+    clients: usize,
+    method: Method,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|i| {
+            let (stop, tally, method) = (stop.clone(), tally.clone(), method.clone());
+            tokio::spawn(async move {
+                let mut conn = Conn::open(addr).await.unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let body = if method == Method::POST {
+                        Bytes::from(format!("client {i} request {n}"))
+                    } else {
+                        Bytes::new()
+                    };
+                    let start = Instant::now();
+                    tally.sent.fetch_add(1, Ordering::Relaxed);
+                    let result = conn.request(method.clone(), "/", &[], body).await;
+                    let end = Instant::now();
+                    match result {
+                        Ok(r) if r.status.is_success() => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => {
+                            let text = r.text();
+                            tally.failures.lock().unwrap().push((
+                                start,
+                                end,
+                                r.status.as_u16(),
+                                text,
+                            ));
+                        }
+                        Err(e) => {
+                            tally
+                                .failures
+                                .lock()
+                                .unwrap()
+                                .push((start, end, 0, e.to_string()));
+                            conn = Conn::open(addr).await.unwrap();
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Kills one backend every `every` (round robin over them), restarting it
+/// `restart_after` later, for `duration`. Returns each kill's time and the
+/// time until unstick had it out of rotation.
+async fn kill_loop(
+    app: &App,
+    backends: &mut [ChildBackend],
+    duration: Duration,
+    every: Duration,
+    restart_after: Duration,
+) -> Vec<(Instant, Option<Duration>)> {
+    let start = Instant::now();
+    let mut kills = Vec::new();
+    let mut i = 0;
+    tokio::time::sleep(every / 2).await;
+    while start.elapsed() + restart_after < duration {
+        let b = &mut backends[i % backends.len()];
+        let killed_at = Instant::now();
+        assert!(b.process.signal(libc::SIGKILL));
+        let name = b.addr.to_string();
+        let mut ejected = None;
+        while killed_at.elapsed() < restart_after {
+            let out = app
+                .proxy
+                .upstreams
+                .find(&name)
+                .is_some_and(|b| b.state() != State::Healthy);
+            if out && ejected.is_none() {
+                ejected = Some(killed_at.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let addr = b.addr;
+        let b = &mut backends[i % backends.len()];
+        b.restart(BIN, &["--drain", "300ms"]);
+        assert_eq!(b.addr, addr);
+        kills.push((killed_at, ejected));
+        i += 1;
+        let next = killed_at + every;
+        tokio::time::sleep_until(next).await;
+    }
+    let left = duration.saturating_sub(start.elapsed());
+    tokio::time::sleep(left).await;
+    kills
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_every_2s_gives_zero_errors_for_gets() {
+    let mut backends = spawn_backends(3);
+    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
+    fast_health(&mut config);
+    let app = App::start(config).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = start_clients(app.proxy_addr, 8, Method::GET, stop.clone(), tally.clone());
+
+    let kills = kill_loop(
+        &app,
+        &mut backends,
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let sent = tally.sent.load(Ordering::Relaxed);
+    let failures = tally.failures.lock().unwrap();
+    let retries = counter(&app, "unstick_retries_total", &[]);
+    let eject_ms: Vec<u128> = kills
+        .iter()
+        .filter_map(|(_, e)| e.map(|d| d.as_millis()))
+        .collect();
+    eprintln!(
+        "SIGKILL test: {sent} requests, {} errors, {retries} retries, {} kills, kill-to-ejection ms: {eject_ms:?}",
+        failures.len(),
+        kills.len()
+    );
+    assert!(kills.len() >= 4, "only {} kills", kills.len());
+    assert!(sent > 1000, "only {sent} requests");
+    assert!(
+        failures.is_empty(),
+        "client errors: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+    assert!(retries > 0.0, "no retry happened: the test did not test");
+    assert!(
+        eject_ms.len() == kills.len(),
+        "a killed backend stayed in rotation: {kills:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_only_posts_in_flight_at_the_kill() {
+    let mut backends = spawn_backends(3);
+    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
+    fast_health(&mut config);
+    let app = App::start(config).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = 8;
+    let tasks = start_clients(
+        app.proxy_addr,
+        clients,
+        Method::POST,
+        stop.clone(),
+        tally.clone(),
+    );
+    let kills = kill_loop(
+        &app,
+        &mut backends,
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = tally.sent.load(Ordering::Relaxed);
+    let failures = tally.failures.lock().unwrap();
+    eprintln!(
+        "POST SIGKILL test: {sent} requests, {} failed, {} kills",
+        failures.len(),
+        kills.len()
+    );
+    assert!(sent > 1000, "only {sent} requests");
+    // Each client has one request in flight at a time, so a kill can catch at most
+    // `clients` of them.
+    assert!(
+        failures.len() <= kills.len() * clients,
+        "{} failures for {} kills",
+        failures.len(),
+        kills.len()
+    );
+    for (start, end, status, body) in failures.iter() {
+        assert!(
+            !body.contains("could not connect") && !body.contains("no backend"),
+            "a connect failure reached the client: {status} {body}"
+        );
+        assert_eq!(*status, 502, "{body}");
+        // The request was in flight when some backend was killed.
+        let slack = Duration::from_millis(50);
+        assert!(
+            kills
+                .iter()
+                .any(|(k, _)| *start <= *k + slack && *k <= *end + slack),
+            "a failed request did not overlap any kill: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_backend_leaves_rotation_and_nothing_waits_on_it() {
+    let backends = spawn_backends(3);
+    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
+    fast_health(&mut config);
+    config.timeouts.response_header = Duration::from_secs(10);
+    let interval = config.health.active.interval;
+    let fall = config.health.active.fall;
+    let timeout = config.health.active.timeout;
+    let app = App::start(config).await.unwrap();
+    for _ in 0..30 {
+        assert_eq!(
+            client::get(app.proxy_addr, "/").await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+
+    let stopped = &backends[1];
+    assert!(stopped.process.signal(libc::SIGSTOP));
+    let at = Instant::now();
+    let name = stopped.addr.to_string();
+    let backend = app.proxy.upstreams.find(&name).unwrap();
+    while backend.state() == State::Healthy && at.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = at.elapsed();
+    eprintln!("SIGSTOP: out of rotation after {} ms", took.as_millis());
+    assert_ne!(backend.state(), State::Healthy);
+    // interval x fall, plus one probe timeout and one interval of phase.
+    let bound = interval * (fall + 1) + timeout + Duration::from_millis(300);
+    assert!(took <= bound, "took {took:?}, bound {bound:?}");
+
+    let mut slowest = Duration::ZERO;
+    for _ in 0..60 {
+        let t = Instant::now();
+        let r = client::get(app.proxy_addr, "/").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_ne!(r.backend(), "b1");
+        slowest = slowest.max(t.elapsed());
+    }
+    // Nothing waited for the 10 s response timeout of the stopped backend.
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a request took {slowest:?}"
+    );
+    stopped.process.signal(libc::SIGCONT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_with_sigterm_gives_zero_errors() {
+    let mut backends = spawn_backends(3);
+    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
+    fast_health(&mut config);
+    let app = App::start(config).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut tasks = start_clients(app.proxy_addr, 4, Method::GET, stop.clone(), tally.clone());
+    tasks.extend(start_clients(
+        app.proxy_addr,
+        4,
+        Method::POST,
+        stop.clone(),
+        tally.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for b in backends.iter_mut() {
+        assert!(b.process.signal(libc::SIGTERM));
+        let exited = tokio::task::block_in_place(|| b.process.wait_timeout(Duration::from_secs(5)));
+        assert_eq!(
+            exited.and_then(|s| s.code()),
+            Some(0),
+            "backend did not drain and exit"
+        );
+        b.restart(BIN, &["--drain", "300ms"]);
+        let name = b.addr.to_string();
+        let backend = app.proxy.upstreams.find(&name).unwrap();
+        let t = Instant::now();
+        while backend.state() != State::Healthy && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            backend.state(),
+            State::Healthy,
+            "restarted backend not readmitted"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = tally.sent.load(Ordering::Relaxed);
+    let failures = tally.failures.lock().unwrap();
+    eprintln!(
+        "rolling restart: {sent} requests (GET and POST), {} errors",
+        failures.len()
+    );
+    assert!(sent > 500, "only {sent} requests");
+    assert!(
+        failures.is_empty(),
+        "errors: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_backends_down_gives_503_at_once() {
+    let backends = spawn_backends(3);
+    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
+    fast_health(&mut config);
+    let app = App::start(config).await.unwrap();
+    assert_eq!(
+        client::get(app.proxy_addr, "/").await.unwrap().status,
+        StatusCode::OK
+    );
+    for b in &backends {
+        b.process.signal(libc::SIGKILL);
+    }
+    let t = Instant::now();
+    while !app.proxy.upstreams.load().healthy.is_empty() && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut times = Vec::new();
+    let mut conn = Conn::open(app.proxy_addr).await.unwrap();
+    for _ in 0..11 {
+        let t = Instant::now();
+        let r = conn.get("/").await.unwrap();
+        times.push(t.elapsed());
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers["retry-after"], "1");
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    eprintln!("all down: median 503 in {} us", median.as_micros());
+    assert!(median < Duration::from_millis(50), "median {median:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_the_budget() {
+    let mut fakes = Vec::new();
+    for i in 0..3 {
+        fakes.push(
+            FakeBackend::start(BackendOptions {
+                id: format!("r{i}"),
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    let mut config = test_config(&fakes.iter().map(|b| b.addr).collect::<Vec<_>>());
+    // Keep every backend in rotation so each request can be retried.
+    config.health.eject_after_failures = 1000;
+    let ratio = config.retries.budget_ratio;
+    let per_second = f64::from(config.retries.budget_min_per_second);
+    let app = App::start(config).await.unwrap();
+    let start = Instant::now();
+    let requests = 600u64;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let addr = app.proxy_addr;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..requests / 6 {
+                let r = client::get(addr, "/reset").await.unwrap();
+                assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seconds = start.elapsed().as_secs_f64().ceil().min(10.0);
+    let retries = counter(&app, "unstick_retries_total", &[]);
+    let exhausted = counter(&app, "unstick_retry_budget_exhausted_total", &[]);
+    let budget = ratio * requests as f64 + per_second * seconds;
+    eprintln!("budget test: {requests} requests, {retries} retries (budget {budget:.0}), {exhausted} refused by the budget");
+    assert!(
+        retries <= budget,
+        "{retries} retries over a budget of {budget}"
+    );
+    assert!(exhausted > 0.0, "the budget never refused a retry");
+    // Without a budget each request would have been retried twice.
+    assert!(retries < (2 * requests) as f64 / 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_and_backoff_probe_readmission() {
+    // Active checks off: a refused connect ejects at once, and a backoff
+    // probe brings the backend back once it listens again.
+    let mut backends = spawn_backends(2);
+    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
+    config.health.backoff = Duration::from_millis(200);
+    let app = App::start(config).await.unwrap();
+    backends[0].process.signal(libc::SIGKILL);
+    let _ = backends[0].process.wait_timeout(Duration::from_secs(2));
+    for _ in 0..4 {
+        let r = client::get(app.proxy_addr, "/").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let name = backends[0].addr.to_string();
+    let b = app.proxy.upstreams.find(&name).unwrap();
+    assert_eq!(b.state(), State::Ejected);
+    assert_eq!(
+        counter(
+            &app,
+            "unstick_ejections_total",
+            &[("backend", &name), ("reason", "connect_refused")]
+        ),
+        1.0
+    );
+    backends[0].restart(BIN, &[]);
+    let t = Instant::now();
+    while b.state() != State::Healthy && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.state(), State::Healthy);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        seen.insert(client::get(app.proxy_addr, "/").await.unwrap().backend());
+    }
+    assert!(
+        seen.contains("b0"),
+        "readmitted backend got no traffic: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_with_idempotency_key_is_retried_after_a_reset() {
+    let mut fakes = Vec::new();
+    for i in 0..2 {
+        fakes.push(
+            FakeBackend::start(BackendOptions {
+                id: format!("k{i}"),
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    let mut config = test_config(&fakes.iter().map(|b| b.addr).collect::<Vec<_>>());
+    config.health.eject_after_failures = 1000;
+    let app = App::start(config).await.unwrap();
+    // Without the key: one attempt, 502.
+    let r = client::request(app.proxy_addr, Method::POST, "/reset", &[], "body")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(fakes.iter().map(FakeBackend::requests).sum::<u64>(), 1);
+    // With it: retried on the other backend (which resets too). A retry
+    // never goes back to a backend that failed this request.
+    let r = client::request(
+        app.proxy_addr,
+        Method::POST,
+        "/reset",
+        &[("idempotency-key", "abc")],
+        "body",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let counts: Vec<u64> = fakes.iter().map(FakeBackend::requests).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 3, "{counts:?}");
+    assert!(counts.iter().all(|&c| c >= 1), "{counts:?}");
+    assert_eq!(
+        counter(&app, "unstick_retries_total", &[("reason", "reset")]),
+        1.0
+    );
+}
