@@ -136,6 +136,7 @@ impl Proxy {
                 time: SystemTime::now(),
                 client: client.addr,
                 method: req.method().clone(),
+                version: req.version(),
                 path: req
                     .uri()
                     .path_and_query()
@@ -198,16 +199,27 @@ impl Proxy {
         let mut request = Some(Request::from_parts(parts, body));
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         let mut last: Option<Failed> = None;
+        // Why the previous attempt failed, when another one is wanted.
+        let mut retry_reason: Option<&'static str> = None;
 
         for attempt in 0..=s.retries.max_per_request {
             let Some(backend) = self.pick(s, &tried) else {
-                return Err(last.unwrap_or(Failed {
-                    error: ProxyError::no_backends(),
-                    backend: None,
-                }));
+                break;
             };
-            if let (Some(log), true) = (&mut done.log, attempt > 0) {
-                log.attempts = attempt;
+            // A retry is counted (and paid for) only once there is a backend
+            // to send it to.
+            if let Some(reason) = retry_reason.take() {
+                if !s.budget.try_withdraw() {
+                    self.metrics.retry_budget_exhausted.inc();
+                    break;
+                }
+                self.metrics.retries.with_label_values(&[reason]).inc();
+                tracing::info!(
+                    backend = %backend.name,
+                    cause = %last.as_ref().map(|f| f.error.to_string()).unwrap_or_default(),
+                    attempt = attempt + 1,
+                    "retrying on another backend"
+                );
             }
             let to_send = match (keep_copy, request.take()) {
                 (true, Some(r)) => {
@@ -246,17 +258,7 @@ impl Proxy {
                     if !again {
                         break;
                     }
-                    if !s.budget.try_withdraw() {
-                        self.metrics.retry_budget_exhausted.inc();
-                        break;
-                    }
-                    self.metrics.retries.with_label_values(&[reason]).inc();
-                    tracing::info!(
-                        backend = %tried.last().map(|b| b.name.as_ref()).unwrap_or("-"),
-                        cause = %last.as_ref().map(|f| f.error.to_string()).unwrap_or_default(),
-                        attempt = attempt + 2,
-                        "retrying on another backend"
-                    );
+                    retry_reason = Some(reason);
                 }
             }
         }
@@ -300,7 +302,7 @@ impl Proxy {
                     other => (Kind::Connect(other.to_string()), false),
                 };
                 let err = ProxyError::new(Source::Upstream, kind, Retry::Safe);
-                self.health.on_failure(backend, &err, refused);
+                self.upstream_failed(backend, &err, refused);
                 return Err((err, Some(req)));
             }
         };
@@ -338,7 +340,7 @@ impl Proxy {
                         Kind::Reset(describe_hyper_error(e.error())),
                         Retry::IfIdempotent,
                     );
-                    self.health.on_failure(backend, &err, false);
+                    self.upstream_failed(backend, &err, false);
                     Err((err, None))
                 }
             },
@@ -348,10 +350,20 @@ impl Proxy {
                     Kind::ResponseTimeout(timeouts.response_header),
                     Retry::Never,
                 );
-                self.health.on_failure(backend, &err, false);
+                self.upstream_failed(backend, &err, false);
                 Err((err, None))
             }
         }
+    }
+
+    /// A backend failed one attempt: count it by kind, keep the message for
+    /// the admin API, and tell health (which may eject the backend).
+    fn upstream_failed(&self, backend: &Arc<Backend>, err: &ProxyError, refused: bool) {
+        if let Some(kind) = err.upstream_kind() {
+            backend.metrics.error(kind);
+        }
+        backend.record_error(err.to_string());
+        self.health.on_failure(backend, err, refused);
     }
 
     /// Builds the client's response from the backend's.
@@ -407,11 +419,8 @@ impl Proxy {
         mut done: Completion,
         request_id: HeaderValue,
     ) -> Response<ResponseBody> {
+        // Each failed attempt was counted when it failed (`upstream_failed`).
         let Failed { error, backend } = failed;
-        if let (Some(b), Some(kind)) = (&backend, error.upstream_kind()) {
-            b.metrics.error(kind);
-            b.record_error(error.to_string());
-        }
         tracing::debug!(error = %error, "request failed");
         let status = error.status();
         done.status = status.as_u16();
