@@ -230,22 +230,21 @@ impl Proxy {
                 (false, Some(r)) => r,
                 (_, None) => break,
             };
+            // Recorded before the attempt, so a client that leaves while it
+            // runs is counted against this backend.
+            done.backend = Some(backend.clone());
+            if let Some(log) = &mut done.log {
+                log.attempts = attempt + 1;
+                log.backend = Some(backend.name.clone());
+            }
             match self.attempt(&backend, to_send, &s.timeouts).await {
-                Ok(fwd) => {
-                    if let Some(log) = &mut done.log {
-                        log.attempts = attempt + 1;
-                    }
-                    return Ok(fwd);
-                }
+                Ok(fwd) => return Ok(fwd),
                 Err((error, returned)) => {
                     if returned.is_some() {
                         request = returned;
                     }
                     let body_replayable = request.is_some();
                     let error = error.with_backend(&backend.name);
-                    if let Some(log) = &mut done.log {
-                        log.attempts = attempt + 1;
-                    }
                     let again = s.retries.enabled
                         && attempt < s.retries.max_per_request
                         && retry::may_retry(&error, replay_allowed, body_replayable);

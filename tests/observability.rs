@@ -1035,3 +1035,41 @@ fn check_clf_date(date: &str) {
         "{date}"
     );
 }
+
+/// A client that leaves before its response: class `error` for the backend
+/// it was waiting on, logged with status 0 and `client_closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_leaves_early_is_counted_as_error() {
+    let a = fake("a").await;
+    let na = a.addr.to_string();
+    let (app, admin, log) = start(config(std::slice::from_ref(&na))).await;
+    let mut s = TcpStream::connect(app.proxy_addr).await.unwrap();
+    s.write_all(b"GET /slow/1000 HTTP/1.1\r\nHost: x\r\nX-Request-Id: r-gone\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.counters.in_flight.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(s);
+    let lines = log.wait_lines(1).await;
+    let l = &lines[0];
+    assert_eq!(l["request_id"], "r-gone");
+    assert_eq!(l["status"], 0);
+    assert_eq!(l["error"], "client_closed");
+    assert_eq!(l["backend"], na.as_str());
+    assert_eq!(l["attempts"], 1);
+    assert_eq!(l["bytes"], 0);
+    let s = wait_gauge(admin, "unstick_connections_open", &[], 0.0).await;
+    s.assert_family(
+        "unstick_requests_total",
+        &[(&[("backend", &na), ("code_class", "error")], 1.0)],
+    );
+    s.assert_family(
+        "unstick_request_duration_seconds_count",
+        &[(&[("code_class", "error")], 1.0)],
+    );
+    s.assert_value("unstick_backend_in_flight", &[("backend", &na)], 0.0);
+    s.assert_family("unstick_connections_open", &[(&[], 0.0)]);
+}
