@@ -143,15 +143,9 @@ impl Admin {
     }
 
     fn list_backends(&self) -> Response<ResponseBody> {
-        let list: Vec<serde_json::Value> = self
-            .proxy
-            .upstreams
-            .load()
-            .all
-            .iter()
-            .map(|b| backend_json(b))
-            .collect();
-        json_response(StatusCode::OK, &serde_json::Value::Array(list))
+        let snapshot = self.proxy.upstreams.load();
+        let list: Vec<BackendView> = snapshot.all.iter().map(|b| backend_view(b)).collect();
+        json_response(StatusCode::OK, &list)
     }
 
     /// Drains or undrains every backend `address` names; answers with them.
@@ -196,8 +190,8 @@ impl Admin {
         if changed {
             self.proxy.upstreams.refresh();
         }
-        let list: Vec<serde_json::Value> = targets.iter().map(|b| backend_json(b)).collect();
-        json_response(StatusCode::OK, &serde_json::Value::Array(list))
+        let list: Vec<BackendView> = targets.iter().map(|b| backend_view(b)).collect();
+        json_response(StatusCode::OK, &list)
     }
 
     /// The backends an address names: the one whose resolved `IP:PORT` it
@@ -286,25 +280,44 @@ fn parse_action(path: &str) -> Option<(String, Action)> {
     (!address.is_empty()).then_some((address, action))
 }
 
-/// One backend as the API shows it.
-fn backend_json(b: &Backend) -> serde_json::Value {
-    let state = b.state();
-    json!({
-        "address": &*b.name,
-        "configured": b.spec.address,
-        "weight": b.weight,
-        "healthy": state == State::Healthy,
-        "state": state.as_str(),
-        "in_flight": b.in_flight(),
-        "requests": b.requests(),
-        "failures": b.failures(),
-        "last_error": b.last_error(),
-        "ejected_since": b.ejected_since().map(|t| Rfc3339(t).to_string()),
-    })
+/// One backend as the API shows it (fields serialize in this order).
+#[derive(serde::Serialize)]
+struct BackendView<'a> {
+    /// The resolved `IP:PORT`: the `backend` label in metrics.
+    address: &'a str,
+    /// The address as configured (a DNS name may resolve to several backends).
+    configured: &'a str,
+    weight: u32,
+    healthy: bool,
+    state: &'static str,
+    in_flight: u32,
+    /// Attempts sent, failed ones included.
+    requests: u64,
+    /// Failed attempts and failed health checks.
+    failures: u64,
+    last_error: Option<String>,
+    /// RFC 3339, when it left rotation; null while in.
+    ejected_since: Option<String>,
 }
 
-fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<ResponseBody> {
-    let mut body = serde_json::to_string_pretty(v).expect("a JSON value serializes");
+fn backend_view(b: &Backend) -> BackendView<'_> {
+    let state = b.state();
+    BackendView {
+        address: &b.name,
+        configured: &b.spec.address,
+        weight: b.weight,
+        healthy: state == State::Healthy,
+        state: state.as_str(),
+        in_flight: b.in_flight(),
+        requests: b.requests(),
+        failures: b.failures(),
+        last_error: b.last_error(),
+        ejected_since: b.ejected_since().map(|t| Rfc3339(t).to_string()),
+    }
+}
+
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<ResponseBody> {
+    let mut body = serde_json::to_string_pretty(v).expect("admin answers serialize");
     body.push('\n');
     let mut r = Response::new(ResponseBody::full(body));
     *r.status_mut() = status;

@@ -145,23 +145,44 @@ pub fn format_entry(format: AccessLog, e: &Entry, out: &mut String) {
             );
         }
         AccessLog::Json => {
-            let v = serde_json::json!({
-                "time": Rfc3339(e.time).to_string(),
-                "client": e.client.to_string(),
-                "method": e.method.as_str(),
-                "path": e.path,
-                "protocol": format!("{:?}", e.version),
-                "status": e.status,
-                "bytes": e.bytes,
-                "duration": e.duration.as_secs_f64(),
-                "backend": e.backend.as_deref(),
-                "attempts": e.attempts,
-                "request_id": e.request_id,
-                "error": e.error,
-            });
-            let _ = writeln!(out, "{v}");
+            let line = JsonLine {
+                time: Rfc3339(e.time).to_string(),
+                client: e.client,
+                method: e.method.as_str(),
+                path: &e.path,
+                protocol: format!("{:?}", e.version),
+                status: e.status,
+                bytes: e.bytes,
+                duration: e.duration.as_secs_f64(),
+                backend: e.backend.as_deref(),
+                attempts: e.attempts,
+                request_id: &e.request_id,
+                error: e.error,
+            };
+            if let Ok(json) = serde_json::to_string(&line) {
+                out.push_str(&json);
+                out.push('\n');
+            }
         }
     }
+}
+
+/// One JSON line; fields serialize in this order.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    client: SocketAddr,
+    method: &'a str,
+    path: &'a str,
+    protocol: String,
+    status: u16,
+    bytes: u64,
+    /// Seconds.
+    duration: f64,
+    backend: Option<&'a str>,
+    attempts: u32,
+    request_id: &'a str,
+    error: Option<&'static str>,
 }
 
 /// Writes `s` for a quoted CLF field: `"` and `\` escaped, and bytes outside
@@ -230,6 +251,10 @@ mod tests {
         let mut line = String::new();
         format_entry(AccessLog::Json, &entry(), &mut line);
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        assert!(
+            line.starts_with("{\"time\":\"2000-10-10T13:55:36.250Z\",\"client\":"),
+            "{line}"
+        );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["time"], "2000-10-10T13:55:36.250Z");
         assert_eq!(v["client"], "10.1.2.3:5555");
