@@ -13,6 +13,7 @@
 //! - [`health`]: passive ejection, active HTTP checks, backoff probes.
 //! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
+//! - [`timefmt`]: UTC wall-clock formatting (RFC 3339, Common Log Format dates).
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
 
 pub mod admin;
@@ -25,4 +26,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod testkit;
+pub mod timefmt;
 pub mod upstream;

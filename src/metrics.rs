@@ -114,13 +114,15 @@ impl Metrics {
         let requests = counter_vec(
             r,
             "unstick_requests_total",
-            "Client requests answered, by backend and response class (`error`: no response).",
+            "Client requests, by the backend that answered (`none`: no backend) and response \
+             class (`error`: the response did not complete).",
             &["backend", "code_class"],
         );
         let request_duration = histogram_vec(
             r,
             "unstick_request_duration_seconds",
-            "Client-view request duration, from request head to the end of the response body.",
+            "Client-view request duration, from request head to the end of the response body, \
+             by response class.",
             &["code_class"],
         );
         let upstream_duration = histogram_vec(
@@ -132,13 +134,13 @@ impl Metrics {
         let upstream_errors = counter_vec(
             r,
             "unstick_upstream_errors_total",
-            "Failed requests to backends, by kind: connect, reset, timeout, after_head.",
+            "Failed attempts on backends, by kind: connect, reset, timeout, after_head.",
             &["backend", "kind"],
         );
         let retries = counter_vec(
             r,
             "unstick_retries_total",
-            "Requests retried on another backend, by the failure that caused the retry.",
+            "Retries made on another backend, by the failure that caused them.",
             &["reason"],
         );
         let retry_budget_exhausted = IntCounter::new(
@@ -163,7 +165,8 @@ impl Metrics {
         let ejections = counter_vec(
             r,
             "unstick_ejections_total",
-            "Times a backend left rotation, by reason.",
+            "Times a backend left rotation, by reason: connect_refused, failures, health_check, \
+             drain, admin.",
             &["backend", "reason"],
         );
         let connections_open =

@@ -136,6 +136,7 @@ impl Proxy {
                 time: SystemTime::now(),
                 client: client.addr,
                 method: req.method().clone(),
+                version: req.version(),
                 path: req
                     .uri()
                     .path_and_query()
@@ -198,28 +199,24 @@ impl Proxy {
         let mut request = Some(Request::from_parts(parts, body));
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         let mut last: Option<Failed> = None;
+        // Why the previous attempt failed, when another one is wanted.
+        let mut retry_reason: Option<&'static str> = None;
 
         for attempt in 0..=s.retries.max_per_request {
             let Some(backend) = self.pick(s, &tried) else {
-                return Err(last.unwrap_or(Failed {
-                    error: ProxyError::no_backends(),
-                    backend: None,
-                }));
+                break;
             };
-            if let Some(failed) = &last {
-                // This is a retry: it must fit the budget.
+            // A retry is counted (and paid for) only once there is a backend
+            // to send it to.
+            if let Some(reason) = retry_reason.take() {
                 if !s.budget.try_withdraw() {
                     self.metrics.retry_budget_exhausted.inc();
                     break;
                 }
-                self.metrics
-                    .retries
-                    .with_label_values(&[failed.error.reason()])
-                    .inc();
+                self.metrics.retries.with_label_values(&[reason]).inc();
                 tracing::info!(
-                    failed = %failed.backend.as_ref().map_or("-", |b| &*b.name),
-                    cause = %failed.error,
-                    next = %backend.name,
+                    backend = %backend.name,
+                    cause = %last.as_ref().map(|f| f.error.to_string()).unwrap_or_default(),
                     attempt = attempt + 1,
                     "retrying on another backend"
                 );
@@ -233,22 +230,22 @@ impl Proxy {
                 (false, Some(r)) => r,
                 (_, None) => break,
             };
+            // Recorded before the attempt, so a client that leaves while it
+            // runs is counted against this backend.
+            done.backend = Some(backend.clone());
+            if let Some(log) = &mut done.log {
+                log.attempts = attempt + 1;
+                log.backend = Some(backend.name.clone());
+            }
             match self.attempt(&backend, to_send, &s.timeouts).await {
-                Ok(fwd) => {
-                    if let Some(log) = &mut done.log {
-                        log.attempts = attempt + 1;
-                    }
-                    return Ok(fwd);
-                }
+                Ok(fwd) => return Ok(fwd),
                 Err((error, returned)) => {
                     if returned.is_some() {
                         request = returned;
                     }
                     let body_replayable = request.is_some();
                     let error = error.with_backend(&backend.name);
-                    if let Some(log) = &mut done.log {
-                        log.attempts = attempt + 1;
-                    }
+                    let reason = error.reason();
                     let again = s.retries.enabled
                         && attempt < s.retries.max_per_request
                         && retry::may_retry(&error, replay_allowed, body_replayable);
@@ -260,6 +257,7 @@ impl Proxy {
                     if !again {
                         break;
                     }
+                    retry_reason = Some(reason);
                 }
             }
         }
@@ -303,7 +301,7 @@ impl Proxy {
                     other => (Kind::Connect(other.to_string()), false),
                 };
                 let err = ProxyError::new(Source::Upstream, kind, Retry::Safe);
-                self.health.on_failure(backend, &err, refused);
+                self.upstream_failed(backend, &err, refused);
                 return Err((err, Some(req)));
             }
         };
@@ -341,7 +339,7 @@ impl Proxy {
                         Kind::Reset(describe_hyper_error(e.error())),
                         Retry::IfIdempotent,
                     );
-                    self.health.on_failure(backend, &err, false);
+                    self.upstream_failed(backend, &err, false);
                     Err((err, None))
                 }
             },
@@ -351,10 +349,20 @@ impl Proxy {
                     Kind::ResponseTimeout(timeouts.response_header),
                     Retry::Never,
                 );
-                self.health.on_failure(backend, &err, false);
+                self.upstream_failed(backend, &err, false);
                 Err((err, None))
             }
         }
+    }
+
+    /// A backend failed one attempt: count it by kind, keep the message for
+    /// the admin API, and tell health (which may eject the backend).
+    fn upstream_failed(&self, backend: &Arc<Backend>, err: &ProxyError, refused: bool) {
+        if let Some(kind) = err.upstream_kind() {
+            backend.metrics.error(kind);
+        }
+        backend.record_error(err.to_string());
+        self.health.on_failure(backend, err, refused);
     }
 
     /// Builds the client's response from the backend's.
@@ -410,11 +418,8 @@ impl Proxy {
         mut done: Completion,
         request_id: HeaderValue,
     ) -> Response<ResponseBody> {
+        // Each failed attempt was counted when it failed (`upstream_failed`).
         let Failed { error, backend } = failed;
-        if let (Some(b), Some(kind)) = (&backend, error.upstream_kind()) {
-            b.metrics.error(kind);
-            b.record_error(error.to_string());
-        }
         tracing::debug!(error = %error, "request failed");
         let status = error.status();
         done.status = status.as_u16();

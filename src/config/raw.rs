@@ -443,6 +443,7 @@ impl RawConfig {
             a => Some(addr(l, "admin", a)?),
         };
         let listen = addr(l, "listen", &self.listen)?;
+        // Port 0 asks for any free port: two such listeners never collide.
         if admin == Some(listen) && listen.port() != 0 {
             return Err(invalid(
                 l,

@@ -53,6 +53,15 @@ fn defaults_are_valid() {
 }
 
 #[test]
+fn admin_must_not_share_the_proxy_address() {
+    let e = load("listen = \"127.0.0.1:8000\"\nadmin = \"127.0.0.1:8000\"\n").unwrap_err();
+    assert_eq!(e.key, "admin");
+    // Port 0 means any free port, so both listeners may ask for it.
+    let c = load("listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n").unwrap();
+    assert_eq!(c.admin, Some(c.listen));
+}
+
+#[test]
 fn backends_in_both_forms() {
     let c = load(
         r#"

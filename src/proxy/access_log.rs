@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::AccessLog;
+use crate::timefmt::{ClfDate, Rfc3339};
 
 /// One request, as logged.
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct Entry {
     pub time: SystemTime,
     pub client: SocketAddr,
     pub method: http::Method,
+    /// The client's HTTP version.
+    pub version: http::Version,
     /// Path and query as the client sent them.
     pub path: String,
     pub status: u16,
@@ -28,7 +31,8 @@ pub struct Entry {
     pub backend: Option<Arc<str>>,
     pub attempts: u32,
     pub request_id: String,
-    /// Set when the response failed after its head was sent.
+    /// Why the response did not complete: `after_head` (the backend failed
+    /// after the head was sent) or `client_closed` (the client left first).
     pub error: Option<&'static str>,
 }
 
@@ -111,46 +115,166 @@ impl AccessLogger {
 /// Formats one line (with its newline) into `out`.
 pub fn format_entry(format: AccessLog, e: &Entry, out: &mut String) {
     use std::fmt::Write as _;
-    let backend = e.backend.as_deref().unwrap_or("-");
     match format {
         AccessLog::Off => {}
         AccessLog::Common => {
-            // Common Log Format, plus duration, backend, attempts and request id.
+            // Common Log Format, then duration (s), backend, attempts and request id.
+            let _ = write!(
+                out,
+                "{} - - [{}] \"{} ",
+                e.client.ip(),
+                ClfDate(e.time),
+                e.method
+            );
+            escape_clf(&e.path, out);
+            let bytes = if e.bytes == 0 {
+                "-".to_owned()
+            } else {
+                e.bytes.to_string()
+            };
             let _ = writeln!(
                 out,
-                "{} - - [{}] \"{} {} HTTP/1.1\" {} {} {:.6} {} {} {}",
-                e.client.ip(),
-                httpdate::fmt_http_date(e.time),
-                e.method,
-                e.path,
+                " {:?}\" {} {} {:.6} {} {} {}",
+                e.version,
                 e.status,
-                e.bytes,
+                bytes,
                 e.duration.as_secs_f64(),
-                backend,
+                e.backend.as_deref().unwrap_or("-"),
                 e.attempts,
                 e.request_id
             );
         }
         AccessLog::Json => {
-            let time = e
-                .time
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64();
-            let v = serde_json::json!({
-                "time": time,
-                "client": e.client.to_string(),
-                "method": e.method.as_str(),
-                "path": e.path,
-                "status": e.status,
-                "bytes": e.bytes,
-                "duration": e.duration.as_secs_f64(),
-                "backend": e.backend.as_deref(),
-                "attempts": e.attempts,
-                "request_id": e.request_id,
-                "error": e.error,
-            });
-            let _ = writeln!(out, "{v}");
+            let line = JsonLine {
+                time: Rfc3339(e.time).to_string(),
+                client: e.client,
+                method: e.method.as_str(),
+                path: &e.path,
+                protocol: format!("{:?}", e.version),
+                status: e.status,
+                bytes: e.bytes,
+                duration: e.duration.as_secs_f64(),
+                backend: e.backend.as_deref(),
+                attempts: e.attempts,
+                request_id: &e.request_id,
+                error: e.error,
+            };
+            if let Ok(json) = serde_json::to_string(&line) {
+                out.push_str(&json);
+                out.push('\n');
+            }
         }
+    }
+}
+
+/// One JSON line; fields serialize in this order.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    client: SocketAddr,
+    method: &'a str,
+    path: &'a str,
+    protocol: String,
+    status: u16,
+    bytes: u64,
+    /// Seconds.
+    duration: f64,
+    backend: Option<&'a str>,
+    attempts: u32,
+    request_id: &'a str,
+    error: Option<&'static str>,
+}
+
+/// Writes `s` for a quoted CLF field: `"` and `\` escaped, and bytes outside
+/// printable ASCII as `\xHH` (as Apache does), so a line always splits the same way.
+fn escape_clf(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(971_186_136_250),
+            client: "10.1.2.3:5555".parse().unwrap(),
+            method: http::Method::GET,
+            version: http::Version::HTTP_11,
+            path: "/a?b=\"c\"".into(),
+            status: 200,
+            bytes: 1234,
+            duration: Duration::from_micros(1500),
+            backend: Some("127.0.0.1:3001".into()),
+            attempts: 2,
+            request_id: "req-1".into(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn common_format() {
+        let mut line = String::new();
+        format_entry(AccessLog::Common, &entry(), &mut line);
+        assert_eq!(
+            line,
+            "10.1.2.3 - - [10/Oct/2000:13:55:36 +0000] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 1234 \
+             0.001500 127.0.0.1:3001 2 req-1\n"
+        );
+        let mut e = entry();
+        e.bytes = 0;
+        e.backend = None;
+        e.attempts = 0;
+        e.status = 503;
+        e.path = "/\u{e9}\\".into();
+        e.version = http::Version::HTTP_2;
+        line.clear();
+        format_entry(AccessLog::Common, &e, &mut line);
+        assert!(
+            line.contains("\"GET /\\xc3\\xa9\\\\ HTTP/2.0\" 503 - 0.001500 - 0 req-1\n"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_format() {
+        let mut line = String::new();
+        format_entry(AccessLog::Json, &entry(), &mut line);
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        assert!(
+            line.starts_with("{\"time\":\"2000-10-10T13:55:36.250Z\",\"client\":"),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["time"], "2000-10-10T13:55:36.250Z");
+        assert_eq!(v["client"], "10.1.2.3:5555");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["path"], "/a?b=\"c\"");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes"], 1234);
+        assert_eq!(v["duration"], 0.0015);
+        assert_eq!(v["backend"], "127.0.0.1:3001");
+        assert_eq!(v["attempts"], 2);
+        assert_eq!(v["request_id"], "req-1");
+        assert!(v["error"].is_null());
+    }
+
+    #[test]
+    fn off_writes_nothing() {
+        let mut line = String::new();
+        format_entry(AccessLog::Off, &entry(), &mut line);
+        assert!(line.is_empty());
+        assert!(!AccessLogger::new(AccessLog::Off, Box::new(std::io::sink())).enabled());
     }
 }

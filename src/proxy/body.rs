@@ -65,7 +65,9 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        let class = if self.end == End::Failed {
+        // No status: the client went away before a response was made.
+        let client_closed = self.status == 0;
+        let class = if self.end == End::Failed || client_closed {
             CodeClass::Error
         } else {
             CodeClass::of(self.status)
@@ -104,6 +106,8 @@ impl Drop for Completion {
             entry.duration = elapsed;
             if self.end == End::Failed {
                 entry.error = Some("after_head");
+            } else if client_closed {
+                entry.error = Some("client_closed");
             }
             self.proxy.access_log.write(*entry);
         }
