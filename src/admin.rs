@@ -1,5 +1,5 @@
-//! The admin listener: liveness, readiness and Prometheus metrics, apart
-//! from the proxy port.
+//! The admin listener: liveness, readiness, Prometheus metrics and
+//! `/api/affinity`, apart from the proxy port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -56,6 +56,7 @@ impl Admin {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => self.readyz(),
             (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::GET, "/api/affinity") => self.affinity(),
             _ => error_response(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
         }
     }
@@ -69,7 +70,10 @@ impl Admin {
         if healthy == 0 {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no backend in rotation\n");
         }
-        text(StatusCode::OK, &format!("ready: {healthy} backend(s) in rotation\n"))
+        text(
+            StatusCode::OK,
+            &format!("ready: {healthy} backend(s) in rotation\n"),
+        )
     }
 
     fn metrics(&self) -> Response<ResponseBody> {
@@ -85,6 +89,30 @@ impl Admin {
         );
         r
     }
+}
+
+// === impl Admin: /api/affinity ===
+
+impl Admin {
+    /// Which backends tried to set which affinity cookies (and which ones
+    /// clients sent): counts, first and last seen (RFC 3339, UTC).
+    fn affinity(&self) -> Response<ResponseBody> {
+        let policy = self.proxy.settings().affinity.policy();
+        let report = self.proxy.affinity.report(policy);
+        json(StatusCode::OK, &report)
+    }
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {

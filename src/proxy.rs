@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
+use crate::affinity::{Rules as AffinityRules, Tracker as AffinityTracker};
 use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
@@ -52,12 +53,14 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub retries: Retries,
     pub budget: RetryBudget,
+    /// Which cookies are affinity cookies, and the policy for them.
+    pub affinity: AffinityRules,
 }
 
 impl Settings {
     pub fn from_config(config: &Config) -> Settings {
-        let weighted = config.backends.iter().any(|b| b.weight != 1)
-            || !config.health.slow_start.is_zero();
+        let weighted =
+            config.backends.iter().any(|b| b.weight != 1) || !config.health.slow_start.is_zero();
         Settings {
             balancer: balancer::build(config.algorithm, weighted, config.health.slow_start),
             timeouts: config.timeouts.clone(),
@@ -66,6 +69,7 @@ impl Settings {
                 config.retries.budget_ratio,
                 config.retries.budget_min_per_second,
             ),
+            affinity: AffinityRules::from_config(&config.affinity),
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Proxy {
     pub metrics: Metrics,
     pub access_log: AccessLogger,
     pub health: Arc<Health>,
+    /// Refused affinity cookies (kept across reloads, for `/api/affinity`).
+    pub affinity: AffinityTracker,
     settings: ArcSwap<Settings>,
     ids: RequestIds,
 }
@@ -105,6 +111,7 @@ impl Proxy {
     ) -> Proxy {
         Proxy {
             upstreams,
+            affinity: AffinityTracker::new(metrics.affinity_refused.clone()),
             metrics,
             access_log,
             health,
@@ -155,6 +162,9 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         prepare_request(&mut parts, &client, &request_id, upgrade);
+        settings
+            .affinity
+            .on_request(&mut parts.headers, &self.affinity);
 
         let mut done = Completion::new(self.clone(), start, 0);
         done.log = log;
@@ -193,7 +203,8 @@ impl Proxy {
         // A copy is kept only when a request that was already sent may be
         // sent again; otherwise the request is moved, and comes back from
         // hyper only if none of it was written.
-        let keep_copy = replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
+        let keep_copy =
+            replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
         let mut request = Some(Request::from_parts(parts, body));
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         let mut last: Option<Failed> = None;
@@ -305,7 +316,8 @@ impl Proxy {
         };
         let sent_at = Instant::now();
         let Conn::Http1(sender) = &mut conn;
-        let result = tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
+        let result =
+            tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
         match result {
             Ok(Ok(response)) => {
                 backend
@@ -377,6 +389,13 @@ impl Proxy {
             self.upstreams.refresh();
             self.health.watch_return(&backend);
         }
+        let s = self.settings.load();
+        if let Some(cookie) =
+            s.affinity
+                .on_response(&mut parts.headers, &backend.name, &self.affinity)
+        {
+            return self.reject_affinity(cookie, (body, conn, in_flight), done, request_id);
+        }
         headers::remove_hop_by_hop(&mut parts.headers, switching);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
         parts.version = client_version;
@@ -396,6 +415,35 @@ impl Proxy {
         done.in_flight = Some(in_flight);
         done.conn = Some(conn);
         Response::from_parts(parts, ResponseBody::upstream(body, done))
+    }
+
+    /// A backend set an affinity cookie under policy `reject`: its response
+    /// becomes a 502 naming the cookie. The backend's body and connection are
+    /// dropped (not pooled: the body was not read) and its in-flight count released.
+    fn reject_affinity(
+        &self,
+        cookie: String,
+        upstream: (Incoming, Conn, InFlight),
+        done: Completion,
+        request_id: HeaderValue,
+    ) -> Response<ResponseBody> {
+        let (body, conn, in_flight) = upstream;
+        let backend = in_flight.backend().clone();
+        drop((body, conn, in_flight));
+        let error = ProxyError::new(
+            Source::Upstream,
+            Kind::AffinityRejected(cookie),
+            Retry::Never,
+        )
+        .with_backend(&backend.name);
+        self.fail(
+            Failed {
+                error,
+                backend: Some(backend),
+            },
+            done,
+            request_id,
+        )
     }
 
     /// Turns a failure into the client's response: status and a one-line body.
@@ -419,7 +467,9 @@ impl Proxy {
         }
         done.backend = backend;
         let mut response = error_response(status, &error.to_string());
-        response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.with_completion(done))
     }
@@ -458,7 +508,9 @@ fn prepare_request(
         client.https,
         authority.as_ref().map(|a| a.as_str()),
     );
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     // HTTP/2 clients send the authority in the URI, HTTP/1.1 backends need Host.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(a) = &authority {
@@ -522,7 +574,8 @@ async fn buffer_for_replay(mut body: Incoming, limit: usize) -> Result<RequestBo
 }
 
 fn asks_to_drain(h: &http::HeaderMap) -> bool {
-    h.get(&X_UNSTICK_DRAIN).is_some_and(|v| v.as_bytes() == b"1")
+    h.get(&X_UNSTICK_DRAIN)
+        .is_some_and(|v| v.as_bytes() == b"1")
         && h.get_all(header::CONNECTION)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
