@@ -59,8 +59,8 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(config: &Config) -> Settings {
-        let weighted =
-            config.backends.iter().any(|b| b.weight != 1) || !config.health.slow_start.is_zero();
+        let weighted = config.backends.iter().any(|b| b.weight != 1)
+            || !config.health.slow_start.is_zero();
         Settings {
             balancer: balancer::build(config.algorithm, weighted, config.health.slow_start),
             timeouts: config.timeouts.clone(),
@@ -162,9 +162,8 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         prepare_request(&mut parts, &client, &request_id, upgrade);
-        settings
-            .affinity
-            .on_request(&mut parts.headers, &self.affinity);
+        let (rules, tracker) = (&settings.affinity, &self.affinity);
+        rules.on_request(&mut parts.headers, tracker);
 
         let mut done = Completion::new(self.clone(), start, 0);
         done.log = log;
@@ -203,8 +202,7 @@ impl Proxy {
         // A copy is kept only when a request that was already sent may be
         // sent again; otherwise the request is moved, and comes back from
         // hyper only if none of it was written.
-        let keep_copy =
-            replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
+        let keep_copy = replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
         let mut request = Some(Request::from_parts(parts, body));
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         let mut last: Option<Failed> = None;
@@ -316,8 +314,7 @@ impl Proxy {
         };
         let sent_at = Instant::now();
         let Conn::Http1(sender) = &mut conn;
-        let result =
-            tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
+        let result = tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
         match result {
             Ok(Ok(response)) => {
                 backend
@@ -389,11 +386,8 @@ impl Proxy {
             self.upstreams.refresh();
             self.health.watch_return(&backend);
         }
-        let s = self.settings.load();
-        if let Some(cookie) =
-            s.affinity
-                .on_response(&mut parts.headers, &backend.name, &self.affinity)
-        {
+        let (rules, tracker) = (&self.settings.load().affinity, &self.affinity);
+        if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
             return self.reject_affinity(cookie, (body, conn, in_flight), done, request_id);
         }
         headers::remove_hop_by_hop(&mut parts.headers, switching);
@@ -430,20 +424,11 @@ impl Proxy {
         let (body, conn, in_flight) = upstream;
         let backend = in_flight.backend().clone();
         drop((body, conn, in_flight));
-        let error = ProxyError::new(
-            Source::Upstream,
-            Kind::AffinityRejected(cookie),
-            Retry::Never,
-        )
-        .with_backend(&backend.name);
-        self.fail(
-            Failed {
-                error,
-                backend: Some(backend),
-            },
-            done,
-            request_id,
-        )
+        let kind = Kind::AffinityRejected(cookie);
+        let error =
+            ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
+        let backend = Some(backend);
+        self.fail(Failed { error, backend }, done, request_id)
     }
 
     /// Turns a failure into the client's response: status and a one-line body.
@@ -467,9 +452,7 @@ impl Proxy {
         }
         done.backend = backend;
         let mut response = error_response(status, &error.to_string());
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
+        response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.with_completion(done))
     }
@@ -508,9 +491,7 @@ fn prepare_request(
         client.https,
         authority.as_ref().map(|a| a.as_str()),
     );
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     // HTTP/2 clients send the authority in the URI, HTTP/1.1 backends need Host.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(a) = &authority {
@@ -574,8 +555,7 @@ async fn buffer_for_replay(mut body: Incoming, limit: usize) -> Result<RequestBo
 }
 
 fn asks_to_drain(h: &http::HeaderMap) -> bool {
-    h.get(&X_UNSTICK_DRAIN)
-        .is_some_and(|v| v.as_bytes() == b"1")
+    h.get(&X_UNSTICK_DRAIN).is_some_and(|v| v.as_bytes() == b"1")
         && h.get_all(header::CONNECTION)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
