@@ -117,9 +117,13 @@ impl Direction {
 #[derive(Debug, Clone)]
 pub struct Rules {
     policy: AffinityPolicy,
-    /// `true` for every byte an exact name or a prefix starts with: most
-    /// cookie names are ruled out by one lookup.
-    first_byte: [bool; 256],
+    /// `true` for every byte an exact name starts with, and a bit for
+    /// every exact name's length (63: 63 or longer): most cookie names are
+    /// ruled out by two lookups.
+    exact_first: [bool; 256],
+    exact_lengths: u64,
+    /// `true` for every byte a prefix starts with.
+    prefix_first: [bool; 256],
     /// Exact names, sorted (binary search).
     exact: Vec<Box<str>>,
     /// Prefix patterns, `*` included (the pattern is the label).
@@ -159,13 +163,20 @@ impl Rules {
             }
         }
         exempt_exact.sort();
-        let mut first_byte = [false; 256];
-        for n in exact.iter().chain(prefixes.iter()) {
-            first_byte[usize::from(n.as_bytes()[0])] = true;
+        let (mut exact_first, mut exact_lengths) = ([false; 256], 0);
+        for n in &exact {
+            exact_first[usize::from(n.as_bytes()[0])] = true;
+            exact_lengths |= length_bit(n.len());
+        }
+        let mut prefix_first = [false; 256];
+        for p in &prefixes {
+            prefix_first[usize::from(p.as_bytes()[0])] = true;
         }
         Rules {
             policy,
-            first_byte,
+            exact_first,
+            exact_lengths,
+            prefix_first,
             exact,
             prefixes,
             exempt: exempt_exact,
@@ -185,13 +196,16 @@ impl Rules {
     /// The rule `name` falls under (the exact name, or the `prefix*`
     /// pattern), or `None`. Case-sensitive; never allocates.
     pub fn matches(&self, name: &[u8]) -> Option<&str> {
-        let first = *name.first()?;
-        if !self.first_byte[usize::from(first)] {
-            return None;
-        }
-        let label = match self.exact.binary_search_by(|e| e.as_bytes().cmp(name)) {
-            Ok(i) => &*self.exact[i],
-            Err(_) => {
+        let first = usize::from(*name.first()?);
+        let maybe_exact =
+            self.exact_first[first] && self.exact_lengths & length_bit(name.len()) != 0;
+        let exact = maybe_exact
+            .then(|| self.exact.binary_search_by(|e| e.as_bytes().cmp(name)).ok())
+            .flatten();
+        let label = match exact {
+            Some(i) => &*self.exact[i],
+            None if !self.prefix_first[first] => return None,
+            None => {
                 let p = self.prefixes.iter().find(|p| {
                     let body = &p.as_bytes()[..p.len() - 1];
                     name.starts_with(body)
@@ -252,17 +266,25 @@ impl Rules {
     }
 }
 
-// === cookie parsing ===
+/// A bit standing for a name length (lengths of 63 and over share bit 63).
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
 
-const WS: [char; 2] = [' ', '\t'];
+// === cookie parsing ===
 
 /// The name of one `Cookie` pair (`name=value`, surrounding spaces allowed);
 /// empty for a pair without `=` (a nameless cookie, RFC 6265bis).
-fn pair_name(pair: &str) -> &str {
-    match pair.find('=') {
-        Some(i) => pair[..i].trim_matches(WS),
-        None => "",
+fn pair_name(pair: &[u8]) -> &[u8] {
+    match pair.iter().position(|b| *b == b'=') {
+        Some(i) => pair[..i].trim_ascii(),
+        None => b"",
     }
+}
+
+/// The pairs of one `Cookie` value.
+fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b';')
 }
 
 /// The cookie name a `Set-Cookie` value sets (RFC 6265 5.2: up to the first
@@ -286,13 +308,18 @@ pub fn scrub_cookies(
 ) {
     let mut any = false;
     for value in headers.get_all(COOKIE) {
-        let Ok(text) = std::str::from_utf8(value.as_bytes()) else {
-            continue;
-        };
-        for pair in text.split(';') {
+        let bytes = value.as_bytes();
+        // UTF-8 is checked only once a name matches: the common case reads
+        // the header once.
+        let mut utf8_checked = false;
+        for pair in pairs(bytes) {
             let name = pair_name(pair);
-            if let Some(label) = rules.matches(name.as_bytes()) {
-                found(label, name.as_bytes());
+            if let Some(label) = rules.matches(name) {
+                if !utf8_checked && std::str::from_utf8(bytes).is_err() {
+                    break;
+                }
+                utf8_checked = true;
+                found(label, name);
                 any = true;
             }
         }
@@ -315,32 +342,28 @@ pub fn scrub_cookies(
 /// One `Cookie` value without its affinity pairs: the value itself if
 /// nothing matches (or it is not UTF-8), `None` if nothing is left.
 fn without_affinity_pairs(rules: &Rules, value: &HeaderValue) -> Option<HeaderValue> {
-    let Ok(text) = std::str::from_utf8(value.as_bytes()) else {
-        return Some(value.clone());
-    };
-    if !text
-        .split(';')
-        .any(|p| rules.matches(pair_name(p).as_bytes()).is_some())
-    {
+    let bytes = value.as_bytes();
+    let refused = |pair: &[u8]| rules.matches(pair_name(pair)).is_some();
+    if std::str::from_utf8(bytes).is_err() || !pairs(bytes).any(refused) {
         return Some(value.clone());
     }
-    let mut out = String::with_capacity(text.len());
-    for pair in text.split(';') {
-        if pair.trim_matches(WS).is_empty() || rules.matches(pair_name(pair).as_bytes()).is_some() {
+    let mut out = Vec::with_capacity(bytes.len());
+    for pair in pairs(bytes) {
+        if pair.trim_ascii().is_empty() || refused(pair) {
             continue;
         }
         if !out.is_empty() {
-            out.push(';');
+            out.push(b';');
         }
-        out.push_str(pair);
+        out.extend_from_slice(pair);
     }
-    let out = out.trim_matches(WS);
+    let out = out.trim_ascii();
     if out.is_empty() {
         return None;
     }
     // Only bytes of a valid value were kept, so this cannot fail; if it
     // somehow did, forwarding the original beats mangling it.
-    Some(HeaderValue::from_str(out).unwrap_or_else(|_| value.clone()))
+    Some(HeaderValue::from_bytes(out).unwrap_or_else(|_| value.clone()))
 }
 
 /// Calls `found(label, name)` for each `Set-Cookie` header that sets an
