@@ -1,4 +1,4 @@
-//! Refusing load-balancer affinity cookies: matching, scrubbing `Cookie` and `Set-Cookie`, and the record of who asked.
+//! Refuses load-balancer affinity cookies in both directions, and records who set them.
 //!
 //! unstick never routes by client identity. That part is structural: the
 //! balancer's [`Balance::pick`](crate::balancer::Balance::pick) is handed the

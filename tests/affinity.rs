@@ -1,4 +1,4 @@
-//! Affinity cookies through the real binary: each policy, request scrubbing across round-robin backends, refused sticky config.
+//! Affinity cookies through the real binary: every policy, request scrubbing, sticky config.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
