@@ -6,6 +6,7 @@
 //! - `GET /readyz`: 200 when a backend is in rotation and the process is not draining, else 503.
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `GET /api/backends`: every backend as JSON.
+//! - `GET /api/affinity`: which backends tried to set affinity cookies.
 //! - `POST /api/backends/{address}/drain` and `.../undrain`: take a backend out
 //!   of rotation for new requests (in-flight ones finish), and back.
 
@@ -94,6 +95,10 @@ impl Admin {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", Some("GET, HEAD"))
             }
             BACKENDS | "/api/backends/" => self.list_backends(),
+            "/api/affinity" if !get => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", Some("GET, HEAD"))
+            }
+            "/api/affinity" => self.affinity(),
             _ => match parse_action(path) {
                 Some((_, _)) if method != Method::POST => {
                     json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST", Some("POST"))
@@ -338,6 +343,30 @@ fn json_error(
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
+    r
+}
+
+// === impl Admin: /api/affinity ===
+
+impl Admin {
+    /// Which backends tried to set which affinity cookies (and which ones
+    /// clients sent): counts, first and last seen (RFC 3339, UTC).
+    fn affinity(&self) -> Response<ResponseBody> {
+        let policy = self.proxy.settings().affinity.policy();
+        let report = self.proxy.affinity.report(policy);
+        json(StatusCode::OK, &report)
+    }
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 

@@ -7,6 +7,7 @@
 //! - [`cli`]: clap subcommands (`serve`, `check`, ...); flags and env override the file.
 //! - [`app`]: wires a `Config` into a running balancer (listeners, proxy, health, admin).
 //! - [`server`]: accept loop, connection limits, client timeouts, HTTP/1 and HTTP/2, graceful drain.
+//! - [`affinity`]: refuses load-balancer affinity cookies in both directions, and reports who set them.
 //! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond.
 //! - [`balancer`]: `pick(&self, healthy)`; never sees a request. One file per algorithm.
 //! - [`upstream`]: backends, in-flight guards, connection pools, snapshots (arc-swap).
@@ -17,6 +18,7 @@
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
 
 pub mod admin;
+pub mod affinity;
 pub mod app;
 pub mod balancer;
 pub mod cli;

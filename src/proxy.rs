@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
+use crate::affinity::{Rules as AffinityRules, Tracker as AffinityTracker};
 use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
@@ -52,6 +53,8 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub retries: Retries,
     pub budget: RetryBudget,
+    /// Which cookies are affinity cookies, and the policy for them.
+    pub affinity: AffinityRules,
 }
 
 impl Settings {
@@ -66,6 +69,7 @@ impl Settings {
                 config.retries.budget_ratio,
                 config.retries.budget_min_per_second,
             ),
+            affinity: AffinityRules::from_config(&config.affinity),
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Proxy {
     pub metrics: Metrics,
     pub access_log: AccessLogger,
     pub health: Arc<Health>,
+    /// Refused affinity cookies (kept across reloads, for `/api/affinity`).
+    pub affinity: AffinityTracker,
     settings: ArcSwap<Settings>,
     ids: RequestIds,
 }
@@ -105,6 +111,7 @@ impl Proxy {
     ) -> Proxy {
         Proxy {
             upstreams,
+            affinity: AffinityTracker::new(metrics.affinity_refused.clone()),
             metrics,
             access_log,
             health,
@@ -156,6 +163,8 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         prepare_request(&mut parts, &client, &request_id, upgrade);
+        let (rules, tracker) = (&settings.affinity, &self.affinity);
+        rules.on_request(&mut parts.headers, tracker);
 
         let mut done = Completion::new(self.clone(), start, 0);
         done.log = log;
@@ -390,6 +399,10 @@ impl Proxy {
             self.upstreams.refresh();
             self.health.watch_return(&backend);
         }
+        let (rules, tracker) = (&self.settings.load().affinity, &self.affinity);
+        if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
+            return self.reject_affinity(cookie, (body, conn, in_flight), done, request_id);
+        }
         headers::remove_hop_by_hop(&mut parts.headers, switching);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
         parts.version = client_version;
@@ -409,6 +422,26 @@ impl Proxy {
         done.in_flight = Some(in_flight);
         done.conn = Some(conn);
         Response::from_parts(parts, ResponseBody::upstream(body, done))
+    }
+
+    /// A backend set an affinity cookie under policy `reject`: its response
+    /// becomes a 502 naming the cookie. The backend's body and connection are
+    /// dropped (not pooled: the body was not read) and its in-flight count released.
+    fn reject_affinity(
+        &self,
+        cookie: String,
+        upstream: (Incoming, Conn, InFlight),
+        done: Completion,
+        request_id: HeaderValue,
+    ) -> Response<ResponseBody> {
+        let (body, conn, in_flight) = upstream;
+        let backend = in_flight.backend().clone();
+        drop((body, conn, in_flight));
+        let kind = Kind::AffinityRejected(cookie);
+        let error =
+            ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
+        let backend = Some(backend);
+        self.fail(Failed { error, backend }, done, request_id)
     }
 
     /// Turns a failure into the client's response: status and a one-line body.

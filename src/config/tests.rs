@@ -208,3 +208,10 @@ fn durations_and_sizes() {
     assert_eq!(parse_size("1000").unwrap(), 1000);
     assert!(parse_size("lots").is_err());
 }
+
+#[test]
+fn admin_and_listen_may_both_ask_for_any_free_port() {
+    load("listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n").unwrap();
+    let e = load("listen = \"127.0.0.1:8000\"\nadmin = \"127.0.0.1:8000\"\n").unwrap_err();
+    assert_eq!(e.key, "admin");
+}
