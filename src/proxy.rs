@@ -40,11 +40,22 @@ use retry::RetryBudget;
 pub static X_UNSTICK_DRAIN: http::HeaderName = http::HeaderName::from_static("x-unstick-drain");
 
 /// Who sent a request, as the server saw the connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
     /// The connection is TLS.
     pub https: bool,
+    /// The client's IP as a header value, made once per connection rather
+    /// than formatted for every request's `X-Forwarded-For`.
+    pub ip: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(addr: SocketAddr, https: bool) -> ClientInfo {
+        let ip =
+            HeaderValue::try_from(addr.ip().to_string()).expect("an IP is a valid header value");
+        ClientInfo { addr, https, ip }
+    }
 }
 
 /// The parts of the configuration the request path reads; swapped whole on reload.
@@ -499,7 +510,7 @@ fn prepare_request(
     let authority = parts.uri.authority().cloned();
     headers::set_forwarded(
         &mut parts.headers,
-        client.addr.ip(),
+        &client.ip,
         client.https,
         authority.as_ref().map(|a| a.as_str()),
     );

@@ -170,7 +170,7 @@ pub async fn serve(
                 shutdown.clone(),
             );
             tokio::spawn(async move {
-                let client = ClientInfo { addr, https: false };
+                let client = ClientInfo::new(addr, false);
                 serve_connection(stream, client, proxy.clone(), &opts, &builder, shutdown).await;
                 proxy.metrics.connections_open.dec();
                 if open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -196,14 +196,22 @@ pub async fn serve(
     Ok(())
 }
 
+/// hyper's default request header count limit.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 fn http_builder(opts: &ServerOptions) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .keep_alive(true)
         .max_buf_size(opts.max_header_bytes.max(8192))
-        .max_headers(opts.max_headers)
         // Header and idle timeouts are enforced by `serve_connection`.
         .header_read_timeout(None);
+    // hyper's own limit is 100 headers, parsed into an uninitialized stack
+    // array; setting any limit switches it to a buffer initialized on every
+    // request (~1,700 instructions each). Only set it when it differs.
+    if opts.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.http1().max_headers(opts.max_headers);
+    }
     b.http2()
         .max_concurrent_streams(opts.http2.max_concurrent_streams)
         .initial_stream_window_size(opts.http2.initial_stream_window)
@@ -260,7 +268,9 @@ pub async fn serve_connection<I>(
     };
     let service = {
         let activity = activity.clone();
+        let client = client.clone();
         service_fn(move |req| {
+            let client = client.clone();
             activity.active.fetch_add(1, Ordering::Relaxed);
             activity.head_started.store(0, Ordering::Relaxed);
             let guard = RequestGuard(activity.clone());
