@@ -13,6 +13,7 @@
 //! - [`health`]: passive ejection, active HTTP checks, backoff probes.
 //! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
+//! - [`demo`]: `unstick demo`: a reference app (shared sessions), its stateful twin, a supervisor.
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod app;
 pub mod balancer;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
