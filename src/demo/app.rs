@@ -322,15 +322,20 @@ code {{ background: #eee; padding: .1em .3em; border-radius: 3px }}
 <p class="instance">Served by instance <code>{instance}</code> (pid {pid})</p>
 <p><small>Sessions live in <code>{store}</code>.</small></p>
 {body}
-<p><small>Reload: unstick may send each request to a different instance, so the
-instance id changes while your session stays, because it lives in the shared
-store. With <code>--store memory</code> each instance keeps its own sessions, and
-you are logged out whenever another instance answers.</small></p>
+<p><small>{note}</small></p>
 </body></html>
 "#,
             instance = escape(&self.instance),
             pid = std::process::id(),
             store = escape(&self.store.describe()),
+            note = if matches!(self.store, Store::Memory(_)) {
+                "This is the stateful twin: each instance keeps its own sessions in \
+                 memory. Reload, and whenever another instance answers you are logged out."
+            } else {
+                "Reload: unstick may send each request to a different instance, so the \
+                 instance id changes while your session stays, because it lives in the \
+                 shared store."
+            },
         )
     }
 }
@@ -636,6 +641,10 @@ mod tests {
             "escaped: {page}"
         );
         assert!(page.contains(app.instance_id()));
+        assert!(
+            page.contains("stateful twin"),
+            "memory says what it is: {page}"
+        );
         let r = app.handle(req(Method::POST, "/logout", Some(&c), "")).await;
         assert_eq!(r.status(), StatusCode::OK);
         let r = app.handle(req(Method::GET, "/whoami", Some(&c), "")).await;
