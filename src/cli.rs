@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod serve;
 mod testkit;
 
@@ -23,6 +24,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Validate a config file and print the effective configuration.
     Check(serve::CheckArgs),
+    /// Three demo app instances behind unstick, sharing sessions through SQLite.
+    Demo(demo::DemoArgs),
+    /// The demo web app: per-session login, cart and counter in a shared store.
+    DemoApp(demo::DemoAppArgs),
     /// A fake backend for tests and benches.
     #[command(hide = true)]
     TestkitBackend(testkit::TestkitArgs),
@@ -47,6 +52,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Check(args) => serve::check(args),
+        Command::Demo(args) => demo::run_demo(args),
+        Command::DemoApp(args) => demo::run_app(args),
         Command::TestkitBackend(args) => testkit::run(args),
     }
 }

@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
 //! - [`timefmt`]: UTC wall-clock formatting (RFC 3339, Common Log Format dates).
+//! - [`demo`]: `unstick demo`: a reference app (shared sessions), its stateful twin, a supervisor.
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod app;
 pub mod balancer;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
