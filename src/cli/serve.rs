@@ -131,13 +131,17 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
+        // Signal handlers are installed before the startup line, so a
+        // SIGTERM sent as soon as the line appears drains instead of killing.
+        let signals = StopSignals::install();
         eprintln!("{}", startup_line(&app, &config));
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
-            wait_for_stop_signal().await;
+            let Some(mut signals) = signals else { return };
+            signals.next().await;
             tracing::info!("stopping: draining requests in flight");
             shutdown.set(Phase::Drain);
-            wait_for_stop_signal().await;
+            signals.next().await;
             tracing::warn!("second signal: closing now");
             shutdown.set(Phase::Close);
         });
@@ -151,19 +155,27 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for from the moment they are installed.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Option<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(StopSignals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
