@@ -507,6 +507,9 @@ fn prepare_request(
     upgrade: bool,
 ) {
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    // Room for the four headers added below, so the map grows once, not
+    // once per insert (hyper sizes it to the headers the client sent).
+    parts.headers.reserve(4);
     let authority = parts.uri.authority().cloned();
     headers::set_forwarded(
         &mut parts.headers,
