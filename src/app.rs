@@ -42,13 +42,15 @@ pub struct App {
     background: Vec<JoinHandle<()>>,
 }
 
-/// The pool settings a config asks for.
-pub fn pool_settings(config: &Config) -> PoolSettings {
-    PoolSettings {
+/// The pool settings a config asks for, with the client configs for TLS
+/// backends (`upstream_tls`: CA file or the built-in roots, client certificate).
+pub fn pool_settings(config: &Config) -> Result<PoolSettings, TlsError> {
+    Ok(PoolSettings {
         connect_timeout: config.timeouts.connect,
         idle_timeout: config.timeouts.upstream_idle,
         max_idle: config.limits.upstream_idle_per_backend,
-    }
+        tls: Some(crate::tls::client_configs(&config.upstream_tls)?),
+    })
 }
 
 /// Resolves a backend's address: an IP literal as is, a name through DNS
@@ -69,7 +71,7 @@ pub async fn build_backends(
     config: &Config,
     metrics: &Metrics,
 ) -> Result<Vec<Arc<Backend>>, StartError> {
-    let pool = pool_settings(config);
+    let pool = pool_settings(config)?;
     let mut out = Vec::new();
     for spec in &config.backends {
         let addrs = resolve(spec).await.map_err(|source| StartError::Resolve {
@@ -80,7 +82,12 @@ pub async fn build_backends(
             if out.iter().any(|b: &Arc<Backend>| b.addr == addr) {
                 continue;
             }
-            out.push(Arc::new(Backend::new(spec.clone(), addr, pool, metrics)));
+            out.push(Arc::new(Backend::new(
+                spec.clone(),
+                addr,
+                pool.clone(),
+                metrics,
+            )));
         }
     }
     Ok(out)

@@ -305,10 +305,11 @@ impl Proxy {
                 return Err((err, Some(req)));
             }
         };
+        let mut req = req;
+        backend.pool.fit_request(&mut req);
         let sent_at = Instant::now();
-        let Conn::Http1(sender) = &mut conn;
         let result =
-            tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
+            tokio::time::timeout(timeouts.response_header, conn.try_send_request(req)).await;
         match result {
             Ok(Ok(response)) => {
                 backend

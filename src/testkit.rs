@@ -66,6 +66,8 @@ pub struct Counters {
     pub in_flight: AtomicU64,
     /// Health checks received.
     pub health_checks: AtomicU64,
+    /// Connections accepted (TCP; HTTP/2 multiplexes many requests on one).
+    pub connections: AtomicU64,
     /// The last `Cookie` header received.
     pub last_cookie: std::sync::Mutex<Option<String>>,
 }
@@ -122,6 +124,7 @@ impl FakeBackend {
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
                 let _ = stream.set_nodelay(true);
+                s.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let s = s.clone();
                 let mut stopped = stopped.clone();
                 let tls = tls.clone();
@@ -712,6 +715,7 @@ pub fn backends(weights: &[u32]) -> Vec<Arc<crate::upstream::Backend>> {
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(30),
         max_idle: 0,
+        tls: None,
     };
     weights
         .iter()
@@ -723,7 +727,7 @@ pub fn backends(weights: &[u32]) -> Vec<Arc<crate::upstream::Backend>> {
                 weight,
                 protocol: UpstreamProtocol::Http1,
             };
-            Arc::new(Backend::new(spec, addr, pool, &metrics))
+            Arc::new(Backend::new(spec, addr, pool.clone(), &metrics))
         })
         .collect()
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,9 +15,9 @@ use rcgen::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use unstick::app::App;
-use unstick::config::{SniCert, Tls};
+use unstick::config::{SniCert, Tls, UpstreamProtocol};
 use unstick::testkit::client::{self, Conn, H2Conn};
-use unstick::testkit::process::ChildUnstick;
+use unstick::testkit::process::{ChildBackend, ChildUnstick};
 use unstick::testkit::{test_config, BackendOptions, FakeBackend};
 use unstick::tls::{ALPN_H2, ALPN_HTTP11};
 
@@ -550,4 +551,146 @@ async fn one_h2_tls_connection_spreads_300_streams_evenly() {
     let ids = multiplexed(&conn, 300).await;
     assert_even(&ids, 3);
     assert_eq!(counter(&app, "unstick_connections_open", &[]), 1.0);
+}
+
+// === upstream protocols ===
+
+fn with_protocol(config: &mut unstick::config::Config, protocol: UpstreamProtocol) {
+    for b in &mut config.backends {
+        b.protocol = protocol;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_backends_get_one_shared_connection_each() {
+    let b = backends(2).await;
+    let mut config = test_config(&addrs(&b));
+    with_protocol(&mut config, UpstreamProtocol::H2c);
+    let app = App::start(config).await.unwrap();
+    // 200 requests from 8 HTTP/1.1 client connections at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let addr = app.proxy_addr;
+        tasks.spawn(async move {
+            let mut c = Conn::open(addr).await.unwrap();
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let r = c
+                    .request(Method::POST, "/echo", &[], format!("body {i}"))
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, StatusCode::OK);
+                assert_eq!(r.text(), format!("body {i}"));
+                ids.push(r.backend());
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        ids.extend(r.unwrap());
+    }
+    assert_even(&ids, 2);
+    for backend in &b {
+        let n = backend.counters.connections.load(Ordering::Relaxed);
+        assert_eq!(n, 1, "one shared HTTP/2 connection per backend, got {n}");
+    }
+    // The backend sees HTTP/2 with the client's authority.
+    let r = client::get(app.proxy_addr, "/headers").await.unwrap();
+    assert!(
+        !r.text().lines().any(|l| l.starts_with("host:")),
+        "HTTP/2 carries the authority in the URI: {}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("x-forwarded-host: 127.0.0.1"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_backend_that_restarts_gets_a_new_connection() {
+    let mut backend = ChildBackend::spawn(BIN, "h2c", &[]);
+    let mut config = test_config(&[backend.addr]);
+    with_protocol(&mut config, UpstreamProtocol::H2c);
+    config.health.backoff = Duration::from_millis(100);
+    let app = App::start(config).await.unwrap();
+    assert_eq!(
+        client::get(app.proxy_addr, "/").await.unwrap().text(),
+        "h2c\n"
+    );
+    backend.restart(BIN, &[]);
+    eventually("requests to succeed again", Duration::from_secs(15), async || {
+        matches!(client::get(app.proxy_addr, "/").await, Ok(r) if r.status == StatusCode::OK)
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            client::get(app.proxy_addr, "/").await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_backends_are_checked_against_the_ca_file_and_get_the_client_certificate() {
+    let pki = Pki::new("mtls");
+    let server = pki.issue("backend", &["127.0.0.1"], false);
+    let client_cert = pki.issue("client", &["unstick-client"], true);
+    let tls = unstick::tls::simple_server_config(
+        &server.cert,
+        &server.key,
+        &[ALPN_HTTP11],
+        Some(&pki.ca_file),
+    )
+    .unwrap();
+    let backend = FakeBackend::start_tls(
+        BackendOptions {
+            id: "secure".into(),
+            ..Default::default()
+        },
+        tls,
+    )
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    with_protocol(&mut config, UpstreamProtocol::Https);
+    config.health.eject_after_failures = 1000;
+    config.upstream_tls.ca_file = Some(pki.ca_file.clone());
+    config.upstream_tls.client_cert = Some(client_cert.cert.clone());
+    config.upstream_tls.client_key = Some(client_cert.key.clone());
+    let app = App::start(config.clone()).await.unwrap();
+    for _ in 0..5 {
+        let r = client::request(app.proxy_addr, Method::POST, "/echo", &[], "over tls")
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.text(), "over tls");
+        assert_eq!(r.backend(), "secure");
+    }
+
+    // Without the client certificate the backend refuses us.
+    let mut no_client = config.clone();
+    no_client.upstream_tls.client_cert = None;
+    no_client.upstream_tls.client_key = None;
+    let app = App::start(no_client).await.unwrap();
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+
+    // Without the CA file (the built-in roots), the backend is not trusted.
+    let mut no_ca = config.clone();
+    no_ca.upstream_tls.ca_file = None;
+    let app = App::start(no_ca).await.unwrap();
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.text().contains("TLS handshake failed"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_upstream_ca_file_stops_the_start() {
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    config.upstream_tls.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
+    let err = App::start(config).await.err().expect("refused").to_string();
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
