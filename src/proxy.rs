@@ -19,6 +19,7 @@ use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::server::{Phase, TunnelHold};
 use crate::upstream::{Backend, Conn, ConnectError, InFlight, RequestBody, State, Upstreams};
 
 pub mod access_log;
@@ -152,6 +153,7 @@ impl Proxy {
         });
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let hold = req.extensions_mut().remove::<TunnelHold>();
         let client_version = req.version();
 
         let (mut parts, body) = req.into_parts();
@@ -161,7 +163,10 @@ impl Proxy {
         done.log = log;
         let result = self.forward(parts, body, &settings, &mut done).await;
         match result {
-            Ok(fwd) => self.respond(fwd, done, request_id, client_version, client_upgrade),
+            Ok(fwd) => {
+                let upgrade = client_upgrade.map(|u| (u, hold));
+                self.respond(fwd, done, request_id, client_version, upgrade)
+            }
             Err(failed) => self.fail(failed, done, request_id),
         }
     }
@@ -373,7 +378,7 @@ impl Proxy {
         mut done: Completion,
         request_id: HeaderValue,
         client_version: Version,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<TunnelHold>)>,
     ) -> Response<ResponseBody> {
         let Forwarded {
             mut response,
@@ -400,11 +405,11 @@ impl Proxy {
             log.status = done.status;
             log.backend = Some(backend.name.clone());
         }
-        if let (Some(client), Some(upstream)) = (client_upgrade, backend_upgrade) {
+        if let (Some((client, hold)), Some(upstream)) = (client_upgrade, backend_upgrade) {
             // The connection now belongs to the tunnel, which holds the
             // in-flight count until either side closes.
             done.backend = Some(backend);
-            tokio::spawn(tunnel(client, upstream, in_flight));
+            tokio::spawn(tunnel(client, upstream, in_flight, hold));
             return Response::from_parts(parts, ResponseBody::empty().with_completion(done));
         }
         done.in_flight = Some(in_flight);
@@ -552,12 +557,25 @@ fn describe_hyper_error(e: &hyper::Error) -> String {
     }
 }
 
-/// Copies bytes both ways between an upgraded client and backend connection.
+/// After the client closes its side of a tunnel, the backend gets this long
+/// to finish (e.g. answer a WebSocket close) before the tunnel is closed.
+const HALF_CLOSED_GRACE: Duration = Duration::from_secs(10);
+
+/// Copies bytes both ways between an upgraded client and backend connection
+/// (a WebSocket, say). The tunnel ends when the backend closes (or fails):
+/// the client's socket is then closed at once; when the client closes, the
+/// backend sees the end and gets [`HALF_CLOSED_GRACE`] to close too; and at
+/// shutdown once it reaches `Close` (after the drain timeout). Both sockets
+/// are shut down cleanly. The backend's in-flight count and the server's
+/// hold on the client connection last as long as the tunnel.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: InFlight,
+    hold: Option<TunnelHold>,
 ) {
+    use tokio::io::AsyncWriteExt;
+
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -565,10 +583,58 @@ async fn tunnel(
             return;
         }
     };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "tunnel closed with an error");
+    let (mut client_rx, mut client_tx) = tokio::io::split(hyper_util::rt::TokioIo::new(client));
+    let (mut upstream_rx, mut upstream_tx) =
+        tokio::io::split(hyper_util::rt::TokioIo::new(upstream));
+    let closing = {
+        let up = async {
+            let r = tokio::io::copy(&mut client_rx, &mut upstream_tx).await;
+            let _ = upstream_tx.shutdown().await;
+            r
+        };
+        let down = async {
+            let r = tokio::io::copy(&mut upstream_rx, &mut client_tx).await;
+            let _ = client_tx.shutdown().await;
+            r
+        };
+        let close = async {
+            match &hold {
+                Some(h) => h.shutdown.reached(Phase::Close).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(up, down, close);
+        let mut up_done = false;
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel: client side ended with an error");
+                    }
+                }
+                r = &mut down => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel: backend side ended with an error");
+                    }
+                    break false;
+                }
+                _ = &mut close => break true,
+                _ = &mut grace => break false,
+            }
+            grace.as_mut().reset(Instant::now() + HALF_CLOSED_GRACE);
+        }
+    };
+    if closing {
+        tracing::debug!(backend = %in_flight.backend().name, "tunnel closed at shutdown");
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = client_tx.shutdown().await;
+        let _ = upstream_tx.shutdown().await;
+    })
+    .await;
     drop(in_flight);
+    drop(hold);
 }

@@ -417,9 +417,20 @@ pub async fn serve_connection<I>(
         activity: activity.clone(),
         first_read: true,
     };
+    // Every tunnel made from this connection holds a sender: the connection
+    // stays counted as open (for the drain and the connection limit) until
+    // the last tunnel closes.
+    let (tunnels, mut tunnels_closed) = tokio::sync::mpsc::channel::<()>(1);
     let service = {
         let activity = activity.clone();
-        service_fn(move |req| {
+        let shutdown = shutdown.clone();
+        service_fn(move |mut req: Request<Incoming>| {
+            if crate::proxy::headers::is_upgrade(req.headers()) {
+                req.extensions_mut().insert(TunnelHold {
+                    _open: tunnels.clone(),
+                    shutdown: shutdown.clone(),
+                });
+            }
             activity.active.fetch_add(1, Ordering::Relaxed);
             activity.head_started.store(0, Ordering::Relaxed);
             let guard = RequestGuard(activity.clone());
@@ -456,7 +467,7 @@ pub async fn serve_connection<I>(
                 if let Err(e) = res {
                     tracing::debug!(client = %client.addr, error = %e, "client connection error");
                 }
-                return;
+                break;
             }
             changed = phase.changed(), if !graceful => {
                 let p = if changed.is_ok() { *phase.borrow() } else { Phase::Close };
@@ -465,7 +476,7 @@ pub async fn serve_connection<I>(
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = shutdown.reached(Phase::Close), if graceful => return,
+            _ = shutdown.reached(Phase::Close), if graceful => break,
             _ = tokio::time::sleep(tick) => {
                 if activity.active.load(Ordering::Relaxed) != 0 {
                     continue;
@@ -476,7 +487,7 @@ pub async fn serve_connection<I>(
                     && now.saturating_sub(head - 1) > opts.client_header.as_millis() as u64
                 {
                     tracing::debug!(client = %client.addr, "client sent no complete request head in time");
-                    return;
+                    break;
                 }
                 let idle = activity.idle_since.load(Ordering::Relaxed);
                 if head == 0 && !graceful
@@ -488,6 +499,19 @@ pub async fn serve_connection<I>(
             }
         }
     }
+    // An upgraded connection lives on in its tunnel (which closes itself at
+    // `Phase::Close`); wait for it.
+    drop(conn);
+    let _ = tunnels_closed.recv().await;
+}
+
+/// Put on an upgrade request by the server: the tunnel that the upgrade
+/// becomes holds it, so the client connection counts as open until the
+/// tunnel closes, and the tunnel learns when shutdown reaches `Close`.
+#[derive(Clone)]
+pub struct TunnelHold {
+    _open: tokio::sync::mpsc::Sender<()>,
+    pub shutdown: Shutdown,
 }
 
 /// Marks a request finished on its connection when its response body is done.

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -14,6 +15,7 @@ use rcgen::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use unstick::app::App;
 use unstick::config::{SniCert, Tls, UpstreamProtocol};
 use unstick::testkit::client::{self, Conn, H2Conn};
@@ -693,4 +695,151 @@ async fn a_bad_upstream_ca_file_stops_the_start() {
     config.upstream_tls.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
     let err = App::start(config).await.err().expect("refused").to_string();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+}
+
+// === WebSocket ===
+
+type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
+
+async fn ws_connect<S>(stream: S, authority: &str) -> Ws<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{authority}/ws"), stream)
+        .await
+        .expect("WebSocket handshake through unstick");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// Sends `n` messages and checks each echo.
+async fn ws_echo<S>(ws: &mut Ws<S>, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for i in 0..n {
+        let msg = if i % 2 == 0 {
+            Message::text(format!("message {i}"))
+        } else {
+            Message::binary(vec![i as u8; i + 1])
+        };
+        ws.send(msg.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("open")
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+}
+
+/// Waits (bounded) for the socket to close: a close frame, an error or the end.
+async fn ws_closed<S>(ws: &mut Ws<S>, timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("the WebSocket is still open after {timeout:?}"),
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echoes_through_the_proxy_and_closes_when_the_backend_dies() {
+    let backend = ChildBackend::spawn(BIN, "ws", &[]);
+    let app = App::start(test_config(&[backend.addr])).await.unwrap();
+    let stream = TcpStream::connect(app.proxy_addr).await.unwrap();
+    let mut ws = ws_connect(stream, &app.proxy_addr.to_string()).await;
+    ws_echo(&mut ws, 100).await;
+    let b = app.proxy.upstreams.load().all[0].clone();
+    assert_eq!(b.in_flight(), 1, "the tunnel counts as in flight");
+    assert_eq!(counter(&app, "unstick_connections_open", &[]), 1.0);
+
+    assert!(backend.process.signal(libc::SIGKILL));
+    ws_closed(&mut ws, Duration::from_secs(5)).await;
+    eventually(
+        "the tunnel to release its backend",
+        Duration::from_secs(5),
+        async || b.in_flight() == 0 && counter(&app, "unstick_connections_open", &[]) == 0.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_works_over_tls_and_a_client_close_ends_the_tunnel() {
+    let pki = Pki::new("wss");
+    let cert = pki.issue("server", &["localhost"], false);
+    let backend = FakeBackend::start(BackendOptions {
+        id: "ws".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    config.tls = Some(tls_config(&cert, Vec::new()));
+    let app = App::start(config).await.unwrap();
+    // WebSocket (RFC 6455) needs HTTP/1.1: a WebSocket client offers only http/1.1.
+    let tls = client::tls(app.proxy_addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
+        .await
+        .unwrap();
+    let mut ws = ws_connect(tls, "localhost").await;
+    ws_echo(&mut ws, 20).await;
+    let b = app.proxy.upstreams.load().all[0].clone();
+    assert_eq!(b.in_flight(), 1);
+    ws.close(None).await.unwrap();
+    ws_closed(&mut ws, Duration::from_secs(5)).await;
+    eventually("the tunnel to end", Duration::from_secs(5), async || {
+        b.in_flight() == 0 && counter(&app, "unstick_connections_open", &[]) == 0.0
+    })
+    .await;
+}
+
+#[test]
+fn sigterm_closes_websockets_after_the_drain_timeout() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pki = Pki::new("wsdrain");
+    let config = pki.path("unstick.toml");
+    std::fs::write(&config, "[timeouts]\ndrain = \"1500ms\"\n").unwrap();
+    let backend = ChildBackend::spawn(BIN, "ws", &[]);
+    let mut unstick = ChildUnstick::spawn(
+        BIN,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backend",
+            &backend.addr.to_string(),
+        ],
+        &[],
+    );
+    let addr = unstick.addr;
+    let pid = unstick.pid();
+    let elapsed = rt.block_on(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut ws = ws_connect(stream, &addr.to_string()).await;
+        ws_echo(&mut ws, 10).await;
+        let sent = Instant::now();
+        assert!(unstick::testkit::process::signal(pid, libc::SIGTERM));
+        // Draining: the tunnel still works...
+        ws_echo(&mut ws, 10).await;
+        // ...until the drain timeout closes it.
+        ws_closed(&mut ws, Duration::from_secs(15)).await;
+        sent.elapsed()
+    });
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "closed after {elapsed:?}, before the 1.5 s drain timeout"
+    );
+    let status = unstick
+        .process
+        .wait_timeout(Duration::from_secs(10))
+        .expect("unstick exits after the drain");
+    assert!(status.success(), "{status:?}");
+    assert!(unstick.process.stderr.text().contains("drain timeout"));
 }
