@@ -30,7 +30,7 @@ pub mod retry;
 
 pub use access_log::{AccessLogger, Entry};
 pub use body::ResponseBody;
-pub use error::{Kind, ProxyError, Retry, Source};
+pub use error::{GrpcStatus, Kind, ProxyError, Retry, Source};
 
 use body::Completion;
 use headers::{RequestIds, X_REQUEST_ID};
@@ -154,6 +154,7 @@ impl Proxy {
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let hold = req.extensions_mut().remove::<TunnelHold>();
+        let grpc = headers::is_grpc(req.headers());
         let client_version = req.version();
 
         let (mut parts, body) = req.into_parts();
@@ -167,7 +168,7 @@ impl Proxy {
                 let upgrade = client_upgrade.map(|u| (u, hold));
                 self.respond(fwd, done, request_id, client_version, upgrade)
             }
-            Err(failed) => self.fail(failed, done, request_id),
+            Err(failed) => self.fail(failed, done, request_id, grpc),
         }
     }
 
@@ -417,12 +418,16 @@ impl Proxy {
         Response::from_parts(parts, ResponseBody::upstream(body, done))
     }
 
-    /// Turns a failure into the client's response: status and a one-line body.
+    /// Turns a failure into the client's response: status and a one-line
+    /// body; for a gRPC client, HTTP 200 with `grpc-status` and
+    /// `grpc-message` (metrics and the access log keep the HTTP status the
+    /// failure stands for, so failed calls count as failures).
     fn fail(
         &self,
         failed: Failed,
         mut done: Completion,
         request_id: HeaderValue,
+        grpc: bool,
     ) -> Response<ResponseBody> {
         // Each failed attempt was counted when it failed (`upstream_failed`).
         let Failed { error, backend } = failed;
@@ -434,7 +439,11 @@ impl Proxy {
             log.backend = backend.as_ref().map(|b| b.name.clone());
         }
         done.backend = backend;
-        let mut response = error_response(status, &error.to_string());
+        let mut response = if grpc {
+            grpc_error_response(error.grpc_status(), &error.to_string())
+        } else {
+            error_response(status, &error.to_string())
+        };
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
@@ -457,6 +466,25 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<ResponseBod
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// Bytes percent-encoded in `grpc-message`: all but printable ASCII, and `%`.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// A gRPC "trailers-only" error: HTTP 200, no body, the status in the head.
+pub fn grpc_error_response(status: GrpcStatus, message: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::empty());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static(status.code()));
+    let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string();
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
     }
     r
 }
@@ -637,4 +665,19 @@ async fn tunnel(
     .await;
     drop(in_flight);
     drop(hold);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_are_trailers_only_with_an_encoded_message() {
+        let r = grpc_error_response(GrpcStatus::Unavailable, "100% naïve\n");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.body().is_end_stream());
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "100%25 na%C3%AFve%0A");
+    }
 }

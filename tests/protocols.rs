@@ -843,3 +843,175 @@ fn sigterm_closes_websockets_after_the_drain_timeout() {
     assert!(status.success(), "{status:?}");
     assert!(unstick.process.stderr.text().contains("drain timeout"));
 }
+
+// === gRPC ===
+
+const GRPC_HEADERS: &[(&str, &str)] = &[("content-type", "application/grpc"), ("te", "trailers")];
+
+/// A gRPC-framed message: flag, length, bytes.
+fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut b = vec![0u8];
+    b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    b.extend_from_slice(msg);
+    Bytes::from(b)
+}
+
+fn assert_grpc_echo(r: &client::Reply, sent: &Bytes, backend: &str) {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    assert_eq!(&r.body, sent);
+    let trailers = r.trailers.as_ref().expect("trailers reach the client");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-backend-id"], backend);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_round_trips_with_its_trailers() {
+    let b = backends(2).await;
+    let mut config = test_config(&addrs(&b));
+    with_protocol(&mut config, UpstreamProtocol::H2c);
+    let app = App::start(config).await.unwrap();
+    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let mut seen = Vec::new();
+    for i in 0..10 {
+        let body = grpc_frame(format!("hello {i}").as_bytes());
+        let r = conn
+            .request(
+                Method::POST,
+                "/grpc.test.Echo/Say",
+                GRPC_HEADERS,
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        let id = r.backend();
+        assert_grpc_echo(&r, &body, &id);
+        seen.push(id);
+    }
+    assert_even(&seen, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_to_an_h2_backend_round_trips_with_its_trailers() {
+    let pki = Pki::new("grpctls");
+    let front = pki.issue("front", &["localhost"], false);
+    let back = pki.issue("back", &["127.0.0.1"], false);
+    let tls = unstick::tls::simple_server_config(&back.cert, &back.key, &[ALPN_H2], None).unwrap();
+    let backend = FakeBackend::start_tls(
+        BackendOptions {
+            id: "h2tls".into(),
+            ..Default::default()
+        },
+        tls,
+    )
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    with_protocol(&mut config, UpstreamProtocol::H2);
+    config.upstream_tls.ca_file = Some(pki.ca_file.clone());
+    config.tls = Some(tls_config(&front, Vec::new()));
+    let app = App::start(config).await.unwrap();
+    let stream = client::tls(app.proxy_addr, "localhost", &pki.ca_file, &[ALPN_H2])
+        .await
+        .unwrap();
+    let conn = H2Conn::handshake(stream, "https", "localhost")
+        .await
+        .unwrap();
+    let body = grpc_frame(&[7u8; 100_000]);
+    let r = conn
+        .request(
+            Method::POST,
+            "/grpc.test.Echo/Say",
+            GRPC_HEADERS,
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_grpc_echo(&r, &body, "h2tls");
+    // The backend got HTTP/2 over TLS, and one connection for every call.
+    for _ in 0..20 {
+        let r = conn
+            .request(
+                Method::POST,
+                "/grpc.test.Echo/Say",
+                GRPC_HEADERS,
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        assert_grpc_echo(&r, &body, "h2tls");
+    }
+    assert_eq!(backend.counters.connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_failures_get_a_grpc_status_not_a_bare_http_error() {
+    // No backend in rotation: UNAVAILABLE.
+    let app = App::start(test_config(&[])).await.unwrap();
+    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let r = conn
+        .request(
+            Method::POST,
+            "/grpc.test.Echo/Say",
+            GRPC_HEADERS,
+            grpc_frame(b"x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    assert_eq!(r.headers["grpc-status"], "14");
+    assert!(r.headers["grpc-message"]
+        .to_str()
+        .unwrap()
+        .contains("no backend"));
+    assert!(r.body.is_empty());
+    // Metrics count it as the 503 it stands for.
+    assert_eq!(
+        counter(
+            &app,
+            "unstick_requests_total",
+            &[("backend", "none"), ("code_class", "5xx")]
+        ),
+        1.0
+    );
+
+    // A backend that refuses connections: UNAVAILABLE; plain HTTP gets a 502.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let mut config = test_config(&[dead_addr]);
+    config.health.eject_after_failures = 1000;
+    config.retries.enabled = false;
+    let app = App::start(config).await.unwrap();
+    let r = client::request(app.proxy_addr, Method::POST, "/x", &[], "plain")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let r = client::request(
+        app.proxy_addr,
+        Method::POST,
+        "/x",
+        GRPC_HEADERS,
+        grpc_frame(b"x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "14", "{:?}", r.headers);
+
+    // A backend that never answers: DEADLINE_EXCEEDED.
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    with_protocol(&mut config, UpstreamProtocol::H2c);
+    config.timeouts.response_header = Duration::from_millis(300);
+    let app = App::start(config).await.unwrap();
+    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let r = conn
+        .request(Method::POST, "/hang", GRPC_HEADERS, grpc_frame(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "4");
+    let msg = r.headers["grpc-message"].to_str().unwrap();
+    assert!(msg.contains("gateway timeout"), "{msg}");
+}
