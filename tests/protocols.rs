@@ -441,6 +441,7 @@ async fn plain_http_and_bad_handshakes_on_the_tls_port_end_quickly_and_are_count
     let b = backends(1).await;
     let mut config = test_config(&addrs(&b));
     config.tls = Some(tls_config(&cert, Vec::new()));
+    config.timeouts.client_header = Duration::from_millis(500);
     let app = App::start(config).await.unwrap();
     let addr = app.proxy_addr;
 
@@ -496,6 +497,20 @@ async fn plain_http_and_bad_handshakes_on_the_tls_port_end_quickly_and_are_count
         counter(&app, "unstick_tls_handshake_failures_total", &[]),
         4.0
     );
+
+    // A client that connects and says nothing is closed after the header timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("a silent client is closed, not kept");
+    assert!(got.is_empty());
+    eventually(
+        "the timeout to be counted",
+        Duration::from_secs(5),
+        async || counter(&app, "unstick_tls_handshake_failures_total", &[]) == 5.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,7 +284,12 @@ impl Pool {
             {
                 *req.uri_mut() = uri;
             }
-            req.headers_mut().remove(header::HOST);
+            // HTTP/2 has no Host (`:authority` says it) and no connection
+            // headers (an HTTP/1.1 Upgrade cannot cross it).
+            let h = req.headers_mut();
+            h.remove(header::HOST);
+            h.remove(header::CONNECTION);
+            h.remove(header::UPGRADE);
             *req.version_mut() = Version::HTTP_2;
         } else {
             if !req.headers().contains_key(header::HOST) {
