@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
@@ -114,12 +114,8 @@ struct Idle {
     since: Instant,
 }
 
-/// The shared HTTP/2 connection, and the last failure to make one.
-#[derive(Default)]
-struct Shared {
-    conn: Option<(http2::SendRequest<RequestBody>, Instant)>,
-    failed: Option<(Instant, ConnectError)>,
-}
+/// The shared HTTP/2 connection and when a request last took it.
+type Shared = Option<(http2::SendRequest<RequestBody>, Instant)>;
 
 /// Connections to one backend.
 pub struct Pool {
@@ -133,9 +129,11 @@ pub struct Pool {
     /// Idle HTTP/1.1 connections, most recently used last (checked out LIFO:
     /// the warmest connection is the least likely to have been closed by the backend).
     idle: Mutex<Vec<Idle>>,
-    /// HTTP/2: one connection, shared. The async lock makes concurrent
-    /// requests wait for one connect rather than each making its own.
-    shared: tokio::sync::Mutex<Shared>,
+    /// HTTP/2: one connection, shared (held briefly, never across an await).
+    shared: Mutex<Shared>,
+    /// Taken to make the shared connection, so concurrent requests wait for
+    /// one connect rather than each making its own; holds the last failure.
+    connecting: tokio::sync::Mutex<Option<(Instant, ConnectError)>>,
 }
 
 // === impl Pool ===
@@ -159,7 +157,8 @@ impl Pool {
             server_name,
             authority,
             idle: Mutex::new(Vec::new()),
-            shared: tokio::sync::Mutex::new(Shared::default()),
+            shared: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -184,35 +183,48 @@ impl Pool {
         Ok((self.connect().await?, false))
     }
 
-    async fn checkout_shared(&self) -> Result<(Conn, bool), ConnectError> {
-        let asked = Instant::now();
-        let mut shared = self.shared.lock().await;
-        let now = Instant::now();
-        if let Some((conn, last_used)) = &mut shared.conn {
+    /// The shared HTTP/2 connection if it is open and fresh.
+    fn live_shared(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((conn, last_used)) = &mut *shared {
             if !conn.is_closed() && last_used.elapsed() <= self.settings.idle_timeout {
-                *last_used = now;
-                return Ok((Conn::Http2(conn.clone()), true));
+                *last_used = Instant::now();
+                return Some(conn.clone());
             }
-            // Closed, or idle so long the backend may have dropped it. Requests
-            // still on it keep it open until they end.
-            shared.conn = None;
+            // Closed, or idle so long the backend may have dropped it.
+            // Requests still on it keep it open until they end.
+            *shared = None;
+        }
+        None
+    }
+
+    async fn checkout_shared(&self) -> Result<(Conn, bool), ConnectError> {
+        if let Some(conn) = self.live_shared() {
+            return Ok((Conn::Http2(conn), true));
+        }
+        let asked = Instant::now();
+        let mut failed = self.connecting.lock().await;
+        // Made by the request that held the lock while this one waited.
+        if let Some(conn) = self.live_shared() {
+            return Ok((Conn::Http2(conn), true));
         }
         // A connect that failed while this request waited fails it too,
         // rather than every waiter trying (and timing out) in turn.
-        if let Some((at, e)) = &shared.failed {
+        if let Some((at, e)) = &*failed {
             if *at >= asked {
                 return Err(e.duplicate());
             }
         }
         match self.connect().await {
             Ok(Conn::Http2(conn)) => {
-                shared.conn = Some((conn.clone(), Instant::now()));
-                shared.failed = None;
+                *self.shared.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((conn.clone(), Instant::now()));
+                *failed = None;
                 Ok((Conn::Http2(conn), false))
             }
             Ok(other) => Ok((other, false)),
             Err(e) => {
-                shared.failed = Some((Instant::now(), e.duplicate()));
+                *failed = Some((Instant::now(), e.duplicate()));
                 Err(e)
             }
         }
@@ -244,9 +256,7 @@ impl Pool {
     /// still on it finish).
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        if let Ok(mut shared) = self.shared.try_lock() {
-            shared.conn = None;
-        }
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Idle HTTP/1.1 connections held now.
@@ -259,50 +269,64 @@ impl Pool {
     /// the URI (from `Host`, which is then dropped). Either way round, so a
     /// request given back by one backend can be sent to another.
     pub fn fit_request(&self, req: &mut Request<RequestBody>) {
-        let authority = req.uri().authority().cloned().or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-        });
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        if self.protocol.is_http2() {
-            let scheme = if self.protocol.is_tls() {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            };
-            let authority = authority.unwrap_or_else(|| self.authority.clone());
-            if let Ok(uri) = Uri::builder()
-                .scheme(scheme)
-                .authority(authority)
-                .path_and_query(path)
-                .build()
-            {
-                *req.uri_mut() = uri;
+        if !self.protocol.is_http2() {
+            // The common case, as the proxy prepares requests: nothing to do.
+            if req.uri().authority().is_none() && req.headers().contains_key(header::HOST) {
+                *req.version_mut() = Version::HTTP_11;
+                return;
             }
-            // HTTP/2 has no Host (`:authority` says it) and no connection
-            // headers (an HTTP/1.1 Upgrade cannot cross it).
-            let h = req.headers_mut();
-            h.remove(header::HOST);
-            h.remove(header::CONNECTION);
-            h.remove(header::UPGRADE);
-            *req.version_mut() = Version::HTTP_2;
-        } else {
             if !req.headers().contains_key(header::HOST) {
-                let a = authority.unwrap_or_else(|| self.authority.clone());
+                let a = req.uri().authority().unwrap_or(&self.authority);
                 if let Ok(v) = HeaderValue::from_str(a.as_str()) {
                     req.headers_mut().insert(header::HOST, v);
                 }
             }
             if req.uri().authority().is_some() {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
                 *req.uri_mut() = Uri::from(path);
             }
             *req.version_mut() = Version::HTTP_11;
+            return;
         }
+        let authority = req
+            .uri()
+            .authority()
+            .cloned()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            })
+            .unwrap_or_else(|| self.authority.clone());
+        let scheme = if self.protocol.is_tls() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if let Ok(uri) = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+        {
+            *req.uri_mut() = uri;
+        }
+        // HTTP/2 has no Host (`:authority` says it) and no connection
+        // headers (an HTTP/1.1 Upgrade cannot cross it).
+        let h = req.headers_mut();
+        h.remove(header::HOST);
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+        *req.version_mut() = Version::HTTP_2;
     }
 
     /// A new connection, never pooled before (health probes use it too):
@@ -389,4 +413,49 @@ where
         }
     });
     Ok(Conn::Http2(send))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(protocol: UpstreamProtocol) -> Pool {
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle: 1,
+            tls: None,
+        };
+        Pool::new(
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1",
+            protocol,
+            settings,
+        )
+    }
+
+    #[test]
+    fn requests_fit_each_protocol_and_back() {
+        let mut req = Request::get("/a?b=1")
+            .header(header::HOST, "example.test")
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(RequestBody::Empty)
+            .unwrap();
+        pool(UpstreamProtocol::H2).fit_request(&mut req);
+        assert_eq!(req.uri(), "https://example.test/a?b=1");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(req.headers().is_empty(), "{:?}", req.headers());
+
+        // Given back by an HTTP/2 backend, sent to an HTTP/1.1 one.
+        pool(UpstreamProtocol::Http1).fit_request(&mut req);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()[header::HOST], "example.test");
+        assert_eq!(req.version(), Version::HTTP_11);
+
+        // No Host at all: the backend's address.
+        let mut req = Request::get("/").body(RequestBody::Empty).unwrap();
+        pool(UpstreamProtocol::H2c).fit_request(&mut req);
+        assert_eq!(req.uri(), "http://127.0.0.1:9/");
+    }
 }
