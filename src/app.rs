@@ -13,6 +13,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::proxy::{AccessLogger, Proxy, Settings};
 use crate::server::{self, Phase, ServerOptions, Shutdown};
+use crate::tls::{Reload, ServerCerts, TlsError};
 use crate::upstream::{Backend, PoolSettings, Upstreams};
 
 /// Why the balancer could not start.
@@ -22,6 +23,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot resolve backend `{address}`: {source}")]
     Resolve { address: String, source: io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running balancer.
@@ -29,19 +32,25 @@ pub struct App {
     /// The proxy listener's bound address (useful with port 0).
     pub proxy_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The HTTP->HTTPS redirect listener's bound address, if configured.
+    pub redirect_addr: Option<SocketAddr>,
+    /// The listener's certificates, if it speaks TLS (see [`App::reload_tls`]).
+    pub tls: Option<Arc<ServerCerts>>,
     pub proxy: Arc<Proxy>,
     pub shutdown: Shutdown,
     server: JoinHandle<io::Result<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
-/// The pool settings a config asks for.
-pub fn pool_settings(config: &Config) -> PoolSettings {
-    PoolSettings {
+/// The pool settings a config asks for, with the client configs for TLS
+/// backends (`upstream_tls`: CA file or the built-in roots, client certificate).
+pub fn pool_settings(config: &Config) -> Result<PoolSettings, TlsError> {
+    Ok(PoolSettings {
         connect_timeout: config.timeouts.connect,
         idle_timeout: config.timeouts.upstream_idle,
         max_idle: config.limits.upstream_idle_per_backend,
-    }
+        tls: Some(crate::tls::client_configs(&config.upstream_tls)?),
+    })
 }
 
 /// Resolves a backend's address: an IP literal as is, a name through DNS
@@ -62,7 +71,7 @@ pub async fn build_backends(
     config: &Config,
     metrics: &Metrics,
 ) -> Result<Vec<Arc<Backend>>, StartError> {
-    let pool = pool_settings(config);
+    let pool = pool_settings(config)?;
     let mut out = Vec::new();
     for spec in &config.backends {
         let addrs = resolve(spec).await.map_err(|source| StartError::Resolve {
@@ -73,7 +82,12 @@ pub async fn build_backends(
             if out.iter().any(|b: &Arc<Backend>| b.addr == addr) {
                 continue;
             }
-            out.push(Arc::new(Backend::new(spec.clone(), addr, pool, metrics)));
+            out.push(Arc::new(Backend::new(
+                spec.clone(),
+                addr,
+                pool.clone(),
+                metrics,
+            )));
         }
     }
     Ok(out)
@@ -113,6 +127,21 @@ impl App {
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let certs = match &config.tls {
+            Some(t) => Some(Arc::new(ServerCerts::load(t)?)),
+            None => None,
+        };
+        let redirect_listener = match config.tls.as_ref().and_then(|t| t.redirect_listen) {
+            Some(addr) => {
+                Some(server::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
+            }
+            None => None,
+        };
+        let redirect_addr = redirect_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let mut server_options = ServerOptions::from_config(&config);
+        if let Some(certs) = &certs {
+            server_options.tls = Some(certs.server_config(config.http2.enabled)?);
+        }
 
         let backends = build_backends(&config, &metrics).await?;
         let upstreams = Arc::new(Upstreams::new(backends));
@@ -138,20 +167,46 @@ impl App {
             });
             background.push(tokio::spawn(admin.serve(listener)));
         }
+        if let Some(certs) = &certs {
+            background.push(tokio::spawn(watch_certs(
+                certs.clone(),
+                proxy.metrics.clone(),
+            )));
+        }
+        if let Some(listener) = redirect_listener {
+            let redirect = server::serve_redirect(
+                listener,
+                proxy_addr.port(),
+                server_options.clone(),
+                shutdown.clone(),
+            );
+            background.push(tokio::spawn(async move {
+                let _ = redirect.await;
+            }));
+        }
         let server = tokio::spawn(server::serve(
             listener,
             proxy.clone(),
-            ServerOptions::from_config(&config),
+            server_options,
             shutdown.clone(),
         ));
         Ok(App {
             proxy_addr,
             admin_addr,
+            redirect_addr,
+            tls: certs,
             proxy,
             shutdown,
             server,
             background,
         })
+    }
+
+    /// Re-reads the certificate files now (as SIGHUP does); see [`reload_certs`].
+    pub fn reload_tls(&self) {
+        if let Some(certs) = &self.tls {
+            reload_certs(certs, &self.proxy.metrics, "signal");
+        }
     }
 
     /// Starts a graceful drain (as SIGTERM does).
@@ -170,6 +225,35 @@ impl App {
             task.abort();
         }
         result
+    }
+}
+
+/// Reloads the listener's certificates if their files changed: logs and
+/// counts the result. A bad file leaves the old certificates in use.
+pub fn reload_certs(certs: &ServerCerts, metrics: &Metrics, trigger: &str) {
+    match certs.reload() {
+        Reload::Unchanged => {
+            tracing::debug!(trigger, "certificate files unchanged");
+        }
+        Reload::Reloaded => {
+            tracing::info!(trigger, "certificates reloaded: new connections use them");
+            metrics.tls_reloads.with_label_values(&["ok"]).inc();
+        }
+        Reload::Failed(e) => {
+            tracing::error!(trigger, error = %e, "certificate reload failed: the old certificates stay in use");
+            metrics.tls_reloads.with_label_values(&["error"]).inc();
+        }
+    }
+}
+
+/// Checks the certificate files every `tls.reload_interval`.
+async fn watch_certs(certs: Arc<ServerCerts>, metrics: Metrics) {
+    let mut tick = tokio::time::interval(certs.reload_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        reload_certs(&certs, &metrics, "interval");
     }
 }
 

@@ -227,7 +227,7 @@ pub struct Http2 {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamTls {
-    /// CA bundle for `https`/`h2` backends (None: the system roots).
+    /// CA bundle for `https`/`h2` backends (None: the built-in Mozilla roots, webpki-roots).
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,

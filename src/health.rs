@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::config;
 use crate::proxy::{ProxyError, X_UNSTICK_DRAIN};
-use crate::upstream::{Backend, Conn, RequestBody, State, Upstreams};
+use crate::upstream::{Backend, RequestBody, State, Upstreams};
 
 /// The longest wait between backoff probes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -210,14 +210,20 @@ impl Health {
 /// probes with active checks off) accept any status below 500.
 pub async fn probe(b: &Backend, active: &config::ActiveHealth, lenient: bool) -> Probe {
     let attempt = async {
-        let Conn::Http1(mut sender) = b.pool.connect().await.map_err(|e| e.to_string())?;
-        let req = Request::get(active.path.as_str())
+        let mut conn = b.pool.connect().await.map_err(|e| e.to_string())?;
+        let mut req = Request::get(active.path.as_str())
             .header(header::HOST, b.name.as_ref())
             .header(header::USER_AGENT, "unstick-health-check")
-            .header(header::CONNECTION, "close")
             .body(RequestBody::Empty)
             .map_err(|e| e.to_string())?;
-        sender.send_request(req).await.map_err(|e| e.to_string())
+        if !conn.is_http2() {
+            req.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        b.pool.fit_request(&mut req);
+        conn.send_request(req).await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(active.timeout, attempt).await {
         Err(_) => Probe::Down(format!("no answer within {:?}", active.timeout)),

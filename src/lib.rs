@@ -14,6 +14,7 @@
 //! - [`health`]: passive ejection, active HTTP checks, backoff probes.
 //! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
+//! - [`tls`]: rustls certificates (SNI, reload on change) and client configs for TLS backends.
 //! - [`timefmt`]: UTC wall-clock formatting (RFC 3339, Common Log Format dates).
 //! - [`demo`]: `unstick demo`: a reference app (shared sessions), its stateful twin, a supervisor.
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
@@ -31,4 +32,5 @@ pub mod proxy;
 pub mod server;
 pub mod testkit;
 pub mod timefmt;
+pub mod tls;
 pub mod upstream;

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     pub connections_open: IntGauge,
     pub affinity_refused: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
+    pub tls_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     /// Client-view durations by code class, pre-resolved.
     pub request_duration_by_class: [Histogram; 6],
@@ -180,6 +182,20 @@ impl Metrics {
             "Affinity cookies refused, by direction (request, response) and cookie name.",
             &["direction", "name"],
         );
+        let tls_handshake_failures = IntCounter::new(
+            "unstick_tls_handshake_failures_total",
+            "TLS handshakes that failed on the listener (including plain HTTP sent to it).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(tls_handshake_failures.clone()))
+            .expect("registered once");
+        let tls_reloads = counter_vec(
+            r,
+            "unstick_tls_reloads_total",
+            "Certificate reloads after the files changed, by result: ok, or error (the old \
+             certificates stay in use).",
+            &["result"],
+        );
         let build_info = gauge_vec(
             r,
             "unstick_build_info",
@@ -204,6 +220,8 @@ impl Metrics {
             ejections,
             connections_open,
             affinity_refused,
+            tls_handshake_failures,
+            tls_reloads,
             build_info,
             request_duration_by_class,
         }

@@ -20,6 +20,7 @@ use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::server::{Phase, TunnelHold};
 use crate::upstream::{Backend, Conn, ConnectError, InFlight, RequestBody, State, Upstreams};
 
 pub mod access_log;
@@ -30,7 +31,7 @@ pub mod retry;
 
 pub use access_log::{AccessLogger, Entry};
 pub use body::ResponseBody;
-pub use error::{Kind, ProxyError, Retry, Source};
+pub use error::{GrpcStatus, Kind, ProxyError, Retry, Source};
 
 use body::Completion;
 use headers::{RequestIds, X_REQUEST_ID};
@@ -170,6 +171,8 @@ impl Proxy {
         });
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let hold = req.extensions_mut().remove::<TunnelHold>();
+        let grpc = headers::is_grpc(req.headers());
         let client_version = req.version();
 
         let (mut parts, body) = req.into_parts();
@@ -181,8 +184,11 @@ impl Proxy {
         done.log = log;
         let result = self.forward(parts, body, &settings, &mut done).await;
         match result {
-            Ok(fwd) => self.respond(fwd, done, request_id, client_version, client_upgrade),
-            Err(failed) => self.fail(failed, done, request_id),
+            Ok(fwd) => {
+                let upgrade = client_upgrade.map(|u| (u, hold));
+                self.respond(fwd, done, request_id, client_version, upgrade, grpc)
+            }
+            Err(failed) => self.fail(failed, done, request_id, grpc),
         }
     }
 
@@ -325,10 +331,11 @@ impl Proxy {
                 return Err((err, Some(req)));
             }
         };
+        let mut req = req;
+        backend.pool.fit_request(&mut req);
         let sent_at = Instant::now();
-        let Conn::Http1(sender) = &mut conn;
         let result =
-            tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
+            tokio::time::timeout(timeouts.response_header, conn.try_send_request(req)).await;
         match result {
             Ok(Ok(response)) => {
                 backend
@@ -392,7 +399,8 @@ impl Proxy {
         mut done: Completion,
         request_id: HeaderValue,
         client_version: Version,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<TunnelHold>)>,
+        grpc: bool,
     ) -> Response<ResponseBody> {
         let Forwarded {
             mut response,
@@ -412,7 +420,7 @@ impl Proxy {
         }
         let (rules, tracker) = (&self.settings.load().affinity, &self.affinity);
         if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
-            return self.reject_affinity(cookie, (body, conn, in_flight), done, request_id);
+            return self.reject_affinity(cookie, (body, conn, in_flight), done, request_id, grpc);
         }
         headers::remove_hop_by_hop(&mut parts.headers, switching);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
@@ -423,11 +431,11 @@ impl Proxy {
             log.status = done.status;
             log.backend = Some(backend.name.clone());
         }
-        if let (Some(client), Some(upstream)) = (client_upgrade, backend_upgrade) {
+        if let (Some((client, hold)), Some(upstream)) = (client_upgrade, backend_upgrade) {
             // The connection now belongs to the tunnel, which holds the
             // in-flight count until either side closes.
             done.backend = Some(backend);
-            tokio::spawn(tunnel(client, upstream, in_flight));
+            tokio::spawn(tunnel(client, upstream, in_flight, hold));
             return Response::from_parts(parts, ResponseBody::empty().with_completion(done));
         }
         done.in_flight = Some(in_flight);
@@ -444,6 +452,7 @@ impl Proxy {
         upstream: (Incoming, Conn, InFlight),
         done: Completion,
         request_id: HeaderValue,
+        grpc: bool,
     ) -> Response<ResponseBody> {
         let (body, conn, in_flight) = upstream;
         let backend = in_flight.backend().clone();
@@ -452,15 +461,19 @@ impl Proxy {
         let error =
             ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
         let backend = Some(backend);
-        self.fail(Failed { error, backend }, done, request_id)
+        self.fail(Failed { error, backend }, done, request_id, grpc)
     }
 
-    /// Turns a failure into the client's response: status and a one-line body.
+    /// Turns a failure into the client's response: status and a one-line
+    /// body; for a gRPC client, HTTP 200 with `grpc-status` and
+    /// `grpc-message` (metrics and the access log keep the HTTP status the
+    /// failure stands for, so failed calls count as failures).
     fn fail(
         &self,
         failed: Failed,
         mut done: Completion,
         request_id: HeaderValue,
+        grpc: bool,
     ) -> Response<ResponseBody> {
         // Each failed attempt was counted when it failed (`upstream_failed`).
         let Failed { error, backend } = failed;
@@ -472,7 +485,11 @@ impl Proxy {
             log.backend = backend.as_ref().map(|b| b.name.clone());
         }
         done.backend = backend;
-        let mut response = error_response(status, &error.to_string());
+        let mut response = if grpc {
+            grpc_error_response(error.grpc_status(), &error.to_string())
+        } else {
+            error_response(status, &error.to_string())
+        };
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
@@ -495,6 +512,25 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<ResponseBod
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// Bytes percent-encoded in `grpc-message`: all but printable ASCII, and `%`.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// A gRPC "trailers-only" error: HTTP 200, no body, the status in the head.
+pub fn grpc_error_response(status: GrpcStatus, message: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::empty());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static(status.code()));
+    let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string();
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
     }
     r
 }
@@ -598,12 +634,25 @@ fn describe_hyper_error(e: &hyper::Error) -> String {
     }
 }
 
-/// Copies bytes both ways between an upgraded client and backend connection.
+/// After the client closes its side of a tunnel, the backend gets this long
+/// to finish (e.g. answer a WebSocket close) before the tunnel is closed.
+const HALF_CLOSED_GRACE: Duration = Duration::from_secs(10);
+
+/// Copies bytes both ways between an upgraded client and backend connection
+/// (a WebSocket, say). The tunnel ends when the backend closes (or fails):
+/// the client's socket is then closed at once; when the client closes, the
+/// backend sees the end and gets [`HALF_CLOSED_GRACE`] to close too; and at
+/// shutdown once it reaches `Close` (after the drain timeout). Both sockets
+/// are shut down cleanly. The backend's in-flight count and the server's
+/// hold on the client connection last as long as the tunnel.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: InFlight,
+    hold: Option<TunnelHold>,
 ) {
+    use tokio::io::AsyncWriteExt;
+
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -611,10 +660,73 @@ async fn tunnel(
             return;
         }
     };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "tunnel closed with an error");
+    let (mut client_rx, mut client_tx) = tokio::io::split(hyper_util::rt::TokioIo::new(client));
+    let (mut upstream_rx, mut upstream_tx) =
+        tokio::io::split(hyper_util::rt::TokioIo::new(upstream));
+    let closing = {
+        let up = async {
+            let r = tokio::io::copy(&mut client_rx, &mut upstream_tx).await;
+            let _ = upstream_tx.shutdown().await;
+            r
+        };
+        let down = async {
+            let r = tokio::io::copy(&mut upstream_rx, &mut client_tx).await;
+            let _ = client_tx.shutdown().await;
+            r
+        };
+        let close = async {
+            match &hold {
+                Some(h) => h.shutdown.reached(Phase::Close).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(up, down, close);
+        let mut up_done = false;
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel: client side ended with an error");
+                    }
+                }
+                r = &mut down => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel: backend side ended with an error");
+                    }
+                    break false;
+                }
+                _ = &mut close => break true,
+                _ = &mut grace => break false,
+            }
+            grace.as_mut().reset(Instant::now() + HALF_CLOSED_GRACE);
+        }
+    };
+    if closing {
+        tracing::debug!(backend = %in_flight.backend().name, "tunnel closed at shutdown");
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = client_tx.shutdown().await;
+        let _ = upstream_tx.shutdown().await;
+    })
+    .await;
     drop(in_flight);
+    drop(hold);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_are_trailers_only_with_an_encoded_message() {
+        let r = grpc_error_response(GrpcStatus::Unavailable, "100% naïve\n");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.body().is_end_stream());
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "100%25 na%C3%AFve%0A");
+    }
 }

@@ -16,6 +16,12 @@
 //! - `/hang`: never answers
 //! - `/healthz`: 200, or 503 while draining
 //! - `/set-cookie/NAME=VALUE[;NAME=VALUE...]`: one `Set-Cookie` per pair
+//! - `/ws`: a WebSocket (HTTP/1.1 Upgrade) that echoes every text and binary message
+//! - `/grpc...`: gRPC-shaped: `content-type: application/grpc`, the request
+//!   body echoed, then the trailers `grpc-status: 0` and `x-backend-id: ID`
+//!
+//! Every backend speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c);
+//! [`FakeBackend::start_tls`] serves the same routes over TLS.
 //!
 //! Every response carries `X-Backend-Id: ID`. After [`FakeBackend::drain`]
 //! (SIGTERM for the process), every response carries `Connection: close`
@@ -36,6 +42,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 pub mod process;
 
@@ -59,6 +66,8 @@ pub struct Counters {
     pub in_flight: AtomicU64,
     /// Health checks received.
     pub health_checks: AtomicU64,
+    /// Connections accepted (TCP; HTTP/2 multiplexes many requests on one).
+    pub connections: AtomicU64,
     /// The last `Cookie` header received.
     pub last_cookie: std::sync::Mutex<Option<String>>,
 }
@@ -86,8 +95,19 @@ impl FakeBackend {
         Self::start_on(listener, opts)
     }
 
+    /// Starts on 127.0.0.1, port 0, speaking TLS with `tls` (e.g. from
+    /// [`crate::tls::simple_server_config`]; ALPN `h2` there enables HTTP/2).
+    pub async fn start_tls(opts: BackendOptions, tls: Arc<rustls::ServerConfig>) -> FakeBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, opts, Some(TlsAcceptor::from(tls)))
+    }
+
     /// Starts on a bound listener.
     pub fn start_on(listener: TcpListener, opts: BackendOptions) -> FakeBackend {
+        Self::serve(listener, opts, None)
+    }
+
+    fn serve(listener: TcpListener, opts: BackendOptions, tls: Option<TlsAcceptor>) -> FakeBackend {
         let addr = listener.local_addr().expect("bound");
         let counters = Arc::new(Counters::default());
         let state = Arc::new(State {
@@ -104,17 +124,40 @@ impl FakeBackend {
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
                 let _ = stream.set_nodelay(true);
+                s.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let s = s.clone();
                 let mut stopped = stopped.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(s.clone(), req));
+                    let stop = stopped.clone();
+                    let service = service_fn(move |req| handle(s.clone(), stop.clone(), req));
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stopped.changed() => {}
+                    match tls {
+                        None => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stopped.changed() => {}
+                            }
+                        }
+                        Some(acceptor) => {
+                            let Ok(Ok(stream)) = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            else {
+                                return;
+                            };
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stopped.changed() => {}
+                            }
+                        }
                     }
                 });
             }
@@ -161,7 +204,11 @@ impl std::fmt::Display for Reset {
 
 impl std::error::Error for Reset {}
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<TestBody>, Reset> {
+async fn handle(
+    state: Arc<State>,
+    stopped: watch::Receiver<bool>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Reset> {
     let path = req.uri().path().to_owned();
     let c = &state.counters;
     if path == "/healthz" {
@@ -223,6 +270,27 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Te
             return Err(Reset);
         }
         "hang" => std::future::pending().await,
+        "ws" => return Ok(websocket_echo(&state, stopped, req)),
+        p if p.starts_with("grpc") => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            if let Ok(v) = HeaderValue::from_str(&state.opts.id) {
+                trailers.insert("x-backend-id", v);
+            }
+            let mut r = finish(
+                &state,
+                StatusCode::OK,
+                TestBody::Grpc {
+                    body: req.into_body(),
+                    trailers: Some(trailers),
+                },
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            return Ok(r);
+        }
         "set-cookie" => {
             let mut r = finish(&state, StatusCode::OK, id_body());
             for pair in path[12..].split(';').filter(|p| !p.is_empty()) {
@@ -235,6 +303,61 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Te
         _ => (StatusCode::OK, id_body()),
     };
     Ok(finish(&state, status, body))
+}
+
+/// Accepts a WebSocket handshake and echoes messages until the client closes
+/// (or the backend stops).
+fn websocket_echo(
+    state: &State,
+    mut stopped: watch::Receiver<bool>,
+    mut req: Request<Incoming>,
+) -> Response<TestBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    let is_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let key = req.headers().get("sec-websocket-key").cloned();
+    let (true, Some(key)) = (is_ws, key) else {
+        return finish(
+            state,
+            StatusCode::BAD_REQUEST,
+            TestBody::full("a WebSocket handshake is expected here\n"),
+        );
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        loop {
+            let msg = tokio::select! {
+                m = ws.next() => m,
+                _ = stopped.changed() => return,
+            };
+            match msg {
+                Some(Ok(m)) if m.is_text() || m.is_binary() => {
+                    if ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    });
+    let mut r = finish(state, StatusCode::SWITCHING_PROTOCOLS, TestBody::Full(None));
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
 }
 
 fn finish(state: &State, status: StatusCode, body: TestBody) -> Response<TestBody> {
@@ -262,6 +385,11 @@ pub enum TestBody {
     /// N bytes, in 64 KiB chunks, made as they are sent.
     Bytes(u64),
     Echo(Incoming),
+    /// The request body echoed, then these trailers.
+    Grpc {
+        body: Incoming,
+        trailers: Option<http::HeaderMap>,
+    },
 }
 
 impl TestBody {
@@ -292,6 +420,25 @@ impl Body for TestBody {
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
             }
             TestBody::Echo(b) => Pin::new(b).poll_frame(cx),
+            TestBody::Grpc { body, trailers } => loop {
+                if trailers.is_none() {
+                    return Poll::Ready(None);
+                }
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Request trailers, if any, are not echoed.
+                        if let Ok(data) = frame.into_data() {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        let t = trailers.take().expect("checked above");
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                }
+            },
         }
     }
 
@@ -300,6 +447,7 @@ impl Body for TestBody {
             TestBody::Full(b) => b.is_none(),
             TestBody::Bytes(n) => *n == 0,
             TestBody::Echo(b) => b.is_end_stream(),
+            TestBody::Grpc { trailers, .. } => trailers.is_none(),
         }
     }
 
@@ -308,6 +456,7 @@ impl Body for TestBody {
             TestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             TestBody::Bytes(n) => SizeHint::with_exact(*n),
             TestBody::Echo(b) => b.size_hint(),
+            TestBody::Grpc { .. } => SizeHint::default(),
         }
     }
 }
@@ -331,17 +480,23 @@ pub async fn run_process(listener: TcpListener, opts: BackendOptions, drain: Dur
     backend.stop();
 }
 
-/// A minimal HTTP/1.1 client for tests: one request per connection, or
-/// several on one keep-alive connection.
+/// A minimal client for tests: HTTP/1.1 (one request per connection, or
+/// several on one keep-alive connection), HTTP/2 (h2c or over TLS, requests
+/// multiplexed on one connection), and a TLS connector.
 pub mod client {
     use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
 
     use bytes::Bytes;
-    use http::{HeaderMap, Method, Request, StatusCode};
+    use http::{HeaderMap, Method, Request, StatusCode, Uri};
     use http_body_util::{BodyExt, Full};
-    use hyper::client::conn::http1;
-    use hyper_util::rt::TokioIo;
+    use hyper::body::Incoming;
+    use hyper::client::conn::{http1, http2};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncRead, AsyncWrite};
     use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
 
     /// Any client failure (connect, protocol).
     pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -352,6 +507,8 @@ pub mod client {
         pub status: StatusCode,
         pub headers: HeaderMap,
         pub body: Bytes,
+        /// The trailers, if the response had any.
+        pub trailers: Option<HeaderMap>,
     }
 
     impl Reply {
@@ -366,21 +523,58 @@ pub mod client {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .unwrap_or_default()
         }
+
+        async fn read(resp: http::Response<Incoming>) -> Result<Reply, Error> {
+            let (parts, body) = resp.into_parts();
+            let collected = body.collect().await?;
+            let trailers = collected.trailers().cloned();
+            Ok(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body: collected.to_bytes(),
+                trailers,
+            })
+        }
     }
 
-    /// A keep-alive connection.
+    fn build(
+        method: Method,
+        uri: Uri,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Full::new(body)).expect("valid request")
+    }
+
+    /// A keep-alive HTTP/1.1 connection.
     pub struct Conn {
         send: http1::SendRequest<Full<Bytes>>,
-        addr: SocketAddr,
+        authority: String,
     }
 
     impl Conn {
         pub async fn open(addr: SocketAddr) -> Result<Conn, Error> {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
-            let (send, conn) = http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            Ok(Conn { send, addr })
+            Self::handshake(stream, &addr.to_string()).await
+        }
+
+        /// HTTP/1.1 over a stream already connected (e.g. TLS); `authority`
+        /// goes in `Host`.
+        pub async fn handshake<I>(io: I, authority: &str) -> Result<Conn, Error>
+        where
+            I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            let (send, conn) = http1::handshake(TokioIo::new(io)).await?;
+            tokio::spawn(conn.with_upgrades());
+            Ok(Conn {
+                send,
+                authority: authority.to_owned(),
+            })
         }
 
         /// Sends one request and reads the whole response.
@@ -392,27 +586,103 @@ pub mod client {
             body: impl Into<Bytes>,
         ) -> Result<Reply, Error> {
             self.send.ready().await?;
-            let mut req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", self.addr.to_string());
-            for (k, v) in headers {
-                req = req.header(*k, *v);
+            let mut req = build(method, path.parse()?, headers, body.into());
+            if !req.headers().contains_key(http::header::HOST) {
+                req.headers_mut()
+                    .insert(http::header::HOST, self.authority.parse()?);
             }
-            let req = req.body(Full::new(body.into())).expect("valid request");
-            let resp = self.send.send_request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok(Reply {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            })
+            Reply::read(self.send.send_request(req).await?).await
         }
 
         pub async fn get(&mut self, path: &str) -> Result<Reply, Error> {
             self.request(Method::GET, path, &[], Bytes::new()).await
         }
+
+        /// True once the connection has closed.
+        pub fn is_closed(&self) -> bool {
+            self.send.is_closed()
+        }
+    }
+
+    /// An HTTP/2 connection; clones share it, and their requests multiplex.
+    #[derive(Clone)]
+    pub struct H2Conn {
+        send: http2::SendRequest<Full<Bytes>>,
+        scheme: &'static str,
+        authority: String,
+    }
+
+    impl H2Conn {
+        /// HTTP/2 with prior knowledge over TCP (h2c).
+        pub async fn open(addr: SocketAddr) -> Result<H2Conn, Error> {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Self::handshake(stream, "http", &addr.to_string()).await
+        }
+
+        /// HTTP/2 over a stream already connected; `scheme` and `authority`
+        /// go in the request URIs.
+        pub async fn handshake<I>(
+            io: I,
+            scheme: &'static str,
+            authority: &str,
+        ) -> Result<H2Conn, Error>
+        where
+            I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+            tokio::spawn(conn);
+            Ok(H2Conn {
+                send,
+                scheme,
+                authority: authority.to_owned(),
+            })
+        }
+
+        /// Sends one request (a new stream) and reads the whole response.
+        pub async fn request(
+            &self,
+            method: Method,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: impl Into<Bytes>,
+        ) -> Result<Reply, Error> {
+            let uri: Uri = format!("{}://{}{path}", self.scheme, self.authority).parse()?;
+            let mut send = self.send.clone();
+            send.ready().await?;
+            let req = build(method, uri, headers, body.into());
+            Reply::read(send.send_request(req).await?).await
+        }
+
+        pub async fn get(&self, path: &str) -> Result<Reply, Error> {
+            self.request(Method::GET, path, &[], Bytes::new()).await
+        }
+
+        pub fn is_closed(&self) -> bool {
+            self.send.is_closed()
+        }
+    }
+
+    /// Connects with TLS, trusting the CA certificates in `ca_file`, sending
+    /// `server_name` as SNI and offering `alpn`.
+    pub async fn tls(
+        addr: SocketAddr,
+        server_name: &str,
+        ca_file: &Path,
+        alpn: &[&[u8]],
+    ) -> Result<TlsStream<TcpStream>, Error> {
+        let roots = crate::tls::root_store(Some(ca_file))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, stream)
+            .await?)
     }
 
     /// One request on a new connection.
@@ -445,6 +715,7 @@ pub fn backends(weights: &[u32]) -> Vec<Arc<crate::upstream::Backend>> {
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(30),
         max_idle: 0,
+        tls: None,
     };
     weights
         .iter()
@@ -456,7 +727,7 @@ pub fn backends(weights: &[u32]) -> Vec<Arc<crate::upstream::Backend>> {
                 weight,
                 protocol: UpstreamProtocol::Http1,
             };
-            Arc::new(Backend::new(spec, addr, pool, &metrics))
+            Arc::new(Backend::new(spec, addr, pool.clone(), &metrics))
         })
         .collect()
 }

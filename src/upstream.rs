@@ -119,7 +119,7 @@ impl Backend {
         Backend {
             weight: spec.weight,
             metrics: metrics.backend(&name),
-            pool: Pool::new(addr, spec.protocol, pool),
+            pool: Pool::new(addr, spec.host_port().0, spec.protocol, pool),
             spec,
             addr,
             name,

@@ -31,6 +31,12 @@ pub struct ConfigArgs {
     /// Access log format: `off`, `common` or `json` [env: UNSTICK_ACCESS_LOG] [default: json]
     #[arg(long, value_name = "FORMAT")]
     pub access_log: Option<String>,
+    /// PEM certificate chain: the listener speaks TLS [env: UNSTICK_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert [env: UNSTICK_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -67,6 +73,13 @@ impl ConfigArgs {
         }
         if let Some(v) = &self.access_log {
             flag("--access-log", "access_log", s(v));
+        }
+        let path = |p: &PathBuf| toml::Value::String(p.to_string_lossy().into_owned());
+        if let Some(v) = &self.tls_cert {
+            flag("--tls-cert", "tls.cert", path(v));
+        }
+        if let Some(v) = &self.tls_key {
+            flag("--tls-key", "tls.key", path(v));
         }
         out
     }
@@ -135,6 +148,18 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         // SIGTERM sent as soon as the line appears drains instead of killing.
         let signals = StopSignals::install();
         eprintln!("{}", startup_line(&app, &config));
+        if let Some(certs) = app.tls.clone() {
+            let metrics = app.proxy.metrics.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    crate::app::reload_certs(&certs, &metrics, "SIGHUP");
+                }
+            });
+        }
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
             let Some(mut signals) = signals else { return };
@@ -195,6 +220,9 @@ fn startup_line(app: &App, config: &Config) -> String {
         "version": env!("CARGO_PKG_VERSION"),
         "listen": app.proxy_addr.to_string(),
         "admin": app.admin_addr.map(|a| a.to_string()),
+        "tls": app.tls.is_some(),
+        "http2": config.http2.enabled,
+        "redirect": app.redirect_addr.map(|a| a.to_string()),
         "backends": backends,
         "algorithm": config.algorithm,
         "retries": config.retries.enabled,

@@ -301,7 +301,7 @@ pub const KEYS: &[KeySpec] = &[
         "upstream_tls.ca_file",
         Text,
         "",
-        "CA bundle for https/h2 backends (default: system roots)",
+        "CA bundle for https/h2 backends (default: built-in Mozilla roots)",
     ),
     key(
         "upstream_tls.client_cert",

@@ -48,6 +48,25 @@ pub enum Kind {
     Internal(String),
 }
 
+/// The gRPC status codes unstick itself sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcStatus {
+    DeadlineExceeded = 4,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+impl GrpcStatus {
+    /// The `grpc-status` value.
+    pub fn code(self) -> &'static str {
+        match self {
+            GrpcStatus::DeadlineExceeded => "4",
+            GrpcStatus::Internal => "13",
+            GrpcStatus::Unavailable => "14",
+        }
+    }
+}
+
 /// A failed request: source, kind, retry safety, and the backend involved.
 #[derive(Debug, Clone)]
 pub struct ProxyError {
@@ -87,6 +106,20 @@ impl ProxyError {
             Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Kind::BadRequest(_) => StatusCode::BAD_REQUEST,
             Kind::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status a gRPC client gets instead of [`ProxyError::status`]
+    /// (as Envoy maps them): `UNAVAILABLE` (14) when no backend could take
+    /// the call, `DEADLINE_EXCEEDED` (4) for timeouts, `INTERNAL` (13) for a
+    /// request that could not be read or a fault in unstick.
+    pub fn grpc_status(&self) -> GrpcStatus {
+        match self.kind {
+            Kind::NoBackends | Kind::Connect(_) | Kind::Reset(_) | Kind::AffinityRejected(_) => {
+                GrpcStatus::Unavailable
+            }
+            Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => GrpcStatus::DeadlineExceeded,
+            Kind::BadRequest(_) | Kind::Internal(_) => GrpcStatus::Internal,
         }
     }
 
@@ -166,3 +199,40 @@ impl fmt::Display for ProxyError {
 }
 
 impl std::error::Error for ProxyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_status_follows_the_failure() {
+        let e = |kind| ProxyError::new(Source::Upstream, kind, Retry::Never);
+        let d = Duration::from_secs(1);
+        assert_eq!(
+            ProxyError::no_backends().grpc_status(),
+            GrpcStatus::Unavailable
+        );
+        assert_eq!(
+            e(Kind::Connect("refused".into())).grpc_status(),
+            GrpcStatus::Unavailable
+        );
+        assert_eq!(
+            e(Kind::Reset("eof".into())).grpc_status(),
+            GrpcStatus::Unavailable
+        );
+        assert_eq!(
+            e(Kind::ConnectTimeout(d)).grpc_status(),
+            GrpcStatus::DeadlineExceeded
+        );
+        assert_eq!(
+            e(Kind::ResponseTimeout(d)).grpc_status(),
+            GrpcStatus::DeadlineExceeded
+        );
+        assert_eq!(
+            e(Kind::BadRequest("x".into())).grpc_status(),
+            GrpcStatus::Internal
+        );
+        assert_eq!(GrpcStatus::Unavailable.code(), "14");
+        assert_eq!(GrpcStatus::DeadlineExceeded as u8, 4);
+    }
+}

@@ -84,7 +84,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(te) = headers.get(header::TE) {
         let trailers_only = te
             .to_str()
-            .map(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")))
+            .map(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+            })
             .unwrap_or(false);
         if trailers_only {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -112,6 +115,18 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// True for a gRPC call: `content-type: application/grpc` or
+/// `application/grpc+FORMAT` (not gRPC-Web, which carries its status in the body).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        let prefix = b"application/grpc";
+        v.len() >= prefix.len()
+            && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && matches!(v.get(prefix.len()), None | Some(b'+') | Some(b';'))
+    })
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
@@ -229,6 +244,22 @@ mod tests {
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let ct = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            is_grpc(&h)
+        };
+        assert!(ct("application/grpc"));
+        assert!(ct("application/grpc+proto"));
+        assert!(ct("Application/GRPC; charset=utf-8"));
+        assert!(!ct("application/grpc-web"));
+        assert!(!ct("application/grpcx"));
+        assert!(!ct("application/json"));
+        assert!(!is_grpc(&HeaderMap::new()));
     }
 
     #[test]

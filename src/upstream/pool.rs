@@ -1,36 +1,84 @@
-//! A small per-backend pool of keep-alive connections over `hyper::client::conn`.
+//! Connections to one backend over `hyper::client::conn`: a keep-alive pool
+//! for HTTP/1.1 (`http1`, `https`), one shared multiplexed connection for
+//! HTTP/2 (`h2c`, `h2`).
 //!
 //! Owning the pool (rather than hyper-util's pooled `Client`) keeps one fact
 //! visible that retries depend on: whether any byte of a request reached the
-//! backend. A connection is checked out, used for exactly one request, and
-//! checked back in only once that response's body has ended.
+//! backend. An HTTP/1.1 connection is checked out, used for exactly one
+//! request, and checked back in only once that response's body has ended. An
+//! HTTP/2 connection is shared by every request to the backend and made again
+//! once it closes.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamProtocol;
+use crate::tls::ClientConfigs;
 use crate::upstream::body::RequestBody;
 
 /// Pool tuning, from the config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// TCP connect plus, for TLS backends, the handshake.
     pub connect_timeout: Duration,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
-    /// Idle connections kept at most.
+    /// Idle HTTP/1.1 connections kept at most.
     pub max_idle: usize,
+    /// Client configs for `https` and `h2` backends (None: those fail to connect).
+    pub tls: Option<ClientConfigs>,
 }
 
 /// A connection ready for one request.
 pub enum Conn {
     Http1(http1::SendRequest<RequestBody>),
+    /// A handle on the backend's shared HTTP/2 connection.
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+// === impl Conn ===
+
+impl Conn {
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Conn::Http2(_))
+    }
+
+    /// Sends a request. If none of it was sent (the connection had closed),
+    /// the error gives the request back.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match self {
+            Conn::Http1(s) => s.try_send_request(req).await,
+            Conn::Http2(s) => s.try_send_request(req).await,
+        }
+    }
+
+    /// Sends a request.
+    pub async fn send_request(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Conn::Http1(s) => s.send_request(req).await,
+            Conn::Http2(s) => s.send_request(req).await,
+        }
+    }
 }
 
 /// Why a new connection could not be made. Nothing of the request was sent.
@@ -42,8 +90,23 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("connect failed: {0}")]
     Io(io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     #[error("handshake failed: {0}")]
     Handshake(String),
+}
+
+impl ConnectError {
+    /// The same error again (for callers that waited on a connect that failed).
+    fn duplicate(&self) -> ConnectError {
+        match self {
+            ConnectError::Refused => ConnectError::Refused,
+            ConnectError::Timeout(d) => ConnectError::Timeout(*d),
+            ConnectError::Io(e) => ConnectError::Io(io::Error::new(e.kind(), e.to_string())),
+            ConnectError::Tls(e) => ConnectError::Tls(e.clone()),
+            ConnectError::Handshake(e) => ConnectError::Handshake(e.clone()),
+        }
+    }
 }
 
 struct Idle {
@@ -51,29 +114,60 @@ struct Idle {
     since: Instant,
 }
 
-/// Keep-alive connections to one backend.
+/// The shared HTTP/2 connection and when a request last took it.
+type Shared = Option<(http2::SendRequest<RequestBody>, Instant)>;
+
+/// Connections to one backend.
 pub struct Pool {
     addr: SocketAddr,
     protocol: UpstreamProtocol,
     settings: PoolSettings,
-    /// Idle connections, most recently used last (checked out LIFO: the
-    /// warmest connection is the least likely to have been closed by the backend).
+    /// The name TLS checks the backend's certificate against (and sends as SNI).
+    server_name: ServerName<'static>,
+    /// `Host` (HTTP/1.1) or `:authority` (HTTP/2) when the request has none.
+    authority: Authority,
+    /// Idle HTTP/1.1 connections, most recently used last (checked out LIFO:
+    /// the warmest connection is the least likely to have been closed by the backend).
     idle: Mutex<Vec<Idle>>,
+    /// HTTP/2: one connection, shared (held briefly, never across an await).
+    shared: Mutex<Shared>,
+    /// Taken to make the shared connection, so concurrent requests wait for
+    /// one connect rather than each making its own; holds the last failure.
+    connecting: tokio::sync::Mutex<Option<(Instant, ConnectError)>>,
 }
 
+// === impl Pool ===
+
 impl Pool {
-    pub fn new(addr: SocketAddr, protocol: UpstreamProtocol, settings: PoolSettings) -> Pool {
+    /// A pool for the backend at `addr`, configured as `host` (a name or an IP).
+    pub fn new(
+        addr: SocketAddr,
+        host: &str,
+        protocol: UpstreamProtocol,
+        settings: PoolSettings,
+    ) -> Pool {
+        let server_name = ServerName::try_from(host.to_owned())
+            .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
+        let authority =
+            Authority::try_from(addr.to_string()).expect("a socket address is an authority");
         Pool {
             addr,
             protocol,
             settings,
+            server_name,
+            authority,
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// An idle connection that is still open, or a new one.
-    /// Returns the connection and whether it was reused.
+    /// An idle connection that is still open, or a new one (for HTTP/2, the
+    /// shared connection). Returns the connection and whether it was reused.
     pub async fn checkout(&self) -> Result<(Conn, bool), ConnectError> {
+        if self.protocol.is_http2() {
+            return self.checkout_shared().await;
+        }
         loop {
             let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(mut idle) = popped else { break };
@@ -89,9 +183,57 @@ impl Pool {
         Ok((self.connect().await?, false))
     }
 
-    /// Returns a connection whose last response ended cleanly.
+    /// The shared HTTP/2 connection if it is open and fresh.
+    fn live_shared(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((conn, last_used)) = &mut *shared {
+            if !conn.is_closed() && last_used.elapsed() <= self.settings.idle_timeout {
+                *last_used = Instant::now();
+                return Some(conn.clone());
+            }
+            // Closed, or idle so long the backend may have dropped it.
+            // Requests still on it keep it open until they end.
+            *shared = None;
+        }
+        None
+    }
+
+    async fn checkout_shared(&self) -> Result<(Conn, bool), ConnectError> {
+        if let Some(conn) = self.live_shared() {
+            return Ok((Conn::Http2(conn), true));
+        }
+        let asked = Instant::now();
+        let mut failed = self.connecting.lock().await;
+        // Made by the request that held the lock while this one waited.
+        if let Some(conn) = self.live_shared() {
+            return Ok((Conn::Http2(conn), true));
+        }
+        // A connect that failed while this request waited fails it too,
+        // rather than every waiter trying (and timing out) in turn.
+        if let Some((at, e)) = &*failed {
+            if *at >= asked {
+                return Err(e.duplicate());
+            }
+        }
+        match self.connect().await {
+            Ok(Conn::Http2(conn)) => {
+                *self.shared.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((conn.clone(), Instant::now()));
+                *failed = None;
+                Ok((Conn::Http2(conn), false))
+            }
+            Ok(other) => Ok((other, false)),
+            Err(e) => {
+                *failed = Some((Instant::now(), e.duplicate()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns a connection whose last response ended cleanly. (HTTP/2
+    /// handles need no return: the connection stays shared.)
     pub fn checkin(&self, conn: Conn) {
-        let Conn::Http1(conn) = conn;
+        let Conn::Http1(conn) = conn else { return };
         if conn.is_closed() || self.settings.max_idle == 0 {
             return;
         }
@@ -110,44 +252,210 @@ impl Pool {
         });
     }
 
-    /// Closes every idle connection.
+    /// Closes every idle connection, and lets go of the shared one (requests
+    /// still on it finish).
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Idle connections held now.
+    /// Idle HTTP/1.1 connections held now.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// A new connection, never pooled before (health probes use it too).
+    /// Rewrites a request for this backend's protocol: HTTP/1.1 gets
+    /// origin-form and `Host`; HTTP/2 gets the scheme and `:authority` in
+    /// the URI (from `Host`, which is then dropped). Either way round, so a
+    /// request given back by one backend can be sent to another.
+    pub fn fit_request(&self, req: &mut Request<RequestBody>) {
+        if !self.protocol.is_http2() {
+            // The common case, as the proxy prepares requests: nothing to do.
+            if req.uri().authority().is_none() && req.headers().contains_key(header::HOST) {
+                *req.version_mut() = Version::HTTP_11;
+                return;
+            }
+            if !req.headers().contains_key(header::HOST) {
+                let a = req.uri().authority().unwrap_or(&self.authority);
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+            }
+            if req.uri().authority().is_some() {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(path);
+            }
+            *req.version_mut() = Version::HTTP_11;
+            return;
+        }
+        let authority = req
+            .uri()
+            .authority()
+            .cloned()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            })
+            .unwrap_or_else(|| self.authority.clone());
+        let scheme = if self.protocol.is_tls() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if let Ok(uri) = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+        {
+            *req.uri_mut() = uri;
+        }
+        // HTTP/2 has no Host (`:authority` says it) and no connection
+        // headers (an HTTP/1.1 Upgrade cannot cross it).
+        let h = req.headers_mut();
+        h.remove(header::HOST);
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+        *req.version_mut() = Version::HTTP_2;
+    }
+
+    /// A new connection, never pooled before (health probes use it too):
+    /// TCP, TLS for `https`/`h2`, then the HTTP handshake, all within the
+    /// connect timeout.
     pub async fn connect(&self) -> Result<Conn, ConnectError> {
         let timeout = self.settings.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Err(_) => return Err(ConnectError::Timeout(timeout)),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+        tokio::time::timeout(timeout, self.connect_now())
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(timeout)))
+    }
+
+    async fn connect_now(&self) -> Result<Conn, ConnectError> {
+        let stream = match TcpStream::connect(self.addr).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 return Err(ConnectError::Refused)
             }
-            Ok(Err(e)) => return Err(ConnectError::Io(e)),
-            Ok(Ok(s)) => s,
+            Err(e) => return Err(ConnectError::Io(e)),
         };
         let _ = stream.set_nodelay(true);
         match self.protocol {
-            UpstreamProtocol::Http1 => {
-                let (send, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| ConnectError::Handshake(e.to_string()))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "backend connection ended with an error");
-                    }
-                });
-                Ok(Conn::Http1(send))
-            }
-            other => Err(ConnectError::Handshake(format!(
-                "protocol {other:?} is not supported yet"
-            ))),
+            UpstreamProtocol::Http1 => http1_handshake(stream).await,
+            UpstreamProtocol::H2c => http2_handshake(stream).await,
+            UpstreamProtocol::Https => http1_handshake(self.tls(stream, false).await?).await,
+            UpstreamProtocol::H2 => http2_handshake(self.tls(stream, true).await?).await,
         }
+    }
+
+    async fn tls(
+        &self,
+        stream: TcpStream,
+        h2: bool,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+        let Some(configs) = &self.settings.tls else {
+            return Err(ConnectError::Tls("no TLS client configuration".into()));
+        };
+        let config = if h2 { &configs.h2 } else { &configs.http1 };
+        TlsConnector::from(config.clone())
+            .connect(self.server_name.clone(), stream)
+            .await
+            .map_err(|e| ConnectError::Tls(e.to_string()))
+    }
+}
+
+async fn http1_handshake<I>(io: I) -> Result<Conn, ConnectError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "backend connection ended with an error");
+        }
+    });
+    Ok(Conn::Http1(send))
+}
+
+/// Pings on the shared HTTP/2 connection: a backend that stops answering
+/// (host gone, no RST) has its connection closed within about 15 s, so new
+/// requests get a new one.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn http2_handshake<I>(io: I) -> Result<Conn, ConnectError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "backend HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(Conn::Http2(send))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(protocol: UpstreamProtocol) -> Pool {
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle: 1,
+            tls: None,
+        };
+        Pool::new(
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1",
+            protocol,
+            settings,
+        )
+    }
+
+    #[test]
+    fn requests_fit_each_protocol_and_back() {
+        let mut req = Request::get("/a?b=1")
+            .header(header::HOST, "example.test")
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(RequestBody::Empty)
+            .unwrap();
+        pool(UpstreamProtocol::H2).fit_request(&mut req);
+        assert_eq!(req.uri(), "https://example.test/a?b=1");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(req.headers().is_empty(), "{:?}", req.headers());
+
+        // Given back by an HTTP/2 backend, sent to an HTTP/1.1 one.
+        pool(UpstreamProtocol::Http1).fit_request(&mut req);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()[header::HOST], "example.test");
+        assert_eq!(req.version(), Version::HTTP_11);
+
+        // No Host at all: the backend's address.
+        let mut req = Request::get("/").body(RequestBody::Empty).unwrap();
+        pool(UpstreamProtocol::H2c).fit_request(&mut req);
+        assert_eq!(req.uri(), "http://127.0.0.1:9/");
     }
 }

@@ -1,0 +1,1032 @@
+//! Protocols end to end: TLS (SNI, ALPN, reload), HTTP/2 multiplexing, upstream h2c/https/h2, WebSocket tunnels, gRPC trailers and status.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, StatusCode};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use unstick::app::App;
+use unstick::config::{SniCert, Tls, UpstreamProtocol};
+use unstick::testkit::client::{self, Conn, H2Conn};
+use unstick::testkit::process::{ChildBackend, ChildUnstick};
+use unstick::testkit::{test_config, BackendOptions, FakeBackend};
+use unstick::tls::{ALPN_H2, ALPN_HTTP11};
+
+const BIN: &str = env!("CARGO_BIN_EXE_unstick");
+
+// === test PKI ===
+
+/// A throwaway CA and a folder for the files it issues (removed on drop).
+struct Pki {
+    dir: PathBuf,
+    ca: Issuer<'static, KeyPair>,
+    ca_file: PathBuf,
+}
+
+/// A certificate and key written to files, and the certificate's DER.
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    der: Vec<u8>,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("unstick-proto-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("unstick test CA {tag}"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        Pki {
+            dir,
+            ca: Issuer::new(params, key),
+            ca_file,
+        }
+    }
+
+    /// Issues a leaf for `names` into `STEM.pem` / `STEM.key` (overwriting).
+    fn issue(&self, stem: &str, names: &[&str], client: bool) -> Issued {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("client"),
+        );
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let issued = Issued {
+            cert: self.dir.join(format!("{stem}.pem")),
+            key: self.dir.join(format!("{stem}.key")),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&issued.key, key.serialize_pem()).unwrap();
+        std::fs::write(&issued.cert, cert.pem()).unwrap();
+        issued
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tls_config(cert: &Issued, sni: Vec<SniCert>) -> Tls {
+    Tls {
+        cert: cert.cert.clone(),
+        key: cert.key.clone(),
+        sni,
+        reload_interval: Duration::from_secs(3600),
+        redirect_listen: None,
+    }
+}
+
+// === helpers ===
+
+async fn backends(n: usize) -> Vec<FakeBackend> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            FakeBackend::start(BackendOptions {
+                id: format!("b{i}"),
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    out
+}
+
+fn addrs(b: &[FakeBackend]) -> Vec<SocketAddr> {
+    b.iter().map(|b| b.addr).collect()
+}
+
+/// The leaf certificate the server presented.
+fn leaf<T>(tls: &tokio_rustls::client::TlsStream<T>) -> Vec<u8> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .expect("server certificate")[0]
+        .to_vec()
+}
+
+fn alpn<T>(tls: &tokio_rustls::client::TlsStream<T>) -> Option<Vec<u8>> {
+    tls.get_ref().1.alpn_protocol().map(|p| p.to_vec())
+}
+
+fn counter(app: &App, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = app.proxy.metrics.encode();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// Waits (bounded) until `check` holds.
+async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spread(ids: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for id in ids {
+        *m.entry(id.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// 300 requests at once on one HTTP/2 connection; returns who answered each.
+async fn multiplexed(conn: &H2Conn, n: usize) -> Vec<String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let c = conn.clone();
+        tasks.spawn(async move {
+            let r = c.get("/").await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            r.backend()
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(id) = tasks.join_next().await {
+        out.push(id.unwrap());
+    }
+    out
+}
+
+fn assert_even(ids: &[String], backends: usize) {
+    let per = ids.len() / backends;
+    let m = spread(ids);
+    assert_eq!(m.len(), backends, "{m:?}");
+    for (id, n) in &m {
+        assert!(
+            n.abs_diff(per) <= 1,
+            "backend {id} got {n}, want {per}±1: {m:?}"
+        );
+    }
+}
+
+// === TLS ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_http1_and_http2_by_alpn_with_the_certificate_sni_asks_for() {
+    let pki = Pki::new("sni");
+    let default = pki.issue("default", &["localhost", "default.test"], false);
+    let api = pki.issue("api", &["api.test"], false);
+    let wild = pki.issue("wild", &["*.wild.test"], false);
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    config.tls = Some(tls_config(
+        &default,
+        vec![
+            SniCert {
+                names: vec!["api.test".into()],
+                cert: api.cert.clone(),
+                key: api.key.clone(),
+            },
+            SniCert {
+                names: vec!["*.wild.test".into()],
+                cert: wild.cert.clone(),
+                key: wild.key.clone(),
+            },
+        ],
+    ));
+    let app = App::start(config).await.unwrap();
+    let addr = app.proxy_addr;
+
+    // HTTP/2 by ALPN, certificate by SNI.
+    let tls = client::tls(addr, "api.test", &pki.ca_file, &[ALPN_H2, ALPN_HTTP11])
+        .await
+        .unwrap();
+    assert_eq!(alpn(&tls).as_deref(), Some(ALPN_H2));
+    assert_eq!(
+        leaf(&tls),
+        api.der,
+        "SNI api.test gets the api.test certificate"
+    );
+    let h2 = H2Conn::handshake(tls, "https", "api.test").await.unwrap();
+    let r = h2.get("/headers").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.text();
+    assert!(text.contains("x-forwarded-proto: https"), "{text}");
+    assert!(text.contains("x-forwarded-host: api.test"), "{text}");
+
+    // HTTP/1.1 by ALPN, the default certificate.
+    let tls = client::tls(addr, "default.test", &pki.ca_file, &[ALPN_HTTP11])
+        .await
+        .unwrap();
+    assert_eq!(alpn(&tls).as_deref(), Some(ALPN_HTTP11));
+    assert_eq!(leaf(&tls), default.der);
+    let mut h1 = Conn::handshake(tls, "default.test").await.unwrap();
+    let r = h1.get("/headers").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.text().contains("x-forwarded-proto: https"),
+        "{}",
+        r.text()
+    );
+    let r = h1.get("/").await.unwrap();
+    assert_eq!(r.text(), "b0\n");
+
+    // A wildcard entry matches one label.
+    let tls = client::tls(addr, "a.wild.test", &pki.ca_file, &[ALPN_HTTP11])
+        .await
+        .unwrap();
+    assert_eq!(leaf(&tls), wild.der);
+
+    // No ALPN: HTTP/1.1 (or h2 by preface) still works.
+    let tls = client::tls(addr, "localhost", &pki.ca_file, &[])
+        .await
+        .unwrap();
+    assert_eq!(alpn(&tls), None);
+    assert_eq!(leaf(&tls), default.der);
+    let mut h1 = Conn::handshake(tls, "localhost").await.unwrap();
+    assert_eq!(h1.get("/").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_http2_offers_only_http11() {
+    let pki = Pki::new("noh2");
+    let cert = pki.issue("default", &["localhost"], false);
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    config.tls = Some(tls_config(&cert, Vec::new()));
+    config.http2.enabled = false;
+    let app = App::start(config).await.unwrap();
+    let tls = client::tls(
+        app.proxy_addr,
+        "localhost",
+        &pki.ca_file,
+        &[ALPN_H2, ALPN_HTTP11],
+    )
+    .await
+    .unwrap();
+    assert_eq!(alpn(&tls).as_deref(), Some(ALPN_HTTP11));
+    let mut h1 = Conn::handshake(tls, "localhost").await.unwrap();
+    assert_eq!(h1.get("/").await.unwrap().status, StatusCode::OK);
+    // Cleartext h2c is refused too when HTTP/2 is off.
+    let mut config = test_config(&addrs(&b));
+    config.http2.enabled = false;
+    let app = App::start(config).await.unwrap();
+    let h2c = tokio::time::timeout(Duration::from_secs(5), async {
+        let c = H2Conn::open(app.proxy_addr).await?;
+        c.get("/").await
+    })
+    .await
+    .expect("h2c attempt ends");
+    assert!(h2c.is_err(), "h2c must fail with http2.enabled = false");
+    assert_eq!(
+        client::get(app.proxy_addr, "/").await.unwrap().status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_certificates_apply_to_new_connections_and_open_ones_keep_working() {
+    let pki = Pki::new("reload");
+    let first = pki.issue("server", &["localhost"], false);
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    let mut tls = tls_config(&first, Vec::new());
+    tls.reload_interval = Duration::from_millis(100);
+    config.tls = Some(tls);
+    let app = App::start(config).await.unwrap();
+    let addr = app.proxy_addr;
+
+    let stream = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
+        .await
+        .unwrap();
+    assert_eq!(leaf(&stream), first.der);
+    let mut open = Conn::handshake(stream, "localhost").await.unwrap();
+    assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
+
+    // Replace the files in place.
+    let second = pki.issue("server", &["localhost"], false);
+    assert_ne!(first.der, second.der);
+    eventually(
+        "new connections to get the new certificate",
+        Duration::from_secs(10),
+        async || {
+            let s = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
+                .await
+                .unwrap();
+            leaf(&s) == second.der
+        },
+    )
+    .await;
+    assert!(counter(&app, "unstick_tls_reloads_total", &[("result", "ok")]) >= 1.0);
+    // The connection made before the swap still works.
+    assert!(!open.is_closed());
+    assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
+
+    // A bad file is refused; the current certificate stays.
+    std::fs::write(&second.cert, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    eventually(
+        "the bad file to be noticed",
+        Duration::from_secs(10),
+        async || counter(&app, "unstick_tls_reloads_total", &[("result", "error")]) >= 1.0,
+    )
+    .await;
+    let s = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
+        .await
+        .unwrap();
+    assert_eq!(leaf(&s), second.der);
+    let mut c = Conn::handshake(s, "localhost").await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_in_the_binary() {
+    let pki = Pki::new("sighup");
+    let first = pki.issue("server", &["localhost"], false);
+    let b = backends(1).await;
+    let config = pki.path("unstick.toml");
+    // A long interval: only the signal can trigger the reload in time.
+    std::fs::write(
+        &config,
+        "[tls]\ncert = \"unused\"\nkey = \"unused\"\nreload_interval = \"1h\"\n",
+    )
+    .unwrap();
+    let backend = b[0].addr.to_string();
+    let unstick = ChildUnstick::spawn(
+        BIN,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backend",
+            &backend,
+            "--tls-cert",
+            first.cert.to_str().unwrap(),
+            "--tls-key",
+            first.key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let addr = unstick.addr;
+    let s = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
+        .await
+        .unwrap();
+    assert_eq!(leaf(&s), first.der);
+    let mut open = Conn::handshake(s, "localhost").await.unwrap();
+    assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
+
+    let second = pki.issue("server", &["localhost"], false);
+    assert!(unstick.process.signal(libc::SIGHUP));
+    eventually(
+        "SIGHUP to load the new certificate",
+        Duration::from_secs(10),
+        async || {
+            let s = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
+                .await
+                .unwrap();
+            leaf(&s) == second.der
+        },
+    )
+    .await;
+    assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
+    assert!(unstick
+        .process
+        .stderr
+        .text()
+        .contains("certificates reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_and_bad_handshakes_on_the_tls_port_end_quickly_and_are_counted() {
+    let pki = Pki::new("bad");
+    let cert = pki.issue("server", &["localhost"], false);
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    config.tls = Some(tls_config(&cert, Vec::new()));
+    config.timeouts.client_header = Duration::from_millis(500);
+    let app = App::start(config).await.unwrap();
+    let addr = app.proxy_addr;
+
+    // Plain HTTP: a 400, then the close.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("closed, not hung")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+
+    // Garbage: closed.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0u8, 1, 2, 3, 4, 5, 6, 7]).await.unwrap();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("closed, not hung");
+    assert!(r.is_err() || got.is_empty(), "{got:?}");
+
+    // A TLS record that is not a valid ClientHello.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0x16, 3, 1, 0, 4, 9, 9, 9, 9]).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("closed, not hung");
+
+    // A client that does not trust the certificate aborts the handshake.
+    let other = Pki::new("bad-other");
+    assert!(client::tls(addr, "localhost", &other.ca_file, &[])
+        .await
+        .is_err());
+
+    eventually("4 failures counted", Duration::from_secs(5), async || {
+        counter(&app, "unstick_tls_handshake_failures_total", &[]) >= 4.0
+    })
+    .await;
+    // A connection that sends nothing is not a failure.
+    drop(TcpStream::connect(addr).await.unwrap());
+    // The listener still serves.
+    let s = client::tls(addr, "localhost", &pki.ca_file, &[])
+        .await
+        .unwrap();
+    let mut c = Conn::handshake(s, "localhost").await.unwrap();
+    assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        counter(&app, "unstick_tls_handshake_failures_total", &[]),
+        4.0
+    );
+
+    // A client that connects and says nothing is closed after the header timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("a silent client is closed, not kept");
+    assert!(got.is_empty());
+    eventually(
+        "the timeout to be counted",
+        Duration::from_secs(5),
+        async || counter(&app, "unstick_tls_handshake_failures_total", &[]) == 5.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redirect_listener_sends_308_to_https() {
+    let pki = Pki::new("redirect");
+    let cert = pki.issue("server", &["localhost"], false);
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    let mut tls = tls_config(&cert, Vec::new());
+    tls.redirect_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.tls = Some(tls);
+    let app = App::start(config).await.unwrap();
+    let redirect = app.redirect_addr.expect("redirect listener");
+    let r = client::request(
+        redirect,
+        Method::GET,
+        "/a/b?c=1",
+        &[("host", "example.test:8080")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    let want = format!("https://example.test:{}/a/b?c=1", app.proxy_addr.port());
+    assert_eq!(r.headers["location"], want.as_str());
+    assert_eq!(b[0].requests(), 0, "redirects never reach a backend");
+}
+
+// === HTTP/2 ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2c_connection_spreads_300_streams_evenly() {
+    let b = backends(3).await;
+    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let ids = multiplexed(&conn, 300).await;
+    assert_even(&ids, 3);
+    assert!(!conn.is_closed());
+    assert_eq!(counter(&app, "unstick_connections_open", &[]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2_tls_connection_spreads_300_streams_evenly() {
+    let pki = Pki::new("h2spread");
+    let cert = pki.issue("server", &["localhost"], false);
+    let b = backends(3).await;
+    let mut config = test_config(&addrs(&b));
+    config.tls = Some(tls_config(&cert, Vec::new()));
+    let app = App::start(config).await.unwrap();
+    let tls = client::tls(app.proxy_addr, "localhost", &pki.ca_file, &[ALPN_H2])
+        .await
+        .unwrap();
+    assert_eq!(alpn(&tls).as_deref(), Some(ALPN_H2));
+    let conn = H2Conn::handshake(tls, "https", "localhost").await.unwrap();
+    let ids = multiplexed(&conn, 300).await;
+    assert_even(&ids, 3);
+    assert_eq!(counter(&app, "unstick_connections_open", &[]), 1.0);
+}
+
+// === upstream protocols ===
+
+fn with_protocol(config: &mut unstick::config::Config, protocol: UpstreamProtocol) {
+    for b in &mut config.backends {
+        b.protocol = protocol;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_backends_get_one_shared_connection_each() {
+    let b = backends(2).await;
+    let mut config = test_config(&addrs(&b));
+    with_protocol(&mut config, UpstreamProtocol::H2c);
+    let app = App::start(config).await.unwrap();
+    // 200 requests from 8 HTTP/1.1 client connections at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let addr = app.proxy_addr;
+        tasks.spawn(async move {
+            let mut c = Conn::open(addr).await.unwrap();
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let r = c
+                    .request(Method::POST, "/echo", &[], format!("body {i}"))
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, StatusCode::OK);
+                assert_eq!(r.text(), format!("body {i}"));
+                ids.push(r.backend());
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        ids.extend(r.unwrap());
+    }
+    assert_even(&ids, 2);
+    for backend in &b {
+        let n = backend.counters.connections.load(Ordering::Relaxed);
+        assert_eq!(n, 1, "one shared HTTP/2 connection per backend, got {n}");
+    }
+    // The backend sees HTTP/2 with the client's authority.
+    let r = client::get(app.proxy_addr, "/headers").await.unwrap();
+    assert!(
+        !r.text().lines().any(|l| l.starts_with("host:")),
+        "HTTP/2 carries the authority in the URI: {}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("x-forwarded-host: 127.0.0.1"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_backend_that_restarts_gets_a_new_connection() {
+    let mut backend = ChildBackend::spawn(BIN, "h2c", &[]);
+    let mut config = test_config(&[backend.addr]);
+    with_protocol(&mut config, UpstreamProtocol::H2c);
+    config.health.backoff = Duration::from_millis(100);
+    let app = App::start(config).await.unwrap();
+    assert_eq!(
+        client::get(app.proxy_addr, "/").await.unwrap().text(),
+        "h2c\n"
+    );
+    backend.restart(BIN, &[]);
+    eventually("requests to succeed again", Duration::from_secs(15), async || {
+        matches!(client::get(app.proxy_addr, "/").await, Ok(r) if r.status == StatusCode::OK)
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            client::get(app.proxy_addr, "/").await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_backends_are_checked_against_the_ca_file_and_get_the_client_certificate() {
+    let pki = Pki::new("mtls");
+    let server = pki.issue("backend", &["127.0.0.1"], false);
+    let client_cert = pki.issue("client", &["unstick-client"], true);
+    let tls = unstick::tls::simple_server_config(
+        &server.cert,
+        &server.key,
+        &[ALPN_HTTP11],
+        Some(&pki.ca_file),
+    )
+    .unwrap();
+    let backend = FakeBackend::start_tls(
+        BackendOptions {
+            id: "secure".into(),
+            ..Default::default()
+        },
+        tls,
+    )
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    with_protocol(&mut config, UpstreamProtocol::Https);
+    config.health.eject_after_failures = 1000;
+    config.upstream_tls.ca_file = Some(pki.ca_file.clone());
+    config.upstream_tls.client_cert = Some(client_cert.cert.clone());
+    config.upstream_tls.client_key = Some(client_cert.key.clone());
+    let app = App::start(config.clone()).await.unwrap();
+    for _ in 0..5 {
+        let r = client::request(app.proxy_addr, Method::POST, "/echo", &[], "over tls")
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.text(), "over tls");
+        assert_eq!(r.backend(), "secure");
+    }
+
+    // Without the client certificate the backend refuses us.
+    let mut no_client = config.clone();
+    no_client.upstream_tls.client_cert = None;
+    no_client.upstream_tls.client_key = None;
+    let app = App::start(no_client).await.unwrap();
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+
+    // Without the CA file (the built-in roots), the backend is not trusted.
+    let mut no_ca = config.clone();
+    no_ca.upstream_tls.ca_file = None;
+    let app = App::start(no_ca).await.unwrap();
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.text().contains("TLS handshake failed"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_upstream_ca_file_stops_the_start() {
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    config.upstream_tls.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
+    let err = App::start(config).await.err().expect("refused").to_string();
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+}
+
+// === WebSocket ===
+
+type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
+
+async fn ws_connect<S>(stream: S, authority: &str) -> Ws<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{authority}/ws"), stream)
+        .await
+        .expect("WebSocket handshake through unstick");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// Sends `n` messages and checks each echo.
+async fn ws_echo<S>(ws: &mut Ws<S>, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for i in 0..n {
+        let msg = if i % 2 == 0 {
+            Message::text(format!("message {i}"))
+        } else {
+            Message::binary(vec![i as u8; i + 1])
+        };
+        ws.send(msg.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("open")
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+}
+
+/// Waits (bounded) for the socket to close: a close frame, an error or the end.
+async fn ws_closed<S>(ws: &mut Ws<S>, timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("the WebSocket is still open after {timeout:?}"),
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echoes_through_the_proxy_and_closes_when_the_backend_dies() {
+    let backend = ChildBackend::spawn(BIN, "ws", &[]);
+    let app = App::start(test_config(&[backend.addr])).await.unwrap();
+    let stream = TcpStream::connect(app.proxy_addr).await.unwrap();
+    let mut ws = ws_connect(stream, &app.proxy_addr.to_string()).await;
+    ws_echo(&mut ws, 100).await;
+    let b = app.proxy.upstreams.load().all[0].clone();
+    assert_eq!(b.in_flight(), 1, "the tunnel counts as in flight");
+    assert_eq!(counter(&app, "unstick_connections_open", &[]), 1.0);
+
+    assert!(backend.process.signal(libc::SIGKILL));
+    ws_closed(&mut ws, Duration::from_secs(5)).await;
+    eventually(
+        "the tunnel to release its backend",
+        Duration::from_secs(5),
+        async || b.in_flight() == 0 && counter(&app, "unstick_connections_open", &[]) == 0.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_works_over_tls_and_a_client_close_ends_the_tunnel() {
+    let pki = Pki::new("wss");
+    let cert = pki.issue("server", &["localhost"], false);
+    let backend = FakeBackend::start(BackendOptions {
+        id: "ws".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    config.tls = Some(tls_config(&cert, Vec::new()));
+    let app = App::start(config).await.unwrap();
+    // WebSocket (RFC 6455) needs HTTP/1.1: a WebSocket client offers only http/1.1.
+    let tls = client::tls(app.proxy_addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
+        .await
+        .unwrap();
+    let mut ws = ws_connect(tls, "localhost").await;
+    ws_echo(&mut ws, 20).await;
+    let b = app.proxy.upstreams.load().all[0].clone();
+    assert_eq!(b.in_flight(), 1);
+    ws.close(None).await.unwrap();
+    ws_closed(&mut ws, Duration::from_secs(5)).await;
+    eventually("the tunnel to end", Duration::from_secs(5), async || {
+        b.in_flight() == 0 && counter(&app, "unstick_connections_open", &[]) == 0.0
+    })
+    .await;
+}
+
+#[test]
+fn sigterm_closes_websockets_after_the_drain_timeout() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pki = Pki::new("wsdrain");
+    let config = pki.path("unstick.toml");
+    std::fs::write(&config, "[timeouts]\ndrain = \"1500ms\"\n").unwrap();
+    let backend = ChildBackend::spawn(BIN, "ws", &[]);
+    let mut unstick = ChildUnstick::spawn(
+        BIN,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backend",
+            &backend.addr.to_string(),
+        ],
+        &[],
+    );
+    let addr = unstick.addr;
+    let pid = unstick.pid();
+    let elapsed = rt.block_on(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut ws = ws_connect(stream, &addr.to_string()).await;
+        ws_echo(&mut ws, 10).await;
+        let sent = Instant::now();
+        assert!(unstick::testkit::process::signal(pid, libc::SIGTERM));
+        // Draining: the tunnel still works...
+        ws_echo(&mut ws, 10).await;
+        // ...until the drain timeout closes it.
+        ws_closed(&mut ws, Duration::from_secs(15)).await;
+        sent.elapsed()
+    });
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "closed after {elapsed:?}, before the 1.5 s drain timeout"
+    );
+    let status = unstick
+        .process
+        .wait_timeout(Duration::from_secs(10))
+        .expect("unstick exits after the drain");
+    assert!(status.success(), "{status:?}");
+    assert!(unstick.process.stderr.text().contains("drain timeout"));
+}
+
+// === gRPC ===
+
+const GRPC_HEADERS: &[(&str, &str)] = &[("content-type", "application/grpc"), ("te", "trailers")];
+
+/// A gRPC-framed message: flag, length, bytes.
+fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut b = vec![0u8];
+    b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    b.extend_from_slice(msg);
+    Bytes::from(b)
+}
+
+fn assert_grpc_echo(r: &client::Reply, sent: &Bytes, backend: &str) {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    assert_eq!(&r.body, sent);
+    let trailers = r.trailers.as_ref().expect("trailers reach the client");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-backend-id"], backend);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_round_trips_with_its_trailers() {
+    let b = backends(2).await;
+    let mut config = test_config(&addrs(&b));
+    with_protocol(&mut config, UpstreamProtocol::H2c);
+    let app = App::start(config).await.unwrap();
+    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let mut seen = Vec::new();
+    for i in 0..10 {
+        let body = grpc_frame(format!("hello {i}").as_bytes());
+        let r = conn
+            .request(
+                Method::POST,
+                "/grpc.test.Echo/Say",
+                GRPC_HEADERS,
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        let id = r.backend();
+        assert_grpc_echo(&r, &body, &id);
+        seen.push(id);
+    }
+    assert_even(&seen, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_to_an_h2_backend_round_trips_with_its_trailers() {
+    let pki = Pki::new("grpctls");
+    let front = pki.issue("front", &["localhost"], false);
+    let back = pki.issue("back", &["127.0.0.1"], false);
+    let tls = unstick::tls::simple_server_config(&back.cert, &back.key, &[ALPN_H2], None).unwrap();
+    let backend = FakeBackend::start_tls(
+        BackendOptions {
+            id: "h2tls".into(),
+            ..Default::default()
+        },
+        tls,
+    )
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    with_protocol(&mut config, UpstreamProtocol::H2);
+    config.upstream_tls.ca_file = Some(pki.ca_file.clone());
+    config.tls = Some(tls_config(&front, Vec::new()));
+    let app = App::start(config).await.unwrap();
+    let stream = client::tls(app.proxy_addr, "localhost", &pki.ca_file, &[ALPN_H2])
+        .await
+        .unwrap();
+    let conn = H2Conn::handshake(stream, "https", "localhost")
+        .await
+        .unwrap();
+    let body = grpc_frame(&[7u8; 100_000]);
+    let r = conn
+        .request(
+            Method::POST,
+            "/grpc.test.Echo/Say",
+            GRPC_HEADERS,
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_grpc_echo(&r, &body, "h2tls");
+    // The backend got HTTP/2 over TLS, and one connection for every call.
+    for _ in 0..20 {
+        let r = conn
+            .request(
+                Method::POST,
+                "/grpc.test.Echo/Say",
+                GRPC_HEADERS,
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        assert_grpc_echo(&r, &body, "h2tls");
+    }
+    assert_eq!(backend.counters.connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_failures_get_a_grpc_status_not_a_bare_http_error() {
+    // No backend in rotation: UNAVAILABLE.
+    let app = App::start(test_config(&[])).await.unwrap();
+    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let r = conn
+        .request(
+            Method::POST,
+            "/grpc.test.Echo/Say",
+            GRPC_HEADERS,
+            grpc_frame(b"x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    assert_eq!(r.headers["grpc-status"], "14");
+    assert!(r.headers["grpc-message"]
+        .to_str()
+        .unwrap()
+        .contains("no backend"));
+    assert!(r.body.is_empty());
+    // Metrics count it as the 503 it stands for.
+    assert_eq!(
+        counter(
+            &app,
+            "unstick_requests_total",
+            &[("backend", "none"), ("code_class", "5xx")]
+        ),
+        1.0
+    );
+
+    // A backend that refuses connections: UNAVAILABLE; plain HTTP gets a 502.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let mut config = test_config(&[dead_addr]);
+    config.health.eject_after_failures = 1000;
+    config.retries.enabled = false;
+    let app = App::start(config).await.unwrap();
+    let r = client::request(app.proxy_addr, Method::POST, "/x", &[], "plain")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let r = client::request(
+        app.proxy_addr,
+        Method::POST,
+        "/x",
+        GRPC_HEADERS,
+        grpc_frame(b"x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "14", "{:?}", r.headers);
+
+    // A backend that never answers: DEADLINE_EXCEEDED.
+    let b = backends(1).await;
+    let mut config = test_config(&addrs(&b));
+    with_protocol(&mut config, UpstreamProtocol::H2c);
+    config.timeouts.response_header = Duration::from_millis(300);
+    let app = App::start(config).await.unwrap();
+    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let r = conn
+        .request(Method::POST, "/hang", GRPC_HEADERS, grpc_frame(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "4");
+    let msg = r.headers["grpc-message"].to_str().unwrap();
+    assert!(msg.contains("gateway timeout"), "{msg}");
+}
