@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
@@ -14,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{AccessLogger, Proxy, Settings};
 use crate::server::{self, Phase, ServerOptions, Shutdown};
 use crate::tls::{Reload, ServerCerts, TlsError};
-use crate::upstream::{Backend, PoolSettings, Upstreams};
+use crate::upstream::{worker, Backend, PoolSettings, Upstreams};
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +39,8 @@ pub struct App {
     pub tls: Option<Arc<ServerCerts>>,
     pub proxy: Arc<Proxy>,
     pub shutdown: Shutdown,
-    server: JoinHandle<io::Result<()>>,
+    /// One thread per worker, each running its own single-threaded runtime.
+    server: Vec<std::thread::JoinHandle<io::Result<()>>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -112,14 +114,18 @@ impl App {
         metrics: Metrics,
         log: AccessLoggerChoice,
     ) -> Result<App, StartError> {
-        let listener = server::bind(config.listen).map_err(|source| StartError::Bind {
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // Pools are sharded per worker: set before any backend is made.
+        worker::set_count(workers);
+        let bind_error = |source| StartError::Bind {
             addr: config.listen,
             source,
-        })?;
-        let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        };
+        let listeners = server::bind_workers(config.listen, workers).map_err(bind_error)?;
+        let proxy_addr = listeners[0].local_addr().map_err(bind_error)?;
         let admin_listener = match config.admin {
             Some(addr) => {
                 Some(server::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
@@ -184,12 +190,24 @@ impl App {
                 let _ = redirect.await;
             }));
         }
-        let server = tokio::spawn(server::serve(
-            listener,
-            proxy.clone(),
-            server_options,
+        background.push(tokio::spawn(server::drain_deadline(
             shutdown.clone(),
-        ));
+            config.timeouts.drain,
+        )));
+        let limit = Arc::new(Semaphore::new(server_options.max_connections));
+        let mut server = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (proxy, options, shutdown, limit) = (
+                proxy.clone(),
+                server_options.clone(),
+                shutdown.clone(),
+                limit.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("unstick-worker-{i}"))
+                .spawn(move || run_worker(i, listener, proxy, options, shutdown, limit));
+            server.push(spawned.map_err(bind_error)?);
+        }
         Ok(App {
             proxy_addr,
             admin_addr,
@@ -216,8 +234,19 @@ impl App {
 
     /// Waits until the server has drained and stopped.
     pub async fn wait(self) -> io::Result<()> {
-        let result = match self.server.await {
-            Ok(r) => r,
+        let workers = self.server;
+        let joined = tokio::task::spawn_blocking(move || {
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a worker panicked")))
+                })
+                .collect::<io::Result<Vec<()>>>()
+        })
+        .await;
+        let result = match joined {
+            Ok(r) => r.map(drop),
             Err(e) => Err(io::Error::other(e)),
         };
         self.shutdown.set(Phase::Close);
@@ -263,4 +292,26 @@ pub enum AccessLoggerChoice {
     Stdout,
     /// A logger made by the caller (tests capture lines this way).
     Custom(AccessLogger),
+}
+
+/// One worker: a single-threaded runtime serving its own listener. A
+/// client's connection, its requests and the backend connections they use
+/// stay on this thread (thread per core): no work stealing, no cross-thread
+/// wake-ups, and per-worker connection pools.
+fn run_worker(
+    i: usize,
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    options: ServerOptions,
+    shutdown: Shutdown,
+    limit: Arc<Semaphore>,
+) -> io::Result<()> {
+    worker::enter(i);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        server::serve(listener, proxy, options, shutdown, limit).await
+    })
 }

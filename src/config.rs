@@ -112,6 +112,9 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub algorithm: Algorithm,
     pub access_log: AccessLog,
+    /// Worker threads serving clients, each with its own runtime and
+    /// connection pools (0: one per CPU).
+    pub workers: usize,
     pub backends: Vec<BackendSpec>,
     pub timeouts: Timeouts,
     pub limits: Limits,

@@ -749,3 +749,37 @@ pub fn test_config(backends: &[SocketAddr]) -> crate::config::Config {
         .collect();
     c
 }
+
+/// An address where nothing listens, and that stays so: the port is held by
+/// a bound socket that never listens, so connects are refused and the
+/// kernel cannot hand the port to anyone else (say, the proxy under test)
+/// while this value lives.
+pub struct DeadPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        let addr = socket
+            .local_addr()
+            .expect("bound")
+            .as_socket()
+            .expect("an IP socket");
+        DeadPort {
+            addr,
+            _socket: socket,
+        }
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        DeadPort::new()
+    }
+}

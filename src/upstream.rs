@@ -21,7 +21,7 @@ mod body;
 mod pool;
 
 pub use body::RequestBody;
-pub use pool::{Conn, ConnectError, Pool, PoolSettings};
+pub use pool::{worker, Conn, ConnectError, Pool, PoolSettings};
 
 /// Why a backend is out of rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

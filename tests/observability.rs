@@ -102,9 +102,11 @@ async fn fake(id: &str) -> FakeBackend {
 }
 
 /// An address where nothing listens (connect is refused).
+/// A port where nothing listens, held (leaked) for the test's life so the
+/// kernel cannot give it to the proxy under test.
 async fn dead_address() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    let dead = Box::leak(Box::new(unstick::testkit::DeadPort::new()));
+    dead.addr
 }
 
 /// A backend that answers every request with a head promising 100 bytes,

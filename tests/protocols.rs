@@ -991,9 +991,8 @@ async fn grpc_failures_get_a_grpc_status_not_a_bare_http_error() {
     );
 
     // A backend that refuses connections: UNAVAILABLE; plain HTTP gets a 502.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    let dead = unstick::testkit::DeadPort::new();
+    let dead_addr = dead.addr;
     let mut config = test_config(&[dead_addr]);
     config.health.eject_after_failures = 1000;
     config.retries.enabled = false;

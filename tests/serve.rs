@@ -240,10 +240,8 @@ async fn each_error_class_has_its_status_and_body() {
     assert!(r.text().contains("no backend available"), "{}", r.text());
 
     // Nothing listens: 502 naming the cause.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead_port = unstick::testkit::DeadPort::new();
+    let dead = dead_port.addr;
     let app = App::start(test_config(&[dead])).await.unwrap();
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);

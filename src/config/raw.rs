@@ -21,6 +21,8 @@ pub struct RawConfig {
     pub admin: String,
     pub algorithm: String,
     pub access_log: String,
+    /// Worker threads serving clients (0: one per CPU).
+    pub workers: u64,
     /// Each entry is `"[SCHEME://]HOST:PORT[=WEIGHT]"` or a table
     /// `{ address, weight, protocol }`.
     pub backends: Vec<toml::Value>,
@@ -43,6 +45,7 @@ impl Default for RawConfig {
             admin: "127.0.0.1:9090".into(),
             algorithm: "round-robin".into(),
             access_log: "json".into(),
+            workers: 0,
             backends: Vec::new(),
             timeouts: RawTimeouts::default(),
             limits: RawLimits::default(),
@@ -458,6 +461,16 @@ impl RawConfig {
             .map(|(i, v)| parse_backend(l, i, v))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, b) in backends.iter().enumerate() {
+            if listen.port() != 0 && b.address.parse::<SocketAddr>().ok() == Some(listen) {
+                return Err(invalid(
+                    l,
+                    &format!("backends[{i}]"),
+                    format!(
+                        "backend `{}` is unstick's own listener: requests would loop",
+                        b.address
+                    ),
+                ));
+            }
             if backends[..i].iter().any(|o| o.address == b.address) {
                 return Err(invalid(
                     l,
@@ -656,8 +669,10 @@ impl RawConfig {
             ));
         }
 
+        let workers = range(l, "workers", self.workers, 0, 256)? as usize;
         Ok(Config {
             listen,
+            workers,
             admin,
             algorithm,
             access_log,
