@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod load;
 mod serve;
 mod testkit;
 
@@ -23,6 +24,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Validate a config file and print the effective configuration.
     Check(serve::CheckArgs),
+    /// Send load to a URL and report latency, throughput and errors.
+    Load(load::LoadArgs),
     /// A fake backend for tests and benches.
     #[command(hide = true)]
     TestkitBackend(testkit::TestkitArgs),
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Check(args) => serve::check(args),
+        Command::Load(args) => load::run(args),
         Command::TestkitBackend(args) => testkit::run(args),
     }
 }
@@ -54,7 +58,8 @@ pub fn main() -> ExitCode {
 /// Diagnostics go to stderr, filtered by `RUST_LOG` (default: unstick at info).
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("unstick=info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("unstick=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

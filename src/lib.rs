@@ -13,6 +13,7 @@
 //! - [`health`]: passive ejection, active HTTP checks, backoff probes.
 //! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
+//! - [`load`]: the load generator engine (`unstick load`, reused by chaos); reaches targets by socket only.
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod load;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
