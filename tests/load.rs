@@ -366,8 +366,11 @@ async fn timeout_when_the_server_never_answers() {
 /// `Host` and keeps every record.
 #[derive(Clone, Default)]
 struct Recording {
-    records: Arc<Mutex<Vec<(usize, u64, u16, String, String)>>>,
+    records: Arc<Mutex<Vec<Row>>>,
 }
+
+/// User, seq, status, `X-Backend-Id`, body.
+type Row = (usize, u64, u16, String, String);
 
 impl Workload for Recording {
     type User = u32;
