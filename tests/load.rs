@@ -360,6 +360,37 @@ async fn timeout_when_the_server_never_answers() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
+#[tokio::test]
+async fn the_timeout_is_per_request_not_per_connection() {
+    // One connection, 250 ms per answer, 400 ms timeout: every request fits
+    // its own timeout although the connection outlives several of them.
+    let backend = FakeBackend::start(BackendOptions::default()).await;
+    let target = Target::parse(&url(backend.addr, "/slow/250")).unwrap();
+    let mut settings = Settings::new(target.clone());
+    settings.connections = 1;
+    settings.requests = Some(4);
+    settings.timeout = Duration::from_millis(400);
+    let workload = FixedRequest::new(
+        &target,
+        http::Method::GET,
+        vec![],
+        Bytes::new(),
+        false,
+        true,
+    );
+    let report = Engine::new(settings, workload)
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.responses, report.errors.total()),
+        (4, 0),
+        "{report}"
+    );
+    assert!(report.latency_ms.unwrap().min >= 250.0);
+}
+
 // --- the workload hook ---------------------------------------------------------------
 
 /// A workload with per-user state that sends origin-form requests without

@@ -20,7 +20,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -325,11 +325,62 @@ impl From<Interrupted> for RequestError {
     }
 }
 
+/// A request deadline that costs no timer operation per request.
+///
+/// The timer is only re-armed when it fires before the current deadline:
+/// deadlines move forward by one timeout per request, so the timer fires
+/// about once per timeout period instead of being reset for every request.
+pub(crate) struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    at: Instant,
+    /// The timer holds this task's waker: no need to poll it until it fires.
+    registered: bool,
+}
+
+// === impl Deadline ===
+
+impl Deadline {
+    pub fn new(at: Instant) -> Deadline {
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            at,
+            registered: false,
+        }
+    }
+
+    /// Moves the deadline (later, normally; an earlier one re-arms the timer).
+    pub fn set(&mut self, at: Instant) {
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
+            self.registered = false;
+        }
+        self.at = at;
+    }
+
+    /// Whether the deadline has passed; registers for a wake-up if not.
+    /// Every caller polls from the same task (one virtual user), so a waker
+    /// registered once stays right until the timer fires.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.registered && !self.sleep.is_elapsed() {
+            return false;
+        }
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.at {
+                self.registered = false;
+                return true;
+            }
+            self.sleep.as_mut().reset(self.at);
+        }
+        self.registered = true;
+        false
+    }
+}
+
 /// Runs `fut` while polling the connection in the same task, until `fut`
 /// resolves, the connection ends, or `deadline` passes.
 pub(crate) async fn drive<F: Future>(
     driver: &mut Driver,
-    mut deadline: Pin<&mut Sleep>,
+    deadline: &mut Deadline,
     fut: F,
 ) -> Result<F::Output, Interrupted> {
     let mut fut = pin!(fut);
@@ -343,7 +394,7 @@ pub(crate) async fn drive<F: Future>(
         if ended {
             return Poll::Ready(Err(Interrupted::Closed(driver.take_error())));
         }
-        if deadline.as_mut().poll(cx).is_ready() {
+        if deadline.poll_expired(cx) {
             return Poll::Ready(Err(Interrupted::Timeout));
         }
         Poll::Pending
@@ -353,7 +404,7 @@ pub(crate) async fn drive<F: Future>(
 
 /// Runs `fut` until it resolves or `deadline` passes (no connection yet).
 pub(crate) async fn until<F: Future>(
-    mut deadline: Pin<&mut Sleep>,
+    deadline: &mut Deadline,
     fut: F,
 ) -> Result<F::Output, Interrupted> {
     let mut fut = pin!(fut);
@@ -361,7 +412,7 @@ pub(crate) async fn until<F: Future>(
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        if deadline.as_mut().poll(cx).is_ready() {
+        if deadline.poll_expired(cx) {
             return Poll::Ready(Err(Interrupted::Timeout));
         }
         Poll::Pending
@@ -432,6 +483,8 @@ impl Connector {
             })
         } else {
             let (send, conn) = http1::Builder::new()
+                // One flattened write buffer: a load request is small.
+                .writev(false)
                 .handshake(io)
                 .await
                 .map_err(|e| RequestError::hyper(&e))?;

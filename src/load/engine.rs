@@ -14,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -26,9 +26,8 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use tokio::sync::{oneshot, watch};
-use tokio::time::Sleep;
 
-use super::client::{drive, until, Conn, Connector, RequestError, Sender};
+use super::client::{drive, until, Conn, Connector, Deadline, Interrupted, RequestError, Sender};
 use super::report::{Collector, Report, RunInfo};
 use super::workload::{Outcome, Record, Reply, Workload};
 use super::Target;
@@ -345,8 +344,8 @@ impl<W: Workload> Engine<W> {
     /// included, within the timeout: a quick "is anything there".
     pub async fn probe(&self) -> Result<(), LoadError> {
         let (addr, connector) = self.connector().await?;
-        let deadline = pin!(tokio::time::sleep(self.settings.timeout));
-        match until(deadline, connector.connect()).await {
+        let mut deadline = Deadline::new(tokio::time::Instant::now() + self.settings.timeout);
+        match until(&mut deadline, connector.connect()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(source)) => Err(LoadError::Connect {
                 target: self.settings.target.url().to_owned(),
@@ -475,14 +474,15 @@ async fn user_loop<W: Workload>(
     let w = &*ctx.workload;
     let live = &ctx.shared.live.threads[ctx.index];
     let mut user = w.user(index);
-    let mut deadline = pin!(tokio::time::sleep(settings.timeout));
+    let mut deadline = Deadline::new(tokio::time::Instant::now() + settings.timeout);
+    let mut slot_timer = pin!(tokio::time::sleep(Duration::ZERO));
     let mut conn: Option<Conn> = None;
     let mut body = Vec::new();
     let wants_body = w.wants_body();
 
     // Connect before the clock starts, so the first slots are not spent on
     // handshakes. A failure here is not counted: the first request retries.
-    if let Ok(Ok(c)) = until(deadline.as_mut(), ctx.connector.connect()).await {
+    if let Ok(Ok(c)) = until(&mut deadline, ctx.connector.connect()).await {
         conn = Some(c);
         stats.borrow_mut().connections_opened += 1;
     }
@@ -514,23 +514,21 @@ async fn user_loop<W: Workload>(
         let mut sent = now;
         if let Some(at) = slot.at {
             if at > now + early {
-                deadline
+                slot_timer
                     .as_mut()
                     .reset(tokio::time::Instant::from_std(at - early));
-                deadline.as_mut().await;
+                slot_timer.as_mut().await;
                 sent = Instant::now();
             }
         }
         let intended = slot.at.unwrap_or(sent);
         prepare(&mut req, settings);
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(sent + settings.timeout));
+        deadline.set(tokio::time::Instant::from_std(sent + settings.timeout));
         let mut opened = 0;
         let result = exchange(
             &ctx.connector,
             &mut conn,
-            deadline.as_mut(),
+            &mut deadline,
             req,
             wants_body.then_some(&mut body),
             &mut opened,
@@ -612,7 +610,7 @@ fn prepare(req: &mut Request<Bytes>, settings: &Settings) {
 async fn exchange(
     connector: &Connector,
     conn: &mut Option<Conn>,
-    mut deadline: Pin<&mut Sleep>,
+    deadline: &mut Deadline,
     req: Request<Bytes>,
     mut keep_body: Option<&mut Vec<u8>>,
     opened: &mut u64,
@@ -625,27 +623,31 @@ async fn exchange(
             Some(c) if c.is_open() => c,
             _ => {
                 *conn = None;
-                let c = until(deadline.as_mut(), connector.connect()).await??;
+                let c = until(deadline, connector.connect()).await??;
                 *opened += 1;
                 fresh = true;
                 conn.insert(c)
             }
         };
+        // Normally ready at once (the last response ended); then no extra
+        // round through the connection.
         let ready = match &mut c.sender {
-            Sender::H1(s) => drive(&mut c.driver, deadline.as_mut(), s.ready()).await,
-            Sender::H2(s) => drive(&mut c.driver, deadline.as_mut(), s.ready()).await,
+            Sender::H1(s) if s.is_ready() => Ok(Ok(())),
+            Sender::H2(s) if s.is_ready() => Ok(Ok(())),
+            Sender::H1(s) => drive(&mut c.driver, deadline, s.ready()).await,
+            Sender::H2(s) => drive(&mut c.driver, deadline, s.ready()).await,
         };
         match ready {
             Ok(Ok(())) => break conn.as_mut().expect("just set"),
-            Ok(Err(_)) | Err(super::client::Interrupted::Closed(_)) if !fresh => *conn = None,
+            Ok(Err(_)) | Err(Interrupted::Closed(_)) if !fresh => *conn = None,
             Ok(Err(e)) => return Err(RequestError::hyper(&e)),
             Err(i) => return Err(i.into()),
         }
     };
     let req = req.map(Full::new);
     let resp = match &mut c.sender {
-        Sender::H1(s) => drive(&mut c.driver, deadline.as_mut(), s.send_request(req)).await,
-        Sender::H2(s) => drive(&mut c.driver, deadline.as_mut(), s.send_request(req)).await,
+        Sender::H1(s) => drive(&mut c.driver, deadline, s.send_request(req)).await,
+        Sender::H2(s) => drive(&mut c.driver, deadline, s.send_request(req)).await,
     };
     let resp = resp?.map_err(|e| RequestError::hyper(&e))?;
     let (parts, mut incoming) = resp.into_parts();
@@ -654,7 +656,7 @@ async fn exchange(
     }
     let mut len = 0u64;
     while !incoming.is_end_stream() {
-        match drive(&mut c.driver, deadline.as_mut(), incoming.frame()).await? {
+        match drive(&mut c.driver, deadline, incoming.frame()).await? {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     len += data.len() as u64;
