@@ -76,19 +76,34 @@ done
 url="http://127.0.0.1:$port/"
 echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on $url (1 worker); $connections connections, $duration per run, $rounds rounds"
 
-wrk_rates=() unstick_rates=()
+# CPU time per request (user and system, µs) tells more than the rate when
+# the machine is shared: the rate of a round depends on what else runs.
+timed() { # timed OUT_FILE CMD...: runs CMD, writes "user sys" seconds to OUT_FILE
+    local out=$1; shift
+    if [ -x /usr/bin/time ]; then /usr/bin/time -f "%U %S" -o "$out" "$@"; else "$@"; echo "0 0" >"$out"; fi
+}
+
+rows=()
 for r in $(seq "$rounds"); do
-    w=$("${pin_client[@]}" wrk -t1 -c"$connections" -d"$duration" "$url" | awk '/^Requests\/sec:/ {print $2}')
-    "${pin_client[@]}" "$unstick" load "$url" --threads 1 -c "$connections" -d "$duration" --json "$dir/u.json" >/dev/null
-    u=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rate"])' "$dir/u.json")
+    timed "$dir/w.time" "${pin_client[@]}" wrk -t1 -c"$connections" -d"$duration" "$url" >"$dir/w.txt"
+    w=$(awk '/^Requests\/sec:/ {print $2}' "$dir/w.txt")
+    wn=$(awk '/requests in/ {print $1}' "$dir/w.txt")
+    timed "$dir/u.time" "${pin_client[@]}" "$unstick" load "$url" --threads 1 -c "$connections" -d "$duration" --json "$dir/u.json" >/dev/null
+    read -r u un < <(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j["rate"], j["requests"])' "$dir/u.json")
+    rows+=("$w $wn $(cat "$dir/w.time") $u $un $(cat "$dir/u.time")")
     echo "round $r: wrk -t1 ${w}/s   unstick load --threads 1 ${u}/s"
-    wrk_rates+=("$w") unstick_rates+=("$u")
 done
 
-python3 - "${wrk_rates[*]}" "${unstick_rates[*]}" <<'PY'
+printf '%s\n' "${rows[@]}" | python3 -c '
 import sys, statistics
-w = [float(x) for x in sys.argv[1].split()]
-u = [float(x) for x in sys.argv[2].split()]
+rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+w = [r[0] for r in rows]; u = [r[4] for r in rows]
+def cpu(n, user, sys_):  # µs per request
+    return (user * 1e6 / n, sys_ * 1e6 / n) if n else (0, 0)
+wc = [cpu(r[1], r[2], r[3]) for r in rows]; uc = [cpu(r[5], r[6], r[7]) for r in rows]
+med = statistics.median
 print(f"best:   wrk {max(w):.0f}/s   unstick {max(u):.0f}/s   ratio {max(u)/max(w):.2f}x")
-print(f"median: wrk {statistics.median(w):.0f}/s   unstick {statistics.median(u):.0f}/s   ratio {statistics.median(u)/statistics.median(w):.2f}x")
-PY
+print(f"median: wrk {med(w):.0f}/s   unstick {med(u):.0f}/s   ratio {med(u)/med(w):.2f}x")
+print(f"cpu per request (median, user+sys): wrk {med(c[0] for c in wc):.2f}+{med(c[1] for c in wc):.2f} us"
+      f"   unstick {med(c[0] for c in uc):.2f}+{med(c[1] for c in uc):.2f} us")
+'

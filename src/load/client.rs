@@ -7,8 +7,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -252,12 +253,20 @@ pub(crate) enum Sender {
     H2(http2::SendRequest<ReqBody>),
 }
 
-/// The connection future, polled by [`drive`] only.
-pub(crate) enum Driver {
+/// The connection future itself.
+enum Task {
     H1(Pin<Box<http1::Connection<Io, ReqBody>>>),
     H2(Pin<Box<http2::Connection<Io, ReqBody, TokioExecutor>>>),
     /// The connection future finished; the error it ended with, if not yet taken.
     Ended(Option<hyper::Error>),
+}
+
+/// The connection future, polled by [`drive`] only, in the task of its user.
+pub(crate) struct Driver {
+    task: Task,
+    wake: Arc<SelfWake>,
+    /// A waker for [`SelfWake`], made once.
+    waker: Waker,
 }
 
 /// An open connection.
@@ -269,9 +278,24 @@ pub(crate) struct Conn {
 // === impl Conn ===
 
 impl Conn {
+    fn new(sender: Sender, task: Task) -> Conn {
+        let wake = Arc::new(SelfWake {
+            state: AtomicU8::new(IDLE),
+            task: Mutex::new(None),
+        });
+        Conn {
+            sender,
+            driver: Driver {
+                task,
+                waker: Waker::from(wake.clone()),
+                wake,
+            },
+        }
+    }
+
     /// Whether it may still carry a request.
     pub fn is_open(&self) -> bool {
-        if matches!(self.driver, Driver::Ended(_)) {
+        if matches!(self.driver.task, Task::Ended(_)) {
             return false;
         }
         match &self.sender {
@@ -284,16 +308,25 @@ impl Conn {
 // === impl Driver ===
 
 impl Driver {
+    /// Runs `f` (e.g. queueing a request) without waking the task for it:
+    /// [`drive`] polls the connection right after anyway.
+    pub fn quiet<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.wake.state.store(POLLING, Ordering::Release);
+        let r = f();
+        self.wake.state.store(IDLE, Ordering::Release);
+        r
+    }
+
     /// Polls the connection; once it ends, stays `Ended`.
-    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let res = match self {
-            Driver::H1(c) => c.as_mut().poll(cx),
-            Driver::H2(c) => c.as_mut().poll(cx),
-            Driver::Ended(_) => return Poll::Ready(()),
+    fn poll_conn(task: &mut Task, cx: &mut Context<'_>) -> Poll<()> {
+        let res = match task {
+            Task::H1(c) => c.as_mut().poll(cx),
+            Task::H2(c) => c.as_mut().poll(cx),
+            Task::Ended(_) => return Poll::Ready(()),
         };
         match res {
             Poll::Ready(r) => {
-                *self = Driver::Ended(r.err());
+                *task = Task::Ended(r.err());
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
@@ -301,9 +334,52 @@ impl Driver {
     }
 
     fn take_error(&mut self) -> Option<hyper::Error> {
-        match self {
-            Driver::Ended(e) => e.take(),
+        match &mut self.task {
+            Task::Ended(e) => e.take(),
             _ => None,
+        }
+    }
+}
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+/// The waker the connection and the request see. A wake raised while the
+/// user's task is itself polling them (the connection handing the response
+/// to the request future, the request queue waking the connection) is noted
+/// instead of rescheduling the task: [`drive`] polls again at once. Other
+/// wakes (socket readiness) go to the task. This saves a task poll per request.
+struct SelfWake {
+    state: AtomicU8,
+    task: Mutex<Option<Waker>>,
+}
+
+impl SelfWake {
+    fn set_task(&self, waker: &Waker) {
+        let mut t = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *t = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for SelfWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self
+            .state
+            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(WOKEN) => {}
+            Err(_) => {
+                if let Some(w) = &*self.task.lock().unwrap_or_else(|e| e.into_inner()) {
+                    w.wake_by_ref();
+                }
+            }
         }
     }
 }
@@ -385,14 +461,29 @@ pub(crate) async fn drive<F: Future>(
 ) -> Result<F::Output, Interrupted> {
     let mut fut = pin!(fut);
     std::future::poll_fn(move |cx| {
-        // The connection first: it may complete `fut` (write the request,
-        // read the response) in this very poll.
-        let ended = driver.poll_conn(cx).is_ready();
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        if ended {
-            return Poll::Ready(Err(Interrupted::Closed(driver.take_error())));
+        driver.wake.set_task(cx.waker());
+        let mut inner = Context::from_waker(&driver.waker);
+        // Bounded, so a future that keeps waking itself (a cooperative
+        // yield, an exhausted budget) cannot hold the thread.
+        for round in 0..4 {
+            driver.wake.state.store(POLLING, Ordering::Release);
+            // The connection first: it may complete `fut` (write the
+            // request, read the response) in this very poll.
+            let ended = Driver::poll_conn(&mut driver.task, &mut inner).is_ready();
+            let polled = fut.as_mut().poll(&mut inner);
+            let woken = driver.wake.state.swap(IDLE, Ordering::AcqRel) == WOKEN;
+            if let Poll::Ready(v) = polled {
+                return Poll::Ready(Ok(v));
+            }
+            if ended {
+                return Poll::Ready(Err(Interrupted::Closed(driver.take_error())));
+            }
+            if !woken {
+                break;
+            }
+            if round == 3 {
+                cx.waker().wake_by_ref();
+            }
         }
         if deadline.poll_expired(cx) {
             return Poll::Ready(Err(Interrupted::Timeout));
@@ -477,10 +568,7 @@ impl Connector {
                 .handshake(io)
                 .await
                 .map_err(|e| RequestError::hyper(&e))?;
-            Ok(Conn {
-                sender: Sender::H2(send),
-                driver: Driver::H2(Box::pin(conn)),
-            })
+            Ok(Conn::new(Sender::H2(send), Task::H2(Box::pin(conn))))
         } else {
             let (send, conn) = http1::Builder::new()
                 // One flattened write buffer: a load request is small.
@@ -488,10 +576,7 @@ impl Connector {
                 .handshake(io)
                 .await
                 .map_err(|e| RequestError::hyper(&e))?;
-            Ok(Conn {
-                sender: Sender::H1(send),
-                driver: Driver::H1(Box::pin(conn)),
-            })
+            Ok(Conn::new(Sender::H1(send), Task::H1(Box::pin(conn))))
         }
     }
 }

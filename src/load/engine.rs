@@ -646,8 +646,14 @@ async fn exchange(
     };
     let req = req.map(Full::new);
     let resp = match &mut c.sender {
-        Sender::H1(s) => drive(&mut c.driver, deadline, s.send_request(req)).await,
-        Sender::H2(s) => drive(&mut c.driver, deadline, s.send_request(req)).await,
+        Sender::H1(s) => {
+            let fut = c.driver.quiet(|| s.send_request(req));
+            drive(&mut c.driver, deadline, fut).await
+        }
+        Sender::H2(s) => {
+            let fut = c.driver.quiet(|| s.send_request(req));
+            drive(&mut c.driver, deadline, fut).await
+        }
     };
     let resp = resp?.map_err(|e| RequestError::hyper(&e))?;
     let (parts, mut incoming) = resp.into_parts();
