@@ -484,6 +484,44 @@ async fn every_request_reaches_the_workload_record_hook() {
     }
 }
 
+/// User 0 panics while it is made; the others must still start and finish.
+struct FirstUserPanics(FixedRequest);
+
+impl Workload for FirstUserPanics {
+    type User = ();
+
+    fn user(&self, index: usize) {
+        assert!(index != 0, "user 0 fails on purpose");
+    }
+
+    fn request(&self, _user: &mut ()) -> Option<Request<Bytes>> {
+        Some(self.0.build())
+    }
+}
+
+#[tokio::test]
+async fn a_user_that_panics_does_not_hold_back_the_others() {
+    let backend = FakeBackend::start(BackendOptions::default()).await;
+    let target = Target::parse(&url(backend.addr, "/")).unwrap();
+    let mut settings = Settings::new(target.clone());
+    settings.connections = 3;
+    settings.requests = Some(30);
+    let fixed = FixedRequest::new(
+        &target,
+        http::Method::GET,
+        vec![],
+        Bytes::new(),
+        false,
+        true,
+    );
+    let engine = Engine::new(settings, FirstUserPanics(fixed)).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), engine.run())
+        .await
+        .expect("the run ends")
+        .unwrap();
+    assert_eq!((report.requests, report.responses), (30, 30));
+}
+
 // --- the CLI: JSON, summary, exit codes -------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

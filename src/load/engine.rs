@@ -280,6 +280,24 @@ impl Shared {
     }
 }
 
+/// Arrives when dropped, if not yet: a user that panics before its first
+/// connection (in [`Workload::user`], say) must not hold the others back.
+struct Arrival<'a>(Option<&'a Shared>);
+
+impl Arrival<'_> {
+    fn arrive(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.arrive();
+        }
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        self.arrive();
+    }
+}
+
 /// A load run: settings, a workload, and handles to watch or stop it.
 pub struct Engine<W: Workload> {
     settings: Settings,
@@ -473,6 +491,7 @@ async fn user_loop<W: Workload>(
     let settings = &ctx.settings;
     let w = &*ctx.workload;
     let live = &ctx.shared.live.threads[ctx.index];
+    let mut arrival = Arrival(Some(&ctx.shared));
     let mut user = w.user(index);
     let mut deadline = Deadline::new(tokio::time::Instant::now() + settings.timeout);
     let mut slot_timer = pin!(tokio::time::sleep(Duration::ZERO));
@@ -486,7 +505,7 @@ async fn user_loop<W: Workload>(
         conn = Some(c);
         stats.borrow_mut().connections_opened += 1;
     }
-    ctx.shared.arrive();
+    arrival.arrive();
     let mut started = ctx.shared.start.subscribe();
     let Ok(start) = started
         .wait_for(|s| s.is_some())
