@@ -69,10 +69,7 @@ impl Admin {
         if healthy == 0 {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no backend in rotation\n");
         }
-        text(
-            StatusCode::OK,
-            &format!("ready: {healthy} backend(s) in rotation\n"),
-        )
+        text(StatusCode::OK, &format!("ready: {healthy} backend(s) in rotation\n"))
     }
 
     fn metrics(&self) -> Response<ResponseBody> {

@@ -84,12 +84,7 @@ pub async fn build_backends(
 impl App {
     /// Binds the listeners and starts serving.
     pub async fn start(config: Config) -> Result<App, StartError> {
-        Self::start_with(
-            config,
-            Metrics::new_unregistered(),
-            AccessLoggerChoice::Stdout,
-        )
-        .await
+        Self::start_with(config, Metrics::new_unregistered(), AccessLoggerChoice::Stdout).await
     }
 
     /// As [`App::start`], with the metrics registry and access-log sink given.
@@ -107,12 +102,14 @@ impl App {
             source,
         })?;
         let admin_listener = match config.admin {
-            Some(addr) => {
-                Some(server::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
-            }
+            Some(addr) => Some(
+                server::bind(addr).map_err(|source| StartError::Bind { addr, source })?,
+            ),
             None => None,
         };
-        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_addr = admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok());
 
         let backends = build_backends(&config, &metrics).await?;
         let upstreams = Arc::new(Upstreams::new(backends));

@@ -44,10 +44,7 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::File {
-                path,
-                line: Some(l),
-            } => write!(f, "{}:{l}", path.display()),
+            Origin::File { path, line: Some(l) } => write!(f, "{}:{l}", path.display()),
             Origin::File { path, line: None } => write!(f, "{}", path.display()),
             Origin::Env(name) => write!(f, "environment variable {name}"),
             Origin::Flag(name) => write!(f, "flag {name}"),
@@ -323,8 +320,7 @@ const STICKY_KEYS: &[&str] = &[
 ];
 
 /// The explanation every refused sticky setting carries.
-pub const STICKY_EXPLANATION: &str =
-    "unstick never routes by client identity (no sticky sessions, \
+pub const STICKY_EXPLANATION: &str = "unstick never routes by client identity (no sticky sessions, \
 cookie affinity or client hashing): any instance must be able to serve any request. Keep session \
 state in a backing service that every instance shares (a database, Redis) instead of in a \
 process's memory or disk, then run `unstick chaos` to prove the app survives losing an instance";

@@ -71,11 +71,7 @@ impl Health {
         }
         let n = b.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.config.load().eject_after_failures {
-            self.eject(
-                b,
-                "failures",
-                &format!("{n} failures in a row, last: {err}"),
-            );
+            self.eject(b, "failures", &format!("{n} failures in a row, last: {err}"));
         }
     }
 
@@ -174,10 +170,7 @@ impl Health {
             Probe::Up => {
                 b.probe_failures.store(0, Ordering::Relaxed);
                 let n = b.consecutive_successes.fetch_add(1, Ordering::Relaxed) + 1;
-                if state != State::Healthy
-                    && n >= active.rise
-                    && b.transition(state, State::Healthy)
-                {
+                if state != State::Healthy && n >= active.rise && b.transition(state, State::Healthy) {
                     tracing::info!(backend = %b.name, "backend back in rotation (health check)");
                     self.upstreams.refresh();
                 }
@@ -224,10 +217,7 @@ pub async fn probe(b: &Backend, active: &config::ActiveHealth, lenient: bool) ->
         Ok(Err(e)) => Probe::Down(e),
         Ok(Ok(resp)) => {
             let status = resp.status();
-            let drain = resp
-                .headers()
-                .get(&X_UNSTICK_DRAIN)
-                .is_some_and(|v| v == "1");
+            let drain = resp.headers().get(&X_UNSTICK_DRAIN).is_some_and(|v| v == "1");
             if status == StatusCode::SERVICE_UNAVAILABLE || drain {
                 Probe::Draining
             } else if (lenient && status.as_u16() < 500)

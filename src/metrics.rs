@@ -219,8 +219,7 @@ impl Metrics {
             name: name.to_owned(),
             requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[name, c])),
             upstream_duration: self.upstream_duration.with_label_values(&[name]),
-            errors: UPSTREAM_ERROR_KINDS
-                .map(|k| self.upstream_errors.with_label_values(&[name, k])),
+            errors: UPSTREAM_ERROR_KINDS.map(|k| self.upstream_errors.with_label_values(&[name, k])),
             healthy,
             in_flight: self.backend_in_flight.with_label_values(&[name]),
             ejections: self.ejections.clone(),
@@ -284,8 +283,6 @@ impl BackendMetrics {
 
     /// Counts an ejection (rare, so the label is looked up here).
     pub fn ejection(&self, reason: &str) {
-        self.ejections
-            .with_label_values(&[&self.name, reason])
-            .inc();
+        self.ejections.with_label_values(&[&self.name, reason]).inc();
     }
 }

@@ -56,8 +56,8 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(config: &Config) -> Settings {
-        let weighted =
-            config.backends.iter().any(|b| b.weight != 1) || !config.health.slow_start.is_zero();
+        let weighted = config.backends.iter().any(|b| b.weight != 1)
+            || !config.health.slow_start.is_zero();
         Settings {
             balancer: balancer::build(config.algorithm, weighted, config.health.slow_start),
             timeouts: config.timeouts.clone(),
@@ -193,8 +193,7 @@ impl Proxy {
         // A copy is kept only when a request that was already sent may be
         // sent again; otherwise the request is moved, and comes back from
         // hyper only if none of it was written.
-        let keep_copy =
-            replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
+        let keep_copy = replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
         let mut request = Some(Request::from_parts(parts, body));
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         let mut last: Option<Failed> = None;
@@ -306,8 +305,7 @@ impl Proxy {
         };
         let sent_at = Instant::now();
         let Conn::Http1(sender) = &mut conn;
-        let result =
-            tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
+        let result = tokio::time::timeout(timeouts.response_header, sender.try_send_request(req)).await;
         match result {
             Ok(Ok(response)) => {
                 backend
@@ -421,9 +419,7 @@ impl Proxy {
         }
         done.backend = backend;
         let mut response = error_response(status, &error.to_string());
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
+        response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.with_completion(done))
     }
@@ -462,9 +458,7 @@ fn prepare_request(
         client.https,
         authority.as_ref().map(|a| a.as_str()),
     );
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     // HTTP/2 clients send the authority in the URI, HTTP/1.1 backends need Host.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(a) = &authority {
@@ -528,8 +522,7 @@ async fn buffer_for_replay(mut body: Incoming, limit: usize) -> Result<RequestBo
 }
 
 fn asks_to_drain(h: &http::HeaderMap) -> bool {
-    h.get(&X_UNSTICK_DRAIN)
-        .is_some_and(|v| v.as_bytes() == b"1")
+    h.get(&X_UNSTICK_DRAIN).is_some_and(|v| v.as_bytes() == b"1")
         && h.get_all(header::CONNECTION)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))

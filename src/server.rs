@@ -267,10 +267,7 @@ pub async fn serve_connection<I>(
             let proxy = proxy.clone();
             async move {
                 let response = proxy.handle(req, client).await;
-                Ok::<_, Infallible>(response.map(|body| TrackedBody {
-                    body,
-                    _guard: guard,
-                }))
+                Ok::<_, Infallible>(response.map(|body| TrackedBody { body, _guard: guard }))
             }
         })
     };

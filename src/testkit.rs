@@ -108,10 +108,8 @@ impl FakeBackend {
                 let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(s.clone(), req));
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = conn => {}
                         _ = stopped.changed() => {}

@@ -187,8 +187,7 @@ impl Backend {
     fn on_state_change(&self, to: State) {
         if to == State::Healthy {
             self.ejected_since_ms.store(0, Ordering::Relaxed);
-            self.returned_at_ms
-                .store(now_ms().max(1), Ordering::Relaxed);
+            self.returned_at_ms.store(now_ms().max(1), Ordering::Relaxed);
             self.consecutive_failures.store(0, Ordering::Relaxed);
             self.metrics.healthy.set(1);
         } else {

@@ -277,7 +277,11 @@ fn addr(l: &Locator, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn dur(l: &Locator, key: &str, d: &RawDuration) -> Result<std::time::Duration, ConfigError> {
+fn dur(
+    l: &Locator,
+    key: &str,
+    d: &RawDuration,
+) -> Result<std::time::Duration, ConfigError> {
     d.parse().map_err(|m| invalid(l, key, m))
 }
 
@@ -406,8 +410,7 @@ impl RawConfig {
     /// Checks every value and builds the typed [`Config`].
     pub(crate) fn validate(&self, l: &Locator) -> Result<Config, ConfigError> {
         let algorithm = match self.algorithm.as_str() {
-            "ip-hash" | "ip_hash" | "hash" | "consistent-hash" | "sticky" | "cookie"
-            | "uri-hash" => {
+            "ip-hash" | "ip_hash" | "hash" | "consistent-hash" | "sticky" | "cookie" | "uri-hash" => {
                 return Err(invalid(
                     l,
                     "algorithm",
@@ -570,7 +573,11 @@ impl RawConfig {
             None => None,
             Some(t) => {
                 if t.cert.is_empty() || t.key.is_empty() {
-                    return Err(invalid(l, "tls", "needs both `cert` and `key` (PEM files)"));
+                    return Err(invalid(
+                        l,
+                        "tls",
+                        "needs both `cert` and `key` (PEM files)",
+                    ));
                 }
                 Some(Tls {
                     cert: PathBuf::from(&t.cert),
@@ -618,10 +625,7 @@ impl RawConfig {
                 1,
                 100_000,
             )? as u32,
-            initial_stream_window: window(
-                "http2.initial_stream_window",
-                &h2.initial_stream_window,
-            )?,
+            initial_stream_window: window("http2.initial_stream_window", &h2.initial_stream_window)?,
             initial_connection_window: window(
                 "http2.initial_connection_window",
                 &h2.initial_connection_window,
@@ -675,11 +679,7 @@ impl RawConfig {
 }
 
 /// Cookie names are RFC 6265 tokens, optionally ending in `*` (a prefix pattern).
-fn check_cookie_names(
-    l: &Locator,
-    key: &str,
-    names: &[String],
-) -> Result<Vec<String>, ConfigError> {
+fn check_cookie_names(l: &Locator, key: &str, names: &[String]) -> Result<Vec<String>, ConfigError> {
     for (i, n) in names.iter().enumerate() {
         let body = n.strip_suffix('*').unwrap_or(n);
         let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);

@@ -71,10 +71,7 @@ backends = ["127.0.0.1:3001", "h2c://127.0.0.1:3002=3", { address = "app:80", we
 fn unknown_key_names_file_line_and_key() {
     let e = load("listen = \"127.0.0.1:1\"\n\n[timeouts]\nconect = \"1s\"\n").unwrap_err();
     assert_eq!(e.key, "timeouts.conect");
-    assert!(
-        matches!(e.origin, Origin::File { line: Some(4), .. }),
-        "{e}"
-    );
+    assert!(matches!(e.origin, Origin::File { line: Some(4), .. }), "{e}");
     assert!(e.message.contains("unknown field"), "{e}");
 }
 
@@ -82,44 +79,29 @@ fn unknown_key_names_file_line_and_key() {
 fn bad_value_names_its_line() {
     let e = load("[timeouts]\n\nconnect = \"fast\"\n").unwrap_err();
     assert_eq!(e.key, "timeouts.connect");
-    assert!(
-        matches!(e.origin, Origin::File { line: Some(3), .. }),
-        "{e}"
-    );
+    assert!(matches!(e.origin, Origin::File { line: Some(3), .. }), "{e}");
 
     let e = load("backends = [\n  \"127.0.0.1:1\",\n  \"nope\",\n]\n").unwrap_err();
     assert_eq!(e.key, "backends[1]");
-    assert!(
-        matches!(e.origin, Origin::File { line: Some(3), .. }),
-        "{e}"
-    );
+    assert!(matches!(e.origin, Origin::File { line: Some(3), .. }), "{e}");
 
     let e = load("[[backends]]\naddress = \"127.0.0.1:1\"\n[[backends]]\naddress = \"127.0.0.1:2\"\nweight = 0\n")
         .unwrap_err();
     assert_eq!(e.key, "backends[1].weight");
-    assert!(
-        matches!(e.origin, Origin::File { line: Some(5), .. }),
-        "{e}"
-    );
+    assert!(matches!(e.origin, Origin::File { line: Some(5), .. }), "{e}");
 }
 
 #[test]
 fn wrong_type_names_key() {
     let e = load("[retries]\nmax_per_request = \"two\"\n").unwrap_err();
     assert_eq!(e.key, "retries.max_per_request");
-    assert!(
-        matches!(e.origin, Origin::File { line: Some(2), .. }),
-        "{e}"
-    );
+    assert!(matches!(e.origin, Origin::File { line: Some(2), .. }), "{e}");
 }
 
 #[test]
 fn syntax_error_names_line() {
     let e = load("listen = \"127.0.0.1:1\"\nadmin = \n").unwrap_err();
-    assert!(
-        matches!(e.origin, Origin::File { line: Some(2), .. }),
-        "{e}"
-    );
+    assert!(matches!(e.origin, Origin::File { line: Some(2), .. }), "{e}");
 }
 
 #[test]
@@ -132,10 +114,7 @@ fn sticky_keys_are_refused_with_explanation() {
     ] {
         let e = load(text).unwrap_err();
         assert!(e.message.contains("Redis"), "{text}: {e}");
-        assert!(
-            matches!(e.origin, Origin::File { line: Some(_), .. }),
-            "{e}"
-        );
+        assert!(matches!(e.origin, Origin::File { line: Some(_), .. }), "{e}");
     }
 }
 

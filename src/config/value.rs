@@ -51,11 +51,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "KB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "`{other}` is not a size unit (use KiB, MiB or GiB)"
-            ))
-        }
+        other => return Err(format!("`{other}` is not a size unit (use KiB, MiB or GiB)")),
     };
     n.checked_mul(factor)
         .ok_or_else(|| format!("`{text}` is too large"))
@@ -203,8 +199,7 @@ impl BackendSpec {
                 && h.split('.').all(|l| {
                     !l.is_empty()
                         && l.len() <= 63
-                        && l.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 })
         };
         if host.parse::<std::net::IpAddr>().is_err() && !valid_name(host) {

@@ -82,8 +82,7 @@ impl Drop for Completion {
                 backend.metrics.request(class);
                 if self.end == End::Failed {
                     backend.metrics.error(UpstreamErrorKind::AfterHead);
-                    backend
-                        .record_error("the backend failed after sending the response head".into());
+                    backend.record_error("the backend failed after sending the response head".into());
                 }
                 if self.end == End::Clean {
                     if let Some(conn) = self.conn.take() {

@@ -123,32 +123,21 @@ impl fmt::Display for ProxyError {
             None => Ok(()),
         };
         match &self.kind {
-            Kind::NoBackends => {
-                write!(f, "no backend available: none is configured or in rotation")
-            }
+            Kind::NoBackends => write!(f, "no backend available: none is configured or in rotation"),
             Kind::Connect(e) => {
                 write!(f, "bad gateway: could not connect to the backend: {e}")?;
                 on(f)
             }
             Kind::ConnectTimeout(d) => {
-                write!(
-                    f,
-                    "gateway timeout: connecting to the backend took over {d:?}"
-                )?;
+                write!(f, "gateway timeout: connecting to the backend took over {d:?}")?;
                 on(f)
             }
             Kind::Reset(e) => {
-                write!(
-                    f,
-                    "bad gateway: the backend closed the connection before responding: {e}"
-                )?;
+                write!(f, "bad gateway: the backend closed the connection before responding: {e}")?;
                 on(f)
             }
             Kind::ResponseTimeout(d) => {
-                write!(
-                    f,
-                    "gateway timeout: the backend sent no response within {d:?}"
-                )?;
+                write!(f, "gateway timeout: the backend sent no response within {d:?}")?;
                 on(f)
             }
             Kind::AffinityRejected(name) => {

@@ -49,10 +49,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(te) = headers.get(header::TE) {
         let trailers_only = te
             .to_str()
-            .map(|v| {
-                v.split(',')
-                    .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
-            })
+            .map(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")))
             .unwrap_or(false);
         if trailers_only {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -80,12 +77,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (from `Host`, or the request's authority).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    https: bool,
-    authority: Option<&str>,
-) {
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, authority: Option<&str>) {
     let ip = client.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {ip}")),

@@ -22,8 +22,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// POST/PATCH carrying an `Idempotency-Key`.
 pub fn replay_allowed(method: &Method, headers: &HeaderMap) -> bool {
     is_idempotent(method)
-        || (matches!(*method, Method::POST | Method::PATCH)
-            && headers.contains_key(&IDEMPOTENCY_KEY))
+        || (matches!(*method, Method::POST | Method::PATCH) && headers.contains_key(&IDEMPOTENCY_KEY))
 }
 
 /// Whether this failure allows another attempt, given what the request is.
@@ -87,9 +86,7 @@ impl RetryBudget {
 
     /// Counts a request (a deposit).
     pub fn record_request(&self) {
-        self.slot(self.now())
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.slot(self.now()).requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget, if any is left.

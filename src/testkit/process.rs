@@ -125,21 +125,13 @@ impl ChildBackend {
             .unwrap_or_else(|e| panic!("backend {id} did not start: {e}"))
     }
 
-    fn spawn_on(
-        bin: &Path,
-        id: &str,
-        listen: &str,
-        extra: &[&str],
-    ) -> Result<ChildBackend, String> {
+    fn spawn_on(bin: &Path, id: &str, listen: &str, extra: &[&str]) -> Result<ChildBackend, String> {
         let mut cmd = Command::new(bin);
         cmd.arg("testkit-backend")
             .args(["--id", id, "--listen", listen])
             .args(extra);
         let mut process = ChildProcess::spawn(cmd).map_err(|e| e.to_string())?;
-        let Some(line) = process
-            .stdout
-            .wait_for("listening ", Duration::from_secs(10))
-        else {
+        let Some(line) = process.stdout.wait_for("listening ", Duration::from_secs(10)) else {
             let _ = process.wait_timeout(Duration::from_millis(200));
             return Err(process.stderr.text());
         };
@@ -170,10 +162,7 @@ impl ChildBackend {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "backend {} could not restart on {}: {last}",
-            self.id, self.addr
-        );
+        panic!("backend {} could not restart on {}: {last}", self.id, self.addr);
     }
 
     pub fn pid(&self) -> u32 {
