@@ -17,6 +17,7 @@
 //! - [`tls`]: rustls certificates (SNI, reload on change) and client configs for TLS backends.
 //! - [`timefmt`]: UTC wall-clock formatting (RFC 3339, Common Log Format dates).
 //! - [`demo`]: `unstick demo`: a reference app (shared sessions), its stateful twin, a supervisor.
+//! - [`load`]: the load generator engine (`unstick load`, reused by chaos); reaches targets by socket only.
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod load;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
