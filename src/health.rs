@@ -10,8 +10,11 @@ use http::{header, Request, StatusCode};
 use tokio::task::JoinSet;
 
 use crate::config;
-use crate::proxy::{ProxyError, X_UNSTICK_DRAIN};
 use crate::upstream::{Backend, RequestBody, State, Upstreams};
+
+/// The header a backend sends (with `Connection: close`, or on a 503 health
+/// answer) to leave rotation while its requests in flight finish.
+pub static X_UNSTICK_DRAIN: http::HeaderName = http::HeaderName::from_static("x-unstick-drain");
 
 /// The longest wait between backoff probes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -64,7 +67,12 @@ impl Health {
 
     /// A request to `b` failed. A refused connect ejects at once (nothing
     /// listens there); other failures eject after `eject_after_failures` in a row.
-    pub fn on_failure(self: &Arc<Self>, b: &Arc<Backend>, err: &ProxyError, refused: bool) {
+    pub fn on_failure(
+        self: &Arc<Self>,
+        b: &Arc<Backend>,
+        err: &dyn std::fmt::Display,
+        refused: bool,
+    ) {
         if refused {
             self.eject(b, "connect_refused", &err.to_string());
             return;

@@ -37,8 +37,7 @@ use body::Completion;
 use headers::{RequestIds, X_REQUEST_ID};
 use retry::RetryBudget;
 
-/// The header a backend sends (with `Connection: close`) to leave rotation.
-pub static X_UNSTICK_DRAIN: http::HeaderName = http::HeaderName::from_static("x-unstick-drain");
+pub use crate::health::X_UNSTICK_DRAIN;
 
 /// Who sent a request, as the server saw the connection.
 #[derive(Debug, Clone)]
