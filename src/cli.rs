@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod load;
 mod serve;
 mod testkit;
 
@@ -28,6 +29,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// The demo web app: per-session login, cart and counter in a shared store.
     DemoApp(demo::DemoAppArgs),
+    /// Send load to a URL and report latency, throughput and errors.
+    Load(load::LoadArgs),
     /// A fake backend for tests and benches.
     #[command(hide = true)]
     TestkitBackend(testkit::TestkitArgs),
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => serve::check(args),
         Command::Demo(args) => demo::run_demo(args),
         Command::DemoApp(args) => demo::run_app(args),
+        Command::Load(args) => load::run(args),
         Command::TestkitBackend(args) => testkit::run(args),
     }
 }

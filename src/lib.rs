@@ -16,6 +16,7 @@
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
 //! - [`timefmt`]: UTC wall-clock formatting (RFC 3339, Common Log Format dates).
 //! - [`demo`]: `unstick demo`: a reference app (shared sessions), its stateful twin, a supervisor.
+//! - [`load`]: the load generator engine (`unstick load`, reused by chaos); reaches targets by socket only.
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod load;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -84,7 +84,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(te) = headers.get(header::TE) {
         let trailers_only = te
             .to_str()
-            .map(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")))
+            .map(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+            })
             .unwrap_or(false);
         if trailers_only {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
