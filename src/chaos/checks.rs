@@ -21,10 +21,13 @@ use super::scenario::Scenario;
 use super::schedule::{FaultKind, PhaseSpan};
 use super::traffic::{Broken, Sample, StepRef, UserLog, Verdict};
 
-/// Below this, a baseline p99 is raised to it before the ratio applies:
-/// on loopback a baseline of 1 to 2 ms makes any scheduler hiccup of a busy
-/// CI machine look like a 5x regression.
-pub const P99_FLOOR: Duration = Duration::from_millis(10);
+/// Below this, a baseline p99 is raised to it before the ratio applies, so
+/// the default bar (10x) is never under 500 ms. On loopback a baseline p99
+/// is 1 to 5 ms, and scheduler noise on a shared CI runner (tens of ms)
+/// would look like a regression; the stalls this check is for (requests
+/// stuck on a paused or dead instance until a health check or a timeout
+/// acts) cost hundreds of ms to seconds.
+pub const P99_FLOOR: Duration = Duration::from_millis(50);
 /// Consecutive step pairs of a user on different instances needed...
 pub const MIN_CROSS_PAIRS: u64 = 20;
 /// ...and their least share of all pairs.
@@ -1036,7 +1039,7 @@ mod tests {
         let p = check(&a, "p99_latency");
         assert!(!p.passed, "{p:?}");
         assert_eq!(p.value["baseline_ms"], 2.0);
-        assert!(p.threshold.starts_with("<= 100.0 ms"), "{}", p.threshold);
+        assert!(p.threshold.starts_with("<= 500.0 ms"), "{}", p.threshold);
         let c = check(&a, "affinity_cookies_seen");
         assert!(!c.passed && c.detail.as_ref().unwrap().contains("SERVERID"));
     }

@@ -383,8 +383,9 @@ pub fn chart(doc: &Document) -> String {
         );
     }
     // Axes and grid.
-    for i in 0..=4 {
-        let f = i as f64 / 4.0;
+    // Five intervals: every round top (1, 2, 2.5, 5 x 10^n) divides evenly.
+    for i in 0..=5 {
+        let f = i as f64 / 5.0;
         let y = TOP + ph - f * ph;
         let _ = write!(
             s,

@@ -93,7 +93,7 @@ pub struct ChaosArgs {
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
     min_success: Option<f64>,
     /// Kill-window p99 latency may be at most this times the baseline p99
-    /// (a baseline under 10 ms counts as 10 ms)
+    /// (a baseline under 50 ms counts as 50 ms)
     #[arg(long, value_name = "X", default_value = "10", value_parser = parse_ratio)]
     max_p99_ratio: f64,
     /// Give up on a request after this long
@@ -599,5 +599,47 @@ mod tests {
         assert!(parse_ratio("0.5").is_err());
         assert!(parse_rate("0").is_err() && parse_rate("nan").is_err());
         assert!(parse_path("healthz").is_err());
+    }
+
+    fn args(extra: &[&str]) -> ChaosArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: ChaosArgs,
+        }
+        let mut argv = vec!["unstick-chaos", "--app", "app {port}"];
+        argv.extend_from_slice(extra);
+        T::try_parse_from(argv).unwrap().a
+    }
+
+    #[test]
+    fn the_config_file_wins_over_chaos_defaults_where_it_speaks() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = balancer_config(&args(&["--ready-path", "/up"])).unwrap();
+        let a = &none.health.active;
+        assert!(a.enabled);
+        assert_eq!(a.path, "/up");
+        assert_eq!(a.interval, Duration::from_millis(250));
+        assert_eq!((a.rise, a.fall), (1, 2));
+        assert_eq!(none.listen.port(), 0);
+        assert_eq!(none.admin.map(|a| a.port()), Some(0));
+
+        let file = dir.path().join("u.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:80\"\n[health.active]\ninterval = \"1s\"\n[retries]\nenabled = false\n",
+        )
+        .unwrap();
+        let c = balancer_config(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(c.health.active.interval, Duration::from_secs(1));
+        assert_eq!(c.health.active.fall, 2);
+        assert!(!c.retries.enabled);
+        // Listeners are always chaos's own.
+        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+
+        std::fs::write(&file, "[health.active]\nenabled = false\n").unwrap();
+        let c = balancer_config(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert!(!c.health.active.enabled);
     }
 }
