@@ -326,7 +326,13 @@ async fn run_inner(
     let sink = workload.sink();
     let mut settings = Settings::new(target);
     settings.connections = opts.users;
-    settings.threads = 1;
+    // One load thread carries a few thousand requests a second; above that,
+    // half the cores (the balancer and the instances need the rest).
+    settings.threads = if opts.rate > 2000.0 {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    } else {
+        1
+    };
     settings.rate = Some(opts.rate);
     settings.duration = Some(opts.plan.phases.total());
     settings.timeout = opts.timeout;
@@ -439,7 +445,7 @@ async fn run_inner(
     for r in &runs {
         let address = instances[r.planned.instance].addr.to_string();
         let (ejected, readmitted) = match r.at {
-            Some(at) => observe::eject_and_readmit(&transitions, &address, at, r.back),
+            Some(at) => observe::eject_and_readmit(&transitions, &address, at),
             None => (None, None),
         };
         let ms = |a: Option<Instant>, b: Option<Instant>| match (a, b) {

@@ -182,23 +182,21 @@ pub async fn watch_backends(
     }
 }
 
-/// When `address` left rotation after `fault`, and when it was back in
-/// rotation after that and after `back` (the restart or SIGCONT).
+/// When `address` left rotation after `fault`, and when it was next back
+/// in rotation. (The balancer may see a restarted instance healthy a little
+/// before the supervisor's own readiness poll does, so "back" comes from the
+/// ejection, not from the restart.)
 pub fn eject_and_readmit(
     transitions: &[Transition],
     address: &str,
     fault: Instant,
-    back: Option<Instant>,
 ) -> (Option<Instant>, Option<Instant>) {
     let mine = || transitions.iter().filter(|t| t.address == address);
-    let ejected = mine().find(|t| t.at >= fault && !t.healthy).map(|t| t.at);
-    let from = match (ejected, back) {
-        (Some(e), Some(b)) => e.max(b),
-        (Some(e), None) => e,
-        (None, _) => return (None, None),
+    let Some(ejected) = mine().find(|t| t.at >= fault && !t.healthy).map(|t| t.at) else {
+        return (None, None);
     };
-    let readmitted = mine().find(|t| t.at >= from && t.healthy).map(|t| t.at);
-    (ejected, readmitted)
+    let readmitted = mine().find(|t| t.at > ejected && t.healthy).map(|t| t.at);
+    (Some(ejected), readmitted)
 }
 
 #[cfg(test)]
@@ -224,20 +222,21 @@ mod tests {
             tr(2200, "b", false),
             tr(3300, "a", true),
         ];
-        // A fault at 2000 on a, restarted at 3000.
+        // A fault at 2000 on a.
         assert_eq!(
-            eject_and_readmit(&list, "a", at(2000), Some(at(3000))),
+            eject_and_readmit(&list, "a", at(2000)),
             (Some(at(2100)), Some(at(3300)))
+        );
+        assert_eq!(
+            eject_and_readmit(&list, "a", at(400)),
+            (Some(at(500)), Some(at(900)))
         );
         // Never back.
         assert_eq!(
-            eject_and_readmit(&list, "b", at(2000), Some(at(3000))),
+            eject_and_readmit(&list, "b", at(2000)),
             (Some(at(2200)), None)
         );
         // Never ejected.
-        assert_eq!(
-            eject_and_readmit(&list, "a", at(3400), Some(at(4000))),
-            (None, None)
-        );
+        assert_eq!(eject_and_readmit(&list, "a", at(3400)), (None, None));
     }
 }
