@@ -581,6 +581,13 @@ fn mistakes_in_arguments_and_scenarios_exit_2() {
     let run = chaos(&["--app", "x", "--faults", "nuke"], Duration::from_secs(10));
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
 
+    let run = chaos(
+        &["--app", "x", "--rate", "100000", "--duration", "24h"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("shorten --duration"), "{}", run.stderr);
+
     let cfg = dir.path().join("unstick.toml");
     std::fs::write(&cfg, "[retries]\nmax_per_request = \"lots\"\n").unwrap();
     let run = chaos(
@@ -630,4 +637,45 @@ fn the_demo_mode_runs_both_stores_and_prints_both_verdicts() {
     assert_eq!(memory["verdict"], "FAIL");
     assert_eq!(memory["label"], "memory");
     assert_eq!(check(&memory, "broken_expectations")["passed"], false);
+}
+
+#[test]
+fn an_app_that_sets_an_affinity_cookie_fails_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    // The fake backend: GET / answers 200 with X-Backend-Id, and every
+    // response tries to pin the client with SERVERID.
+    let app = format!(
+        "{BIN} testkit-backend --listen 127.0.0.1:{{port}} --id b{{port}} --set-cookie 'SERVERID=s1; Path=/'"
+    );
+    let run = chaos(
+        &[
+            "--app",
+            &app,
+            "--every",
+            "1s",
+            "--duration",
+            "6s",
+            "--report-dir",
+            report.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let v = verdict(&report);
+    let aff = check(&v, "affinity_cookies_seen");
+    assert_eq!(aff["passed"], false);
+    assert!(aff["value"]["count"].as_u64().unwrap() > 10, "{aff}");
+    assert!(
+        aff["detail"].as_str().unwrap().contains("SERVERID"),
+        "{aff}"
+    );
+    // Everything else held: the default scenario (GET /, any 2xx) and
+    // X-Backend-Id told the instances apart.
+    assert_eq!(
+        v["load"]["scenario"],
+        "built-in scenario (GET /, expect a 2xx)"
+    );
+    assert_eq!(check(&v, "broken_expectations")["passed"], true);
+    assert_eq!(check(&v, "cross_instance_pairs")["passed"], true);
 }

@@ -22,6 +22,11 @@ use crate::config::{env_overrides, parse_duration, Config, Origin, Override, Raw
 /// Exit code: the app could not be started.
 pub const EXIT_APP: u8 = 4;
 
+/// Most requests a run may plan (each is kept as a record of about 100 bytes).
+const MAX_REQUESTS: f64 = 10_000_000.0;
+/// Most fault ticks a plan may have.
+const MAX_TICKS: f64 = 100_000.0;
+
 /// The demo's scenario, shipped in `config/chaos/demo.toml`.
 const DEMO_SCENARIO: &str = include_str!("../../config/chaos/demo.toml");
 
@@ -279,6 +284,22 @@ fn options(
         report_dir,
     } = which;
     let phases = Phases::split(duration, args.warmup, args.baseline, args.recovery)?;
+    // Chaos keeps a record of every request and every planned fault.
+    if args.rate * duration.as_secs_f64() > MAX_REQUESTS {
+        return Err(format!(
+            "{}/s for {} is over {MAX_REQUESTS} requests, more than chaos keeps records of: \
+             shorten --duration or lower --rate",
+            args.rate,
+            schedule::human(duration)
+        ));
+    }
+    if phases.chaos.as_secs_f64() / every.as_secs_f64() > MAX_TICKS {
+        return Err(format!(
+            "--every {} over a chaos phase of {} is over {MAX_TICKS} faults",
+            schedule::human(every),
+            schedule::human(phases.chaos)
+        ));
+    }
     if every > phases.chaos {
         return Err(format!(
             "--every {} is longer than the chaos phase ({}): no fault would happen",
