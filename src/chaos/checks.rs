@@ -497,7 +497,12 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         observed,
         threshold,
         value: json!({ "kill_windows_ms": win_p99, "baseline_ms": base_p99, "ratio": ratio_v, "max_ratio": th.max_p99_ratio, "floor_ms": floor_ms }),
-        detail: None,
+        detail: (!passed && win_p99.is_some()).then(|| {
+            "requests waited on an instance that was down or frozen until a health check took it out \
+             or it came back: quicker health checks ([health.active] interval, fall) or a shorter \
+             timeouts.response_header in --config shorten the wait"
+                .to_owned()
+        }),
     });
 
     // --- affinity cookies
