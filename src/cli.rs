@@ -1,11 +1,13 @@
 //! The command line: clap subcommands, each in its own file under `cli/`.
 //!
-//! Exit codes: 0 success, 1 a run that failed, 2 bad arguments or config.
+//! Exit codes: 0 success, 1 a run that failed, 2 bad arguments or config
+//! (`chaos` adds 3 for an inconclusive run and 4 for an app that cannot run).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod chaos;
 mod demo;
 mod load;
 mod serve;
@@ -31,6 +33,8 @@ pub enum Command {
     DemoApp(demo::DemoAppArgs),
     /// Send load to a URL and report latency, throughput and errors.
     Load(load::LoadArgs),
+    /// Kill app instances mid-traffic behind unstick; verdict on statelessness.
+    Chaos(chaos::ChaosArgs),
     /// A fake backend for tests and benches.
     #[command(hide = true)]
     TestkitBackend(testkit::TestkitArgs),
@@ -58,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run_demo(args),
         Command::DemoApp(args) => demo::run_app(args),
         Command::Load(args) => load::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::TestkitBackend(args) => testkit::run(args),
     }
 }

@@ -198,7 +198,7 @@ impl Demo {
     pub async fn stop(self) {
         let Demo {
             app,
-            mut supervisor,
+            supervisor,
             store: _,
             dir,
         } = self;

@@ -18,12 +18,14 @@
 //! - [`timefmt`]: UTC wall-clock formatting (RFC 3339, Common Log Format dates).
 //! - [`demo`]: `unstick demo`: a reference app (shared sessions), its stateful twin, a supervisor.
 //! - [`load`]: the load generator engine (`unstick load`, reused by chaos); reaches targets by socket only.
+//! - [`chaos`]: `unstick chaos`: kills app instances mid-traffic, checks sessions and requests survive, reports.
 //! - [`testkit`]: fake backends for tests and benches; never used by `serve`.
 
 pub mod admin;
 pub mod affinity;
 pub mod app;
 pub mod balancer;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -268,6 +268,7 @@ fn event_line(event: &Event) -> String {
             addr,
             pid,
             restarts,
+            ..
         } => serde_json::json!({
             "event": "instance_started", "index": index, "addr": addr.to_string(),
             "pid": pid, "restarts": restarts,

@@ -1,15 +1,23 @@
 //! A tiny process supervisor: N copies of a command, each on its own port, restarted when they exit.
 //!
 //! Each copy is started with `{port}` in its arguments (and `PORT` in its
-//! environment) set to 0 the first time; it must print `listening ADDR` as a
-//! line on stdout, and from then on it is restarted on that same port. A copy
-//! that keeps dying is restarted with a growing pause. Other output lines are
-//! passed on to stderr, prefixed with the copy's name.
+//! environment) set to its port. How a copy says it is ready is its
+//! [`Readiness`]: by printing `listening ADDR` as a line on stdout (its first
+//! start gets port 0 and the port it printed is kept), or by answering
+//! `GET PATH` with a 2xx or 3xx on a free port chosen for it up front. From
+//! then on it is restarted on that same port: at once when it exits
+//! ([`RestartPolicy::Always`], with a growing pause for a copy that keeps
+//! dying young), or only when asked ([`RestartPolicy::OnRequest`], for the
+//! chaos runner, which decides when). The last lines a copy printed are kept
+//! ([`Supervisor::output`]); they are also passed on to stderr, prefixed with
+//! the copy's name, unless `echo_output` is off.
 //!
 //! Children run in their own process group (a Ctrl-C in the terminal reaches
 //! the supervisor only, which then stops them in order) and, on Linux, get
-//! SIGTERM if the supervisor dies without stopping them. [`Supervisor::stop`]
-//! (also on drop) sends SIGTERM, waits, then SIGKILLs what is left.
+//! SIGTERM if the supervisor dies without stopping them. Signals go to a
+//! copy's whole group (its pid is the group's id), so a wrapper and what it
+//! runs get them alike. [`Supervisor::stop`] (also on drop) sends SIGTERM (and
+//! SIGCONT, for a stopped copy), waits, then SIGKILLs what is left.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -26,17 +34,42 @@ pub struct CommandSpec {
     /// A short name for log prefixes, e.g. `demo-app`.
     pub name: String,
     pub program: PathBuf,
-    /// Arguments; `{port}` is replaced by the copy's port (0 on its first start).
+    /// Arguments; `{port}` is replaced by the copy's port (0 on a
+    /// [`Readiness::Line`] copy's first start).
     pub args: Vec<String>,
     /// Extra environment variables (`PORT` is always set).
     pub env: Vec<(String, String)>,
+}
+
+/// How a copy says it is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// It prints `listening ADDR` as a line on stdout; its first start gets port 0.
+    Line,
+    /// It gets a free port chosen up front and is ready when `GET path` on
+    /// `127.0.0.1:PORT` answers 2xx or 3xx. The value of the first of
+    /// `identity_headers` present in that answer is kept as the copy's
+    /// [`Instance::identity`] (e.g. `X-Instance-Id`).
+    Http {
+        path: String,
+        identity_headers: Vec<String>,
+    },
+}
+
+/// When a copy that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// At once (after a pause that grows while it keeps dying young).
+    Always,
+    /// Only after [`Supervisor::restart`] asks for it.
+    OnRequest,
 }
 
 /// How many copies, and the supervisor's patience.
 #[derive(Debug, Clone)]
 pub struct SupervisorOptions {
     pub count: usize,
-    /// A start must print its `listening ADDR` line within this.
+    /// A start must be ready within this.
     pub start_timeout: Duration,
     /// On stop, copies get this long after SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
@@ -45,6 +78,10 @@ pub struct SupervisorOptions {
     pub max_backoff: Duration,
     /// A copy that lived at least this long is restarted at once.
     pub healthy_after: Duration,
+    pub readiness: Readiness,
+    pub restart: RestartPolicy,
+    /// Pass the copies' output on to stderr (it is kept in [`Supervisor::output`] either way).
+    pub echo_output: bool,
 }
 
 impl Default for SupervisorOptions {
@@ -56,9 +93,15 @@ impl Default for SupervisorOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             healthy_after: Duration::from_secs(1),
+            readiness: Readiness::Line,
+            restart: RestartPolicy::Always,
+            echo_output: true,
         }
     }
 }
+
+/// Lines of output kept per copy.
+pub const OUTPUT_LINES: usize = 20;
 
 /// Something that happened to a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +112,8 @@ pub enum Event {
         addr: SocketAddr,
         pid: u32,
         restarts: u32,
+        /// See [`Readiness::Http`].
+        identity: Option<String>,
     },
     /// A copy exited (not asked to by [`Supervisor::stop`]).
     Exited {
@@ -90,6 +135,8 @@ pub struct Instance {
     pub pid: Option<u32>,
     /// How many times it was restarted.
     pub restarts: u32,
+    /// What its readiness answer said it is (see [`Readiness::Http`]).
+    pub identity: Option<String>,
 }
 
 /// Why the copies could not all be started.
@@ -99,14 +146,23 @@ pub struct StartError {
     pub name: String,
     pub index: usize,
     pub message: String,
+    /// The last lines the copy printed (stdout and stderr).
+    pub output: Vec<String>,
 }
 
 type EventSink = Box<dyn Fn(&Event) + Send + Sync>;
 
+/// The last lines one copy printed.
+type Tail = Arc<Mutex<std::collections::VecDeque<String>>>;
+
 struct Shared {
     spec: CommandSpec,
     options: SupervisorOptions,
+    /// Also held while a copy is reaped, so a signal never reaches a reused pid.
     instances: Mutex<Vec<Instance>>,
+    /// Per copy: a restart was asked for ([`RestartPolicy::OnRequest`]).
+    restart_wanted: Vec<AtomicBool>,
+    output: Vec<Tail>,
     stopping: AtomicBool,
     on_event: EventSink,
 }
@@ -114,7 +170,7 @@ struct Shared {
 /// Runs and restarts the copies; stops them all when stopped or dropped.
 pub struct Supervisor {
     shared: Arc<Shared>,
-    monitor: Option<JoinHandle<()>>,
+    monitor: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The monitor thread's view of one copy.
@@ -125,11 +181,18 @@ struct Slot {
     next_start: Instant,
 }
 
+/// A copy that is up: its process, address and identity.
+struct Started {
+    child: Child,
+    addr: SocketAddr,
+    identity: Option<String>,
+}
+
 // === impl Supervisor ===
 
 impl Supervisor {
-    /// Starts `options.count` copies and waits until each printed its
-    /// address. `on_event` is called (from the supervisor's thread) for every
+    /// Starts `options.count` copies and waits until each is ready.
+    /// `on_event` is called (from the supervisor's thread) for every
     /// [`Event`], the first starts included.
     ///
     /// Blocks for as long as the starts take (at most `start_timeout` each).
@@ -138,10 +201,13 @@ impl Supervisor {
         options: SupervisorOptions,
         on_event: impl Fn(&Event) + Send + Sync + 'static,
     ) -> Result<Supervisor, StartError> {
+        let count = options.count;
         let shared = Arc::new(Shared {
             spec,
             options,
             instances: Mutex::new(Vec::new()),
+            restart_wanted: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            output: (0..count).map(|_| Tail::default()).collect(),
             stopping: AtomicBool::new(false),
             on_event: Box::new(on_event),
         });
@@ -157,17 +223,19 @@ impl Supervisor {
                 name: shared.spec.name.clone(),
                 index: 0,
                 message: format!("cannot start the supervisor thread: {e}"),
+                output: Vec::new(),
             })?;
         let result = ready_rx.recv().unwrap_or_else(|_| {
             Err(StartError {
                 name: shared.spec.name.clone(),
                 index: 0,
                 message: "the supervisor thread died".into(),
+                output: Vec::new(),
             })
         });
-        let mut sup = Supervisor {
+        let sup = Supervisor {
             shared,
-            monitor: Some(monitor),
+            monitor: Mutex::new(Some(monitor)),
         };
         match result {
             Ok(()) => Ok(sup),
@@ -183,21 +251,39 @@ impl Supervisor {
         lock(&self.shared.instances).clone()
     }
 
-    /// Sends `sig` (e.g. `libc::SIGKILL`) to copy `index`; false if it is not running.
-    pub fn signal(&self, index: usize, sig: i32) -> bool {
-        let pid = lock(&self.shared.instances).get(index).and_then(|i| i.pid);
-        match pid {
-            // SAFETY: kill(2) with a pid we started; nothing is shared.
-            Some(pid) => unsafe { libc::kill(pid as libc::pid_t, sig) == 0 },
-            None => false,
+    /// Sends `sig` (e.g. `libc::SIGKILL`) to copy `index` (its process
+    /// group); returns the pid it went to, or `None` if the copy is not running.
+    pub fn signal(&self, index: usize, sig: i32) -> Option<u32> {
+        // The lock is held across kill(2): the monitor reaps under it, so
+        // the pid cannot be reaped (and reused) in between.
+        let all = lock(&self.shared.instances);
+        let pid = all.get(index).and_then(|i| i.pid)?;
+        kill_group(pid, sig).then_some(pid)
+    }
+
+    /// Asks for copy `index` to be started again once it has exited
+    /// ([`RestartPolicy::OnRequest`]; with `Always` it restarts anyway).
+    pub fn restart(&self, index: usize) {
+        if let Some(w) = self.shared.restart_wanted.get(index) {
+            w.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// The last lines copy `index` printed (stdout and stderr, oldest first).
+    pub fn output(&self, index: usize) -> Vec<String> {
+        self.shared
+            .output
+            .get(index)
+            .map(|t| lock(t).iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Stops every copy (SIGTERM, then SIGKILL after `stop_timeout`) and
     /// waits for them. Idempotent.
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        if let Some(m) = self.monitor.take() {
+        let monitor = lock(&self.monitor).take();
+        if let Some(m) = monitor {
             let _ = m.join();
         }
     }
@@ -213,19 +299,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Signals the process group `pid` leads, or `pid` alone if it leads none.
+fn kill_group(pid: u32, sig: i32) -> bool {
+    let pid = pid as libc::pid_t;
+    // SAFETY: kill(2) on a pid (group) we started and have not reaped.
+    unsafe { libc::kill(-pid, sig) == 0 || libc::kill(pid, sig) == 0 }
+}
+
+/// A port nothing listens on now (the kernel's pick for port 0).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
 /// The supervisor thread: first starts, then watch and restart until stopped.
 fn monitor(shared: Arc<Shared>, ready: mpsc::Sender<Result<(), StartError>>) {
     let opts = &shared.options;
     let mut slots: Vec<Slot> = Vec::new();
     for index in 0..opts.count {
-        match spawn(&shared, index, 0) {
-            Ok((child, addr)) => {
+        let started = match opts.readiness {
+            Readiness::Line => Ok(0),
+            Readiness::Http { .. } => free_port(),
+        }
+        .and_then(|port| spawn(&shared, index, port));
+        match started {
+            Ok(Started {
+                child,
+                addr,
+                identity,
+            }) => {
                 let pid = child.id();
                 lock(&shared.instances).push(Instance {
                     index,
                     addr,
                     pid: Some(pid),
                     restarts: 0,
+                    identity: identity.clone(),
                 });
                 slots.push(Slot {
                     child: Some(child),
@@ -238,6 +349,7 @@ fn monitor(shared: Arc<Shared>, ready: mpsc::Sender<Result<(), StartError>>) {
                     addr,
                     pid,
                     restarts: 0,
+                    identity,
                 });
             }
             Err(message) => {
@@ -246,6 +358,7 @@ fn monitor(shared: Arc<Shared>, ready: mpsc::Sender<Result<(), StartError>>) {
                     name: shared.spec.name.clone(),
                     index,
                     message,
+                    output: lock(&shared.output[index]).iter().cloned().collect(),
                 }));
                 return;
             }
@@ -269,12 +382,16 @@ fn monitor(shared: Arc<Shared>, ready: mpsc::Sender<Result<(), StartError>>) {
 fn watch(shared: &Shared, index: usize, slot: &mut Slot) {
     let opts = &shared.options;
     if let Some(child) = &mut slot.child {
-        let Ok(Some(status)) = child.try_wait() else {
-            return;
-        };
         let pid = child.id();
+        let status = {
+            let mut all = lock(&shared.instances);
+            let Ok(Some(status)) = child.try_wait() else {
+                return;
+            };
+            all[index].pid = None;
+            status
+        };
         slot.child = None;
-        lock(&shared.instances)[index].pid = None;
         (shared.on_event)(&Event::Exited {
             index,
             pid,
@@ -289,12 +406,21 @@ fn watch(shared: &Shared, index: usize, slot: &mut Slot) {
         }
         return;
     }
+    let wanted = &shared.restart_wanted[index];
+    if opts.restart == RestartPolicy::OnRequest && !wanted.load(Ordering::SeqCst) {
+        return;
+    }
     if Instant::now() < slot.next_start {
         return;
     }
     let port = lock(&shared.instances)[index].addr.port();
     match spawn(shared, index, port) {
-        Ok((child, addr)) => {
+        Ok(Started {
+            child,
+            addr,
+            identity,
+        }) => {
+            wanted.store(false, Ordering::SeqCst);
             let pid = child.id();
             let restarts = {
                 let mut all = lock(&shared.instances);
@@ -302,6 +428,7 @@ fn watch(shared: &Shared, index: usize, slot: &mut Slot) {
                 i.pid = Some(pid);
                 i.addr = addr;
                 i.restarts += 1;
+                i.identity = identity.clone();
                 i.restarts
             };
             slot.child = Some(child);
@@ -311,6 +438,7 @@ fn watch(shared: &Shared, index: usize, slot: &mut Slot) {
                 addr,
                 pid,
                 restarts,
+                identity,
             });
         }
         Err(error) => {
@@ -324,22 +452,34 @@ fn watch(shared: &Shared, index: usize, slot: &mut Slot) {
     }
 }
 
-/// SIGTERM to every copy, a bounded wait, then SIGKILL.
+/// SIGTERM (and SIGCONT) to every copy, a bounded wait, then SIGKILL.
 fn stop_all(shared: &Shared, slots: &mut [Slot]) {
-    for slot in slots.iter() {
-        if let Some(child) = &slot.child {
-            // SAFETY: kill(2) with a pid we started and have not reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    {
+        let _all = lock(&shared.instances);
+        for slot in slots.iter() {
+            if let Some(child) = &slot.child {
+                kill_group(child.id(), libc::SIGTERM);
+                // A stopped copy acts on its SIGTERM only once continued.
+                kill_group(child.id(), libc::SIGCONT);
+            }
         }
     }
     let deadline = Instant::now() + shared.options.stop_timeout;
     loop {
         let mut running = 0;
-        for slot in slots.iter_mut() {
-            if let Some(child) = &mut slot.child {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => slot.child = None,
-                    Ok(None) => running += 1,
+        {
+            let mut all = lock(&shared.instances);
+            for (index, slot) in slots.iter_mut().enumerate() {
+                if let Some(child) = &mut slot.child {
+                    match child.try_wait() {
+                        Ok(Some(_)) | Err(_) => {
+                            slot.child = None;
+                            if let Some(i) = all.get_mut(index) {
+                                i.pid = None;
+                            }
+                        }
+                        Ok(None) => running += 1,
+                    }
                 }
             }
         }
@@ -351,7 +491,7 @@ fn stop_all(shared: &Shared, slots: &mut [Slot]) {
     for slot in slots.iter_mut() {
         if let Some(mut child) = slot.child.take() {
             tracing::warn!(pid = child.id(), "did not stop after SIGTERM; killing");
-            let _ = child.kill();
+            kill_group(child.id(), libc::SIGKILL);
             let _ = child.wait();
         }
     }
@@ -375,8 +515,20 @@ fn describe_status(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Starts copy `index` on `port` and waits for its `listening ADDR` line.
-fn spawn(shared: &Shared, index: usize, port: u16) -> Result<(Child, SocketAddr), String> {
+/// Keeps a line in a copy's tail, and echoes it if asked.
+fn keep_line(tail: &Tail, echo: Option<&str>, line: String) {
+    if let Some(prefix) = echo {
+        say(&format!("{prefix} | {line}"));
+    }
+    let mut t = lock(tail);
+    if t.len() == OUTPUT_LINES {
+        t.pop_front();
+    }
+    t.push_back(line);
+}
+
+/// Starts copy `index` on `port` and waits until it is ready.
+fn spawn(shared: &Shared, index: usize, port: u16) -> Result<Started, String> {
     let spec = &shared.spec;
     let port_text = port.to_string();
     let mut cmd = Command::new(&spec.program);
@@ -412,11 +564,20 @@ fn spawn(shared: &Shared, index: usize, port: u16) -> Result<(Child, SocketAddr)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", spec.program.display()))?;
     let prefix = format!("{}-{index}", spec.name);
+    let echo = shared.options.echo_output;
+    let tail = shared.output[index].clone();
+    let line_mode = shared.options.readiness == Readiness::Line;
     let (addr_tx, addr_rx) = mpsc::channel();
+    // Each reader holds a sender until its stream ends: see `Readers::wait`.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let readers = Readers(done_rx);
     if let Some(out) = child.stdout.take() {
         let prefix = prefix.clone();
+        let tail = tail.clone();
+        let done = done_tx.clone();
         std::thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
+            let _done = done;
+            let mut addr_tx = line_mode.then_some(addr_tx);
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("listening ") {
@@ -426,27 +587,83 @@ fn spawn(shared: &Shared, index: usize, port: u16) -> Result<(Child, SocketAddr)
                         continue;
                     }
                 }
-                say(&format!("{prefix} | {line}"));
+                keep_line(&tail, echo.then_some(prefix.as_str()), line);
             }
         });
     }
     if let Some(err) = child.stderr.take() {
         std::thread::spawn(move || {
+            let _done = done_tx;
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
-                say(&format!("{prefix} | {line}"));
+                keep_line(&tail, echo.then_some(prefix.as_str()), line);
             }
         });
     }
     let deadline = Instant::now() + shared.options.start_timeout;
-    let fail = |mut child: Child, why: String| {
-        let _ = child.kill();
-        let _ = child.wait();
-        Err(why)
-    };
+    match &shared.options.readiness {
+        Readiness::Line => wait_for_line(shared, child, addr_rx, deadline, readers),
+        Readiness::Http {
+            path,
+            identity_headers,
+        } => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            wait_for_http(
+                shared,
+                child,
+                addr,
+                path,
+                identity_headers,
+                deadline,
+                readers,
+            )
+        }
+    }
+}
+
+/// The output readers of a copy that is starting.
+struct Readers(mpsc::Receiver<()>);
+
+impl Readers {
+    /// Waits (briefly) until the copy's output is read to its end, so its
+    /// last lines are in the tail when a failed start reports them.
+    fn wait(self) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while let Err(mpsc::RecvTimeoutError::Timeout) = self
+            .0
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+    }
+}
+
+/// Kills a copy that did not get ready.
+fn fail<T>(mut child: Child, why: String) -> Result<T, String> {
+    kill_group(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+    Err(why)
+}
+
+/// Waits for the `listening ADDR` line.
+fn wait_for_line(
+    shared: &Shared,
+    mut child: Child,
+    addr_rx: mpsc::Receiver<Result<SocketAddr, String>>,
+    deadline: Instant,
+    readers: Readers,
+) -> Result<Started, String> {
     loop {
         match addr_rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Ok(addr)) => return Ok((child, addr)),
+            Ok(Ok(addr)) => {
+                return Ok(Started {
+                    child,
+                    addr,
+                    identity: None,
+                })
+            }
             Ok(Err(e)) => return fail(child, format!("printed a bad address: {e}")),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -455,12 +672,14 @@ fn spawn(shared: &Shared, index: usize, port: u16) -> Result<(Child, SocketAddr)
                     .wait()
                     .map(describe_status)
                     .unwrap_or_else(|e| e.to_string());
+                readers.wait();
                 return Err(format!(
                     "exited ({status}) before printing `listening ADDR`"
                 ));
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
+            readers.wait();
             return Err(format!(
                 "exited ({}) before printing `listening ADDR`",
                 describe_status(status)
@@ -477,6 +696,100 @@ fn spawn(shared: &Shared, index: usize, port: u16) -> Result<(Child, SocketAddr)
                     shared.options.start_timeout
                 ),
             );
+        }
+    }
+}
+
+/// Polls `GET path` until it answers 2xx or 3xx.
+fn wait_for_http(
+    shared: &Shared,
+    mut child: Child,
+    addr: SocketAddr,
+    path: &str,
+    identity_headers: &[String],
+    deadline: Instant,
+    readers: Readers,
+) -> Result<Started, String> {
+    let mut last = String::from("no answer yet");
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            readers.wait();
+            return Err(format!(
+                "exited ({}) before answering GET {path} on {addr} ({last})",
+                describe_status(status)
+            ));
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            return fail(child, "stopping".into());
+        }
+        match http_probe(addr, path, identity_headers) {
+            Ok((status, identity)) if (200..400).contains(&status) => {
+                return Ok(Started {
+                    child,
+                    addr,
+                    identity,
+                })
+            }
+            Ok((status, _)) => last = format!("last answer: status {status}"),
+            Err(e) => last = format!("last attempt: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return fail(
+                child,
+                format!(
+                    "did not answer GET {path} on {addr} with a 2xx or 3xx within {:?} ({last})",
+                    shared.options.start_timeout
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One `GET path` to `addr`: the status, and the value of the first of
+/// `headers` the answer has. Reads the head only, within a second.
+pub fn http_probe(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[String],
+) -> Result<(u16, Option<String>), String> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_secs(1);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: unstick-supervisor\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the connection closed before a response head".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut parsed = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut parsed);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let status = resp.code.unwrap_or(0);
+                let identity = headers.iter().find_map(|want| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(want))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(|v| v.trim().to_owned())
+                });
+                return Ok((status, identity));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
+            Ok(httparse::Status::Partial) => return Err("a response head over 64 KiB".into()),
+            Err(e) => return Err(format!("not an HTTP response: {e}")),
         }
     }
 }
@@ -504,7 +817,7 @@ if [ "$1" = 0 ]; then p=40001; else p=$(($1 + 1000)); fi
 echo "listening 127.0.0.1:$p"; echo "started on $p" >&2; exec sleep 30"#;
         let events = Arc::new(Mutex::new(Vec::new()));
         let e = events.clone();
-        let mut sup = Supervisor::start(
+        let sup = Supervisor::start(
             sh(script),
             SupervisorOptions {
                 count: 2,
@@ -519,7 +832,7 @@ echo "listening 127.0.0.1:$p"; echo "started on $p" >&2; exec sleep 30"#;
             .iter()
             .all(|i| i.pid.is_some() && i.addr.port() == 40001));
         let old = before[1].pid.unwrap();
-        assert!(sup.signal(1, libc::SIGKILL));
+        assert!(sup.signal(1, libc::SIGKILL).is_some());
         let deadline = Instant::now() + Duration::from_secs(10);
         let new = loop {
             let i = &sup.instances()[1];
@@ -568,5 +881,107 @@ echo "listening 127.0.0.1:$p"; echo "started on $p" >&2; exec sleep 30"#;
             Ok(_) => panic!("started"),
         };
         assert!(err.to_string().contains("exit code 3"), "{err}");
+    }
+
+    #[test]
+    fn on_request_restarts_wait_to_be_asked() {
+        let script = r#"echo "listening 127.0.0.1:40002"; echo "up as $$" >&2; exec sleep 30"#;
+        let sup = Supervisor::start(
+            sh(script),
+            SupervisorOptions {
+                count: 1,
+                restart: RestartPolicy::OnRequest,
+                echo_output: false,
+                ..Default::default()
+            },
+            |_| {},
+        )
+        .unwrap();
+        let old = sup.signal(0, libc::SIGKILL).expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sup.instances()[0].pid.is_some() {
+            assert!(Instant::now() < deadline, "not reaped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Not asked: it stays down.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(sup.instances()[0].pid, None);
+        assert_eq!(sup.signal(0, libc::SIGTERM), None);
+        sup.restart(0);
+        let new = loop {
+            if let Some(pid) = sup.instances()[0].pid {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "no restart");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_ne!(new, old);
+        assert_eq!(sup.instances()[0].restarts, 1);
+        // Both starts' stderr lines are kept, not echoed.
+        let out = sup.output(0);
+        assert_eq!(out, [format!("up as {old}"), format!("up as {new}")]);
+        sup.stop();
+    }
+
+    #[test]
+    fn an_http_copy_that_exits_fails_with_its_output() {
+        let spec = sh(r#"echo "starting on $PORT"; echo "boom: no config" >&2; exit 7"#);
+        let err = match Supervisor::start(
+            spec,
+            SupervisorOptions {
+                count: 2,
+                readiness: Readiness::Http {
+                    path: "/healthz".into(),
+                    identity_headers: vec![],
+                },
+                echo_output: false,
+                ..Default::default()
+            },
+            |_| {},
+        ) {
+            Err(e) => e,
+            Ok(_) => panic!("started"),
+        };
+        assert_eq!(err.index, 0);
+        assert!(err.message.contains("exit code 7"), "{err}");
+        assert!(err.message.contains("GET /healthz"), "{err}");
+        assert!(
+            err.output.contains(&"boom: no config".to_owned()),
+            "{:?}",
+            err.output
+        );
+        let port_line = err
+            .output
+            .iter()
+            .find(|l| l.starts_with("starting on "))
+            .unwrap();
+        let port: u16 = port_line["starting on ".len()..].parse().unwrap();
+        assert_ne!(port, 0, "a free port is chosen up front");
+    }
+
+    #[test]
+    fn the_http_probe_reads_status_and_identity() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            s.write_all(b"HTTP/1.1 204 No Content\r\nX-Instance-Id: abc123\r\n\r\n")
+                .unwrap();
+            head
+        });
+        let got = http_probe(
+            addr,
+            "/ready",
+            &["x-backend-id".into(), "X-Instance-Id".into()],
+        );
+        assert_eq!(got, Ok((204, Some("abc123".into()))));
+        assert!(server
+            .join()
+            .unwrap()
+            .starts_with("GET /ready HTTP/1.1\r\n"));
     }
 }

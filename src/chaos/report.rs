@@ -1,0 +1,731 @@
+//! The chaos report: `verdict.json`, `junit.xml`, a self-contained `report.html` with an SVG chart, and the summary on stdout.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::checks::{Analysis, Check, FaultRecord, Kind, Outcome};
+use super::schedule::{FaultKind, PhaseSpan, PlannedFault, SkippedTick};
+
+/// Everything `verdict.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Document {
+    pub verdict: Outcome,
+    pub exit_code: u8,
+    /// Set for `--demo` runs (`sqlite`, `memory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub unstick_version: &'static str,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub seed: u64,
+    /// The command line that ran (with `--seed`, it reproduces the plan).
+    pub command_line: String,
+    pub app: AppInfo,
+    pub load: LoadInfo,
+    pub faults: FaultsInfo,
+    pub thresholds: ThresholdsInfo,
+    pub phases: [PhaseSpan; 4],
+    pub plan: Vec<PlannedFault>,
+    pub plan_skipped: Vec<SkippedTick>,
+    /// The faults as carried out.
+    pub timeline: Vec<FaultRecord>,
+    /// Instances that exited without a fault.
+    pub unplanned_exits: Vec<UnplannedExit>,
+    pub instances: Vec<InstanceInfo>,
+    #[serde(flatten)]
+    pub analysis: Analysis,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppInfo {
+    pub command: String,
+    pub instances: usize,
+    pub ready_path: String,
+    pub identity_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadInfo {
+    pub users: usize,
+    pub rate: f64,
+    pub timeout_s: f64,
+    pub scenario: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultsInfo {
+    pub kinds: Vec<FaultKind>,
+    pub every_s: f64,
+    pub restart_after_s: f64,
+    pub pause_s: f64,
+    pub allow_total_outage: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThresholdsInfo {
+    pub min_success: f64,
+    pub max_p99_ratio: f64,
+    pub p99_floor_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnplannedExit {
+    pub instance: usize,
+    pub pid: u32,
+    pub at_s: f64,
+    pub status: String,
+    pub back_at_s: Option<f64>,
+    pub new_pid: Option<u32>,
+}
+
+/// One instance slot: its address and every process that ran in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceInfo {
+    pub index: usize,
+    pub address: String,
+    pub pids: Vec<u32>,
+}
+
+/// The files written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub dir: PathBuf,
+    pub verdict: PathBuf,
+    pub junit: PathBuf,
+    pub html: PathBuf,
+}
+
+/// Writes the three files into `dir` (created if missing).
+pub fn write(doc: &Document, dir: &Path) -> std::io::Result<Written> {
+    std::fs::create_dir_all(dir)?;
+    let w = Written {
+        dir: dir.to_owned(),
+        verdict: dir.join("verdict.json"),
+        junit: dir.join("junit.xml"),
+        html: dir.join("report.html"),
+    };
+    let mut json = serde_json::to_string_pretty(doc).map_err(std::io::Error::other)?;
+    json.push('\n');
+    std::fs::write(&w.verdict, json)?;
+    std::fs::write(&w.junit, junit(doc))?;
+    std::fs::write(&w.html, html(doc))?;
+    Ok(w)
+}
+
+/// Escapes text for XML and HTML (text and attribute values).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            // XML 1.0 has no place for most control characters.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn status(c: &Check) -> &'static str {
+    match (c.kind, c.passed) {
+        (Kind::Info, _) => "INFO",
+        (_, true) => "PASS",
+        (Kind::Check, false) => "FAIL",
+        (Kind::Validity, false) => "INVALID",
+    }
+}
+
+/// JUnit XML: one test case per check; a failed check or validity check is a `<failure>`.
+pub fn junit(doc: &Document) -> String {
+    let checks = &doc.analysis.checks;
+    let failures = checks.iter().filter(|c| !c.passed).count();
+    let suite = match &doc.label {
+        Some(l) => format!("unstick chaos ({l})"),
+        None => "unstick chaos".to_owned(),
+    };
+    let class = match &doc.label {
+        Some(l) => format!("unstick.chaos.{l}"),
+        None => "unstick.chaos".to_owned(),
+    };
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        x,
+        "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{:.3}\">",
+        escape(&suite),
+        checks.len(),
+        doc.analysis.totals.duration_s
+    );
+    let _ = writeln!(
+        x,
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{:.3}\" timestamp=\"{}\">",
+        escape(&suite),
+        checks.len(),
+        doc.analysis.totals.duration_s,
+        escape(doc.started_at.trim_end_matches('Z'))
+    );
+    x.push_str("    <properties>\n");
+    for (k, v) in [
+        ("verdict", doc.verdict.name().to_owned()),
+        ("seed", doc.seed.to_string()),
+        ("command", doc.command_line.clone()),
+    ] {
+        let _ = writeln!(x, "      <property name=\"{k}\" value=\"{}\"/>", escape(&v));
+    }
+    x.push_str("    </properties>\n");
+    for c in checks {
+        let _ = writeln!(
+            x,
+            "    <testcase classname=\"{}\" name=\"{}\" time=\"0\">",
+            escape(&class),
+            c.name
+        );
+        let summary = format!("observed {}; threshold {}", c.observed, c.threshold);
+        if !c.passed {
+            let kind = if c.kind == Kind::Validity {
+                "inconclusive"
+            } else {
+                "check"
+            };
+            let _ = writeln!(
+                x,
+                "      <failure type=\"{kind}\" message=\"{}\">{}</failure>",
+                escape(&summary),
+                escape(c.detail.as_deref().unwrap_or(&summary))
+            );
+        }
+        let mut out = summary;
+        if let Some(d) = &c.detail {
+            out.push('\n');
+            out.push_str(d);
+        }
+        if c.name == "broken_expectations" {
+            for e in &doc.analysis.broken_examples {
+                out.push('\n');
+                out.push_str(&e.message);
+            }
+        }
+        let _ = writeln!(x, "      <system-out>{}</system-out>", escape(&out));
+        x.push_str("    </testcase>\n");
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+/// The short summary for people (stdout).
+pub fn summary(doc: &Document, written: Option<&Written>) -> String {
+    let a = &doc.analysis;
+    let mut s = String::new();
+    let title = match &doc.label {
+        Some(l) => format!("unstick chaos ({l})"),
+        None => "unstick chaos".into(),
+    };
+    let _ = writeln!(s, "{title}: {}  (seed {})", doc.verdict.name(), doc.seed);
+    let _ = writeln!(
+        s,
+        "  {} instance(s) of `{}`; {} users at {}/s for {:.0}s; scenario: {}",
+        doc.app.instances,
+        doc.app.command,
+        doc.load.users,
+        doc.load.rate,
+        a.totals.duration_s,
+        doc.load.scenario
+    );
+    let executed: Vec<&FaultRecord> = doc.timeline.iter().filter(|f| f.at_s.is_some()).collect();
+    let mut kinds: Vec<String> = Vec::new();
+    for k in [FaultKind::Kill, FaultKind::Term, FaultKind::Stop] {
+        let n = executed.iter().filter(|f| f.kind == k).count();
+        if n > 0 {
+            kinds.push(format!("{n} {}", k.signal_name()));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  faults: {} carried out ({}), {} skipped; requests: {}, failed {}, broken {}",
+        executed.len(),
+        if kinds.is_empty() {
+            "none".into()
+        } else {
+            kinds.join(", ")
+        },
+        doc.timeline.len() - executed.len(),
+        a.totals.requests,
+        a.totals.failed,
+        a.totals.broken
+    );
+    if !doc.unplanned_exits.is_empty() {
+        let _ = writeln!(
+            s,
+            "  {} instance(s) exited on their own during the run",
+            doc.unplanned_exits.len()
+        );
+    }
+    for c in &a.checks {
+        let _ = writeln!(
+            s,
+            "  {:<7} {:<30} {}  (threshold: {})",
+            status(c),
+            c.name,
+            c.observed,
+            c.threshold
+        );
+        if !c.passed {
+            if let Some(d) = &c.detail {
+                let _ = writeln!(s, "          {d}");
+            }
+        }
+    }
+    if !a.broken_examples.is_empty() {
+        let _ = writeln!(s, "  broken expectations, e.g.:");
+        for e in a.broken_examples.iter().take(3) {
+            let _ = writeln!(s, "    {}", e.message);
+        }
+    }
+    let why = match doc.verdict {
+        Outcome::Pass => "the app lost no session and no request beyond the thresholds while instances died",
+        Outcome::Fail => "a check failed: see above",
+        Outcome::Inconclusive => "the checks held, but the run did not exercise enough to prove anything (see INVALID above)",
+    };
+    let _ = writeln!(s, "  verdict: {} ({why})", doc.verdict.name());
+    if let Some(w) = written {
+        let _ = writeln!(
+            s,
+            "  report: {} (also {} and {})",
+            w.html.display(),
+            w.verdict.display(),
+            w.junit.display()
+        );
+    }
+    s
+}
+
+// === the HTML page ===
+
+const W: f64 = 960.0;
+const H: f64 = 320.0;
+const LEFT: f64 = 56.0;
+const RIGHT: f64 = 64.0;
+const TOP: f64 = 24.0;
+const BOTTOM: f64 = 36.0;
+
+fn kind_color(k: FaultKind) -> &'static str {
+    match k {
+        FaultKind::Kill => "#b91c1c",
+        FaultKind::Term => "#c2410c",
+        FaultKind::Stop => "#4b5563",
+    }
+}
+
+/// A round number at or above `x` for an axis top.
+fn nice(x: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    let p = 10f64.powf(x.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if m * p >= x {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+/// The chart: request rate, failures and broken expectations (left axis,
+/// per second), p99 (right axis, ms), phases shaded, kill windows and
+/// faults marked.
+pub fn chart(doc: &Document) -> String {
+    let a = &doc.analysis;
+    let dur = a.totals.duration_s.max(0.001);
+    let bw = a.series.bucket_s;
+    let pw = W - LEFT - RIGHT;
+    let ph = H - TOP - BOTTOM;
+    let x = |t: f64| LEFT + (t / dur).clamp(0.0, 1.0) * pw;
+    let max_rate = a.series.buckets.iter().map(|b| b.rate).fold(0.0, f64::max);
+    let top_rate = nice(max_rate * 1.1);
+    let max_p99 = a
+        .series
+        .buckets
+        .iter()
+        .filter_map(|b| b.p99_ms)
+        .fold(0.0, f64::max);
+    let top_p99 = nice(max_p99 * 1.1);
+    let yl = |v: f64| TOP + ph - (v / top_rate).clamp(0.0, 1.0) * ph;
+    let yr = |v: f64| TOP + ph - (v / top_p99).clamp(0.0, 1.0) * ph;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="requests per second, failures and p99 latency over time, faults marked" font-family="sans-serif" font-size="11">"##
+    );
+    let phase_fill = ["#f3f4f6", "#ecfdf5", "#fef2f2", "#eff6ff"];
+    for (p, fill) in doc.phases.iter().zip(phase_fill) {
+        let (x0, x1) = (x(p.start.as_secs_f64()), x(p.end.as_secs_f64()));
+        let _ = write!(
+            s,
+            r##"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="{fill}"/><text x="{:.1}" y="{:.1}" fill="#6b7280" text-anchor="middle">{}</text>"##,
+            (x1 - x0).max(0.0),
+            (x0 + x1) / 2.0,
+            TOP - 8.0,
+            p.name
+        );
+    }
+    for &(w0, w1) in &a.kill_windows {
+        let _ = write!(
+            s,
+            r##"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="#fca5a5" fill-opacity="0.35"><title>kill window {w0:.2}s to {w1:.2}s</title></rect>"##,
+            x(w0),
+            (x(w1) - x(w0)).max(1.0)
+        );
+    }
+    // Axes and grid.
+    // Five intervals: every round top (1, 2, 2.5, 5 x 10^n) divides evenly.
+    for i in 0..=5 {
+        let f = i as f64 / 5.0;
+        let y = TOP + ph - f * ph;
+        let _ = write!(
+            s,
+            r##"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#e5e7eb"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#1d4ed8">{}</text><text x="{:.1}" y="{:.1}" fill="#6d28d9">{}</text>"##,
+            LEFT + pw,
+            LEFT - 6.0,
+            y + 4.0,
+            trim(top_rate * f),
+            LEFT + pw + 6.0,
+            y + 4.0,
+            trim(top_p99 * f)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="12" y="{:.1}" fill="#1d4ed8" transform="rotate(-90 12 {:.1})" text-anchor="middle">requests/s</text><text x="{:.1}" y="{:.1}" fill="#6d28d9" transform="rotate(90 {:.1} {:.1})" text-anchor="middle">p99 ms</text>"##,
+        TOP + ph / 2.0,
+        TOP + ph / 2.0,
+        W - 12.0,
+        TOP + ph / 2.0,
+        W - 12.0,
+        TOP + ph / 2.0
+    );
+    let step = nice(dur / 10.0);
+    let mut t = 0.0;
+    while t <= dur + 1e-9 {
+        let _ = write!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#374151">{}s</text>"##,
+            x(t),
+            TOP + ph + 16.0,
+            trim(t)
+        );
+        t += step;
+    }
+    // Failures and broken expectations, as bars per second.
+    for b in &a.series.buckets {
+        let x0 = x(b.t) + 1.0;
+        let bwpx = (x(b.t + bw) - x(b.t) - 2.0).max(1.0);
+        let mut base = TOP + ph;
+        for (count, color, what) in [
+            (b.failed, "#dc2626", "failed"),
+            (b.broken, "#ea580c", "broken"),
+        ] {
+            if count == 0 {
+                continue;
+            }
+            let hgt = (TOP + ph - yl(count as f64 / bw)).max(2.0);
+            base -= hgt;
+            let _ = write!(
+                s,
+                r#"<rect x="{x0:.1}" y="{base:.1}" width="{bwpx:.1}" height="{hgt:.1}" fill="{color}"><title>{:.1}s: {count} {what}</title></rect>"#,
+                b.t
+            );
+        }
+    }
+    // Rate and p99 lines.
+    let rate: Vec<String> = a
+        .series
+        .buckets
+        .iter()
+        .map(|b| format!("{:.1},{:.1}", x(b.t + bw / 2.0), yl(b.rate)))
+        .collect();
+    let _ = write!(
+        s,
+        r##"<polyline points="{}" fill="none" stroke="#2563eb" stroke-width="2"/>"##,
+        rate.join(" ")
+    );
+    let p99: Vec<String> = a
+        .series
+        .buckets
+        .iter()
+        .filter_map(|b| {
+            b.p99_ms
+                .map(|p| format!("{:.1},{:.1}", x(b.t + bw / 2.0), yr(p)))
+        })
+        .collect();
+    let _ = write!(
+        s,
+        r##"<polyline points="{}" fill="none" stroke="#7c3aed" stroke-width="1.5" stroke-dasharray="4 3"/>"##,
+        p99.join(" ")
+    );
+    // Faults.
+    for f in &doc.timeline {
+        let Some(at) = f.at_s else { continue };
+        let color = kind_color(f.kind);
+        let xf = x(at);
+        let mut title = format!(
+            "fault {}: {} instance #{} (pid {}) at {at:.2}s",
+            f.n,
+            f.signal,
+            f.instance,
+            f.pid.map_or("-".into(), |p| p.to_string())
+        );
+        if let Some(e) = f.time_to_eject_ms {
+            let _ = write!(title, "; out of rotation after {e:.0} ms");
+        }
+        if let Some(r) = f.time_to_readmit_ms {
+            let _ = write!(title, "; back in rotation {r:.0} ms after it was up");
+        }
+        let _ = write!(
+            s,
+            r#"<g><title>{}</title><line x1="{xf:.1}" x2="{xf:.1}" y1="{TOP}" y2="{:.1}" stroke="{color}" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="{color}" font-size="10">{}{}</text></g>"#,
+            escape(&title),
+            TOP + ph,
+            xf + 2.0,
+            TOP + 11.0 + (f.n % 2) as f64 * 11.0,
+            &f.kind.name()[..1].to_uppercase(),
+            f.n
+        );
+        if let Some(b) = f.back_at_s {
+            let xb = x(b);
+            let _ = write!(
+                s,
+                r##"<line x1="{xb:.1}" x2="{xb:.1}" y1="{:.1}" y2="{:.1}" stroke="#16a34a" stroke-width="1.5"><title>fault {}: instance #{} up again at {b:.2}s</title></line>"##,
+                TOP + ph - 10.0,
+                TOP + ph,
+                f.n,
+                f.instance
+            );
+        }
+    }
+    let _ = write!(
+        s,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#9ca3af"/></svg>"##
+    );
+    s
+}
+
+/// A number without needless decimals.
+fn trim(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-6 {
+        format!("{}", v.round())
+    } else {
+        let t = format!("{v:.2}");
+        t.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0} ms"))
+}
+
+fn opt_s(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}s"))
+}
+
+/// The whole page: no scripts, no external resources.
+pub fn html(doc: &Document) -> String {
+    let a = &doc.analysis;
+    let verdict_color = match doc.verdict {
+        Outcome::Pass => "#15803d",
+        Outcome::Fail => "#b91c1c",
+        Outcome::Inconclusive => "#a16207",
+    };
+    let title = match &doc.label {
+        Some(l) => format!("unstick chaos ({l}): {}", doc.verdict.name()),
+        None => format!("unstick chaos: {}", doc.verdict.name()),
+    };
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        r##"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{}</title>
+<style>
+body{{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1040px;padding:0 1rem;color:#111827}}
+h1{{font-size:1.6rem;margin-bottom:.2rem}} h2{{font-size:1.15rem;margin-top:2rem}}
+.verdict{{color:#fff;background:{verdict_color};padding:.1rem .6rem;border-radius:.3rem}}
+table{{border-collapse:collapse;width:100%;font-size:.88rem}} th,td{{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e5e7eb;vertical-align:top}}
+th{{background:#f9fafb}} code,pre{{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85rem}}
+pre{{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}
+.PASS{{color:#15803d;font-weight:600}} .FAIL{{color:#b91c1c;font-weight:600}} .INVALID{{color:#a16207;font-weight:600}} .INFO{{color:#4b5563}}
+.legend span{{margin-right:1.2rem;font-size:.85rem}} .muted{{color:#6b7280}}
+</style></head><body>
+"##,
+        escape(&title)
+    );
+    let _ = writeln!(
+        h,
+        "<h1>unstick chaos{}: <span class=\"verdict\">{}</span></h1>",
+        doc.label
+            .as_ref()
+            .map(|l| format!(" ({})", escape(l)))
+            .unwrap_or_default(),
+        doc.verdict.name()
+    );
+    let _ = write!(
+        h,
+        "<p class=\"muted\">{} &middot; seed <b>{}</b> &middot; unstick {} &middot; {} instance(s) &middot; {} users at {}/s &middot; scenario <code>{}</code></p>\n<pre>{}</pre>\n",
+        escape(&doc.started_at),
+        doc.seed,
+        doc.unstick_version,
+        doc.app.instances,
+        doc.load.users,
+        doc.load.rate,
+        escape(&doc.load.scenario),
+        escape(&doc.command_line)
+    );
+    let explain = match doc.verdict {
+        Outcome::Pass => "Every check held while instances were killed, and the run was valid: users' consecutive requests landed on different instances, every instance served, the load met its target.",
+        Outcome::Fail => "At least one check failed: the app lost requests or sessions (or took too long) when instances died. The examples below name the step and the instances.",
+        Outcome::Inconclusive => "No check failed, but the run did not exercise enough to prove anything: see the validity rows.",
+    };
+    let _ = write!(h, "<p>{explain}</p>\n<h2>Over time</h2>\n");
+    h.push_str(&chart(doc));
+    h.push_str(
+        r##"<p class="legend"><span style="color:#2563eb">&#9644; requests/s</span><span style="color:#dc2626">&#9632; failed/s</span><span style="color:#ea580c">&#9632; broken/s</span><span style="color:#7c3aed">- - p99 ms (right axis)</span><span style="color:#b91c1c">| K kill</span><span style="color:#c2410c">| T term</span><span style="color:#4b5563">| S stop</span><span style="color:#16a34a">| up again</span><span style="background:#fca5a5">&nbsp;kill window&nbsp;</span></p>
+"##,
+    );
+    h.push_str("<h2>Checks</h2>\n<table><tr><th>check</th><th>result</th><th>observed</th><th>threshold</th><th>detail</th></tr>\n");
+    for c in &a.checks {
+        let st = status(c);
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code><br><span class=\"muted\">{}</span></td><td class=\"{st}\">{st}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            c.name,
+            match c.kind {
+                Kind::Check => "check",
+                Kind::Validity => "validity",
+                Kind::Info => "reported",
+            },
+            escape(&c.observed),
+            escape(&c.threshold),
+            escape(c.detail.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table>\n");
+    if !a.broken_examples.is_empty() {
+        h.push_str("<h2>Broken expectations (examples)</h2>\n<ul>\n");
+        for e in &a.broken_examples {
+            let _ = writeln!(h, "<li>at {:.2}s: {}</li>", e.at_s, escape(&e.message));
+        }
+        h.push_str("</ul>\n");
+    }
+    h.push_str("<h2>Faults</h2>\n<table><tr><th>#</th><th>fault</th><th>instance</th><th>pid</th><th>at</th><th>exit</th><th>up again</th><th>new pid</th><th>out of rotation after</th><th>back in rotation after</th><th>note</th></tr>\n");
+    for f in &doc.timeline {
+        let note = f
+            .skipped
+            .as_ref()
+            .map(|s| format!("skipped: {s}"))
+            .or(f.note.clone());
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>#{} <span class=\"muted\">{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            f.n,
+            f.signal,
+            f.instance,
+            escape(&f.address),
+            opt(f.pid),
+            opt_s(f.at_s.or(Some(f.planned_at_s))),
+            escape(&opt(f.exit.as_deref())),
+            opt_s(f.back_at_s),
+            opt(f.new_pid),
+            opt_ms(f.time_to_eject_ms),
+            opt_ms(f.time_to_readmit_ms),
+            escape(note.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table>\n");
+    if !doc.unplanned_exits.is_empty() {
+        h.push_str("<h2>Instances that exited on their own</h2>\n<ul>\n");
+        for u in &doc.unplanned_exits {
+            let _ = writeln!(
+                h,
+                "<li>#{} (pid {}) at {:.2}s: {}; up again {}</li>",
+                u.instance,
+                u.pid,
+                u.at_s,
+                escape(&u.status),
+                opt_s(u.back_at_s)
+            );
+        }
+        h.push_str("</ul>\n");
+    }
+    h.push_str("<h2>Steps</h2>\n<table><tr><th>step</th><th>requests</th><th>ok</th><th>broken</th><th>failed</th><th>p50</th><th>p99</th></tr>\n");
+    for s in &a.steps {
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&s.step),
+            s.requests,
+            s.ok,
+            s.broken,
+            s.failed,
+            s.p50_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
+            s.p99_ms.map_or("-".into(), |v| format!("{v:.1} ms"))
+        );
+    }
+    h.push_str("</table>\n<h2>Phases and instances</h2>\n<ul>\n");
+    for p in &doc.phases {
+        let _ = writeln!(
+            h,
+            "<li>{}: {:.1}s to {:.1}s</li>",
+            p.name,
+            p.start.as_secs_f64(),
+            p.end.as_secs_f64()
+        );
+    }
+    for i in &doc.instances {
+        let pids: Vec<String> = i.pids.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            h,
+            "<li>instance #{} on {}: pids {}</li>",
+            i.index,
+            escape(&i.address),
+            pids.join(", ")
+        );
+    }
+    let _ = write!(
+        h,
+        "</ul>\n<p class=\"muted\">Same seed, same plan: rerun the command above to replay these faults. Full figures in <code>verdict.json</code>; CI results in <code>junit.xml</code>.</p>\n</body></html>\n"
+    );
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_covers_markup_and_controls() {
+        assert_eq!(
+            escape("<a href=\"x\">&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(escape("a\u{1}b\nc"), "a?b\nc");
+    }
+
+    #[test]
+    fn axis_tops_are_round() {
+        assert_eq!(nice(87.0), 100.0);
+        assert_eq!(nice(130.0), 200.0);
+        assert_eq!(nice(2.2), 2.5);
+        assert_eq!(nice(0.0), 1.0);
+        assert_eq!(trim(2.0), "2");
+        assert_eq!(trim(2.5), "2.5");
+    }
+}
