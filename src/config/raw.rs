@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::value::{RawDuration, RawSize, MAX_WEIGHT};
 use super::{
     invalid, AccessLog, ActiveHealth, Affinity, AffinityPolicy, Algorithm, BackendSpec, Config,
-    ConfigError, Discovery, Health, Http2, Limits, Locator, Retries, SniCert, StatusRange,
+    ConfigError, Discovery, Health, Http2, Limits, Locator, Reload, Retries, SniCert, StatusRange,
     Timeouts, Tls, UpstreamProtocol, UpstreamTls,
 };
 
@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub http2: RawHttp2,
     pub upstream_tls: RawUpstreamTls,
     pub discovery: RawDiscovery,
+    pub reload: RawReload,
 }
 
 impl Default for RawConfig {
@@ -53,6 +54,7 @@ impl Default for RawConfig {
             http2: RawHttp2::default(),
             upstream_tls: RawUpstreamTls::default(),
             discovery: RawDiscovery::default(),
+            reload: RawReload::default(),
         }
     }
 }
@@ -262,6 +264,18 @@ impl Default for RawDiscovery {
             interval: "5s".into(),
             min_interval: "1s".into(),
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReload {
+    pub watch: bool,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload { watch: true }
     }
 }
 
@@ -656,6 +670,10 @@ impl RawConfig {
             ));
         }
 
+        let reload = Reload {
+            watch: self.reload.watch,
+        };
+
         Ok(Config {
             listen,
             admin,
@@ -671,6 +689,7 @@ impl RawConfig {
             http2,
             upstream_tls,
             discovery,
+            reload,
         })
     }
 }
