@@ -1,8 +1,10 @@
 //! Wires a validated config into a running balancer: listeners, proxy,
-//! health checks and the admin API. `serve` and the tests both start here.
+//! discovery, health checks, reload and the admin API. `serve` and the tests
+//! both start here.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
@@ -12,7 +14,9 @@ use crate::config::{BackendSpec, Config};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::proxy::{AccessLogger, Proxy, Settings};
+use crate::reload::{self, Reloader, Source};
 use crate::server::{self, Phase, ServerOptions, Shutdown};
+use crate::upstream::discovery::{Discovery, MakeBackend, Resolve, SystemResolver};
 use crate::upstream::{Backend, PoolSettings, Upstreams};
 
 /// Why the balancer could not start.
@@ -20,8 +24,6 @@ use crate::upstream::{Backend, PoolSettings, Upstreams};
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error("cannot resolve backend `{address}`: {source}")]
-    Resolve { address: String, source: io::Error },
 }
 
 /// A running balancer.
@@ -31,8 +33,36 @@ pub struct App {
     pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     pub shutdown: Shutdown,
+    /// Applies new configurations (SIGHUP, file watcher, `POST /api/reload`).
+    pub reloader: Arc<Reloader>,
+    /// The backend set: configured specs and what their names resolve to.
+    pub discovery: Arc<Discovery>,
     server: JoinHandle<io::Result<()>>,
     background: Vec<JoinHandle<()>>,
+}
+
+/// How to start an [`App`] beyond its config.
+pub struct StartOptions {
+    pub metrics: Metrics,
+    pub log: AccessLoggerChoice,
+    /// Resolves backend names ([`SystemResolver`] unless a test fakes it).
+    pub resolver: Arc<dyn Resolve>,
+    /// Loads the configuration again on reload (`None`: reload is refused).
+    pub source: Option<Source>,
+    /// A config file to watch for changes (`reload.watch` turns it on and off).
+    pub watch: Option<PathBuf>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            metrics: Metrics::new_unregistered(),
+            log: AccessLoggerChoice::Stdout,
+            resolver: Arc::new(SystemResolver),
+            source: None,
+            watch: None,
+        }
+    }
 }
 
 /// The pool settings a config asks for.
@@ -44,39 +74,13 @@ pub fn pool_settings(config: &Config) -> PoolSettings {
     }
 }
 
-/// Resolves a backend's address: an IP literal as is, a name through DNS
-/// (every address it has).
-pub async fn resolve(spec: &BackendSpec) -> io::Result<Vec<SocketAddr>> {
-    let (host, port) = spec.host_port();
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    addrs.sort();
-    addrs.dedup();
-    Ok(addrs)
-}
-
-/// Builds the backends a config lists, resolving names.
-pub async fn build_backends(
-    config: &Config,
-    metrics: &Metrics,
-) -> Result<Vec<Arc<Backend>>, StartError> {
+/// Makes backends as `config` wants them (pool settings, metrics).
+pub fn backend_factory(config: &Config, metrics: &Metrics) -> MakeBackend {
     let pool = pool_settings(config);
-    let mut out = Vec::new();
-    for spec in &config.backends {
-        let addrs = resolve(spec).await.map_err(|source| StartError::Resolve {
-            address: spec.address.clone(),
-            source,
-        })?;
-        for addr in addrs {
-            if out.iter().any(|b: &Arc<Backend>| b.addr == addr) {
-                continue;
-            }
-            out.push(Arc::new(Backend::new(spec.clone(), addr, pool, metrics)));
-        }
-    }
-    Ok(out)
+    let metrics = metrics.clone();
+    Arc::new(move |spec: &BackendSpec, addr: SocketAddr| {
+        Backend::new(spec.clone(), addr, pool, &metrics)
+    })
 }
 
 // === impl App ===
@@ -98,6 +102,25 @@ impl App {
         metrics: Metrics,
         log: AccessLoggerChoice,
     ) -> Result<App, StartError> {
+        let opts = StartOptions {
+            metrics,
+            log,
+            ..StartOptions::default()
+        };
+        Self::start_opts(config, opts).await
+    }
+
+    /// Binds the listeners, resolves backend names once (a name that does
+    /// not resolve yet starts with no backends and is retried), and starts
+    /// serving, discovery, health checks and the file watcher.
+    pub async fn start_opts(config: Config, opts: StartOptions) -> Result<App, StartError> {
+        let StartOptions {
+            metrics,
+            log,
+            resolver,
+            source,
+            watch,
+        } = opts;
         let listener = server::bind(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -114,8 +137,17 @@ impl App {
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let backends = build_backends(&config, &metrics).await?;
-        let upstreams = Arc::new(Upstreams::new(backends));
+        let upstreams = Arc::new(Upstreams::new(Vec::new()));
+        let discovery = Discovery::new(
+            upstreams.clone(),
+            metrics.clone(),
+            resolver,
+            backend_factory(&config, &metrics),
+            config.discovery.clone(),
+        );
+        discovery
+            .apply(config.backends.clone(), None, config.discovery.clone())
+            .await;
         let health = Arc::new(Health::new(upstreams.clone(), config.health.clone()));
         let access_log = match log {
             AccessLoggerChoice::Stdout => AccessLogger::stdout(config.access_log),
@@ -129,12 +161,23 @@ impl App {
             health.clone(),
         ));
         let shutdown = Shutdown::new();
+        let reloader = Arc::new(Reloader::new(
+            proxy.clone(),
+            discovery.clone(),
+            config.clone(),
+            source,
+        ));
         let mut background = Vec::new();
         background.push(tokio::spawn(health.clone().run_active()));
+        background.push(tokio::spawn(discovery.clone().run()));
+        if let Some(path) = watch {
+            background.push(tokio::spawn(reload::watch_file(reloader.clone(), path)));
+        }
         if let Some(listener) = admin_listener {
             let admin = Arc::new(Admin {
                 proxy: proxy.clone(),
                 shutdown: shutdown.clone(),
+                reloader: reloader.clone(),
             });
             background.push(tokio::spawn(admin.serve(listener)));
         }
@@ -149,6 +192,8 @@ impl App {
             admin_addr,
             proxy,
             shutdown,
+            reloader,
+            discovery,
             server,
             background,
         })

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     pub connections_open: IntGauge,
     pub affinity_refused: IntCounterVec,
+    pub discovery_failures: IntCounterVec,
+    pub discovery_backends: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     /// Client-view durations by code class, pre-resolved.
     pub request_duration_by_class: [Histogram; 6],
@@ -180,6 +183,24 @@ impl Metrics {
             "Affinity cookies refused, by direction (request, response) and cookie name.",
             &["direction", "name"],
         );
+        let discovery_failures = counter_vec(
+            r,
+            "unstick_discovery_failures_total",
+            "Failed lookups of a backend name (its last good addresses stay in use).",
+            &["name"],
+        );
+        let discovery_backends = gauge_vec(
+            r,
+            "unstick_discovery_backends",
+            "Addresses a backend name resolves to now (its backends).",
+            &["name"],
+        );
+        let config_reloads = counter_vec(
+            r,
+            "unstick_config_reloads_total",
+            "Configuration reloads (SIGHUP, file change, admin API), by result: success, failure.",
+            &["result"],
+        );
         let build_info = gauge_vec(
             r,
             "unstick_build_info",
@@ -204,6 +225,9 @@ impl Metrics {
             ejections,
             connections_open,
             affinity_refused,
+            discovery_failures,
+            discovery_backends,
+            config_reloads,
             build_info,
             request_duration_by_class,
         }

@@ -1,13 +1,15 @@
 //! `unstick serve` and `unstick check`: config from file, env and flags.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
-use crate::app::App;
+use crate::app::{App, StartOptions};
 use crate::config::{env_overrides, Config, ConfigError, Origin, Override, RawConfig};
+use crate::reload::Trigger;
 use crate::server::Phase;
 
 /// Flags that override the config file (which env vars override in turn).
@@ -105,6 +107,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
 }
 
 /// `unstick serve`: runs until SIGTERM or SIGINT, then drains and exits 0.
+/// SIGHUP (and a change to the config file) reloads the configuration.
 pub fn serve(args: ServeArgs) -> ExitCode {
     let config = match args.config.load() {
         Ok((_, c)) => c,
@@ -124,7 +127,15 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let app = match App::start(config.clone()).await {
+        // A reload reads the file again with the same environment and flags.
+        let file = args.config.file();
+        let source_args = args.config.clone();
+        let opts = StartOptions {
+            source: Some(Arc::new(move || source_args.load().map(|(_, c)| c))),
+            watch: file.clone(),
+            ..StartOptions::default()
+        };
+        let app = match App::start_opts(config.clone(), opts).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -132,9 +143,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         // Signal handlers are installed before the startup line, so a
-        // SIGTERM sent as soon as the line appears drains instead of killing.
+        // signal sent as soon as the line appears is handled, not fatal.
         let signals = StopSignals::install();
-        eprintln!("{}", startup_line(&app, &config));
+        reload_on_sighup(&app);
+        eprintln!("{}", startup_line(&app, &config, file.as_deref()));
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
             let Some(mut signals) = signals else { return };
@@ -153,6 +165,26 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// SIGHUP reloads: installed at once (SIGHUP's default action would end the
+/// process), then each signal runs one reload. Everything SIGHUP reloads
+/// starts here.
+fn reload_on_sighup(app: &App) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload through the admin API");
+            return;
+        }
+    };
+    let reloader = app.reloader.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let _ = reloader.reload(Trigger::Signal).await;
+        }
+    });
 }
 
 /// SIGTERM and SIGINT, listened for from the moment they are installed.
@@ -180,8 +212,9 @@ impl StopSignals {
 }
 
 /// The structured startup line (one JSON object on stderr): version,
-/// listeners, backends, algorithm and policies.
-fn startup_line(app: &App, config: &Config) -> String {
+/// listeners, config file, backends and the names they came from,
+/// algorithm and policies.
+fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
     let backends: Vec<String> = app
         .proxy
         .upstreams
@@ -190,17 +223,30 @@ fn startup_line(app: &App, config: &Config) -> String {
         .iter()
         .map(|b| b.name.to_string())
         .collect();
+    let names: serde_json::Map<String, serde_json::Value> = app
+        .discovery
+        .names()
+        .into_iter()
+        .map(|(name, addresses)| (name, addresses.into()))
+        .collect();
     serde_json::json!({
         "event": "started",
         "version": env!("CARGO_PKG_VERSION"),
         "listen": app.proxy_addr.to_string(),
         "admin": app.admin_addr.map(|a| a.to_string()),
+        "config": file.map(|f| f.display().to_string()),
         "backends": backends,
+        "discovery": {
+            "names": names,
+            "interval": humantime::format_duration(config.discovery.interval).to_string(),
+        },
         "algorithm": config.algorithm,
         "retries": config.retries.enabled,
         "active_health_checks": config.health.active.enabled,
         "affinity_cookies": config.affinity.policy,
         "access_log": config.access_log,
+        "reload": { "sighup": true, "watch": file.is_some() && config.reload.watch },
+        "pid": std::process::id(),
     })
     .to_string()
 }
