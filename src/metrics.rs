@@ -63,6 +63,15 @@ impl UpstreamErrorKind {
     }
 }
 
+/// Why a backend left rotation: the `reason` label of `unstick_ejections_total`.
+pub const EJECTION_REASONS: [&str; 5] = [
+    "connect_refused",
+    "failures",
+    "health_check",
+    "drain",
+    "admin",
+];
+
 /// Every metric family unstick exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -265,6 +274,9 @@ impl Metrics {
         let _ = self.upstream_duration.remove_label_values(&[name]);
         let _ = self.backend_healthy.remove_label_values(&[name]);
         let _ = self.backend_in_flight.remove_label_values(&[name]);
+        for r in EJECTION_REASONS {
+            let _ = self.ejections.remove_label_values(&[name, r]);
+        }
     }
 
     /// Counts a request answered without any backend (e.g. none healthy).

@@ -610,6 +610,7 @@ async fn discovery_follows_the_resolver_and_keeps_the_last_good_set() {
     let kept = upstreams.find("10.0.0.2:80").unwrap();
     let leaving = upstreams.find("10.0.0.1:80").unwrap();
     let in_flight = leaving.start_request();
+    leaving.metrics.ejection("failures");
     resolver.set("app", Ok(vec![a(2), a(3)]));
     tokio::time::sleep_until(at(4.9)).await;
     assert_eq!(

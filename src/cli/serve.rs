@@ -126,7 +126,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         // A reload reads the file again with the same environment and flags.
         let file = args.config.file();
         let source_args = args.config.clone();
@@ -164,7 +164,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         }
-    })
+    });
+    // A DNS lookup still running on a blocking thread does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// SIGHUP reloads: installed at once (SIGHUP's default action would end the
