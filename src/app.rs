@@ -43,7 +43,9 @@ pub struct App {
 
 /// How to start an [`App`] beyond its config.
 pub struct StartOptions {
+    /// The metrics registry (a fresh one by default).
     pub metrics: Metrics,
+    /// Where access-log lines go (stdout by default).
     pub log: AccessLoggerChoice,
     /// Resolves backend names ([`SystemResolver`] unless a test fakes it).
     pub resolver: Arc<dyn Resolve>,

@@ -46,6 +46,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// The trigger's name in logs and in the API's answer.
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Signal => "sighup",
@@ -69,6 +70,7 @@ pub enum ReloadError {
 /// What a reload changed.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadSummary {
+    /// `sighup`, `file-watch` or `admin-api`.
     pub trigger: &'static str,
     /// Keys whose new values now apply.
     pub applied: Vec<&'static str>,
@@ -80,6 +82,7 @@ pub struct ReloadSummary {
 /// How the backend set changed (names are resolved `IP:PORT`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BackendChanges {
+    /// New addresses.
     pub added: Vec<String>,
     /// Out of rotation; their requests in flight finish.
     pub removed: Vec<String>,
