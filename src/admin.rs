@@ -9,6 +9,7 @@
 //! - `GET /api/affinity`: which backends tried to set affinity cookies.
 //! - `POST /api/backends/{address}/drain` and `.../undrain`: take a backend out
 //!   of rotation for new requests (in-flight ones finish), and back.
+//! - `POST /api/reload`: re-read the configuration and apply it (as SIGHUP does).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::proxy::Proxy;
 use crate::proxy::ResponseBody;
+use crate::reload::{ReloadError, Reloader, Trigger};
 use crate::server::{Phase, Shutdown};
 use crate::timefmt::Rfc3339;
 use crate::upstream::{Backend, State};
@@ -31,6 +33,8 @@ use crate::upstream::{Backend, State};
 pub struct Admin {
     pub proxy: Arc<Proxy>,
     pub shutdown: Shutdown,
+    /// What `POST /api/reload` calls.
+    pub reloader: Arc<Reloader>,
 }
 
 /// The admin API's backend paths start with this.
@@ -76,7 +80,34 @@ impl Admin {
 
     /// Routes one admin request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        if req.uri().path() == "/api/reload" {
+            return self.reload(req.method()).await;
+        }
         self.route(req.method(), req.uri().path())
+    }
+
+    /// `POST /api/reload`: 200 with what changed, 422 with the error
+    /// `unstick check` would print (the running configuration stays), 409
+    /// when there is no configuration source.
+    async fn reload(&self, method: &Method) -> Response<ResponseBody> {
+        if method != Method::POST {
+            return json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST", Some("POST"));
+        }
+        match self.reloader.reload(Trigger::Admin).await {
+            Ok(summary) => json_response(StatusCode::OK, &summary),
+            Err(ReloadError::Config(e)) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({
+                    "error": e.to_string(),
+                    "origin": e.origin.to_string(),
+                    "key": e.key,
+                    "message": e.message,
+                }),
+            ),
+            Err(e @ ReloadError::NoSource) => {
+                json_error(StatusCode::CONFLICT, &e.to_string(), None)
+            }
+        }
     }
 
     /// Routes by method and (still percent-encoded) path.
@@ -147,9 +178,16 @@ impl Admin {
         r
     }
 
+    /// Every configured backend, then removed ones still finishing requests.
     fn list_backends(&self) -> Response<ResponseBody> {
         let snapshot = self.proxy.upstreams.load();
-        let list: Vec<BackendView> = snapshot.all.iter().map(|b| backend_view(b)).collect();
+        let leaving = self.proxy.upstreams.leaving();
+        let list: Vec<BackendView> = snapshot
+            .all
+            .iter()
+            .chain(leaving.iter())
+            .map(|b| backend_view(b))
+            .collect();
         json_response(StatusCode::OK, &list)
     }
 

@@ -1,8 +1,10 @@
 //! Wires a validated config into a running balancer: listeners, proxy,
-//! health checks and the admin API. `serve` and the tests both start here.
+//! discovery, health checks, reload and the admin API. `serve` and the tests
+//! both start here.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -13,8 +15,10 @@ use crate::config::{BackendSpec, Config};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::proxy::{AccessLogger, Proxy, Settings};
+use crate::reload::{self, Reloader, Source};
 use crate::server::{self, Phase, ServerOptions, Shutdown};
 use crate::tls::{Reload, ServerCerts, TlsError};
+use crate::upstream::discovery::{Discovery, MakeBackend, Resolve, SystemResolver};
 use crate::upstream::{worker, Backend, PoolSettings, Upstreams};
 
 /// Why the balancer could not start.
@@ -22,8 +26,6 @@ use crate::upstream::{worker, Backend, PoolSettings, Upstreams};
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error("cannot resolve backend `{address}`: {source}")]
-    Resolve { address: String, source: io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
 }
@@ -39,9 +41,39 @@ pub struct App {
     pub tls: Option<Arc<ServerCerts>>,
     pub proxy: Arc<Proxy>,
     pub shutdown: Shutdown,
+    /// Applies new configurations (SIGHUP, file watcher, `POST /api/reload`).
+    pub reloader: Arc<Reloader>,
+    /// The backend set: configured specs and what their names resolve to.
+    pub discovery: Arc<Discovery>,
     /// One thread per worker, each running its own single-threaded runtime.
     server: Vec<std::thread::JoinHandle<io::Result<()>>>,
     background: Vec<JoinHandle<()>>,
+}
+
+/// How to start an [`App`] beyond its config.
+pub struct StartOptions {
+    /// The metrics registry (a fresh one by default).
+    pub metrics: Metrics,
+    /// Where access-log lines go (stdout by default).
+    pub log: AccessLoggerChoice,
+    /// Resolves backend names ([`SystemResolver`] unless a test fakes it).
+    pub resolver: Arc<dyn Resolve>,
+    /// Loads the configuration again on reload (`None`: reload is refused).
+    pub source: Option<Source>,
+    /// A config file to watch for changes (`reload.watch` turns it on and off).
+    pub watch: Option<PathBuf>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            metrics: Metrics::new_unregistered(),
+            log: AccessLoggerChoice::Stdout,
+            resolver: Arc::new(SystemResolver),
+            source: None,
+            watch: None,
+        }
+    }
 }
 
 /// The pool settings a config asks for, with the client configs for TLS
@@ -55,44 +87,13 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings, TlsError> {
     })
 }
 
-/// Resolves a backend's address: an IP literal as is, a name through DNS
-/// (every address it has).
-pub async fn resolve(spec: &BackendSpec) -> io::Result<Vec<SocketAddr>> {
-    let (host, port) = spec.host_port();
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    addrs.sort();
-    addrs.dedup();
-    Ok(addrs)
-}
-
-/// Builds the backends a config lists, resolving names.
-pub async fn build_backends(
-    config: &Config,
-    metrics: &Metrics,
-) -> Result<Vec<Arc<Backend>>, StartError> {
+/// Makes backends as `config` wants them (pool settings, metrics).
+pub fn backend_factory(config: &Config, metrics: &Metrics) -> Result<MakeBackend, TlsError> {
     let pool = pool_settings(config)?;
-    let mut out = Vec::new();
-    for spec in &config.backends {
-        let addrs = resolve(spec).await.map_err(|source| StartError::Resolve {
-            address: spec.address.clone(),
-            source,
-        })?;
-        for addr in addrs {
-            if out.iter().any(|b: &Arc<Backend>| b.addr == addr) {
-                continue;
-            }
-            out.push(Arc::new(Backend::new(
-                spec.clone(),
-                addr,
-                pool.clone(),
-                metrics,
-            )));
-        }
-    }
-    Ok(out)
+    let metrics = metrics.clone();
+    Ok(Arc::new(move |spec: &BackendSpec, addr: SocketAddr| {
+        Backend::new(spec.clone(), addr, pool.clone(), &metrics)
+    }))
 }
 
 // === impl App ===
@@ -114,6 +115,25 @@ impl App {
         metrics: Metrics,
         log: AccessLoggerChoice,
     ) -> Result<App, StartError> {
+        let opts = StartOptions {
+            metrics,
+            log,
+            ..StartOptions::default()
+        };
+        Self::start_opts(config, opts).await
+    }
+
+    /// Binds the listeners, resolves backend names once (a name that does
+    /// not resolve yet starts with no backends and is retried), and starts
+    /// serving, discovery, health checks and the file watcher.
+    pub async fn start_opts(config: Config, opts: StartOptions) -> Result<App, StartError> {
+        let StartOptions {
+            metrics,
+            log,
+            resolver,
+            source,
+            watch,
+        } = opts;
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -149,8 +169,17 @@ impl App {
             server_options.tls = Some(certs.server_config(config.http2.enabled)?);
         }
 
-        let backends = build_backends(&config, &metrics).await?;
-        let upstreams = Arc::new(Upstreams::new(backends));
+        let upstreams = Arc::new(Upstreams::new(Vec::new()));
+        let discovery = Discovery::new(
+            upstreams.clone(),
+            metrics.clone(),
+            resolver,
+            backend_factory(&config, &metrics)?,
+            config.discovery.clone(),
+        );
+        discovery
+            .apply(config.backends.clone(), None, config.discovery.clone())
+            .await;
         let health = Arc::new(Health::new(upstreams.clone(), config.health.clone()));
         let access_log = match log {
             AccessLoggerChoice::Stdout => AccessLogger::stdout(config.access_log),
@@ -164,12 +193,23 @@ impl App {
             health.clone(),
         ));
         let shutdown = Shutdown::new();
+        let reloader = Arc::new(Reloader::new(
+            proxy.clone(),
+            discovery.clone(),
+            config.clone(),
+            source,
+        ));
         let mut background = Vec::new();
         background.push(tokio::spawn(health.clone().run_active()));
+        background.push(tokio::spawn(discovery.clone().run()));
+        if let Some(path) = watch {
+            background.push(tokio::spawn(reload::watch_file(reloader.clone(), path)));
+        }
         if let Some(listener) = admin_listener {
             let admin = Arc::new(Admin {
                 proxy: proxy.clone(),
                 shutdown: shutdown.clone(),
+                reloader: reloader.clone(),
             });
             background.push(tokio::spawn(admin.serve(listener)));
         }
@@ -215,6 +255,8 @@ impl App {
             tls: certs,
             proxy,
             shutdown,
+            reloader,
+            discovery,
             server,
             background,
         })

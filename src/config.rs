@@ -24,7 +24,7 @@ mod keys;
 mod raw;
 mod value;
 
-pub use keys::{KeySpec, KEYS};
+pub use keys::{markdown_table, KeySpec, Kind, KEYS};
 pub use raw::RawConfig;
 pub use value::{parse_duration, parse_size, BackendSpec, StatusRange, UpstreamProtocol};
 
@@ -125,6 +125,7 @@ pub struct Config {
     pub http2: Http2,
     pub upstream_tls: UpstreamTls,
     pub discovery: Discovery,
+    pub reload: Reload,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -238,8 +239,17 @@ pub struct UpstreamTls {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Discovery {
+    /// How often each backend name is resolved again.
     pub interval: Duration,
+    /// No name is resolved more often than this (a failed lookup is retried
+    /// after this, doubling up to `interval`).
     pub min_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reload {
+    /// Re-read the config file when it changes (SIGHUP and the admin API always work).
+    pub watch: bool,
 }
 
 // === impl Config ===

@@ -10,7 +10,8 @@
 //! - [`affinity`]: refuses load-balancer affinity cookies in both directions, and reports who set them.
 //! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond.
 //! - [`balancer`]: `pick(&self, healthy)`; never sees a request. One file per algorithm.
-//! - [`upstream`]: backends, in-flight guards, connection pools, snapshots (arc-swap).
+//! - [`upstream`]: backends, in-flight guards, connection pools, snapshots (arc-swap), DNS discovery.
+//! - [`reload`]: hot reload (SIGHUP, file watcher, admin API) without dropping a request.
 //! - [`health`]: passive ejection, active HTTP checks, backoff probes.
 //! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
@@ -33,6 +34,7 @@ pub mod health;
 pub mod load;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod testkit;
 pub mod timefmt;

@@ -63,6 +63,15 @@ impl UpstreamErrorKind {
     }
 }
 
+/// Why a backend left rotation: the `reason` label of `unstick_ejections_total`.
+pub const EJECTION_REASONS: [&str; 5] = [
+    "connect_refused",
+    "failures",
+    "health_check",
+    "drain",
+    "admin",
+];
+
 /// Every metric family unstick exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -80,6 +89,9 @@ pub struct Metrics {
     pub affinity_refused: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
     pub tls_reloads: IntCounterVec,
+    pub discovery_failures: IntCounterVec,
+    pub discovery_backends: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     /// Client-view durations by code class, pre-resolved.
     pub request_duration_by_class: [Histogram; 6],
@@ -196,6 +208,24 @@ impl Metrics {
              certificates stay in use).",
             &["result"],
         );
+        let discovery_failures = counter_vec(
+            r,
+            "unstick_discovery_failures_total",
+            "Failed lookups of a backend name (its last good addresses stay in use).",
+            &["name"],
+        );
+        let discovery_backends = gauge_vec(
+            r,
+            "unstick_discovery_backends",
+            "Addresses a backend name resolves to now (its backends).",
+            &["name"],
+        );
+        let config_reloads = counter_vec(
+            r,
+            "unstick_config_reloads_total",
+            "Configuration reloads (SIGHUP, file change, admin API), by result: success, failure.",
+            &["result"],
+        );
         let build_info = gauge_vec(
             r,
             "unstick_build_info",
@@ -222,6 +252,9 @@ impl Metrics {
             affinity_refused,
             tls_handshake_failures,
             tls_reloads,
+            discovery_failures,
+            discovery_backends,
+            config_reloads,
             build_info,
             request_duration_by_class,
         }
@@ -259,6 +292,9 @@ impl Metrics {
         let _ = self.upstream_duration.remove_label_values(&[name]);
         let _ = self.backend_healthy.remove_label_values(&[name]);
         let _ = self.backend_in_flight.remove_label_values(&[name]);
+        for r in EJECTION_REASONS {
+            let _ = self.ejections.remove_label_values(&[name, r]);
+        }
     }
 
     /// Counts a request answered without any backend (e.g. none healthy).

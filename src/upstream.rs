@@ -18,6 +18,7 @@ use crate::config::{BackendSpec, UpstreamProtocol};
 use crate::metrics::{BackendMetrics, Metrics};
 
 mod body;
+pub mod discovery;
 mod pool;
 
 pub use body::RequestBody;
@@ -255,6 +256,33 @@ impl Backend {
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
+
+    /// Takes over what `old` (the same address, before a reload changed its
+    /// weight, protocol or pool settings) knew: its state (an ejected or
+    /// drained backend stays out), slow-start ramp, health streaks, counters
+    /// and last error. Call before the new backend is published.
+    pub fn inherit(&self, old: &Backend) {
+        let state = match old.state() {
+            State::Removed => State::Healthy,
+            s => s,
+        };
+        self.state.store(state as u8, Ordering::Release);
+        self.metrics.healthy.set(i64::from(state == State::Healthy));
+        let copy = |to: &AtomicU32, from: &AtomicU32| {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed)
+        };
+        copy(&self.consecutive_failures, &old.consecutive_failures);
+        copy(&self.consecutive_successes, &old.consecutive_successes);
+        copy(&self.probe_failures, &old.probe_failures);
+        let copy = |to: &AtomicU64, from: &AtomicU64| {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed)
+        };
+        copy(&self.requests, &old.requests);
+        copy(&self.failures, &old.failures);
+        copy(&self.ejected_since_ms, &old.ejected_since_ms);
+        copy(&self.returned_at_ms, &old.returned_at_ms);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = old.last_error();
+    }
 }
 
 impl std::fmt::Debug for Backend {
@@ -299,6 +327,9 @@ pub struct Snapshot {
 /// The live set of backends.
 pub struct Upstreams {
     snapshot: ArcSwap<Snapshot>,
+    /// Backends removed from the configuration whose requests are still
+    /// finishing (shown by the admin API until they are forgotten).
+    leaving: Mutex<Vec<Arc<Backend>>>,
     /// Serializes writers (health changes, reloads); readers never take it.
     write: Mutex<()>,
     /// Woken whenever the snapshot changes.
@@ -309,6 +340,7 @@ impl Upstreams {
     pub fn new(backends: Vec<Arc<Backend>>) -> Upstreams {
         let up = Upstreams {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            leaving: Mutex::new(Vec::new()),
             write: Mutex::new(()),
             changed: Notify::new(),
         };
@@ -328,9 +360,10 @@ impl Upstreams {
         self.publish(all);
     }
 
-    /// Replaces the set of backends. Backends already present (same address
-    /// and protocol) are kept with their state and connections; the rest are
-    /// returned so the caller can let them drain.
+    /// Replaces the set of backends. Backends present in both sets (the same
+    /// `Arc`) keep their state and connections; the rest are marked
+    /// [`State::Removed`], listed in [`Upstreams::leaving`] and returned, so
+    /// the caller can let them finish and then [`forget`](Upstreams::forget) them.
     pub fn replace(&self, backends: Vec<Arc<Backend>>) -> Vec<Arc<Backend>> {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.snapshot.load().all.clone();
@@ -342,8 +375,33 @@ impl Upstreams {
         for r in &removed {
             r.set_state(State::Removed);
         }
+        // A backend replaced by a new one at the same address shares its
+        // metric series: marking the old one removed zeroed the gauge.
+        for b in &backends {
+            b.metrics.healthy.set(i64::from(b.is_healthy()));
+        }
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(removed.iter().cloned());
         self.publish(backends);
         removed
+    }
+
+    /// Removed backends still finishing their requests.
+    pub fn leaving(&self) -> Vec<Arc<Backend>> {
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Drops a removed backend from [`Upstreams::leaving`].
+    pub fn forget(&self, backend: &Arc<Backend>) {
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|b| !Arc::ptr_eq(b, backend));
     }
 
     fn publish(&self, all: Vec<Arc<Backend>>) {

@@ -1,13 +1,15 @@
 //! `unstick serve` and `unstick check`: config from file, env and flags.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
-use crate::app::App;
+use crate::app::{App, StartOptions};
 use crate::config::{env_overrides, Config, ConfigError, Origin, Override, RawConfig};
+use crate::reload::Trigger;
 use crate::server::Phase;
 
 /// Flags that override the config file (which env vars override in turn).
@@ -118,6 +120,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
 }
 
 /// `unstick serve`: runs until SIGTERM or SIGINT, then drains and exits 0.
+/// SIGHUP (and a change to the config file) reloads the configuration.
 pub fn serve(args: ServeArgs) -> ExitCode {
     let config = match args.config.load() {
         Ok((_, c)) => c,
@@ -136,8 +139,16 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(async move {
-        let app = match App::start(config.clone()).await {
+    let code = runtime.block_on(async move {
+        // A reload reads the file again with the same environment and flags.
+        let file = args.config.file();
+        let source_args = args.config.clone();
+        let opts = StartOptions {
+            source: Some(Arc::new(move || source_args.load().map(|(_, c)| c))),
+            watch: file.clone(),
+            ..StartOptions::default()
+        };
+        let app = match App::start_opts(config.clone(), opts).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -145,21 +156,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         // Signal handlers are installed before the startup line, so a
-        // SIGTERM sent as soon as the line appears drains instead of killing.
+        // signal sent as soon as the line appears is handled, not fatal.
         let signals = StopSignals::install();
-        eprintln!("{}", startup_line(&app, &config));
-        if let Some(certs) = app.tls.clone() {
-            let metrics = app.proxy.metrics.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                    return;
-                };
-                while hup.recv().await.is_some() {
-                    crate::app::reload_certs(&certs, &metrics, "SIGHUP");
-                }
-            });
-        }
+        reload_on_sighup(&app);
+        eprintln!("{}", startup_line(&app, &config, file.as_deref()));
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
             let Some(mut signals) = signals else { return };
@@ -177,7 +177,35 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         }
-    })
+    });
+    // A DNS lookup still running on a blocking thread does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+/// SIGHUP reloads: installed at once (SIGHUP's default action would end the
+/// process), then each signal runs one reload. Everything SIGHUP reloads
+/// starts here.
+fn reload_on_sighup(app: &App) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload through the admin API");
+            return;
+        }
+    };
+    let reloader = app.reloader.clone();
+    let certs = app.tls.clone();
+    let metrics = app.proxy.metrics.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let _ = reloader.reload(Trigger::Signal).await;
+            if let Some(certs) = &certs {
+                crate::app::reload_certs(certs, &metrics, "SIGHUP");
+            }
+        }
+    });
 }
 
 /// SIGTERM and SIGINT, listened for from the moment they are installed.
@@ -205,8 +233,9 @@ impl StopSignals {
 }
 
 /// The structured startup line (one JSON object on stderr): version,
-/// listeners, backends, algorithm and policies.
-fn startup_line(app: &App, config: &Config) -> String {
+/// listeners, config file, backends and the names they came from,
+/// algorithm and policies.
+fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
     let backends: Vec<String> = app
         .proxy
         .upstreams
@@ -214,6 +243,12 @@ fn startup_line(app: &App, config: &Config) -> String {
         .all
         .iter()
         .map(|b| b.name.to_string())
+        .collect();
+    let names: serde_json::Map<String, serde_json::Value> = app
+        .discovery
+        .names()
+        .into_iter()
+        .map(|(name, addresses)| (name, addresses.into()))
         .collect();
     serde_json::json!({
         "event": "started",
@@ -223,12 +258,19 @@ fn startup_line(app: &App, config: &Config) -> String {
         "tls": app.tls.is_some(),
         "http2": config.http2.enabled,
         "redirect": app.redirect_addr.map(|a| a.to_string()),
+        "config": file.map(|f| f.display().to_string()),
         "backends": backends,
+        "discovery": {
+            "names": names,
+            "interval": humantime::format_duration(config.discovery.interval).to_string(),
+        },
         "algorithm": config.algorithm,
         "retries": config.retries.enabled,
         "active_health_checks": config.health.active.enabled,
         "affinity_cookies": config.affinity.policy,
         "access_log": config.access_log,
+        "reload": { "sighup": true, "watch": file.is_some() && config.reload.watch },
+        "pid": std::process::id(),
     })
     .to_string()
 }

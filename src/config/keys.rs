@@ -10,6 +10,9 @@ pub enum Kind {
     Bool,
     /// Comma-separated strings.
     List,
+    /// A TOML value written inline, e.g. an array of tables:
+    /// `[{ names = ["api.example.com"], cert = "api.pem", key = "api.key" }]`.
+    Toml,
 }
 
 /// One configuration key.
@@ -47,6 +50,11 @@ impl KeySpec {
                 .map(toml::Value::Integer)
                 .or_else(|_| t.parse::<f64>().map(toml::Value::Float))
                 .unwrap_or_else(|_| toml::Value::String(t.to_owned())),
+            Kind::Toml => format!("v = {t}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut table| table.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(t.to_owned())),
             Kind::List => toml::Value::Array(
                 t.split(',')
                     .map(str::trim)
@@ -69,9 +77,15 @@ const fn key(path: &'static str, kind: Kind, default: &'static str, help: &'stat
 
 use Kind::*;
 
-/// Every key `unstick serve` reads. `tls.sni` (a list of tables) is file-only.
+/// Every key `unstick serve` reads, each with its environment variable.
 pub const KEYS: &[KeySpec] = &[
     key("listen", Text, "127.0.0.1:8080", "proxy listener address"),
+    key(
+        "workers",
+        Number,
+        "0",
+        "worker threads serving clients, each with its own runtime and pools (0: one per CPU)",
+    ),
     key(
         "admin",
         Text,
@@ -262,6 +276,13 @@ pub const KEYS: &[KeySpec] = &[
     ),
     key("tls.key", Text, "", "PEM private key for the listener"),
     key(
+        "tls.sni",
+        Toml,
+        "",
+        "more certificates chosen by SNI; in the environment an inline TOML array, \
+         `[{ names = [\"api.example.com\"], cert = \"api.pem\", key = \"api.key\" }]`",
+    ),
+    key(
         "tls.reload_interval",
         Text,
         "10s",
@@ -325,6 +346,34 @@ pub const KEYS: &[KeySpec] = &[
         "discovery.min_interval",
         Text,
         "1s",
-        "lower bound for the interval",
+        "no name is resolved more often; failed lookups retry after this, doubling",
+    ),
+    key(
+        "reload.watch",
+        Bool,
+        "true",
+        "re-read the config file when it changes (SIGHUP and `POST /api/reload` always work)",
     ),
 ];
+
+/// [`KEYS`] as a Markdown table (key, environment variable, default,
+/// meaning): the README's environment table is this text.
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| key | environment variable | default | meaning |\n|---|---|---|---|\n");
+    for k in KEYS {
+        let default = if k.default.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("`{}`", k.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            k.path,
+            k.env_var(),
+            default,
+            k.help.replace('|', "\\|")
+        ));
+    }
+    out
+}

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::value::{RawDuration, RawSize, MAX_WEIGHT};
 use super::{
     invalid, AccessLog, ActiveHealth, Affinity, AffinityPolicy, Algorithm, BackendSpec, Config,
-    ConfigError, Discovery, Health, Http2, Limits, Locator, Retries, SniCert, StatusRange,
+    ConfigError, Discovery, Health, Http2, Limits, Locator, Reload, Retries, SniCert, StatusRange,
     Timeouts, Tls, UpstreamProtocol, UpstreamTls,
 };
 
@@ -36,6 +36,7 @@ pub struct RawConfig {
     pub http2: RawHttp2,
     pub upstream_tls: RawUpstreamTls,
     pub discovery: RawDiscovery,
+    pub reload: RawReload,
 }
 
 impl Default for RawConfig {
@@ -56,6 +57,7 @@ impl Default for RawConfig {
             http2: RawHttp2::default(),
             upstream_tls: RawUpstreamTls::default(),
             discovery: RawDiscovery::default(),
+            reload: RawReload::default(),
         }
     }
 }
@@ -265,6 +267,18 @@ impl Default for RawDiscovery {
             interval: "5s".into(),
             min_interval: "1s".into(),
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReload {
+    pub watch: bool,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload { watch: true }
     }
 }
 
@@ -670,6 +684,10 @@ impl RawConfig {
         }
 
         let workers = range(l, "workers", self.workers, 0, 256)? as usize;
+        let reload = Reload {
+            watch: self.reload.watch,
+        };
+
         Ok(Config {
             listen,
             workers,
@@ -686,6 +704,7 @@ impl RawConfig {
             http2,
             upstream_tls,
             discovery,
+            reload,
         })
     }
 }

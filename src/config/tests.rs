@@ -215,3 +215,107 @@ fn admin_and_listen_may_both_ask_for_any_free_port() {
     let e = load("listen = \"127.0.0.1:8000\"\nadmin = \"127.0.0.1:8000\"\n").unwrap_err();
     assert_eq!(e.key, "admin");
 }
+
+/// Every leaf key of the raw configuration (optional sections filled in),
+/// as dotted paths.
+fn raw_leaf_keys() -> Vec<String> {
+    fn walk(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => walk(t, &path, out),
+                _ => out.push(path),
+            }
+        }
+    }
+    let mut raw = RawConfig {
+        tls: Some(raw::RawTls {
+            redirect_listen: Some("127.0.0.1:8081".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    raw.upstream_tls.ca_file = Some("ca.pem".into());
+    raw.upstream_tls.client_cert = Some("c.pem".into());
+    raw.upstream_tls.client_key = Some("k.pem".into());
+    let table: toml::Table = raw.to_toml().parse().unwrap();
+    let mut out = Vec::new();
+    walk(&table, "", &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn every_config_key_has_an_environment_variable() {
+    let mut listed: Vec<String> = KEYS.iter().map(|k| k.path.to_owned()).collect();
+    listed.sort();
+    assert_eq!(
+        raw_leaf_keys(),
+        listed,
+        "KEYS (config/keys.rs) and RawConfig disagree"
+    );
+}
+
+#[test]
+fn every_key_default_matches_the_built_in_one() {
+    // What the environment table says is the default is what a config with
+    // nothing set gets: setting each key's documented default changes nothing.
+    let defaults = Config::defaults();
+    for k in KEYS.iter().filter(|k| !k.default.is_empty()) {
+        if k.path.starts_with("tls.") {
+            continue; // setting one tls key without cert/key is an error by design
+        }
+        let env = env_overrides(|name| (name == k.env_var()).then(|| k.default.to_owned()));
+        let c = Config::load(None, &env).unwrap_or_else(|e| panic!("{}: {e}", k.path));
+        assert_eq!(c, defaults, "{}: documented default differs", k.path);
+    }
+}
+
+#[test]
+fn tls_sni_from_the_environment() {
+    let env = env_overrides(|k| {
+        match k {
+        "UNSTICK_TLS_CERT" => Some("a.pem".into()),
+        "UNSTICK_TLS_KEY" => Some("a.key".into()),
+        "UNSTICK_TLS_SNI" => Some(
+            r#"[{ names = ["API.example.com", "www.example.com"], cert = "b.pem", key = "b.key" }]"#
+                .into(),
+        ),
+        _ => None,
+    }
+    });
+    let c = Config::load(None, &env).unwrap();
+    let tls = c.tls.unwrap();
+    assert_eq!(tls.sni.len(), 1);
+    assert_eq!(tls.sni[0].names, ["api.example.com", "www.example.com"]);
+    assert_eq!(tls.sni[0].cert, std::path::PathBuf::from("b.pem"));
+
+    let env = env_overrides(|k| match k {
+        "UNSTICK_TLS_CERT" => Some("a.pem".into()),
+        "UNSTICK_TLS_KEY" => Some("a.key".into()),
+        "UNSTICK_TLS_SNI" => Some("api.example.com=b.pem".into()),
+        _ => None,
+    });
+    let e = Config::load(None, &env).unwrap_err();
+    assert_eq!(e.origin, Origin::Env("UNSTICK_TLS_SNI".into()), "{e}");
+}
+
+#[test]
+fn reload_watch_from_the_environment() {
+    assert!(Config::defaults().reload.watch);
+    let env = env_overrides(|k| (k == "UNSTICK_RELOAD_WATCH").then(|| "off".into()));
+    assert!(!Config::load(None, &env).unwrap().reload.watch);
+}
+
+#[test]
+fn markdown_table_has_a_row_per_key() {
+    let table = markdown_table();
+    assert_eq!(table.lines().count(), KEYS.len() + 2);
+    for k in KEYS {
+        assert!(table.contains(&format!("| `{}` | `{}` |", k.path, k.env_var())));
+    }
+}

@@ -194,7 +194,20 @@ impl ChildUnstick {
     /// Starts `unstick serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 ARGS`
     /// (later flags win) and waits for its startup line.
     pub fn spawn(bin: impl AsRef<Path>, args: &[&str], env: &[(&str, &str)]) -> ChildUnstick {
+        Self::spawn_in(bin, args, env, None)
+    }
+
+    /// As [`ChildUnstick::spawn`], in working directory `dir` if given.
+    pub fn spawn_in(
+        bin: impl AsRef<Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: Option<&Path>,
+    ) -> ChildUnstick {
         let mut cmd = Command::new(bin.as_ref());
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(args)
