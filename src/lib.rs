@@ -16,6 +16,7 @@
 //! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
 //! - [`tls`]: rustls certificates (SNI, reload on change) and client configs for TLS backends.
+//! - [`html`]: escaping text for HTML and XML pages (demo page, chaos reports).
 //! - [`timefmt`]: UTC wall-clock formatting (RFC 3339, Common Log Format dates).
 //! - [`demo`]: `unstick demo`: a reference app (shared sessions), its stateful twin, a supervisor.
 //! - [`load`]: the load generator engine (`unstick load`, reused by chaos); reaches targets by socket only.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod html;
 pub mod load;
 pub mod metrics;
 pub mod proxy;

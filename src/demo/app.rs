@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::store::{CartAdd, Session, Store, MAX_ITEM_CHARS, MAX_USER_CHARS};
+use crate::html::escape;
 
 /// Largest request body (a form) accepted; larger ones get a 413.
 pub const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -489,21 +490,6 @@ fn field(form: &[(String, String)], name: &str, max: usize) -> Result<String, Bo
         return bad(format!("`{name}` contains control characters\n"));
     }
     Ok(value.to_owned())
-}
-
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 // === serving ===
