@@ -158,13 +158,14 @@ impl Proxy {
                 path: req
                     .uri()
                     .path_and_query()
-                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
                 status: 0,
                 bytes: 0,
                 duration: Duration::ZERO,
                 backend: None,
                 attempts: 0,
-                request_id: request_id.to_str().unwrap_or("-").to_owned(),
+                request_id: request_id.clone(),
                 error: None,
             })
         });

@@ -22,15 +22,16 @@ pub struct Entry {
     pub method: http::Method,
     /// The client's HTTP version.
     pub version: http::Version,
-    /// Path and query as the client sent them.
-    pub path: String,
+    /// Path and query as the client sent them (shares the request's bytes:
+    /// no copy on the request path).
+    pub path: http::uri::PathAndQuery,
     pub status: u16,
     pub bytes: u64,
     pub duration: Duration,
     /// The backend that answered (the last one tried), if any.
     pub backend: Option<Arc<str>>,
     pub attempts: u32,
-    pub request_id: String,
+    pub request_id: http::HeaderValue,
     /// Why the response did not complete: `after_head` (the backend failed
     /// after the head was sent) or `client_closed` (the client left first).
     pub error: Option<&'static str>,
@@ -126,63 +127,73 @@ pub fn format_entry(format: AccessLog, e: &Entry, out: &mut String) {
                 ClfDate(e.time),
                 e.method
             );
-            escape_clf(&e.path, out);
-            let bytes = if e.bytes == 0 {
-                "-".to_owned()
+            escape_clf(e.path.as_str(), out);
+            let _ = write!(out, " {:?}\" {} ", e.version, e.status);
+            if e.bytes == 0 {
+                out.push('-');
             } else {
-                e.bytes.to_string()
-            };
+                let _ = write!(out, "{}", e.bytes);
+            }
             let _ = writeln!(
                 out,
-                " {:?}\" {} {} {:.6} {} {} {}",
-                e.version,
-                e.status,
-                bytes,
+                " {:.6} {} {} {}",
                 e.duration.as_secs_f64(),
                 e.backend.as_deref().unwrap_or("-"),
                 e.attempts,
-                e.request_id
+                String::from_utf8_lossy(e.request_id.as_bytes())
             );
         }
         AccessLog::Json => {
-            let line = JsonLine {
-                time: Rfc3339(e.time).to_string(),
-                client: e.client,
-                method: e.method.as_str(),
-                path: &e.path,
-                protocol: format!("{:?}", e.version),
-                status: e.status,
-                bytes: e.bytes,
-                duration: e.duration.as_secs_f64(),
-                backend: e.backend.as_deref(),
-                attempts: e.attempts,
-                request_id: &e.request_id,
-                error: e.error,
-            };
-            if let Ok(json) = serde_json::to_string(&line) {
-                out.push_str(&json);
-                out.push('\n');
+            // Written by hand, field by field, into the reused line buffer:
+            // no intermediate value or string per line.
+            out.push_str("{\"time\":\"");
+            let _ = write!(out, "{}", Rfc3339(e.time));
+            let _ = write!(out, "\",\"client\":\"{}\",\"method\":", e.client);
+            json_str(e.method.as_str(), out);
+            out.push_str(",\"path\":");
+            json_str(e.path.as_str(), out);
+            let _ = write!(
+                out,
+                ",\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"duration\":{},\"backend\":",
+                e.version,
+                e.status,
+                e.bytes,
+                e.duration.as_secs_f64()
+            );
+            match e.backend.as_deref() {
+                Some(b) => json_str(b, out),
+                None => out.push_str("null"),
             }
+            let _ = write!(out, ",\"attempts\":{},\"request_id\":", e.attempts);
+            json_str(&String::from_utf8_lossy(e.request_id.as_bytes()), out);
+            out.push_str(",\"error\":");
+            match e.error {
+                Some(err) => json_str(err, out),
+                None => out.push_str("null"),
+            }
+            out.push_str("}\n");
         }
     }
 }
 
-/// One JSON line; fields serialize in this order.
-#[derive(serde::Serialize)]
-struct JsonLine<'a> {
-    time: String,
-    client: SocketAddr,
-    method: &'a str,
-    path: &'a str,
-    protocol: String,
-    status: u16,
-    bytes: u64,
-    /// Seconds.
-    duration: f64,
-    backend: Option<&'a str>,
-    attempts: u32,
-    request_id: &'a str,
-    error: Option<&'static str>,
+/// Writes `s` as a JSON string (quoted and escaped).
+fn json_str(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Writes `s` for a quoted CLF field: `"` and `\` escaped, and bytes outside
@@ -211,13 +222,13 @@ mod tests {
             client: "10.1.2.3:5555".parse().unwrap(),
             method: http::Method::GET,
             version: http::Version::HTTP_11,
-            path: "/a?b=\"c\"".into(),
+            path: http::uri::PathAndQuery::from_static("/a?b=%22c%22"),
             status: 200,
             bytes: 1234,
             duration: Duration::from_micros(1500),
             backend: Some("127.0.0.1:3001".into()),
             attempts: 2,
-            request_id: "req-1".into(),
+            request_id: http::HeaderValue::from_static("req-1"),
             error: None,
         }
     }
@@ -228,7 +239,7 @@ mod tests {
         format_entry(AccessLog::Common, &entry(), &mut line);
         assert_eq!(
             line,
-            "10.1.2.3 - - [10/Oct/2000:13:55:36 +0000] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 1234 \
+            "10.1.2.3 - - [10/Oct/2000:13:55:36 +0000] \"GET /a?b=%22c%22 HTTP/1.1\" 200 1234 \
              0.001500 127.0.0.1:3001 2 req-1\n"
         );
         let mut e = entry();
@@ -236,14 +247,27 @@ mod tests {
         e.backend = None;
         e.attempts = 0;
         e.status = 503;
-        e.path = "/\u{e9}\\".into();
         e.version = http::Version::HTTP_2;
         line.clear();
         format_entry(AccessLog::Common, &e, &mut line);
         assert!(
-            line.contains("\"GET /\\xc3\\xa9\\\\ HTTP/2.0\" 503 - 0.001500 - 0 req-1\n"),
+            line.contains("\"GET /a?b=%22c%22 HTTP/2.0\" 503 - 0.001500 - 0 req-1\n"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn fields_are_escaped() {
+        // Quotes, backslashes, non-ASCII and control bytes cannot break a line
+        // apart, whatever a field holds.
+        let mut clf = String::new();
+        escape_clf("/\u{e9}\\\"x\n", &mut clf);
+        assert_eq!(clf, "/\\xc3\\xa9\\\\\\\"x\\x0a");
+        let mut json = String::new();
+        json_str("/\u{e9}\\\"x\n\u{1}", &mut json);
+        let back: String = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, "/\u{e9}\\\"x\n\u{1}");
+        assert!(!json.contains('\n'));
     }
 
     #[test]
@@ -259,7 +283,7 @@ mod tests {
         assert_eq!(v["time"], "2000-10-10T13:55:36.250Z");
         assert_eq!(v["client"], "10.1.2.3:5555");
         assert_eq!(v["method"], "GET");
-        assert_eq!(v["path"], "/a?b=\"c\"");
+        assert_eq!(v["path"], "/a?b=%22c%22");
         assert_eq!(v["protocol"], "HTTP/1.1");
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes"], 1234);
