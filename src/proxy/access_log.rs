@@ -53,7 +53,7 @@ pub struct AccessLogger {
 const WRITE_EVERY: Duration = Duration::from_millis(50);
 
 /// Entries buffered before new ones are dropped.
-const QUEUE: usize = 64 * 1024;
+const QUEUE: usize = 16 * 1024;
 
 impl AccessLogger {
     /// A logger writing to stdout in `format` (no thread when `off`).
