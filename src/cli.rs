@@ -82,3 +82,28 @@ fn init_tracing() {
         .with_target(false)
         .try_init();
 }
+
+/// How a subcommand wants its tokio runtime.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Runtime {
+    /// One thread (`serve`'s control plane, `load` which runs its own threads).
+    CurrentThread,
+    /// A small pool of `n` workers (the demo app, chaos).
+    Workers(usize),
+}
+
+/// Builds the runtime, or says why not (exit 1).
+pub(crate) fn runtime(kind: Runtime) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = match kind {
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        Runtime::Workers(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::from(EXIT_FAILURE)
+    })
+}

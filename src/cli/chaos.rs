@@ -409,13 +409,6 @@ async fn run_one(opts: &ChaosOptions, interrupt: &mut Interrupt) -> Result<Outco
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-}
-
 /// `unstick chaos`.
 pub fn run(args: ChaosArgs) -> ExitCode {
     let seed = args.seed.unwrap_or_else(rand::random);
@@ -451,12 +444,9 @@ pub fn run(args: ChaosArgs) -> ExitCode {
         print!("{}", schedule::plan(&opts.plan).describe());
         return ExitCode::SUCCESS;
     }
-    let runtime = match runtime() {
+    let runtime = match super::runtime(super::Runtime::Workers(2)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let mut interrupt = match Interrupt::new() {
@@ -539,12 +529,9 @@ fn run_demo(args: &ChaosArgs, scenario: Arc<Scenario>, seed: u64) -> ExitCode {
         print!("{}", schedule::plan(&all[0].plan).describe());
         return ExitCode::SUCCESS;
     }
-    let runtime = match runtime() {
+    let runtime = match super::runtime(super::Runtime::Workers(2)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     let code = runtime.block_on(async {
         let mut interrupt = match Interrupt::new() {

@@ -107,21 +107,11 @@ impl StopSignals {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-}
-
 /// `unstick demo-app`: serves until SIGTERM/SIGINT, drains, exits 0.
 pub fn run_app(args: DemoAppArgs) -> ExitCode {
-    let runtime = match runtime() {
+    let runtime = match super::runtime(super::Runtime::Workers(2)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let mut signals = match StopSignals::new() {
@@ -179,12 +169,9 @@ pub fn run_demo(args: DemoArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let runtime = match runtime() {
+    let runtime = match super::runtime(super::Runtime::Workers(2)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     let opts = DemoOptions {
         listen: args.listen,
