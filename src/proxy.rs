@@ -179,6 +179,7 @@ impl Proxy {
         prepare_request(&mut parts, &client, &request_id, upgrade);
         let (rules, tracker) = (&settings.affinity, &self.affinity);
         rules.on_request(&mut parts.headers, tracker);
+        headers::join_cookies(&mut parts.headers);
 
         let mut done = Completion::new(self.clone(), start, 0);
         done.log = log;

@@ -553,6 +553,31 @@ async fn one_h2c_connection_spreads_300_streams_evenly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_cookie_headers_reach_an_http1_backend_as_one() {
+    let b = backends(1).await;
+    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    // An HTTP/2 client sends each cookie in its own header, one of them an
+    // affinity cookie that unstick strips.
+    let r = conn
+        .request(
+            Method::GET,
+            "/headers",
+            &[
+                ("cookie", "sid=1"),
+                ("cookie", "SERVERID=b2"),
+                ("cookie", "theme=dark"),
+            ],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let seen = r.text();
+    let cookies: Vec<&str> = seen.lines().filter(|l| l.starts_with("cookie:")).collect();
+    assert_eq!(cookies, ["cookie: sid=1; theme=dark"], "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_h2_tls_connection_spreads_300_streams_evenly() {
     let pki = Pki::new("h2spread");
     let cert = pki.issue("server", &["localhost"], false);

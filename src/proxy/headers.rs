@@ -106,6 +106,28 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Joins several `Cookie` headers into one, pairs separated by `; `.
+///
+/// HTTP/2 clients may send each cookie in its own header (RFC 9113 8.2.3);
+/// an HTTP/1.1 backend must get them as one (RFC 6265 5.4). A request with
+/// one `Cookie` header (the usual case) is left as it is.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// True if the request asks to switch protocols (e.g. WebSocket).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -233,6 +255,24 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
         assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn joins_cookie_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1".parse().unwrap());
+        h.append(header::COOKIE, "b=2; c=3".parse().unwrap());
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, "a=1;b=2".parse().unwrap());
+        join_cookies(&mut one);
+        assert_eq!(
+            one[header::COOKIE],
+            "a=1;b=2",
+            "a single header is untouched"
+        );
     }
 
     #[test]
