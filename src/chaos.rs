@@ -479,7 +479,9 @@ async fn run_inner(
             ejected_at_s: ejected.map(secs),
             readmitted_at_s: readmitted.map(secs),
             time_to_eject_ms: ms(r.at, ejected),
-            time_to_readmit_ms: ms(r.back, readmitted),
+            // From the restart (or SIGCONT), so the app's own start-up counts:
+            // the balancer's checks often see it before the runner's readiness poll.
+            time_to_readmit_ms: ms(r.restart_requested.or(r.back), readmitted),
             out_of_rotation_ms: ms(ejected, readmitted),
             window_s: window,
             note: r.note.clone(),

@@ -140,7 +140,7 @@ pub struct FaultRecord {
     pub readmitted_at_s: Option<f64>,
     /// Signal to out of rotation.
     pub time_to_eject_ms: Option<f64>,
-    /// Up again (ready or continued) to back in rotation.
+    /// Restart asked for (or SIGCONT sent) to back in rotation.
     pub time_to_readmit_ms: Option<f64>,
     /// Out of rotation to back in.
     pub out_of_rotation_ms: Option<f64>,
