@@ -537,3 +537,68 @@ fn child_process_helper_is_killed_on_drop() {
     drop(p);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
+
+/// Reads until the peer closes (or `limit` passes); true if it closed.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_head_is_cut_off() {
+    let b = backends(1, Duration::ZERO).await;
+    let mut config = test_config(&addrs(&b));
+    config.timeouts.client_header = Duration::from_millis(300);
+    let app = App::start(config).await.unwrap();
+    // Half a request head, then nothing (slowloris).
+    let mut s = TcpStream::connect(app.proxy_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "still open"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(b[0].requests(), 0);
+    // A whole head in time is served.
+    let line = raw_status(app.proxy_addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(line.contains(" 200 "), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    let b = backends(1, Duration::ZERO).await;
+    let mut config = test_config(&addrs(&b));
+    config.timeouts.client_idle = Duration::from_millis(400);
+    // The head timeout must not be what closes the idle connection.
+    config.timeouts.client_header = Duration::from_secs(10);
+    let app = App::start(config).await.unwrap();
+    let mut s = TcpStream::connect(app.proxy_addr).await.unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buf = [0u8; 4096];
+    // Requests closer together than the idle timeout keep the connection.
+    for _ in 0..3 {
+        s.write_all(req).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let idle_from = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "still open"
+    );
+    let idle = idle_from.elapsed() + Duration::from_millis(150);
+    assert!(
+        idle >= Duration::from_millis(400),
+        "closed after only {idle:?}"
+    );
+    assert_eq!(b[0].requests(), 3);
+}
