@@ -602,3 +602,54 @@ async fn idle_keep_alive_connections_are_closed() {
     );
     assert_eq!(b[0].requests(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    let b = backends(1, Duration::ZERO).await;
+    let mut config = test_config(&addrs(&b));
+    config.limits.max_connections = 2;
+    let app = App::start(config).await.unwrap();
+    let mut first = Conn::open(app.proxy_addr).await.unwrap();
+    let mut second = Conn::open(app.proxy_addr).await.unwrap();
+    assert_eq!(first.get("/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(second.get("/").await.unwrap().status, StatusCode::OK);
+    // The kernel accepts a third connection, but unstick does not serve it...
+    let addr = app.proxy_addr;
+    let third = tokio::spawn(async move { client::get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served over the limit"
+    );
+    assert_eq!(b[0].requests(), 2);
+    // ...until one of the two closes.
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a slot is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_until_idle_too_long() {
+    let b = backends(1, Duration::ZERO).await;
+    let mut config = test_config(&addrs(&b));
+    config.timeouts.upstream_idle = Duration::from_millis(300);
+    config.workers = 1;
+    let app = App::start(config).await.unwrap();
+    let mut c = Conn::open(app.proxy_addr).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
+    }
+    let connections = || {
+        b[0].counters
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(connections(), 1, "keep-alive to the backend");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(connections(), 2, "an idle-expired connection is not reused");
+}
