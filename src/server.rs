@@ -155,10 +155,6 @@ pub async fn serve(
     {
         let mut drain = pin!(shutdown.reached(Phase::Drain));
         loop {
-            let permit = tokio::select! {
-                _ = &mut drain => break,
-                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-            };
             let (stream, addr) = tokio::select! {
                 _ = &mut drain => break,
                 accepted = listener.accept() => match accepted {
@@ -170,6 +166,16 @@ pub async fn serve(
                         continue;
                     }
                 },
+            };
+            // The permit is taken after the accept, holding at most one
+            // accepted connection per worker while the limit is reached.
+            // Taken before it, an idle worker would sit on a permit while a
+            // connection the kernel queued on another worker's listener
+            // waited for one: with workers sharing one limit, a freed slot
+            // could then go to a worker with nothing to serve.
+            let permit = tokio::select! {
+                _ = &mut drain => break,
+                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
             };
             let _ = stream.set_nodelay(true);
             open.count.fetch_add(1, Ordering::AcqRel);
