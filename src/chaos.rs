@@ -74,6 +74,10 @@ impl AppCommand {
     }
 }
 
+/// The response header the balancer adds to name the backend (instance)
+/// that answered: the last identity header chaos looks at.
+pub const BACKEND_HEADER: &str = "x-unstick-backend";
+
 /// Everything a chaos run needs.
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
@@ -275,6 +279,8 @@ async fn run_inner(
     config.listen = "127.0.0.1:0".parse().expect("an address");
     config.admin = Some("127.0.0.1:0".parse().expect("an address"));
     config.access_log = AccessLog::Off;
+    // Names the instance that answered, for apps that send no instance header.
+    config.backend_header = Some(BACKEND_HEADER.to_owned());
     config.backends = instances
         .iter()
         .map(|i| BackendSpec {
@@ -422,12 +428,23 @@ async fn run_inner(
     for e in &event_list {
         if let Event::Started {
             index,
+            addr,
             pid,
             identity,
             ..
         } = &e.event
         {
             pids_by_slot[*index].push(*pid);
+            // The balancer's backend header names the instance by address
+            // (for apps that send no instance header): the latest process
+            // there.
+            identities.insert(
+                addr.to_string(),
+                Incarnation {
+                    index: *index,
+                    pid: *pid,
+                },
+            );
             if let Some(id) = identity {
                 identities.insert(
                     id.clone(),

@@ -115,6 +115,10 @@ pub struct Config {
     /// Worker threads serving clients, each with its own runtime and
     /// connection pools (0: one per CPU).
     pub workers: usize,
+    /// A response header (lower case) naming the backend that answered, as
+    /// `IP:PORT`. Off by default: it shows internal addresses to clients.
+    /// `unstick chaos` turns it on to tell instances apart.
+    pub backend_header: Option<String>,
     pub backends: Vec<BackendSpec>,
     pub timeouts: Timeouts,
     pub limits: Limits,

@@ -66,6 +66,8 @@ pub struct Settings {
     pub budget: RetryBudget,
     /// Which cookies are affinity cookies, and the policy for them.
     pub affinity: AffinityRules,
+    /// The response header naming the backend that answered, if asked for.
+    pub backend_header: Option<http::HeaderName>,
 }
 
 impl Settings {
@@ -81,6 +83,10 @@ impl Settings {
                 config.retries.budget_min_per_second,
             ),
             affinity: AffinityRules::from_config(&config.affinity),
+            backend_header: config
+                .backend_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
         }
     }
 }
@@ -419,12 +425,18 @@ impl Proxy {
             self.upstreams.refresh();
             self.health.watch_return(&backend);
         }
-        let (rules, tracker) = (&self.settings.load().affinity, &self.affinity);
+        let settings = self.settings.load();
+        let (rules, tracker) = (&settings.affinity, &self.affinity);
         if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
             return self.reject_affinity(cookie, (body, conn, in_flight), done, request_id, grpc);
         }
         headers::remove_hop_by_hop(&mut parts.headers, switching);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(name) = &settings.backend_header {
+            if let Ok(v) = HeaderValue::from_str(&backend.name) {
+                parts.headers.insert(name.clone(), v);
+            }
+        }
         parts.version = client_version;
 
         done.status = parts.status.as_u16();

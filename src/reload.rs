@@ -179,6 +179,7 @@ fn d(v: impl std::fmt::Debug) -> String {
 const FIELDS: &[(&str, Field)] = &[
     ("listen", |c| d(c.listen)),
     ("workers", |c| d(c.workers)),
+    ("backend_header", |c| d(&c.backend_header)),
     ("admin", |c| d(c.admin)),
     ("algorithm", |c| d(c.algorithm)),
     ("access_log", |c| d(c.access_log)),
@@ -512,6 +513,7 @@ mod tests {
         Some(match key {
             "listen" => "127.0.0.1:1",
             "workers" => "3",
+            "backend_header" => "x-served-by",
             "admin" => "off",
             "algorithm" => "least-connections",
             "access_log" => "common",

@@ -55,6 +55,8 @@ pub struct BackendOptions {
     pub delay: Duration,
     /// `Set-Cookie` values added to every response.
     pub set_cookies: Vec<String>,
+    /// Send no `X-Backend-Id` (an app that does not say which instance it is).
+    pub anonymous: bool,
 }
 
 /// Counters kept by a fake backend.
@@ -364,7 +366,7 @@ fn finish(state: &State, status: StatusCode, body: TestBody) -> Response<TestBod
     let mut r = Response::new(body);
     *r.status_mut() = status;
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&state.opts.id) {
+    if let (false, Ok(v)) = (state.opts.anonymous, HeaderValue::from_str(&state.opts.id)) {
         h.insert("x-backend-id", v);
     }
     for c in &state.opts.set_cookies {

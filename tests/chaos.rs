@@ -435,6 +435,35 @@ fn a_single_instance_run_is_inconclusive() {
 }
 
 #[test]
+fn an_app_without_an_instance_header_is_told_apart_by_the_balancer() {
+    // The fake backend sends no X-Backend-Id and no X-Instance-Id: the
+    // balancer's x-unstick-backend header names the instance instead.
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let app = format!("{BIN} testkit-backend --anonymous --listen 127.0.0.1:{{port}}");
+    let run = chaos(
+        &[
+            "--app",
+            &app,
+            "--every",
+            "2s",
+            "--duration",
+            "10s",
+            "--report-dir",
+            report.to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    assert_eq!(run.status.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    let v = verdict(&report);
+    assert_eq!(v["verdict"], "PASS");
+    let cross = check(&v, "cross_instance_pairs");
+    assert_eq!(cross["passed"], true, "{cross}");
+    assert!(cross["value"]["cross"].as_u64().unwrap() > 20, "{cross}");
+    assert_eq!(check(&v, "every_instance_served")["passed"], true);
+}
+
+#[test]
 fn no_instance_survives_a_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_store(dir.path());

@@ -462,6 +462,12 @@ fn config_mistakes_name_file_line_and_key() {
             ":1: key `algorithm`",
             "client identity",
         ),
+        (
+            "header",
+            "listen = \"127.0.0.1:1\"\nbackend_header = \"x bad\"\n",
+            ":2: key `backend_header`",
+            "not a header name",
+        ),
     ];
     for (name, text, location, message) in cases {
         let path = temp_config(name, text);
@@ -652,4 +658,34 @@ async fn backend_connections_are_reused_until_idle_too_long() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
     assert_eq!(connections(), 2, "an idle-expired connection is not reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_header_is_opt_in() {
+    let b = backends(2, Duration::ZERO).await;
+    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert!(
+        r.headers.get("x-unstick-backend").is_none(),
+        "on by default"
+    );
+
+    let mut config = test_config(&addrs(&b));
+    config.backend_header = Some("x-unstick-backend".into());
+    let app = App::start(config).await.unwrap();
+    for _ in 0..4 {
+        let r = client::get(app.proxy_addr, "/").await.unwrap();
+        let named = r.headers["x-unstick-backend"].to_str().unwrap().to_owned();
+        let answered = b
+            .iter()
+            .find(|f| f.addr.to_string() == named)
+            .expect("a backend's address");
+        assert_eq!(
+            r.backend(),
+            format!(
+                "b{}",
+                b.iter().position(|f| f.addr == answered.addr).unwrap()
+            )
+        );
+    }
 }

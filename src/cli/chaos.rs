@@ -315,6 +315,7 @@ fn options(
         vec![
             HeaderName::from_static("x-instance-id"),
             HeaderName::from_static("x-backend-id"),
+            HeaderName::from_static(crate::chaos::BACKEND_HEADER),
         ]
     } else {
         args.instance_headers.clone()

@@ -24,6 +24,9 @@ pub struct TestkitArgs {
     /// A `Set-Cookie` value to add to every response; repeatable.
     #[arg(long = "set-cookie")]
     set_cookies: Vec<String>,
+    /// Send no `X-Backend-Id` header.
+    #[arg(long)]
+    anonymous: bool,
 }
 
 pub fn run(args: TestkitArgs) -> ExitCode {
@@ -44,6 +47,7 @@ pub fn run(args: TestkitArgs) -> ExitCode {
             id: args.id,
             delay: args.delay,
             set_cookies: args.set_cookies,
+            anonymous: args.anonymous,
         };
         run_process(listener, opts, args.drain).await;
         ExitCode::SUCCESS

@@ -87,6 +87,12 @@ pub const KEYS: &[KeySpec] = &[
         "worker threads serving clients, each with its own runtime and pools (0: one per CPU)",
     ),
     key(
+        "backend_header",
+        Text,
+        "",
+        "a response header naming the backend that answered, e.g. `x-unstick-backend` (empty: off)",
+    ),
+    key(
         "admin",
         Text,
         "127.0.0.1:9090",

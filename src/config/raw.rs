@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub access_log: String,
     /// Worker threads serving clients (0: one per CPU).
     pub workers: u64,
+    /// A response header naming the backend that answered ("": none).
+    pub backend_header: String,
     /// Each entry is `"[SCHEME://]HOST:PORT[=WEIGHT]"` or a table
     /// `{ address, weight, protocol }`.
     pub backends: Vec<toml::Value>,
@@ -47,6 +49,7 @@ impl Default for RawConfig {
             algorithm: "round-robin".into(),
             access_log: "json".into(),
             workers: 0,
+            backend_header: String::new(),
             backends: Vec::new(),
             timeouts: RawTimeouts::default(),
             limits: RawLimits::default(),
@@ -684,6 +687,20 @@ impl RawConfig {
         }
 
         let workers = range(l, "workers", self.workers, 0, 256)? as usize;
+        let backend_header = match self.backend_header.trim() {
+            "" => None,
+            name => {
+                let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+                if !name.chars().all(token) {
+                    return Err(invalid(
+                        l,
+                        "backend_header",
+                        format!("`{name}` is not a header name"),
+                    ));
+                }
+                Some(name.to_ascii_lowercase())
+            }
+        };
         let reload = Reload {
             watch: self.reload.watch,
         };
@@ -691,6 +708,7 @@ impl RawConfig {
         Ok(Config {
             listen,
             workers,
+            backend_header,
             admin,
             algorithm,
             access_log,
