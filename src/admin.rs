@@ -195,14 +195,7 @@ impl Admin {
     fn act(&self, address: &str, action: Action) -> Response<ResponseBody> {
         let targets = self.find(address);
         if targets.is_empty() {
-            let known: Vec<String> = self
-                .proxy
-                .upstreams
-                .load()
-                .all
-                .iter()
-                .map(|b| b.name.to_string())
-                .collect();
+            let known = self.proxy.upstreams.names();
             return json_response(
                 StatusCode::NOT_FOUND,
                 &json!({

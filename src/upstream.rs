@@ -410,6 +410,11 @@ impl Upstreams {
         self.changed.notify_waiters();
     }
 
+    /// Every backend's name (`IP:PORT`), in configuration order.
+    pub fn names(&self) -> Vec<String> {
+        self.load().all.iter().map(|b| b.name.to_string()).collect()
+    }
+
     /// Finds a backend by its name (`IP:PORT`) or configured address.
     pub fn find(&self, name: &str) -> Option<Arc<Backend>> {
         self.load()

@@ -230,14 +230,7 @@ impl StopSignals {
 /// listeners, config file, backends and the names they came from,
 /// algorithm and policies.
 fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
-    let backends: Vec<String> = app
-        .proxy
-        .upstreams
-        .load()
-        .all
-        .iter()
-        .map(|b| b.name.to_string())
-        .collect();
+    let backends = app.proxy.upstreams.names();
     let names: serde_json::Map<String, serde_json::Value> = app
         .discovery
         .names()
