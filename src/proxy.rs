@@ -110,6 +110,16 @@ struct Forwarded {
     in_flight: InFlight,
 }
 
+/// What the answer to a client needs from its request.
+struct ReplyTo {
+    /// Kept or generated; returned in `X-Request-Id`.
+    request_id: HeaderValue,
+    /// The client's HTTP version.
+    version: Version,
+    /// The client speaks gRPC: failures become `grpc-status`.
+    grpc: bool,
+}
+
 /// A failed forward: the error, and the backend that failed last.
 struct Failed {
     error: ProxyError,
@@ -178,8 +188,11 @@ impl Proxy {
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let hold = req.extensions_mut().remove::<TunnelHold>();
-        let grpc = headers::is_grpc(req.headers());
-        let client_version = req.version();
+        let reply = ReplyTo {
+            request_id: request_id.clone(),
+            version: req.version(),
+            grpc: headers::is_grpc(req.headers()),
+        };
 
         let (mut parts, body) = req.into_parts();
         prepare_request(&mut parts, &client, &request_id, upgrade);
@@ -193,9 +206,9 @@ impl Proxy {
         match result {
             Ok(fwd) => {
                 let upgrade = client_upgrade.map(|u| (u, hold));
-                self.respond(fwd, done, request_id, client_version, upgrade, grpc)
+                self.respond(fwd, done, reply, upgrade, &settings)
             }
-            Err(failed) => self.fail(failed, done, request_id, grpc),
+            Err(failed) => self.fail(failed, done, reply),
         }
     }
 
@@ -404,10 +417,9 @@ impl Proxy {
         &self,
         fwd: Forwarded,
         mut done: Completion,
-        request_id: HeaderValue,
-        client_version: Version,
+        reply: ReplyTo,
         client_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<TunnelHold>)>,
-        grpc: bool,
+        settings: &Settings,
     ) -> Response<ResponseBody> {
         let Forwarded {
             mut response,
@@ -425,19 +437,18 @@ impl Proxy {
             self.upstreams.refresh();
             self.health.watch_return(&backend);
         }
-        let settings = self.settings.load();
         let (rules, tracker) = (&settings.affinity, &self.affinity);
         if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
-            return self.reject_affinity(cookie, (body, conn, in_flight), done, request_id, grpc);
+            return self.reject_affinity(cookie, (body, conn, in_flight), done, reply);
         }
         headers::remove_hop_by_hop(&mut parts.headers, switching);
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+        parts.headers.insert(X_REQUEST_ID.clone(), reply.request_id);
         if let Some(name) = &settings.backend_header {
             if let Ok(v) = HeaderValue::from_str(&backend.name) {
                 parts.headers.insert(name.clone(), v);
             }
         }
-        parts.version = client_version;
+        parts.version = reply.version;
 
         done.status = parts.status.as_u16();
         if let Some(log) = &mut done.log {
@@ -464,8 +475,7 @@ impl Proxy {
         cookie: String,
         upstream: (Incoming, Conn, InFlight),
         done: Completion,
-        request_id: HeaderValue,
-        grpc: bool,
+        reply: ReplyTo,
     ) -> Response<ResponseBody> {
         let (body, conn, in_flight) = upstream;
         let backend = in_flight.backend().clone();
@@ -474,20 +484,14 @@ impl Proxy {
         let error =
             ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
         let backend = Some(backend);
-        self.fail(Failed { error, backend }, done, request_id, grpc)
+        self.fail(Failed { error, backend }, done, reply)
     }
 
     /// Turns a failure into the client's response: status and a one-line
     /// body; for a gRPC client, HTTP 200 with `grpc-status` and
     /// `grpc-message` (metrics and the access log keep the HTTP status the
     /// failure stands for, so failed calls count as failures).
-    fn fail(
-        &self,
-        failed: Failed,
-        mut done: Completion,
-        request_id: HeaderValue,
-        grpc: bool,
-    ) -> Response<ResponseBody> {
+    fn fail(&self, failed: Failed, mut done: Completion, reply: ReplyTo) -> Response<ResponseBody> {
         // Each failed attempt was counted when it failed (`upstream_failed`).
         let Failed { error, backend } = failed;
         tracing::debug!(error = %error, "request failed");
@@ -498,14 +502,14 @@ impl Proxy {
             log.backend = backend.as_ref().map(|b| b.name.clone());
         }
         done.backend = backend;
-        let mut response = if grpc {
+        let mut response = if reply.grpc {
             grpc_error_response(error.grpc_status(), &error.to_string())
         } else {
             error_response(status, &error.to_string())
         };
         response
             .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
+            .insert(X_REQUEST_ID.clone(), reply.request_id);
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.with_completion(done))
     }
