@@ -154,16 +154,19 @@ async fn kill_loop(
     kills
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_every_2s_gives_zero_errors_for_gets() {
+/// 3 backend processes, `clients` clients sending `method` requests for
+/// 10 s, and one backend SIGKILLed every 2 s and restarted 1 s later.
+async fn under_sigkill(
+    method: Method,
+    clients: usize,
+) -> (App, Arc<Tally>, Vec<(Instant, Option<Duration>)>) {
     let mut backends = spawn_backends(3);
     let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
     fast_health(&mut config);
     let app = App::start(config).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let clients = start_clients(app.proxy_addr, 8, Method::GET, stop.clone(), tally.clone());
-
+    let tasks = start_clients(app.proxy_addr, clients, method, stop.clone(), tally.clone());
     let kills = kill_loop(
         &app,
         &mut backends,
@@ -173,9 +176,15 @@ async fn sigkill_every_2s_gives_zero_errors_for_gets() {
     )
     .await;
     stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
     }
+    (app, tally, kills)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_every_2s_gives_zero_errors_for_gets() {
+    let (app, tally, kills) = under_sigkill(Method::GET, 8).await;
 
     let sent = tally.sent.load(Ordering::Relaxed);
     let failures = tally.failures.lock().unwrap();
@@ -205,32 +214,8 @@ async fn sigkill_every_2s_gives_zero_errors_for_gets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_only_posts_in_flight_at_the_kill() {
-    let mut backends = spawn_backends(3);
-    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
-    fast_health(&mut config);
-    let app = App::start(config).await.unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
     let clients = 8;
-    let tasks = start_clients(
-        app.proxy_addr,
-        clients,
-        Method::POST,
-        stop.clone(),
-        tally.clone(),
-    );
-    let kills = kill_loop(
-        &app,
-        &mut backends,
-        Duration::from_secs(10),
-        Duration::from_secs(2),
-        Duration::from_secs(1),
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let (_app, tally, kills) = under_sigkill(Method::POST, clients).await;
     let sent = tally.sent.load(Ordering::Relaxed);
     let failures = tally.failures.lock().unwrap();
     eprintln!(
