@@ -1,0 +1,1374 @@
+//! HTTP/1.1 head codec: parse and write heads, pick body framing, find the end of a chunked body.
+
+// Everything here is a pure function over bytes: no I/O, no async. Parsed
+// header values and URIs share the one frozen `Bytes` of the head, so parsing
+// a request costs one `split_to` and no per-header copy (names of non-standard
+// headers are the exception: `http` lowercases them into their own buffer).
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+
+/// Most headers a head may carry; one more is `HeadError::TooLarge`.
+pub const MAX_HEADERS: usize = 100;
+
+/// Why a head could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Unparseable head, bad header value, conflicting framing: 400 (request) / 502 (response).
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// Head longer than the limit, or more than MAX_HEADERS headers: 431 (request) / 502 (response).
+    #[error("head too large")]
+    TooLarge,
+}
+
+/// Where one header's name and value sit in the head, recorded during the
+/// httparse pass (which borrows the buffer) and used after `split_to` (which
+/// needs it mutably).
+#[derive(Clone, Default)]
+struct HeaderIndices {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+/// Offset range of `part` inside `whole`; `part` must be a sub-slice of it
+/// (httparse only hands out sub-slices of the input).
+fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Records the ranges of `headers` (from httparse over `bytes`) into `indices`.
+fn record_indices(bytes: &[u8], headers: &[httparse::Header<'_>], indices: &mut [HeaderIndices]) {
+    for (header, idx) in headers.iter().zip(indices.iter_mut()) {
+        idx.name = range_in(bytes, header.name.as_bytes());
+        idx.value = range_in(bytes, header.value);
+    }
+}
+
+/// Builds a `HeaderMap` whose values are slices of `head` (no copy), in
+/// order, repeats kept.
+fn build_headers(head: &Bytes, indices: &[HeaderIndices]) -> Result<HeaderMap, HeadError> {
+    let mut map = HeaderMap::with_capacity(indices.len());
+    for idx in indices {
+        let name = HeaderName::from_bytes(&head[idx.name.clone()])
+            .map_err(|_| HeadError::Malformed("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(idx.value.clone()))
+            .map_err(|_| HeadError::Malformed("header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Maps an httparse version digit (`HTTP/1.x`) to `Version`.
+fn version(minor: Option<u8>) -> Result<Version, HeadError> {
+    match minor {
+        Some(0) => Ok(Version::HTTP_10),
+        Some(1) => Ok(Version::HTTP_11),
+        _ => Err(HeadError::Malformed("version")),
+    }
+}
+
+/// The outcome of httparse on a window of the buffer.
+fn too_large_or_incomplete<T>(buf_len: usize, max_head: usize) -> Result<Option<T>, HeadError> {
+    // The window was `max_head` bytes long and still held no complete head:
+    // the head is longer than the limit, no need to wait for more bytes.
+    if buf_len >= max_head {
+        Err(HeadError::TooLarge)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Parses a request head at the start of `buf`. Ok(None): incomplete (need more bytes) — but if
+/// buf.len() already reaches `max_head` without a complete head, Err(TooLarge).
+///
+/// On success the head's bytes are removed from `buf` (split_to + freeze) and returned alongside
+/// the parts, so the caller can give the raw bytes back (to hand the connection to another
+/// server) if it decides not to handle the request. Header values and the URI share those bytes.
+/// On Err, `buf` is untouched when httparse refused the head, but a head that parsed and then
+/// failed validation (target, header value, HTTP/1.0 + Transfer-Encoding) has been removed.
+/// Only HTTP/1.0 and HTTP/1.1 are accepted; an HTTP/1.0 request carrying Transfer-Encoding is
+/// Malformed (RFC 9112 section 6.1: its framing is faulty).
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<Option<(http::request::Parts, Bytes)>, HeadError> {
+    let mut indices: [HeaderIndices; MAX_HEADERS] =
+        std::array::from_fn(|_| HeaderIndices::default());
+    let (len, method, target, version, count) = {
+        // Parsing only the first `max_head` bytes bounds the work on a
+        // flood, and a complete parse is then within the limit by itself.
+        let window = &buf[..buf.len().min(max_head)];
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(window, &mut headers) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return too_large_or_incomplete(buf.len(), max_head),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed("request head")),
+        };
+        let method = req.method.ok_or(HeadError::Malformed("request head"))?;
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
+        let target = req.path.ok_or(HeadError::Malformed("request head"))?;
+        let target = range_in(window, target.as_bytes());
+        record_indices(window, req.headers, &mut indices);
+        (
+            len,
+            method,
+            target,
+            version(req.version)?,
+            req.headers.len(),
+        )
+    };
+
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target))
+        .map_err(|_| HeadError::Malformed("request target"))?;
+    let headers = build_headers(&head, &indices[..count])?;
+    if version == Version::HTTP_10 && headers.contains_key(TRANSFER_ENCODING) {
+        return Err(HeadError::Malformed("framing"));
+    }
+
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some((parts, head)))
+}
+
+/// Parses a response head at the start of `buf` (bytes from a backend). Same rules as
+/// [`parse_request`]; on success the head is removed from `buf`. The reason phrase is dropped
+/// (status code only).
+pub fn parse_response(
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> Result<Option<http::response::Parts>, HeadError> {
+    let mut indices: [HeaderIndices; MAX_HEADERS] =
+        std::array::from_fn(|_| HeaderIndices::default());
+    let (len, code, version, count) = {
+        let window = &buf[..buf.len().min(max_head)];
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            window,
+            &mut headers,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return too_large_or_incomplete(buf.len(), max_head),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed("response head")),
+        };
+        let code = res.code.ok_or(HeadError::Malformed("response head"))?;
+        record_indices(window, res.headers, &mut indices);
+        (len, code, version(res.version)?, res.headers.len())
+    };
+
+    let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed("status"))?;
+    let head = buf.split_to(len).freeze();
+    let headers = build_headers(&head, &indices[..count])?;
+
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(parts))
+}
+
+/// How a message's body is delimited (RFC 9112 section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes (may be 0).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (responses only).
+    Close,
+}
+
+/// Strips optional whitespace (SP / HTAB) around a list element.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The non-empty elements of a comma-separated header list, trimmed
+/// (RFC 9110 section 5.6.1: empty elements are ignored).
+fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+}
+
+/// What the Transfer-Encoding headers say: None when absent, Some(true) when
+/// `chunked` is the last coding and appears only there, Some(false) otherwise
+/// (another last coding, chunked applied twice, or an empty value).
+fn transfer_chunked(headers: &HeaderMap) -> Option<bool> {
+    let mut values = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    values.peek()?;
+    let (mut last_chunked, mut chunked_before) = (false, false);
+    for coding in values.flat_map(list_elements) {
+        chunked_before |= last_chunked;
+        last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+    }
+    Some(last_chunked && !chunked_before)
+}
+
+/// Parses a decimal length: digits only (no sign, no whitespace), no overflow.
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// The Content-Length, if any: every value in every header must be the same
+/// number (RFC 9110 section 8.6 lets a recipient accept "5, 5").
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+    let mut len = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for element in value.as_bytes().split(|b| *b == b',').map(trim_ows) {
+            let n = parse_decimal(element).ok_or(HeadError::Malformed("content-length"))?;
+            if len.is_some_and(|l| l != n) {
+                return Err(HeadError::Malformed("content-length"));
+            }
+            len = Some(n);
+        }
+    }
+    Ok(len)
+}
+
+/// A request's framing: Transfer-Encoding whose last coding is `chunked` → Chunked (any other
+/// transfer-coding → Malformed); Content-Length → Length (several values or several headers that
+/// are all equal are OK, e.g. "5, 5"; differing or non-digit → Malformed); both TE and CL →
+/// Malformed("framing") (request smuggling guard); neither → None.
+pub fn request_framing(headers: &HeaderMap) -> Result<Framing, HeadError> {
+    match transfer_chunked(headers) {
+        Some(_) if headers.contains_key(CONTENT_LENGTH) => Err(HeadError::Malformed("framing")),
+        Some(true) => Ok(Framing::Chunked),
+        Some(false) => Err(HeadError::Malformed("transfer-encoding")),
+        None => Ok(content_length(headers)?.map_or(Framing::None, Framing::Length)),
+    }
+}
+
+/// A response's framing, given the request method (RFC 9112 section 6.3): HEAD requests, 1xx,
+/// 204, 304 and a 2xx answer to CONNECT (the connection becomes a tunnel) → None, whatever the
+/// headers say; TE chunked (last coding) → Chunked (TE present but not chunked → Close); CL →
+/// Length (same validation as requests; when both TE and CL are present, TE wins and CL is not
+/// even validated); neither → Close.
+pub fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Framing, HeadError> {
+    let bodiless = method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || (method == Method::CONNECT && status.is_success());
+    if bodiless {
+        return Ok(Framing::None);
+    }
+    match transfer_chunked(headers) {
+        Some(true) => Ok(Framing::Chunked),
+        Some(false) => Ok(Framing::Close),
+        None => Ok(content_length(headers)?.map_or(Framing::Close, Framing::Length)),
+    }
+}
+
+/// Appends `n` in decimal without going through `fmt`.
+fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends "name: value\r\n".
+fn put_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Bytes the headers take on the wire, to reserve once.
+fn headers_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+/// Appends the request target: the authority for CONNECT, else origin-form
+/// (path and query; "/" when the URI has no path; `*` stays `*`).
+fn put_target(out: &mut Vec<u8>, method: &Method, uri: &Uri) {
+    if *method == Method::CONNECT {
+        if let Some(authority) = uri.authority() {
+            out.extend_from_slice(authority.as_str().as_bytes());
+            return;
+        }
+    }
+    // `path()` is "" only for an authority-form URI, and "/" for
+    // "http://host?q" (so the query is appended separately, not via
+    // `path_and_query()`, whose string would then lack the slash).
+    let path = uri.path();
+    out.extend_from_slice(if path.is_empty() {
+        b"/"
+    } else {
+        path.as_bytes()
+    });
+    if let Some(query) = uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
+}
+
+/// Appends an HTTP/1.1 request head for a backend: "{METHOD} {target} HTTP/1.1\r\n", then every
+/// header as "name: value\r\n" in map order EXCEPT content-length and transfer-encoding, then
+/// "content-length: {n}\r\n" if `body_len` is Some(n), then "\r\n". The target is the URI's
+/// path-and-query (origin-form; "/" if the URI has none), or for method CONNECT the authority, or
+/// "*" for `OPTIONS *`. Never panics. (Header names are written as stored: lowercase.)
+pub fn write_request_head(out: &mut Vec<u8>, parts: &http::request::Parts, body_len: Option<u64>) {
+    out.reserve(64 + headers_len(&parts.headers));
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    put_target(out, &parts.method, &parts.uri);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
+            put_header(out, name, value);
+        }
+    }
+    if let Some(n) = body_len {
+        out.extend_from_slice(b"content-length: ");
+        put_decimal(out, n);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends an HTTP/1.1 response head for a client: "HTTP/1.1 {code} {canonical reason or empty}\r\n",
+/// every header except transfer-encoding and connection, then "transfer-encoding: chunked\r\n" if
+/// framing is Chunked, then "connection: close\r\n" if !keep_alive, then "\r\n".
+///
+/// content-length passes through as it is when `framing` is Length or None (a HEAD or 304
+/// response keeps the length of the full representation), and is dropped when `framing` is
+/// Chunked or Close: there it is not what delimits the body (a backend sent both TE and CL), and
+/// passing it on would give the client two conflicting framings.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+) {
+    let keep_length = matches!(framing, Framing::Length(_) | Framing::None);
+    out.reserve(64 + headers_len(&parts.headers));
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        let skip = name == TRANSFER_ENCODING
+            || name == CONNECTION
+            || (name == CONTENT_LENGTH && !keep_length);
+        if !skip {
+            put_header(out, name, value);
+        }
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Longest chunk-size line (size and extensions, without the CRLF).
+const MAX_SIZE_LINE: usize = 4096;
+/// Most bytes of trailer fields (CRLFs included, the final empty line not).
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// A malformed chunked body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body: {0}")]
+pub struct ChunkError(pub &'static str);
+
+/// Where the scanner is in the chunked grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// At the start of a chunk-size line: a hex digit must come.
+    #[default]
+    SizeStart,
+    /// Inside the hex size.
+    Size,
+    /// Whitespace after the size (hyper accepts it): only more whitespace, `;` or CR may follow.
+    SizeWs,
+    /// Inside chunk extensions, up to the CR.
+    Ext,
+    /// After the size line's CR.
+    SizeLf,
+    /// Inside chunk data; `remaining` counts down.
+    Data,
+    /// After chunk data: CR.
+    DataCr,
+    /// After chunk data: LF.
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    /// Inside a trailer field, up to the CR.
+    Trailer,
+    /// After a trailer field's CR.
+    TrailerLf,
+    /// After the final empty line's CR.
+    EndLf,
+    /// The body is complete.
+    Done,
+    /// An error was returned; it is returned again.
+    Failed(&'static str),
+}
+
+/// Finds where a chunked body ends while it is passed through unchanged (the proxy forwards the
+/// raw chunked bytes, trailers included, and must know when the message is complete so the
+/// connection can be reused). Feed it consecutive slices of the body bytes.
+///
+/// Line endings must be CRLF everywhere, like hyper's decoder; unlike hyper, a bare LF inside a
+/// trailer field is rejected too (hyper takes it as part of the field), since the bytes are
+/// forwarded and the next parser might split lines there.
+#[derive(Debug, Default)]
+pub struct ChunkedScanner {
+    state: State,
+    /// The chunk size being read, then the data bytes still to skip.
+    remaining: u64,
+    /// Bytes of the current size line so far.
+    line: usize,
+    /// Bytes of trailer fields so far.
+    trailers: usize,
+}
+
+// === impl ChunkedScanner ===
+
+impl ChunkedScanner {
+    /// A scanner at the start of a chunked body.
+    pub fn new() -> ChunkedScanner {
+        ChunkedScanner::default()
+    }
+
+    /// Whether the whole body (last chunk, trailers, final CRLF) has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Scans the next bytes of the body. Returns how many bytes of `data` belong to this body
+    /// (all of them, unless the body ends inside `data`: then the count up to and including the
+    /// final CRLF after the last chunk / trailers) and whether the body is complete.
+    /// Errors: bad hex size, size overflow (> u64), missing CRLF after chunk data or a line, a
+    /// chunk-size line (with extensions) longer than 4096 bytes, trailers longer than 64 KiB in
+    /// total. After an error, every call returns the same error.
+    pub fn scan(&mut self, data: &[u8]) -> Result<(usize, bool), ChunkError> {
+        let mut at = 0;
+        while at < data.len() {
+            match self.state {
+                State::Done => return Ok((at, true)),
+                State::Failed(why) => return Err(ChunkError(why)),
+                State::Data => {
+                    // Skip the whole run of data at once, whatever its size.
+                    let available = (data.len() - at) as u64;
+                    let skip = self.remaining.min(available);
+                    self.remaining -= skip;
+                    at += skip as usize;
+                    if self.remaining == 0 {
+                        self.state = State::DataCr;
+                    }
+                }
+                _ => {
+                    if let Err(why) = self.step(data[at]) {
+                        self.state = State::Failed(why);
+                        return Err(ChunkError(why));
+                    }
+                    at += 1;
+                }
+            }
+        }
+        match self.state {
+            State::Failed(why) => Err(ChunkError(why)),
+            state => Ok((at, state == State::Done)),
+        }
+    }
+
+    /// Advances over one byte outside chunk data.
+    fn step(&mut self, byte: u8) -> Result<(), &'static str> {
+        if matches!(self.state, State::Size | State::SizeWs | State::Ext) && byte != b'\r' {
+            self.count_line()?;
+        }
+        self.state = match self.state {
+            State::SizeStart => {
+                self.line = 1;
+                self.remaining = u64::from(hex_digit(byte).ok_or("bad chunk size")?);
+                State::Size
+            }
+            State::Size => {
+                match (hex_digit(byte), byte) {
+                    (Some(d), _) => {
+                        // After `* 16` the low nibble is zero: OR adds without overflow.
+                        self.remaining = self
+                            .remaining
+                            .checked_mul(16)
+                            .ok_or("chunk size overflow")?
+                            | u64::from(d);
+                        State::Size
+                    }
+                    (None, b' ' | b'\t') => State::SizeWs,
+                    (None, b';') => State::Ext,
+                    (None, b'\r') => State::SizeLf,
+                    (None, _) => return Err("bad chunk size"),
+                }
+            }
+            State::SizeWs => match byte {
+                b' ' | b'\t' => State::SizeWs,
+                b';' => State::Ext,
+                b'\r' => State::SizeLf,
+                _ => return Err("bad chunk size"),
+            },
+            State::Ext => match byte {
+                b'\r' => State::SizeLf,
+                b'\n' => return Err("bare LF in chunk extension"),
+                _ => State::Ext,
+            },
+            State::SizeLf => match byte {
+                b'\n' if self.remaining == 0 => State::TrailerStart,
+                b'\n' => State::Data,
+                _ => return Err("missing LF after chunk size"),
+            },
+            State::DataCr => match byte {
+                b'\r' => State::DataLf,
+                _ => return Err("missing CRLF after chunk data"),
+            },
+            State::DataLf => match byte {
+                b'\n' => State::SizeStart,
+                _ => return Err("missing CRLF after chunk data"),
+            },
+            State::TrailerStart => match byte {
+                b'\r' => State::EndLf,
+                _ => self.trailer_byte(byte)?,
+            },
+            State::Trailer => self.trailer_byte(byte)?,
+            State::TrailerLf => match byte {
+                b'\n' => {
+                    self.count_trailer()?;
+                    State::TrailerStart
+                }
+                _ => return Err("missing LF after trailer"),
+            },
+            State::EndLf => match byte {
+                b'\n' => State::Done,
+                _ => return Err("missing LF at end of chunked body"),
+            },
+            // `scan` handles these without stepping.
+            State::Data | State::Done | State::Failed(_) => self.state,
+        };
+        Ok(())
+    }
+
+    /// One byte of a trailer field (not at the start of the final empty line).
+    fn trailer_byte(&mut self, byte: u8) -> Result<State, &'static str> {
+        self.count_trailer()?;
+        match byte {
+            b'\r' => Ok(State::TrailerLf),
+            b'\n' => Err("bare LF in trailer"),
+            _ => Ok(State::Trailer),
+        }
+    }
+
+    /// Counts one more byte of the size line against its limit.
+    fn count_line(&mut self) -> Result<(), &'static str> {
+        self.line += 1;
+        if self.line > MAX_SIZE_LINE {
+            return Err("chunk size line too long");
+        }
+        Ok(())
+    }
+
+    /// Counts one more byte of trailers against their limit.
+    fn count_trailer(&mut self) -> Result<(), &'static str> {
+        self.trailers += 1;
+        if self.trailers > MAX_TRAILERS {
+            return Err("trailers too large");
+        }
+        Ok(())
+    }
+}
+
+/// The value of a hex digit.
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    fn req(bytes: &[u8]) -> Result<Option<(http::request::Parts, Bytes)>, HeadError> {
+        parse_request(&mut BytesMut::from(bytes), 8192)
+    }
+
+    fn res(bytes: &[u8]) -> Result<Option<http::response::Parts>, HeadError> {
+        parse_response(&mut BytesMut::from(bytes), 8192)
+    }
+
+    /// Header (name, value) pairs, in order.
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    /// A parse result without the parts (they have no `PartialEq`): Ok(true) when complete.
+    fn outcome<T>(parsed: Result<Option<T>, HeadError>) -> Result<bool, HeadError> {
+        parsed.map(|p| p.is_some())
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    /// "{n} headers" request head.
+    fn many_headers(n: usize) -> Vec<u8> {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..n {
+            head.extend_from_slice(format!("x-h{i}: {i}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+
+    // --- parse_request ---
+
+    #[test]
+    fn request_simple_get() {
+        let raw = b"GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
+        let mut buf = BytesMut::from(&raw[..]);
+        let (parts, head) = parse_request(&mut buf, 8192).unwrap().unwrap();
+        assert_eq!(parts.method, Method::GET);
+        assert_eq!(parts.uri, "/path?q=1");
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(parts.headers["host"], "example.com");
+        assert_eq!(parts.headers["accept"], "*/*");
+        assert_eq!(parts.headers.len(), 2);
+        assert_eq!(&head[..], &raw[..]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn request_keeps_header_order_and_repeats() {
+        let raw = b"POST / HTTP/1.1\r\nX-A: 1\r\nx-b: 2\r\nX-A: 3\r\nCookie: c=1\r\n\r\n";
+        let (parts, _) = req(raw).unwrap().unwrap();
+        let seen: Vec<(&str, &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        // HeaderMap groups repeats under the first occurrence, values in arrival order.
+        let want: Vec<(&str, &[u8])> = vec![
+            ("x-a", b"1"),
+            ("x-a", b"3"),
+            ("x-b", b"2"),
+            ("cookie", b"c=1"),
+        ];
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn request_values_and_uri_share_the_head() {
+        let raw = b"GET /a/long/path HTTP/1.1\r\nx-custom: some value\r\nhost: h\r\n\r\n";
+        let (parts, head) = req(raw).unwrap().unwrap();
+        let span = head.as_ptr() as usize..head.as_ptr() as usize + head.len();
+        for value in parts.headers.values() {
+            assert!(
+                span.contains(&(value.as_bytes().as_ptr() as usize)),
+                "{value:?} was copied"
+            );
+        }
+        assert!(
+            span.contains(&(parts.uri.path().as_ptr() as usize)),
+            "uri was copied"
+        );
+    }
+
+    #[test]
+    fn request_byte_by_byte_then_pipelined_rest_stays() {
+        let first = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n";
+        let second = b"GET /two HTTP/1.1\r\nHost: b\r\n\r\n";
+        let mut buf = BytesMut::new();
+        for (i, byte) in first.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let parsed = parse_request(&mut buf, 8192).unwrap();
+            if i + 1 < first.len() {
+                assert!(parsed.is_none(), "complete after {} bytes", i + 1);
+                assert_eq!(buf.len(), i + 1, "partial parse must not consume");
+            } else {
+                assert_eq!(parsed.unwrap().0.uri, "/one");
+            }
+        }
+        assert!(buf.is_empty());
+
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(first);
+        buf.extend_from_slice(second);
+        buf.extend_from_slice(b"GET /thr");
+        let (one, head) = parse_request(&mut buf, 8192).unwrap().unwrap();
+        assert_eq!((one.uri.path(), &head[..]), ("/one", &first[..]));
+        let (two, _) = parse_request(&mut buf, 8192).unwrap().unwrap();
+        assert_eq!(two.uri, "/two");
+        assert_eq!(two.headers["host"], "b");
+        assert_eq!(outcome(parse_request(&mut buf, 8192)), Ok(false));
+        assert_eq!(&buf[..], b"GET /thr");
+    }
+
+    #[test]
+    fn request_http10_and_target_forms() {
+        let (parts, _) = req(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(parts.version, Version::HTTP_10);
+
+        let (parts, _) = req(b"GET http://example.com/x?y HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(parts.uri.host(), Some("example.com"));
+        assert_eq!(parts.uri.path(), "/x");
+
+        let (parts, _) = req(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(parts.method, Method::CONNECT);
+        assert_eq!(parts.uri.authority().unwrap(), "example.com:443");
+
+        let (parts, _) = req(b"OPTIONS * HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(parts.uri, "*");
+
+        let (parts, _) = req(b"PURGE /x HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(parts.method.as_str(), "PURGE");
+    }
+
+    #[test]
+    fn request_too_large() {
+        let raw = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        // Exactly at the limit: fine; one byte under the head's length: too large.
+        let mut buf = BytesMut::from(&raw[..]);
+        assert!(parse_request(&mut buf, raw.len()).unwrap().is_some());
+        let mut buf = BytesMut::from(&raw[..]);
+        assert_eq!(
+            outcome(parse_request(&mut buf, raw.len() - 1)),
+            Err(HeadError::TooLarge)
+        );
+        // Incomplete: None while under the limit, TooLarge once the limit is reached.
+        let mut buf = BytesMut::from(&raw[..20]);
+        assert_eq!(outcome(parse_request(&mut buf, 21)), Ok(false));
+        assert_eq!(
+            outcome(parse_request(&mut buf, 20)),
+            Err(HeadError::TooLarge)
+        );
+        // A huge flood without CRLF is refused without reading it all.
+        let mut buf = BytesMut::from(&vec![b'A'; 1 << 20][..]);
+        assert!(parse_request(&mut buf, 8192).is_err());
+    }
+
+    #[test]
+    fn request_header_count_limit() {
+        assert_eq!(
+            req(&many_headers(MAX_HEADERS))
+                .unwrap()
+                .unwrap()
+                .0
+                .headers
+                .len(),
+            MAX_HEADERS
+        );
+        let mut buf = BytesMut::from(&many_headers(MAX_HEADERS + 1)[..]);
+        assert_eq!(
+            outcome(parse_request(&mut buf, 1 << 20)),
+            Err(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn request_malformed() {
+        for raw in [
+            &b"garbage\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            b"GET / HTTP/1.1\r\nx: a\x01b\r\n\r\n",
+            b"G(T / HTTP/1.1\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(req(raw), Err(HeadError::Malformed(_))),
+                "{:?} gave {:?}",
+                String::from_utf8_lossy(raw),
+                req(raw)
+            );
+        }
+        // HTTP/1.0 has no Transfer-Encoding (RFC 9112 section 6.1).
+        let raw = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(outcome(req(raw)), Err(HeadError::Malformed("framing")));
+    }
+
+    // --- parse_response ---
+
+    #[test]
+    fn response_status_headers_and_body_left() {
+        let head = b"HTTP/1.1 404 Whatever Reason\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\n";
+        let mut buf = BytesMut::from(&head[..]);
+        buf.extend_from_slice(b"hello");
+        let parts = parse_response(&mut buf, 8192).unwrap().unwrap();
+        assert_eq!(parts.status, StatusCode::NOT_FOUND);
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(parts.headers["content-length"], "5");
+        let xa: Vec<_> = parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(&buf[..], b"hello");
+
+        let parts = res(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!(parts.version, Version::HTTP_10);
+        let parts = res(b"HTTP/1.1 599 \r\n\r\n").unwrap().unwrap();
+        assert_eq!(parts.status.as_u16(), 599);
+    }
+
+    #[test]
+    fn response_partial_and_limits() {
+        let raw = b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n";
+        let mut buf = BytesMut::new();
+        for (i, byte) in raw.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let parsed = parse_response(&mut buf, 8192).unwrap();
+            assert_eq!(
+                parsed.is_some(),
+                i + 1 == raw.len(),
+                "after {} bytes",
+                i + 1
+            );
+        }
+        let mut buf = BytesMut::from(&raw[..]);
+        assert_eq!(
+            outcome(parse_response(&mut buf, raw.len() - 1)),
+            Err(HeadError::TooLarge)
+        );
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        many.extend_from_slice(&many_headers(MAX_HEADERS + 1)[16..]);
+        let mut buf = BytesMut::from(&many[..]);
+        assert_eq!(
+            outcome(parse_response(&mut buf, 1 << 20)),
+            Err(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn response_malformed() {
+        for raw in [
+            &b"HTTP/1.1 abc OK\r\n\r\n"[..],
+            b"HTTP/2 200\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            b"<html>\r\n\r\n",
+        ] {
+            assert!(
+                matches!(res(raw), Err(HeadError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // httparse reads any 3 digits; http's StatusCode needs 100..=999.
+        assert!(matches!(
+            res(b"HTTP/1.1 099 X\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+    }
+
+    // --- framing ---
+
+    #[test]
+    fn request_framing_table() {
+        let m = |e| Err(HeadError::Malformed(e));
+        let cases: &[(Pairs, Result<Framing, HeadError>)] = &[
+            (&[], Ok(Framing::None)),
+            (&[("content-length", "0")], Ok(Framing::Length(0))),
+            (&[("content-length", "42")], Ok(Framing::Length(42))),
+            (&[("content-length", "5, 5")], Ok(Framing::Length(5))),
+            (
+                &[("content-length", "5"), ("content-length", "5")],
+                Ok(Framing::Length(5)),
+            ),
+            (
+                &[("content-length", "5"), ("content-length", "6")],
+                m("content-length"),
+            ),
+            (&[("content-length", "5, 6")], m("content-length")),
+            (&[("content-length", "+5")], m("content-length")),
+            (&[("content-length", "-1")], m("content-length")),
+            (&[("content-length", "0x10")], m("content-length")),
+            (&[("content-length", "")], m("content-length")),
+            (&[("content-length", "5,")], m("content-length")),
+            (
+                &[("content-length", "99999999999999999999")],
+                m("content-length"),
+            ),
+            (&[("transfer-encoding", "chunked")], Ok(Framing::Chunked)),
+            (&[("transfer-encoding", "Chunked")], Ok(Framing::Chunked)),
+            (
+                &[("transfer-encoding", "gzip, chunked")],
+                Ok(Framing::Chunked),
+            ),
+            (
+                &[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Ok(Framing::Chunked),
+            ),
+            (
+                &[("transfer-encoding", "chunked, gzip")],
+                m("transfer-encoding"),
+            ),
+            (
+                &[("transfer-encoding", "chunked, chunked")],
+                m("transfer-encoding"),
+            ),
+            (&[("transfer-encoding", "gzip")], m("transfer-encoding")),
+            (&[("transfer-encoding", "")], m("transfer-encoding")),
+            (
+                &[("transfer-encoding", "chunked"), ("content-length", "5")],
+                m("framing"),
+            ),
+            (
+                &[("content-length", "5"), ("transfer-encoding", "chunked")],
+                m("framing"),
+            ),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(&request_framing(&headers(pairs)), want, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn response_framing_table() {
+        let (get, head, connect) = (Method::GET, Method::HEAD, Method::CONNECT);
+        let s = |code| StatusCode::from_u16(code).unwrap();
+        let cl5: &[(&str, &str)] = &[("content-length", "5")];
+        let te: &[(&str, &str)] = &[("transfer-encoding", "chunked")];
+        let cases: &[(&Method, u16, Pairs, Result<Framing, HeadError>)] = &[
+            (&get, 200, cl5, Ok(Framing::Length(5))),
+            (
+                &get,
+                200,
+                &[("content-length", "5, 5")],
+                Ok(Framing::Length(5)),
+            ),
+            (
+                &get,
+                200,
+                &[("content-length", "5, 6")],
+                Err(HeadError::Malformed("content-length")),
+            ),
+            (
+                &get,
+                200,
+                &[("content-length", "x")],
+                Err(HeadError::Malformed("content-length")),
+            ),
+            (&get, 200, te, Ok(Framing::Chunked)),
+            (
+                &get,
+                200,
+                &[("transfer-encoding", "gzip")],
+                Ok(Framing::Close),
+            ),
+            (
+                &get,
+                200,
+                &[("transfer-encoding", "chunked"), ("content-length", "5")],
+                Ok(Framing::Chunked),
+            ),
+            (
+                &get,
+                200,
+                &[("transfer-encoding", "chunked"), ("content-length", "bad")],
+                Ok(Framing::Chunked),
+            ),
+            (&get, 200, &[], Ok(Framing::Close)),
+            (
+                &get,
+                500,
+                &[("content-length", "0")],
+                Ok(Framing::Length(0)),
+            ),
+            (&head, 200, cl5, Ok(Framing::None)),
+            (&head, 200, te, Ok(Framing::None)),
+            (&get, 100, &[], Ok(Framing::None)),
+            (&get, 101, te, Ok(Framing::None)),
+            (&get, 204, cl5, Ok(Framing::None)),
+            (&get, 304, cl5, Ok(Framing::None)),
+            (&get, 304, &[("content-length", "bad")], Ok(Framing::None)),
+            (&connect, 200, &[], Ok(Framing::None)),
+            (&connect, 407, cl5, Ok(Framing::Length(5))),
+        ];
+        for (method, code, pairs, want) in cases {
+            assert_eq!(
+                &response_framing(method, s(*code), &headers(pairs)),
+                want,
+                "{method} {code} {pairs:?}"
+            );
+        }
+    }
+
+    // --- writers ---
+
+    fn request_parts(method: &str, uri: &str, pairs: &[(&str, &str)]) -> http::request::Parts {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = Method::from_bytes(method.as_bytes()).unwrap();
+        parts.uri = uri.parse().unwrap();
+        parts.headers = headers(pairs);
+        parts
+    }
+
+    fn written_request(parts: &http::request::Parts, body_len: Option<u64>) -> String {
+        let mut out = b"left alone|".to_vec();
+        write_request_head(&mut out, parts, body_len);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn write_request_head_exact() {
+        let pairs = [
+            ("host", "example.com"),
+            ("content-length", "99"),
+            ("transfer-encoding", "chunked"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+        ];
+        let parts = request_parts("POST", "/submit?x=1", &pairs);
+        assert_eq!(
+            written_request(&parts, Some(12345)),
+            "left alone|POST /submit?x=1 HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\n\
+             content-length: 12345\r\n\r\n"
+        );
+        let parts = request_parts("GET", "/", &[]);
+        assert_eq!(
+            written_request(&parts, None),
+            "left alone|GET / HTTP/1.1\r\n\r\n"
+        );
+        assert_eq!(
+            written_request(&parts, Some(0)),
+            "left alone|GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            written_request(&parts, Some(u64::MAX)),
+            format!(
+                "left alone|GET / HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+                u64::MAX
+            )
+        );
+    }
+
+    #[test]
+    fn write_request_head_targets() {
+        let target = |method: &str, uri: &str| {
+            let mut out = Vec::new();
+            write_request_head(&mut out, &request_parts(method, uri, &[]), None);
+            let line = String::from_utf8(out).unwrap();
+            line.split(' ').nth(1).unwrap().to_string()
+        };
+        assert_eq!(target("GET", "http://example.com/a/b?c=d"), "/a/b?c=d");
+        assert_eq!(target("GET", "http://example.com"), "/");
+        assert_eq!(target("GET", "http://example.com?x=1"), "/?x=1");
+        assert_eq!(target("CONNECT", "example.com:443"), "example.com:443");
+        assert_eq!(target("CONNECT", "/nohost"), "/nohost");
+        assert_eq!(target("OPTIONS", "*"), "*");
+        assert_eq!(target("GET", "example.com:80"), "/");
+    }
+
+    fn written_response(
+        code: u16,
+        pairs: &[(&str, &str)],
+        framing: Framing,
+        keep_alive: bool,
+    ) -> String {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = StatusCode::from_u16(code).unwrap();
+        parts.headers = headers(pairs);
+        let mut out = Vec::new();
+        write_response_head(&mut out, &parts, framing, keep_alive);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn write_response_head_exact() {
+        let pairs = [
+            ("content-type", "text/plain"),
+            ("connection", "keep-alive"),
+            ("content-length", "5"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ];
+        assert_eq!(
+            written_response(200, &pairs, Framing::Length(5), true),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\
+             set-cookie: a=1\r\nset-cookie: b=2\r\n\r\n"
+        );
+        let pairs = [
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("x", "y"),
+        ];
+        assert_eq!(
+            written_response(404, &pairs, Framing::Chunked, false),
+            "HTTP/1.1 404 Not Found\r\nx: y\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            written_response(599, &[], Framing::Close, false),
+            "HTTP/1.1 599 \r\nconnection: close\r\n\r\n"
+        );
+        // A HEAD / 304 answer keeps its content-length.
+        assert_eq!(
+            written_response(304, &[("content-length", "10")], Framing::None, true),
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"
+        );
+    }
+
+    // --- ChunkedScanner ---
+
+    const SAMPLE: &[u8] =
+        b"5;name=value;other\r\nhello\r\n1A \t;x\r\nabcdefghijklmnopqrstuvwxyz\r\n\
+        0\r\nExpires: never\r\nX-Trailer: 1\r\n\r\n";
+
+    #[test]
+    fn chunked_whole_body() {
+        for body in [
+            &b"0\r\n\r\n"[..],
+            b"3\r\nabc\r\n0\r\n\r\n",
+            b"A\r\n0123456789\r\n000\r\n\r\n",
+            SAMPLE,
+        ] {
+            let mut scanner = ChunkedScanner::new();
+            assert_eq!(
+                scanner.scan(body),
+                Ok((body.len(), true)),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(scanner.is_done());
+            assert_eq!(scanner.scan(b"more"), Ok((0, true)));
+        }
+    }
+
+    #[test]
+    fn chunked_every_split_point() {
+        for split in 0..=SAMPLE.len() {
+            let mut scanner = ChunkedScanner::new();
+            let (a, done_a) = scanner.scan(&SAMPLE[..split]).unwrap();
+            assert_eq!((a, done_a), (split, split == SAMPLE.len()));
+            let (b, done_b) = scanner.scan(&SAMPLE[split..]).unwrap();
+            assert_eq!((a + b, done_b), (SAMPLE.len(), true), "split at {split}");
+        }
+        // And byte by byte: done exactly at the last byte.
+        let mut scanner = ChunkedScanner::new();
+        for (i, byte) in SAMPLE.iter().enumerate() {
+            assert_eq!(scanner.scan(&[*byte]), Ok((1, i + 1 == SAMPLE.len())));
+        }
+    }
+
+    #[test]
+    fn chunked_extra_bytes_not_counted() {
+        let mut data = SAMPLE.to_vec();
+        data.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        let mut scanner = ChunkedScanner::new();
+        assert_eq!(scanner.scan(&data), Ok((SAMPLE.len(), true)));
+        // Ending inside a second slice.
+        let mut scanner = ChunkedScanner::new();
+        assert_eq!(scanner.scan(&data[..10]), Ok((10, false)));
+        assert_eq!(scanner.scan(&data[10..]), Ok((SAMPLE.len() - 10, true)));
+    }
+
+    #[test]
+    fn chunked_large_chunk_is_counted_down() {
+        let mut scanner = ChunkedScanner::new();
+        assert_eq!(scanner.scan(b"FFFFFFFFFFFF\r\n"), Ok((14, false)));
+        let block = vec![b'x'; 1 << 16];
+        for _ in 0..16 {
+            assert_eq!(scanner.scan(&block), Ok((block.len(), false)));
+        }
+        assert_eq!(scanner.remaining, 0xFFFF_FFFF_FFFF - 16 * (1 << 16));
+    }
+
+    #[test]
+    fn chunked_errors() {
+        let long_ext = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_SIZE_LINE));
+        let ok_ext = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_SIZE_LINE - 2));
+        let big_trailers = format!("0\r\nx: {}\r\n\r\n", "t".repeat(MAX_TRAILERS));
+        let cases: &[(&[u8], &str)] = &[
+            (b"x\r\n", "bad chunk size"),
+            (b"\r\n", "bad chunk size"),
+            (b" 5\r\n", "bad chunk size"),
+            (b"0x5\r\n", "bad chunk size"),
+            (b"5 5\r\n", "bad chunk size"),
+            (b"-1\r\n", "bad chunk size"),
+            (b"10000000000000000\r\n", "chunk size overflow"),
+            (b"5\n", "bad chunk size"),
+            (b"5\rx", "missing LF after chunk size"),
+            (b"5;a\nb\r\n", "bare LF in chunk extension"),
+            (b"3\r\nabcd", "missing CRLF after chunk data"),
+            (b"3\r\nabc\rx", "missing CRLF after chunk data"),
+            (b"3\r\nabc\n", "missing CRLF after chunk data"),
+            (b"0\r\nx: 1\ny: 2\r\n\r\n", "bare LF in trailer"),
+            (b"0\r\nx: 1\rn", "missing LF after trailer"),
+            (b"0\r\n\rx", "missing LF at end of chunked body"),
+            (b"0\r\n\n", "bare LF in trailer"),
+            (long_ext.as_bytes(), "chunk size line too long"),
+            (big_trailers.as_bytes(), "trailers too large"),
+        ];
+        for (body, why) in cases {
+            let mut scanner = ChunkedScanner::new();
+            assert_eq!(
+                scanner.scan(body),
+                Err(ChunkError(why)),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                scanner.scan(b"0\r\n\r\n"),
+                Err(ChunkError(why)),
+                "errors stick"
+            );
+            assert!(!scanner.is_done());
+        }
+        // Just under the line limit is fine.
+        let mut scanner = ChunkedScanner::new();
+        assert_eq!(scanner.scan(ok_ext.as_bytes()), Ok((ok_ext.len(), true)));
+    }
+
+    // --- no panic on any input ---
+
+    /// A valid message, or a mutation of one, or noise.
+    fn random_input(rng: &mut SmallRng, samples: &[&[u8]]) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"\r\n :;,0123456789aAfFzZ\t/*?%\x00\x7f\x80\xff";
+        let mut data = samples[rng.random_range(0..samples.len())].to_vec();
+        match rng.random_range(0..4) {
+            0 => {
+                data = (0..rng.random_range(0..200))
+                    .map(|_| rng.random())
+                    .collect()
+            }
+            _ => {
+                for _ in 0..rng.random_range(0..6) {
+                    let byte = ALPHABET[rng.random_range(0..ALPHABET.len())];
+                    let at = rng.random_range(0..=data.len());
+                    match rng.random_range(0..3) {
+                        0 if at < data.len() => data[at] = byte,
+                        1 if at < data.len() => {
+                            data.remove(at);
+                        }
+                        _ => data.insert(at, byte),
+                    }
+                }
+            }
+        }
+        data
+    }
+
+    #[test]
+    fn random_inputs_never_panic() {
+        let requests: &[&[u8]] = &[
+            b"GET /a?b HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello",
+            b"POST http://x.y/z HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"CONNECT a.b:443 HTTP/1.0\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nX: \x80\r\n\r\n",
+        ];
+        let responses: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+            b"HTTP/1.0 304 Not Modified\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+            b"HTTP/1.1 101 Switching\r\nConnection: upgrade\r\n\r\n",
+        ];
+        let bodies: &[&[u8]] = &[SAMPLE, b"0\r\n\r\n", b"FFFFFFFFFFFFFFFF\r\n"];
+        let methods = [Method::GET, Method::HEAD, Method::CONNECT];
+        let mut rng = SmallRng::seed_from_u64(0x5eed_c0de);
+        let (mut parsed, mut done) = (0, 0);
+        for _ in 0..3000 {
+            let max_head = rng.random_range(0..300);
+            let input = random_input(&mut rng, requests);
+            let mut buf = BytesMut::from(&input[..]);
+            if let Ok(Some((parts, _))) = parse_request(&mut buf, max_head) {
+                parsed += 1;
+                let _ = request_framing(&parts.headers);
+                write_request_head(&mut Vec::new(), &parts, Some(rng.random()));
+            }
+
+            let input = random_input(&mut rng, responses);
+            let mut buf = BytesMut::from(&input[..]);
+            if let Ok(Some(parts)) = parse_response(&mut buf, max_head) {
+                parsed += 1;
+                let method = &methods[rng.random_range(0..methods.len())];
+                let framing = response_framing(method, parts.status, &parts.headers)
+                    .unwrap_or(Framing::Close);
+                write_response_head(&mut Vec::new(), &parts, framing, rng.random());
+            }
+
+            // The scanner, fed in random pieces, never counts past the input.
+            let input = random_input(&mut rng, bodies);
+            let mut scanner = ChunkedScanner::new();
+            let mut at = 0;
+            while at < input.len() {
+                let end = rng.random_range(at..=input.len());
+                match scanner.scan(&input[at..end]) {
+                    Ok((n, finished)) => {
+                        assert!(n <= end - at);
+                        assert_eq!(finished, scanner.is_done());
+                        at += n;
+                        if finished {
+                            done += 1;
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        // The mutations still reach the success paths often enough to matter.
+        assert!(parsed > 500 && done > 300, "parsed {parsed}, done {done}");
+    }
+}
