@@ -26,6 +26,7 @@ use crate::upstream::{Backend, Conn, ConnectError, InFlight, RequestBody, State,
 pub mod access_log;
 mod body;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod retry;
 
@@ -156,6 +157,11 @@ impl Proxy {
         self.settings.load_full()
     }
 
+    /// The largest request body held for replay (the fast path serves no larger).
+    pub fn replay_limit(&self) -> usize {
+        self.settings.load().retries.replay_buffer
+    }
+
     /// Handles one client request. Never fails: errors become responses.
     pub async fn handle(
         self: Arc<Self>,
@@ -164,15 +170,43 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let settings = self.settings.load_full();
-        let request_id = headers::request_id(req.headers(), &self.ids);
+        let upgrade = headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let hold = req.extensions_mut().remove::<TunnelHold>();
+        let (mut parts, body) = req.into_parts();
+        let (reply, log) = self.begin(&mut parts, &client, &settings, upgrade);
+
+        let mut done = Completion::new(self.clone(), start, 0);
+        done.log = log;
+        let result = self.forward(parts, body, &settings, &mut done).await;
+        match result {
+            Ok(fwd) => {
+                let upgrade = client_upgrade.map(|u| (u, hold));
+                self.respond(fwd, done, reply, upgrade, &settings)
+            }
+            Err(failed) => self.fail(failed, done, reply),
+        }
+    }
+
+    /// The request's side of the work, shared by both request paths: its id,
+    /// its access-log line, and its head rewritten for the backend
+    /// (hop-by-hop and affinity cookies removed, forwarding headers added).
+    fn begin(
+        &self,
+        parts: &mut http::request::Parts,
+        client: &ClientInfo,
+        settings: &Settings,
+        upgrade: bool,
+    ) -> (ReplyTo, Option<Box<Entry>>) {
+        let request_id = headers::request_id(&parts.headers, &self.ids);
         let log = self.access_log.enabled().then(|| {
             Box::new(Entry {
                 time: SystemTime::now(),
                 client: client.addr,
-                method: req.method().clone(),
-                version: req.version(),
-                path: req
-                    .uri()
+                method: parts.method.clone(),
+                version: parts.version,
+                path: parts
+                    .uri
                     .path_and_query()
                     .cloned()
                     .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
@@ -185,31 +219,18 @@ impl Proxy {
                 error: None,
             })
         });
-        let upgrade = headers::is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let hold = req.extensions_mut().remove::<TunnelHold>();
         let reply = ReplyTo {
-            request_id: request_id.clone(),
-            version: req.version(),
-            grpc: headers::is_grpc(req.headers()),
+            request_id,
+            // The client's version (the backend's is set below).
+            version: parts.version,
+            grpc: headers::is_grpc(&parts.headers),
         };
-
-        let (mut parts, body) = req.into_parts();
-        prepare_request(&mut parts, &client, &request_id, upgrade);
-        let (rules, tracker) = (&settings.affinity, &self.affinity);
-        rules.on_request(&mut parts.headers, tracker);
+        prepare_request(parts, client, &reply.request_id, upgrade);
+        settings
+            .affinity
+            .on_request(&mut parts.headers, &self.affinity);
         headers::join_cookies(&mut parts.headers);
-
-        let mut done = Completion::new(self.clone(), start, 0);
-        done.log = log;
-        let result = self.forward(parts, body, &settings, &mut done).await;
-        match result {
-            Ok(fwd) => {
-                let upgrade = client_upgrade.map(|u| (u, hold));
-                self.respond(fwd, done, reply, upgrade, &settings)
-            }
-            Err(failed) => self.fail(failed, done, reply),
-        }
+        (reply, log)
     }
 
     /// Sends the request, retrying on another backend when that is safe.
@@ -255,17 +276,9 @@ impl Proxy {
             // A retry is counted (and paid for) only once there is a backend
             // to send it to.
             if let Some(reason) = retry_reason.take() {
-                if !s.budget.try_withdraw() {
-                    self.metrics.retry_budget_exhausted.inc();
+                if !self.pay_for_retry(s, reason, &backend, last.as_ref(), attempt) {
                     break;
                 }
-                self.metrics.retries.with_label_values(&[reason]).inc();
-                tracing::info!(
-                    backend = %backend.name,
-                    cause = %last.as_ref().map(|f| f.error.to_string()).unwrap_or_default(),
-                    attempt = attempt + 1,
-                    "retrying on another backend"
-                );
             }
             let to_send = match (keep_copy, request.take()) {
                 (true, Some(r)) => {
@@ -311,6 +324,30 @@ impl Proxy {
             error: ProxyError::no_backends(),
             backend: None,
         }))
+    }
+
+    /// Takes a retry from the budget (false: none left), counts it, and logs
+    /// why the previous attempt failed.
+    fn pay_for_retry(
+        &self,
+        s: &Settings,
+        reason: &'static str,
+        backend: &Backend,
+        last: Option<&Failed>,
+        attempt: u32,
+    ) -> bool {
+        if !s.budget.try_withdraw() {
+            self.metrics.retry_budget_exhausted.inc();
+            return false;
+        }
+        self.metrics.retries.with_label_values(&[reason]).inc();
+        tracing::info!(
+            backend = %backend.name,
+            cause = %last.map(|f| f.error.to_string()).unwrap_or_default(),
+            attempt = attempt + 1,
+            "retrying on another backend"
+        );
+        true
     }
 
     /// Picks a backend in rotation that has not been tried for this request.
@@ -431,22 +468,10 @@ impl Proxy {
         let backend_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, body) = response.into_parts();
 
-        if asks_to_drain(&parts.headers) && backend.transition(State::Healthy, State::Draining) {
-            tracing::info!(backend = %backend.name, "backend asked to drain; out of rotation");
-            backend.metrics.ejection("drain");
-            self.upstreams.refresh();
-            self.health.watch_return(&backend);
-        }
-        let (rules, tracker) = (&settings.affinity, &self.affinity);
-        if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
+        if let Err(cookie) =
+            self.scrub_response(&mut parts, &backend, settings, &reply.request_id, switching)
+        {
             return self.reject_affinity(cookie, (body, conn, in_flight), done, reply);
-        }
-        headers::remove_hop_by_hop(&mut parts.headers, switching);
-        parts.headers.insert(X_REQUEST_ID.clone(), reply.request_id);
-        if let Some(name) = &settings.backend_header {
-            if let Ok(v) = HeaderValue::from_str(&backend.name) {
-                parts.headers.insert(name.clone(), v);
-            }
         }
         parts.version = reply.version;
 
@@ -465,6 +490,40 @@ impl Proxy {
         done.in_flight = Some(in_flight);
         done.conn = Some(conn);
         Response::from_parts(parts, ResponseBody::upstream(body, done))
+    }
+
+    /// The response's side of the work, shared by both request paths: a
+    /// backend asking to drain leaves rotation; affinity cookies are refused
+    /// (`Err` names one when the policy is `reject`); hop-by-hop headers go;
+    /// the request id (and, if asked for, the backend's name) are added.
+    fn scrub_response(
+        &self,
+        parts: &mut http::response::Parts,
+        backend: &Arc<Backend>,
+        settings: &Settings,
+        request_id: &HeaderValue,
+        switching: bool,
+    ) -> Result<(), String> {
+        if asks_to_drain(&parts.headers) && backend.transition(State::Healthy, State::Draining) {
+            tracing::info!(backend = %backend.name, "backend asked to drain; out of rotation");
+            backend.metrics.ejection("drain");
+            self.upstreams.refresh();
+            self.health.watch_return(backend);
+        }
+        let (rules, tracker) = (&settings.affinity, &self.affinity);
+        if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
+            return Err(cookie);
+        }
+        headers::remove_hop_by_hop(&mut parts.headers, switching);
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(name) = &settings.backend_header {
+            if let Ok(v) = HeaderValue::from_str(&backend.name) {
+                parts.headers.insert(name.clone(), v);
+            }
+        }
+        Ok(())
     }
 
     /// A backend set an affinity cookie under policy `reject`: its response

@@ -25,6 +25,7 @@ use crate::config::{Config, Http2};
 use crate::proxy::{ClientInfo, Proxy};
 
 mod conn;
+pub mod fast;
 mod handshake;
 mod redirect;
 

@@ -20,6 +20,7 @@ use crate::metrics::{BackendMetrics, Metrics};
 mod body;
 pub mod discovery;
 mod pool;
+pub mod raw;
 
 pub use body::RequestBody;
 pub use pool::{worker, Conn, ConnectError, Pool, PoolSettings};
@@ -322,6 +323,9 @@ pub struct Snapshot {
     pub all: Vec<Arc<Backend>>,
     /// Backends in rotation, in configuration order.
     pub healthy: Vec<Arc<Backend>>,
+    /// Every backend speaks plain HTTP/1.1: the fast path can serve requests
+    /// (see `proxy::h1`).
+    pub all_raw: bool,
 }
 
 /// The live set of backends.
@@ -406,7 +410,12 @@ impl Upstreams {
 
     fn publish(&self, all: Vec<Arc<Backend>>) {
         let healthy = all.iter().filter(|b| b.is_healthy()).cloned().collect();
-        self.snapshot.store(Arc::new(Snapshot { all, healthy }));
+        let all_raw = all.iter().all(|b| b.pool.is_raw());
+        self.snapshot.store(Arc::new(Snapshot {
+            all,
+            healthy,
+            all_raw,
+        }));
         self.changed.notify_waiters();
     }
 

@@ -62,6 +62,17 @@ impl Completion {
     }
 }
 
+impl Completion {
+    /// The response body ended: cleanly (`true`), or cut short by the
+    /// backend after the head was sent (`false`). Used by the fast path,
+    /// which streams bodies itself.
+    pub(crate) fn body_ended(&mut self, clean: bool) {
+        if self.end == End::Open {
+            self.end = if clean { End::Clean } else { End::Failed };
+        }
+    }
+}
+
 impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
@@ -146,6 +157,18 @@ impl ResponseBody {
             kind: Kind::Upstream(body),
             done: Some(done),
         }
+    }
+
+    /// Takes the bytes of a body made by unstick (counted as sent).
+    pub(crate) fn take_full(&mut self) -> Option<Bytes> {
+        let Kind::Full(b) = &mut self.kind else {
+            return None;
+        };
+        let b = b.take();
+        if let (Some(d), Some(b)) = (&mut self.done, &b) {
+            d.bytes += b.len() as u64;
+        }
+        b
     }
 
     pub(crate) fn with_completion(mut self, done: Completion) -> ResponseBody {

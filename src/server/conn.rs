@@ -184,6 +184,22 @@ pub async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Plain HTTP/1.1 requests first go through the fast path; it returns
+    // the connection, and the bytes it read, at the first request it leaves
+    // to hyper.
+    let (io, prefix) = if super::fast::usable(opts, speak) {
+        let mut io = io;
+        let outcome = tokio::select! {
+            o = super::fast::serve(&mut io, &client, &proxy, opts, speak, &shutdown) => o,
+            _ = shutdown.reached(Phase::Close) => super::fast::Outcome::Closed,
+        };
+        match outcome {
+            super::fast::Outcome::Closed => return,
+            super::fast::Outcome::Handover(prefix) => (io, prefix),
+        }
+    } else {
+        (io, bytes::Bytes::new())
+    };
     let activity = Arc::new(ConnActivity {
         active: AtomicU32::new(0),
         idle_since: AtomicU64::new(0),
@@ -193,6 +209,7 @@ pub async fn serve_connection<I>(
     });
     let io = WatchedIo {
         inner: io,
+        prefix,
         activity: activity.clone(),
         first_read: true,
     };
@@ -335,6 +352,8 @@ impl Body for TrackedBody {
 /// The client socket, noting when a new request head starts to arrive.
 struct WatchedIo<I> {
     inner: I,
+    /// Bytes the fast path read before handing the connection over: read first.
+    prefix: bytes::Bytes,
     activity: Arc<ConnActivity>,
     first_read: bool,
 }
@@ -346,7 +365,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let res = if self.prefix.is_empty() {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        } else {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         let got = &buf.filled()[before..];
         if !got.is_empty() {
             let this = &mut *self;

@@ -29,6 +29,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::UpstreamProtocol;
 use crate::tls::ClientConfigs;
 use crate::upstream::body::RequestBody;
+use crate::upstream::raw::RawConn;
 
 /// Pool tuning, from the config.
 #[derive(Debug, Clone)]
@@ -133,6 +134,8 @@ pub struct Pool {
     /// on the worker that made it, so it is reused only there, and workers
     /// never contend for the lock.
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// Idle connections of the HTTP/1 fast path, per worker like `idle`.
+    raw_idle: Box<[Mutex<Vec<RawConn>>]>,
     /// HTTP/2: one connection, shared (held briefly, never across an await).
     shared: Mutex<Shared>,
     /// Taken to make the shared connection, so concurrent requests wait for
@@ -163,6 +166,9 @@ impl Pool {
             idle: (0..worker::count())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            raw_idle: (0..worker::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
         }
@@ -171,6 +177,58 @@ impl Pool {
     /// This worker's idle list.
     fn shard(&self) -> &Mutex<Vec<Idle>> {
         &self.idle[worker::current() % self.idle.len()]
+    }
+
+    /// True if the fast path can talk to this backend (plain HTTP/1.1).
+    pub fn is_raw(&self) -> bool {
+        self.protocol == UpstreamProtocol::Http1
+    }
+
+    /// For the HTTP/1 fast path: an idle connection that is still open, or
+    /// a new one. Returns the connection and whether it was reused.
+    pub async fn checkout_raw(&self) -> Result<(RawConn, bool), ConnectError> {
+        if !self.is_raw() {
+            return Err(ConnectError::Handshake(
+                "the fast path speaks plain HTTP/1.1 only".into(),
+            ));
+        }
+        let shard = &self.raw_idle[worker::current() % self.raw_idle.len()];
+        loop {
+            let popped = shard.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(conn) = popped else { break };
+            if conn.since.elapsed() <= self.settings.idle_timeout && !conn.is_stale() {
+                return Ok((conn, true));
+            }
+        }
+        // Boxed for the same reason as in `checkout`.
+        Ok((Box::pin(self.connect_raw()).await?, false))
+    }
+
+    /// Returns a fast-path connection whose last response ended exactly at
+    /// a message boundary.
+    pub fn checkin_raw(&self, mut conn: RawConn) {
+        if self.settings.max_idle == 0 || !conn.buf.is_empty() {
+            return;
+        }
+        conn.since = Instant::now();
+        let shard = &self.raw_idle[worker::current() % self.raw_idle.len()];
+        let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let timeout = self.settings.idle_timeout;
+        let expired = idle
+            .iter()
+            .take_while(|i| i.since.elapsed() > timeout)
+            .count();
+        let over = (idle.len() - expired + 1).saturating_sub(self.settings.max_idle);
+        idle.drain(..expired + over);
+        idle.push(conn);
+    }
+
+    async fn connect_raw(&self) -> Result<RawConn, ConnectError> {
+        let timeout = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(timeout, self.connect_tcp())
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(timeout)))?;
+        Ok(RawConn::new(stream))
     }
 
     /// An idle connection that is still open, or a new one (for HTTP/2, the
@@ -274,15 +332,25 @@ impl Pool {
         for shard in self.idle.iter() {
             shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
+        for shard in self.raw_idle.iter() {
+            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
         *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Idle HTTP/1.1 connections held now.
     pub fn idle_count(&self) -> usize {
-        self.idle
+        let hyper: usize = self
+            .idle
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+            .sum();
+        let raw: usize = self
+            .raw_idle
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum();
+        hyper + raw
     }
 
     /// Rewrites a request for this backend's protocol: HTTP/1.1 gets
@@ -360,7 +428,7 @@ impl Pool {
             .unwrap_or(Err(ConnectError::Timeout(timeout)))
     }
 
-    async fn connect_now(&self) -> Result<Conn, ConnectError> {
+    async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
         let stream = match TcpStream::connect(self.addr).await {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -369,6 +437,11 @@ impl Pool {
             Err(e) => return Err(ConnectError::Io(e)),
         };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect_now(&self) -> Result<Conn, ConnectError> {
+        let stream = self.connect_tcp().await?;
         match self.protocol {
             UpstreamProtocol::Http1 => http1_handshake(stream).await,
             UpstreamProtocol::H2c => http2_handshake(stream).await,

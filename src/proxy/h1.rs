@@ -1,0 +1,647 @@
+//! The HTTP/1 fast path: a plain HTTP/1.1 request forwarded to plain HTTP/1.1 backends with heads parsed and written here, not by hyper's dispatchers.
+//!
+//! Why: with hyper on both sides, each proxied request ran two HTTP/1 state
+//! machines, a backend connection task, a request channel and a response
+//! oneshot between them, and copied a multi-kilobyte request future into
+//! place. Those were most of unstick's user CPU per request (see
+//! `benches/README.md`). Here the request task owns its backend connection:
+//! it writes the head, reads the response head into the same `HeaderMap`
+//! types the rest of the proxy uses, and streams the body through itself.
+//!
+//! What it serves is deliberately narrow; `server::fast` hands everything
+//! else (HTTP/1.0, upgrades, `Expect`, chunked or large request bodies,
+//! `CONNECT`, HTTP/2, non-HTTP/1 backends) to hyper. Header policy
+//! (`Proxy::begin`, `Proxy::scrub_response`), retries, health, metrics and
+//! the access log are the same code as the hyper path's.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{request, response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::body::Completion;
+use super::error::{Kind, ProxyError, Retry, Source};
+use super::{retry, Failed, Proxy, ReplyTo, ResponseBody, Settings};
+use crate::config::Timeouts;
+use crate::proxy::ClientInfo;
+use crate::upstream::raw::RawConn;
+use crate::upstream::{Backend, ConnectError, InFlight};
+
+pub mod codec;
+
+use codec::Framing;
+
+/// The longest response head a backend may send.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A write to the client's socket that is at most this long goes out in one
+/// piece with the response head (one system call for a small response).
+const COALESCE: usize = 16 * 1024;
+
+/// A deadline timer that touches tokio's timer wheel only when it must fire
+/// earlier than it is armed for, or when it fires early.
+///
+/// A proxy's deadlines move forward with every request (now + timeout).
+/// Re-arming a tokio timer for each, or making a new one, re-inserts it in
+/// the timer wheel, and a deadline earlier than the driver's next wake-up
+/// (a 30 s response timeout while connections idle for 60 s) also writes to
+/// the runtime's eventfd: measured, 0.23 extra system calls per request.
+/// Here a later deadline is only recorded; when the armed timer fires before
+/// it, it is re-armed then, at most once per timeout period.
+pub struct LazyTimer {
+    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+}
+
+impl LazyTimer {
+    pub fn new() -> LazyTimer {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        LazyTimer {
+            sleep: Box::pin(tokio::time::sleep_until(far)),
+            deadline: far,
+        }
+    }
+
+    /// Sets the deadline for the next wait.
+    pub fn set(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if self.sleep.deadline() > deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Ready once the deadline has passed.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            if Instant::now() >= self.deadline {
+                return Poll::Ready(());
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl Default for LazyTimer {
+    fn default() -> Self {
+        LazyTimer::new()
+    }
+}
+
+/// What a client connection keeps between requests on the fast path.
+#[derive(Default)]
+pub struct Reuse {
+    /// Bytes read from the client and not yet served (the next request).
+    pub input: BytesMut,
+    /// Heads are written here (and small bodies copied after them).
+    pub scratch: Vec<u8>,
+    /// The backend response-head timeout.
+    pub timer: LazyTimer,
+}
+
+/// What the client connection does after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// A response head from a backend, and what comes with it.
+struct Answered {
+    parts: response::Parts,
+    framing: Framing,
+    conn: RawConn,
+    /// The backend keeps the connection open after this response.
+    reusable: bool,
+    in_flight: InFlight,
+}
+
+/// A failed attempt: the error, and whether it was the backend's fault
+/// (counted against its health).
+struct AttemptError {
+    error: ProxyError,
+    blame: bool,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Serves one request on the fast path and writes the response to
+    /// `io`. `body` is the whole request body (None: the request had none).
+    /// `keep_alive` is false when the client asked to close.
+    pub async fn serve_h1<W>(
+        self: &Arc<Self>,
+        mut parts: request::Parts,
+        body: Option<Bytes>,
+        client: &ClientInfo,
+        io: &mut W,
+        reuse: &mut Reuse,
+        keep_alive: bool,
+    ) -> Next
+    where
+        W: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Reuse {
+            input,
+            scratch,
+            timer,
+        } = reuse;
+        let start = Instant::now();
+        let settings = self.settings.load_full();
+        let (reply, log) = self.begin(&mut parts, client, &settings, false);
+        let mut done = Completion::new(self.clone(), start, 0);
+        done.log = log;
+        let forwarded = {
+            let forward = self.forward_h1(
+                &mut parts,
+                body.as_ref(),
+                &settings,
+                &mut done,
+                scratch,
+                timer,
+            );
+            tokio::pin!(forward);
+            // While the backend works, a client that goes away cancels the
+            // request (as hyper does): its in-flight count and connection
+            // are released at once, and it is logged as `client_closed`.
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = forward.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if client_gone(io, input, cx) {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match forwarded {
+            Some(Ok(answered)) => {
+                self.relay(answered, done, reply, &settings, io, scratch, keep_alive)
+                    .await
+            }
+            Some(Err(failed)) => {
+                let response = self.fail(failed, done, reply);
+                write_made(response, io, scratch, keep_alive).await
+            }
+            None => Next::Close,
+        }
+    }
+
+    /// Sends the request, retrying on another backend when that is safe:
+    /// the same rules as `forward`, and the request head is written again
+    /// from `parts` for each attempt (nothing to clone).
+    async fn forward_h1(
+        &self,
+        parts: &mut request::Parts,
+        body: Option<&Bytes>,
+        s: &Settings,
+        done: &mut Completion,
+        scratch: &mut Vec<u8>,
+        timer: &mut LazyTimer,
+    ) -> Result<Answered, Failed> {
+        let replay_allowed =
+            s.retries.enabled && retry::replay_allowed(&parts.method, &parts.headers);
+        if s.retries.enabled {
+            s.budget.record_request();
+        }
+        let mut tried: Vec<Arc<Backend>> = Vec::new();
+        let mut last: Option<Failed> = None;
+        let mut retry_reason: Option<&'static str> = None;
+        for attempt in 0..=s.retries.max_per_request {
+            let Some(backend) = self.pick(s, &tried) else {
+                break;
+            };
+            if let Some(reason) = retry_reason.take() {
+                if !self.pay_for_retry(s, reason, &backend, last.as_ref(), attempt) {
+                    break;
+                }
+            }
+            done.backend = Some(backend.clone());
+            if let Some(log) = &mut done.log {
+                log.attempts = attempt + 1;
+                log.backend = Some(backend.name.clone());
+            }
+            if !parts.headers.contains_key(header::HOST) {
+                // HTTP/1.1 backends need a Host; a client that sent none gets the backend's.
+                if let Ok(v) = HeaderValue::from_str(&backend.name) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            match self
+                .attempt_h1(&backend, parts, body, &s.timeouts, scratch, timer)
+                .await
+            {
+                Ok(answered) => return Ok(answered),
+                Err(AttemptError { error, blame }) => {
+                    let error = error.with_backend(&backend.name);
+                    if blame {
+                        self.upstream_failed(&backend, &error, false);
+                    }
+                    let reason = error.reason();
+                    // The body is held whole, so it can always be sent again.
+                    let again = s.retries.enabled
+                        && attempt < s.retries.max_per_request
+                        && retry::may_retry(&error, replay_allowed, true);
+                    tried.push(backend.clone());
+                    last = Some(Failed {
+                        error,
+                        backend: Some(backend),
+                    });
+                    if !again {
+                        break;
+                    }
+                    retry_reason = Some(reason);
+                }
+            }
+        }
+        Err(last.unwrap_or(Failed {
+            error: ProxyError::no_backends(),
+            backend: None,
+        }))
+    }
+
+    /// One attempt on one backend: write the request, read the response head.
+    async fn attempt_h1(
+        &self,
+        backend: &Arc<Backend>,
+        parts: &request::Parts,
+        body: Option<&Bytes>,
+        timeouts: &Timeouts,
+        scratch: &mut Vec<u8>,
+        timer: &mut LazyTimer,
+    ) -> Result<Answered, AttemptError> {
+        let in_flight = backend.start_request();
+        let (mut conn, reused) = match backend.pool.checkout_raw().await {
+            Ok(c) => c,
+            Err(e) => {
+                let (kind, refused) = match e {
+                    ConnectError::Refused => (Kind::Connect("connection refused".into()), true),
+                    ConnectError::Timeout(d) => (Kind::ConnectTimeout(d), false),
+                    other => (Kind::Connect(other.to_string()), false),
+                };
+                let error = ProxyError::new(Source::Upstream, kind, Retry::Safe);
+                let error = error.with_backend(&backend.name);
+                // Counted here (not by the caller) to tell health it was a refusal.
+                self.upstream_failed(backend, &error, refused);
+                return Err(AttemptError {
+                    error,
+                    blame: false,
+                });
+            }
+        };
+
+        scratch.clear();
+        codec::write_request_head(scratch, parts, body.map(|b| b.len() as u64));
+        let body = body.filter(|b| !b.is_empty());
+        if let Some(b) = body.filter(|b| b.len() <= COALESCE) {
+            scratch.extend_from_slice(b);
+        }
+        let mut sent = conn.write_all(scratch).await;
+        if let (Ok(()), Some(b)) = (&sent, body.filter(|b| b.len() > COALESCE)) {
+            sent = conn.write_all(b).await.map_err(|(e, _)| (e, true));
+        }
+        if let Err((e, any_written)) = sent {
+            if !any_written {
+                // Nothing reached the backend: safe to send anywhere, and a
+                // pooled connection the backend had closed is not its fault.
+                let kind = Kind::Reset("the connection closed before the request was sent".into());
+                return Err(AttemptError {
+                    error: ProxyError::new(Source::Upstream, kind, Retry::Safe),
+                    blame: !reused,
+                });
+            }
+            let kind = Kind::Reset(format!("error writing the request: {e}"));
+            return Err(AttemptError {
+                error: ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent),
+                blame: true,
+            });
+        }
+
+        let sent_at = Instant::now();
+        timer.set(sent_at + timeouts.response_header);
+        let head = {
+            let read = read_head(&mut conn);
+            tokio::pin!(read);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                timer.poll_expired(cx).map(|()| None)
+            })
+            .await
+        };
+        let head = match head {
+            Some(Ok(p)) => p,
+            Some(Err(kind)) => {
+                return Err(AttemptError {
+                    error: ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent),
+                    blame: true,
+                })
+            }
+            None => {
+                let kind = Kind::ResponseTimeout(timeouts.response_header);
+                return Err(AttemptError {
+                    error: ProxyError::new(Source::Upstream, kind, Retry::Never),
+                    blame: true,
+                });
+            }
+        };
+        backend
+            .metrics
+            .upstream_duration
+            .observe(sent_at.elapsed().as_secs_f64());
+        self.health.on_success(backend);
+        let framing = match codec::response_framing(&parts.method, head.status, &head.headers) {
+            Ok(f) => f,
+            Err(e) => {
+                let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
+                return Err(AttemptError {
+                    error: ProxyError::new(Source::Upstream, kind, Retry::Never),
+                    blame: true,
+                });
+            }
+        };
+        let reusable = head.version == http::Version::HTTP_11
+            && framing != Framing::Close
+            && !has_token(&head.headers, "close");
+        Ok(Answered {
+            parts: head,
+            framing,
+            conn,
+            reusable,
+            in_flight,
+        })
+    }
+
+    /// Writes the backend's response to the client: the head (rewritten as
+    /// on the hyper path), then the body as it arrives.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay<W>(
+        &self,
+        answered: Answered,
+        mut done: Completion,
+        reply: ReplyTo,
+        settings: &Settings,
+        out: &mut W,
+        scratch: &mut Vec<u8>,
+        keep_alive: bool,
+    ) -> Next
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let Answered {
+            mut parts,
+            framing,
+            mut conn,
+            reusable,
+            in_flight,
+        } = answered;
+        let backend = in_flight.backend().clone();
+        if let Err(cookie) =
+            self.scrub_response(&mut parts, &backend, settings, &reply.request_id, false)
+        {
+            // The backend's connection and in-flight count go with it.
+            drop((conn, in_flight));
+            let error = ProxyError::new(
+                Source::Upstream,
+                Kind::AffinityRejected(cookie),
+                Retry::Never,
+            )
+            .with_backend(&backend.name);
+            let failed = Failed {
+                error,
+                backend: Some(backend),
+            };
+            return write_made(self.fail(failed, done, reply), out, scratch, keep_alive).await;
+        }
+        done.status = parts.status.as_u16();
+        if let Some(log) = &mut done.log {
+            log.status = done.status;
+            log.backend = Some(backend.name.clone());
+        }
+        done.in_flight = Some(in_flight);
+        // A body delimited by the backend closing can only be passed on the
+        // same way.
+        let keep_alive = keep_alive && framing != Framing::Close;
+        scratch.clear();
+        codec::write_response_head(scratch, &parts, framing, keep_alive);
+
+        let mut body = BodyCopy::new(framing);
+        // The part of the body that came with the head goes out with it.
+        let first = match body.take(&conn.buf) {
+            Ok(n) => n,
+            Err(_) => {
+                done.body_ended(false);
+                return Next::Close;
+            }
+        };
+        let small = first <= COALESCE;
+        if small {
+            scratch.extend_from_slice(&conn.buf[..first]);
+            conn.buf.advance(first);
+            done.bytes += first as u64;
+        }
+        if out.write_all(scratch).await.is_err() {
+            return Next::Close;
+        }
+        if !small {
+            if out.write_all(&conn.buf[..first]).await.is_err() {
+                return Next::Close;
+            }
+            conn.buf.advance(first);
+            done.bytes += first as u64;
+        }
+        while !body.is_done() {
+            if out.flush().await.is_err() {
+                return Next::Close;
+            }
+            match conn.read_more().await {
+                Ok(0) if framing == Framing::Close => break,
+                Ok(0) | Err(_) => {
+                    done.body_ended(false);
+                    return Next::Close;
+                }
+                Ok(_) => {}
+            }
+            let n = match body.take(&conn.buf) {
+                Ok(n) => n,
+                Err(_) => {
+                    done.body_ended(false);
+                    return Next::Close;
+                }
+            };
+            if out.write_all(&conn.buf[..n]).await.is_err() {
+                return Next::Close;
+            }
+            conn.buf.advance(n);
+            done.bytes += n as u64;
+        }
+        if out.flush().await.is_err() {
+            return Next::Close;
+        }
+        done.body_ended(true);
+        if reusable {
+            backend.pool.checkin_raw(conn);
+        }
+        drop(done);
+        if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+}
+
+/// Reads a backend's response head, skipping interim (1xx) responses.
+async fn read_head(conn: &mut RawConn) -> Result<response::Parts, Kind> {
+    loop {
+        match codec::parse_response(&mut conn.buf, MAX_RESPONSE_HEAD) {
+            Ok(Some(p)) if p.status == StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(Kind::Reset("the backend switched protocols unasked".into()))
+            }
+            // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
+            Ok(Some(p)) if p.status.is_informational() => continue,
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Kind::Reset(format!(
+                    "invalid response from the backend: {e}"
+                )))
+            }
+        }
+        match conn.read_more().await {
+            Ok(0) => {
+                return Err(Kind::Reset(
+                    "connection closed before message completed".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Kind::Reset(format!("connection error: {e}"))),
+        }
+    }
+}
+
+/// Bytes a client may send ahead (pipelined) while its request is served.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Watches the client while its request is at a backend: true if it closed
+/// (or its connection failed). Bytes it sends meanwhile (a pipelined
+/// request) are kept in `input`, up to [`READ_AHEAD`].
+fn client_gone<I>(io: &mut I, input: &mut BytesMut, cx: &mut Context<'_>) -> bool
+where
+    I: AsyncRead + Unpin,
+{
+    let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+    while input.len() < READ_AHEAD {
+        let mut rb = ReadBuf::uninit(&mut raw);
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => return true,
+            Poll::Ready(Ok(())) => input.extend_from_slice(rb.filled()),
+            Poll::Ready(Err(_)) => return true,
+            // Nothing yet: tokio answers from its readiness state, without a
+            // system call, and wakes the task if the client sends or closes.
+            Poll::Pending => return false,
+        }
+    }
+    false
+}
+
+/// Writes a response made by unstick (an error) with its body.
+async fn write_made<W>(
+    response: http::Response<ResponseBody>,
+    out: &mut W,
+    scratch: &mut Vec<u8>,
+    keep_alive: bool,
+) -> Next
+where
+    W: AsyncWrite + Unpin,
+{
+    let (mut parts, mut body) = response.into_parts();
+    let bytes = body.take_full().unwrap_or_default();
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    scratch.clear();
+    codec::write_response_head(
+        scratch,
+        &parts,
+        Framing::Length(bytes.len() as u64),
+        keep_alive,
+    );
+    scratch.extend_from_slice(&bytes);
+    let written = out.write_all(scratch).await.is_ok() && out.flush().await.is_ok();
+    // Dropping the body records the request (metrics, access log).
+    drop(body);
+    if written && keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// True if a `Connection` header carries `token`.
+pub fn has_token(headers: &http::HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// How much of a response body is left, by its framing.
+struct BodyCopy {
+    framing: Framing,
+    remaining: u64,
+    chunks: codec::ChunkedScanner,
+    done: bool,
+}
+
+impl BodyCopy {
+    fn new(framing: Framing) -> BodyCopy {
+        let (remaining, done) = match framing {
+            Framing::None => (0, true),
+            Framing::Length(n) => (n, n == 0),
+            Framing::Chunked | Framing::Close => (0, false),
+        };
+        BodyCopy {
+            framing,
+            remaining,
+            chunks: codec::ChunkedScanner::new(),
+            done,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// How many of the bytes read (`buf`) belong to the body.
+    fn take(&mut self, buf: &[u8]) -> Result<usize, codec::ChunkError> {
+        if self.done {
+            return Ok(0);
+        }
+        match self.framing {
+            Framing::None => Ok(0),
+            Framing::Length(_) => {
+                let n = (buf.len() as u64).min(self.remaining);
+                self.remaining -= n;
+                self.done = self.remaining == 0;
+                Ok(n as usize)
+            }
+            Framing::Chunked => {
+                let (n, done) = self.chunks.scan(buf)?;
+                self.done = done;
+                Ok(n)
+            }
+            Framing::Close => Ok(buf.len()),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The HTTP/1 fast path's connection loop: reads request heads and small bodies itself and hands the connection to hyper at the first request it does not serve.
+//!
+//! Serves (through `Proxy::serve_h1`) HTTP/1.1 requests without `Upgrade`,
+//! `Expect` or a chunked body, whose body (if any) fits the retry replay
+//! buffer, while every backend speaks plain HTTP/1.1. At any other request
+//! it stops, before consuming it, and returns the bytes it read so hyper
+//! serves the rest of the connection from exactly that point: the HTTP/2
+//! preface, HTTP/1.0 keep-alive, WebSockets and streamed uploads keep
+//! hyper's handling.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, Method, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::{Phase, ServerOptions, Shutdown, Speak};
+use crate::proxy::h1::{codec, has_token, LazyTimer, Next, Reuse};
+use crate::proxy::{ClientInfo, Proxy};
+
+/// Free space kept in the read buffer before each read.
+const READ_SPACE: usize = 4 * 1024;
+
+/// The first bytes of an HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// How a connection left the fast path.
+pub enum Outcome {
+    /// Closed (or to be closed): nothing more to serve.
+    Closed,
+    /// Serve the rest with hyper, starting with these bytes already read.
+    Handover(Bytes),
+}
+
+/// True if the fast path may serve connections with these options.
+pub fn usable(opts: &ServerOptions, speak: Speak) -> bool {
+    speak != Speak::Http2 && opts.max_headers <= codec::MAX_HEADERS
+}
+
+/// Why a wait for client bytes ended.
+enum Wait {
+    Data,
+    Closed,
+    TimedOut,
+    Draining,
+}
+
+/// Serves requests on `io` until it closes or a request needs hyper.
+pub async fn serve<I>(
+    io: &mut I,
+    client: &ClientInfo,
+    proxy: &Arc<Proxy>,
+    opts: &ServerOptions,
+    speak: Speak,
+    shutdown: &Shutdown,
+) -> Outcome
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut reuse = Reuse::default();
+    // Timers (client reads, backend response heads) and a drain watch made
+    // once per connection, not per request.
+    let mut timer = LazyTimer::new();
+    let drain = {
+        let shutdown = shutdown.clone();
+        async move { shutdown.reached(Phase::Drain).await }
+    };
+    let mut drain: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(drain);
+    loop {
+        // A request head: the idle timeout runs until its first byte, the
+        // header timeout from then on.
+        let mut head_deadline: Option<Instant> = None;
+        let (parts, raw_head) = loop {
+            match codec::parse_request(&mut reuse.input, opts.max_header_bytes) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => {
+                    if speak == Speak::Auto && reuse.input.starts_with(H2_PREFACE) {
+                        return Outcome::Handover(std::mem::take(&mut reuse.input).freeze());
+                    }
+                    let status = match e {
+                        codec::HeadError::TooLarge => "431 Request Header Fields Too Large",
+                        codec::HeadError::Malformed(_) => "400 Bad Request",
+                    };
+                    reject(io, status).await;
+                    return Outcome::Closed;
+                }
+            }
+            let idle = reuse.input.is_empty();
+            let deadline = if idle {
+                Instant::now() + opts.client_idle
+            } else {
+                *head_deadline.get_or_insert_with(|| Instant::now() + opts.client_header)
+            };
+            let draining = if idle { Some(&mut drain) } else { None };
+            match read_more(io, &mut reuse.input, &mut timer, deadline, draining).await {
+                Wait::Data => {
+                    if idle {
+                        head_deadline = Some(Instant::now() + opts.client_header);
+                    }
+                }
+                Wait::Closed | Wait::TimedOut | Wait::Draining => return Outcome::Closed,
+            }
+        };
+
+        let framing = match codec::request_framing(&parts.headers) {
+            Ok(f) => f,
+            Err(_) => {
+                reject(io, "400 Bad Request").await;
+                return Outcome::Closed;
+            }
+        };
+        // A body is read whole before the request goes on, so only one that
+        // fits the replay buffer (and so can be retried) is served here.
+        let body_len = match framing {
+            codec::Framing::None => Some(None),
+            codec::Framing::Length(n) if n <= proxy.replay_limit() as u64 => Some(Some(n as usize)),
+            _ => None,
+        };
+        let body_len = match body_len {
+            Some(len) if servable(&parts, opts, proxy) => len,
+            _ => {
+                let mut all = BytesMut::with_capacity(raw_head.len() + reuse.input.len());
+                all.extend_from_slice(&raw_head);
+                all.extend_from_slice(&reuse.input);
+                return Outcome::Handover(all.freeze());
+            }
+        };
+        drop(raw_head);
+
+        let body = match body_len {
+            None => None,
+            Some(n) => {
+                while reuse.input.len() < n {
+                    let deadline = Instant::now() + opts.client_idle;
+                    match read_more(io, &mut reuse.input, &mut timer, deadline, None).await {
+                        Wait::Data => {}
+                        _ => return Outcome::Closed,
+                    }
+                }
+                Some(reuse.input.split_to(n).freeze())
+            }
+        };
+        let keep_alive = !has_token(&parts.headers, "close") && shutdown.phase() == Phase::Running;
+        let next = proxy
+            .serve_h1(parts, body, client, io, &mut reuse, keep_alive)
+            .await;
+        if next == Next::Close || shutdown.phase() != Phase::Running {
+            let _ = io.shutdown().await;
+            return Outcome::Closed;
+        }
+        // Give back a large buffer grown by one big request.
+        if reuse.scratch.capacity() > 64 * 1024 {
+            reuse.scratch = Vec::new();
+        }
+    }
+}
+
+/// True if the fast path serves this request (given a small body).
+fn servable(parts: &http::request::Parts, opts: &ServerOptions, proxy: &Proxy) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.method != Method::CONNECT
+        && parts.headers.len() <= opts.max_headers
+        && !parts.headers.contains_key(header::UPGRADE)
+        && !parts.headers.contains_key(header::EXPECT)
+        && proxy.upstreams.load().all_raw
+}
+
+/// Reads more bytes from the client, waiting at most until `deadline`
+/// (and, while idle, until the server starts draining).
+async fn read_more<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    timer: &mut LazyTimer,
+    deadline: Instant,
+    mut drain: Option<&mut Pin<Box<dyn Future<Output = ()> + Send>>>,
+) -> Wait
+where
+    I: AsyncRead + Unpin,
+{
+    if buf.capacity() - buf.len() < READ_SPACE {
+        buf.reserve(READ_SPACE);
+    }
+    let read = io.read_buf(buf);
+    tokio::pin!(read);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = read.as_mut().poll(cx) {
+            return Poll::Ready(match r {
+                Ok(0) | Err(_) => Wait::Closed,
+                Ok(_) => Wait::Data,
+            });
+        }
+        if let Some(d) = drain.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wait::Draining);
+            }
+        }
+        timer.set(deadline);
+        timer.poll_expired(cx).map(|()| Wait::TimedOut)
+    })
+    .await
+}
+
+/// Answers a request the server cannot read, and closes.
+async fn reject<I>(io: &mut I, status: &str)
+where
+    I: AsyncWrite + Unpin,
+{
+    let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = io.write_all(response.as_bytes()).await;
+    let _ = io.shutdown().await;
+}
