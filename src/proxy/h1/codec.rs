@@ -28,10 +28,30 @@ pub enum HeadError {
 /// Where one header's name and value sit in the head, recorded during the
 /// httparse pass (which borrows the buffer) and used after `split_to` (which
 /// needs it mutably).
-#[derive(Clone, Default)]
+///
+/// Offsets are `u32` and the type is `Copy`, so the per-parse array of
+/// [`MAX_HEADERS`] is a 1.6 KB `memset` rather than 3.2 KB built entry by
+/// entry (about 1% of the fast path's user CPU, perf).
+#[derive(Clone, Copy)]
 struct HeaderIndices {
-    name: Range<usize>,
-    value: Range<usize>,
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl HeaderIndices {
+    const EMPTY: HeaderIndices = HeaderIndices {
+        name: (0, 0),
+        value: (0, 0),
+    };
+}
+
+fn span(r: Range<usize>) -> (u32, u32) {
+    // Heads are bounded by `max_head`, far below 4 GiB.
+    (r.start as u32, r.end as u32)
+}
+
+fn range(s: (u32, u32)) -> Range<usize> {
+    s.0 as usize..s.1 as usize
 }
 
 /// Offset range of `part` inside `whole`; `part` must be a sub-slice of it
@@ -44,8 +64,8 @@ fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
 /// Records the ranges of `headers` (from httparse over `bytes`) into `indices`.
 fn record_indices(bytes: &[u8], headers: &[httparse::Header<'_>], indices: &mut [HeaderIndices]) {
     for (header, idx) in headers.iter().zip(indices.iter_mut()) {
-        idx.name = range_in(bytes, header.name.as_bytes());
-        idx.value = range_in(bytes, header.value);
+        idx.name = span(range_in(bytes, header.name.as_bytes()));
+        idx.value = span(range_in(bytes, header.value));
     }
 }
 
@@ -54,9 +74,9 @@ fn record_indices(bytes: &[u8], headers: &[httparse::Header<'_>], indices: &mut 
 fn build_headers(head: &Bytes, indices: &[HeaderIndices]) -> Result<HeaderMap, HeadError> {
     let mut map = HeaderMap::with_capacity(indices.len());
     for idx in indices {
-        let name = HeaderName::from_bytes(&head[idx.name.clone()])
+        let name = HeaderName::from_bytes(&head[range(idx.name)])
             .map_err(|_| HeadError::Malformed("header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(idx.value.clone()))
+        let value = HeaderValue::from_maybe_shared(head.slice(range(idx.value)))
             .map_err(|_| HeadError::Malformed("header value"))?;
         map.append(name, value);
     }
@@ -97,8 +117,7 @@ pub fn parse_request(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<(http::request::Parts, Bytes)>, HeadError> {
-    let mut indices: [HeaderIndices; MAX_HEADERS] =
-        std::array::from_fn(|_| HeaderIndices::default());
+    let mut indices = [HeaderIndices::EMPTY; MAX_HEADERS];
     let (len, method, target, version, count) = {
         // Parsing only the first `max_head` bytes bounds the work on a
         // flood, and a complete parse is then within the limit by itself.
@@ -149,8 +168,7 @@ pub fn parse_response(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<http::response::Parts>, HeadError> {
-    let mut indices: [HeaderIndices; MAX_HEADERS] =
-        std::array::from_fn(|_| HeaderIndices::default());
+    let mut indices = [HeaderIndices::EMPTY; MAX_HEADERS];
     let (len, code, version, count) = {
         let window = &buf[..buf.len().min(max_head)];
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];

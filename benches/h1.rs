@@ -1,0 +1,84 @@
+//! The HTTP/1 fast path's codec: request and response heads parsed and written, and a chunked body scanned.
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use std::hint::black_box;
+use unstick::proxy::h1::codec;
+
+/// A browser-like request head (what wrk sends is much shorter).
+const REQUEST: &[u8] = b"GET /api/cart?page=2 HTTP/1.1\r\n\
+Host: shop.example\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: application/json\r\n\
+Accept-Language: en-GB,en;q=0.5\r\n\
+Accept-Encoding: gzip, deflate, br\r\n\
+Cookie: sessionid=8f14e45fceea167a5a36dedd4bea2543; theme=dark\r\n\
+Connection: keep-alive\r\n\r\n";
+
+/// nginx's answer in the peer bench.
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Server: nginx\r\n\
+Date: Thu, 26 Nov 2026 07:22:36 GMT\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 100\r\n\
+Connection: keep-alive\r\n\r\n";
+
+fn bench(c: &mut Criterion) {
+    c.bench_function("parse_request: 7 headers", |b| {
+        b.iter_batched_ref(
+            || BytesMut::from(REQUEST),
+            |buf| codec::parse_request(black_box(buf), 64 * 1024).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("parse_response: 5 headers", |b| {
+        b.iter_batched_ref(
+            || BytesMut::from(RESPONSE),
+            |buf| codec::parse_response(black_box(buf), 64 * 1024).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let (request, _) = codec::parse_request(&mut BytesMut::from(REQUEST), 64 * 1024)
+        .unwrap()
+        .unwrap();
+    let response = codec::parse_response(&mut BytesMut::from(RESPONSE), 64 * 1024)
+        .unwrap()
+        .unwrap();
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("write_request_head: 7 headers", |b| {
+        b.iter(|| {
+            out.clear();
+            codec::write_request_head(&mut out, black_box(&request), None);
+        })
+    });
+    c.bench_function("write_response_head: 5 headers", |b| {
+        b.iter(|| {
+            out.clear();
+            codec::write_response_head(
+                &mut out,
+                black_box(&response),
+                codec::Framing::Length(100),
+                true,
+            );
+        })
+    });
+
+    // 64 chunks of 1 KiB, then the last chunk.
+    let mut chunked = Vec::new();
+    for _ in 0..64 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b'x'; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    c.bench_function("ChunkedScanner: 64 KiB in 64 chunks", |b| {
+        b.iter(|| {
+            let mut s = codec::ChunkedScanner::new();
+            s.scan(black_box(&chunked)).unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
