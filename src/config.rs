@@ -119,6 +119,10 @@ pub struct Config {
     /// `IP:PORT`. Off by default: it shows internal addresses to clients.
     /// `unstick chaos` turns it on to tell instances apart.
     pub backend_header: Option<String>,
+    /// Plain HTTP/1.1 requests to plain HTTP/1.1 backends skip hyper's
+    /// dispatchers (`server::fast`, `proxy::h1`). On by default; off sends
+    /// every request through hyper.
+    pub http1_fast_path: bool,
     pub backends: Vec<BackendSpec>,
     pub timeouts: Timeouts,
     pub limits: Limits,

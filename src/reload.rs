@@ -139,6 +139,7 @@ impl ReloadSummary {
 pub const RESTART_ONLY: &[&str] = &[
     "listen",
     "workers",
+    "http1_fast_path",
     "admin",
     "access_log",
     "timeouts.client_header",
@@ -180,6 +181,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("listen", |c| d(c.listen)),
     ("workers", |c| d(c.workers)),
     ("backend_header", |c| d(&c.backend_header)),
+    ("http1_fast_path", |c| d(c.http1_fast_path)),
     ("admin", |c| d(c.admin)),
     ("algorithm", |c| d(c.algorithm)),
     ("access_log", |c| d(c.access_log)),
@@ -264,6 +266,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
 fn keep_restart_only(new: &mut Config, running: &Config) {
     new.listen = running.listen;
     new.workers = running.workers;
+    new.http1_fast_path = running.http1_fast_path;
     new.admin = running.admin;
     new.access_log = running.access_log;
     new.timeouts.client_header = running.timeouts.client_header;
@@ -528,7 +531,7 @@ mod tests {
             | "limits.max_headers"
             | "limits.upstream_idle_per_backend" => "9",
             "limits.max_header_bytes" | "retries.replay_buffer" => "9KiB",
-            "retries.enabled" | "http2.enabled" | "reload.watch" => "false",
+            "retries.enabled" | "http2.enabled" | "reload.watch" | "http1_fast_path" => "false",
             "health.active.enabled" => "true",
             "retries.max_per_request" => "5",
             "retries.budget_ratio" => "0.5",

@@ -42,6 +42,8 @@ pub struct ServerOptions {
     pub drain: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Serve plain HTTP/1.1 on the fast path (`server::fast`).
+    pub http1_fast_path: bool,
     pub http2: Http2,
     /// The listener's TLS config (None: cleartext). Made by `tls::ServerCerts`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -56,6 +58,7 @@ impl ServerOptions {
             drain: c.timeouts.drain,
             max_header_bytes: c.limits.max_header_bytes,
             max_headers: c.limits.max_headers,
+            http1_fast_path: c.http1_fast_path,
             http2: c.http2.clone(),
             tls: None,
         }

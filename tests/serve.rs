@@ -32,6 +32,13 @@ async fn backends(n: usize, delay: Duration) -> Vec<FakeBackend> {
     out
 }
 
+/// The test config, with the HTTP/1 fast path on or off.
+fn config_with(fast: bool, backends: &[SocketAddr]) -> unstick::config::Config {
+    let mut config = test_config(backends);
+    config.http1_fast_path = fast;
+    config
+}
+
 fn addrs(b: &[FakeBackend]) -> Vec<SocketAddr> {
     b.iter().map(|b| b.addr).collect()
 }
@@ -56,8 +63,18 @@ async fn drive(addr: SocketAddr, total: usize, conns: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly() {
+    round_robin_spreads_evenly_with(true).await;
+}
+
+/// The same through hyper only (`http1_fast_path = false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_evenly_without_the_fast_path() {
+    round_robin_spreads_evenly_with(false).await;
+}
+
+async fn round_robin_spreads_evenly_with(fast: bool) {
     let b = backends(3, Duration::ZERO).await;
-    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let app = App::start(config_with(fast, &addrs(&b))).await.unwrap();
     drive(app.proxy_addr, 3000, 6).await;
     for backend in &b {
         let n = backend.requests();
@@ -123,8 +140,18 @@ async fn least_connections_avoids_the_slow_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_and_request_ids() {
+    forwarding_headers_and_request_ids_with(true).await;
+}
+
+/// The same through hyper only (`http1_fast_path = false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_and_request_ids_without_the_fast_path() {
+    forwarding_headers_and_request_ids_with(false).await;
+}
+
+async fn forwarding_headers_and_request_ids_with(fast: bool) {
     let b = backends(1, Duration::ZERO).await;
-    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let app = App::start(config_with(fast, &addrs(&b))).await.unwrap();
     let r = client::request(
         app.proxy_addr,
         Method::GET,
@@ -232,8 +259,18 @@ fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_error_class_has_its_status_and_body() {
+    each_error_class_has_its_status_and_body_with(true).await;
+}
+
+/// The same through hyper only (`http1_fast_path = false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_class_has_its_status_and_body_without_the_fast_path() {
+    each_error_class_has_its_status_and_body_with(false).await;
+}
+
+async fn each_error_class_has_its_status_and_body_with(fast: bool) {
     // No backend configured: 503 with Retry-After.
-    let app = App::start(test_config(&[])).await.unwrap();
+    let app = App::start(config_with(fast, &[])).await.unwrap();
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers["retry-after"], "1");
@@ -242,7 +279,7 @@ async fn each_error_class_has_its_status_and_body() {
     // Nothing listens: 502 naming the cause.
     let dead_port = unstick::testkit::DeadPort::new();
     let dead = dead_port.addr;
-    let app = App::start(test_config(&[dead])).await.unwrap();
+    let app = App::start(config_with(fast, &[dead])).await.unwrap();
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(r.text().contains("could not connect"), "{}", r.text());
@@ -253,7 +290,7 @@ async fn each_error_class_has_its_status_and_body() {
 
     // Reset before the response head (a POST is not retried): 502.
     let b = backends(1, Duration::ZERO).await;
-    let mut config = test_config(&addrs(&b));
+    let mut config = config_with(fast, &addrs(&b));
     config.timeouts.response_header = Duration::from_millis(300);
     let app = App::start(config).await.unwrap();
     let r = client::request(app.proxy_addr, Method::POST, "/reset", &[], "x")
@@ -270,7 +307,7 @@ async fn each_error_class_has_its_status_and_body() {
     // Connect that never completes: 504 naming the connect.
     let (hole, _held) = black_hole();
     let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
-    let mut config = test_config(&[hole_addr]);
+    let mut config = config_with(fast, &[hole_addr]);
     config.timeouts.connect = Duration::from_millis(300);
     let app = App::start(config).await.unwrap();
     let r = client::get(app.proxy_addr, "/").await.unwrap();
@@ -303,8 +340,18 @@ async fn raw_status(addr: SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_requests() {
+    malformed_and_oversized_requests_with(true).await;
+}
+
+/// The same through hyper only (`http1_fast_path = false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_without_the_fast_path() {
+    malformed_and_oversized_requests_with(false).await;
+}
+
+async fn malformed_and_oversized_requests_with(fast: bool) {
     let b = backends(1, Duration::ZERO).await;
-    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let app = App::start(config_with(fast, &addrs(&b))).await.unwrap();
     let line = raw_status(app.proxy_addr, b"GARBAGE\r\n\r\n").await;
     assert!(line.contains(" 400 "), "{line}");
     let line = raw_status(

@@ -93,6 +93,12 @@ pub const KEYS: &[KeySpec] = &[
         "a response header naming the backend that answered, e.g. `x-unstick-backend` (empty: off)",
     ),
     key(
+        "http1_fast_path",
+        Bool,
+        "true",
+        "serve plain HTTP/1.1 requests to plain HTTP/1.1 backends without hyper's dispatchers (false: hyper serves everything)",
+    ),
+    key(
         "admin",
         Text,
         "127.0.0.1:9090",

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub workers: u64,
     /// A response header naming the backend that answered ("": none).
     pub backend_header: String,
+    /// Serve plain HTTP/1.1 requests without hyper's dispatchers.
+    pub http1_fast_path: bool,
     /// Each entry is `"[SCHEME://]HOST:PORT[=WEIGHT]"` or a table
     /// `{ address, weight, protocol }`.
     pub backends: Vec<toml::Value>,
@@ -50,6 +52,7 @@ impl Default for RawConfig {
             access_log: "json".into(),
             workers: 0,
             backend_header: String::new(),
+            http1_fast_path: true,
             backends: Vec::new(),
             timeouts: RawTimeouts::default(),
             limits: RawLimits::default(),
@@ -709,6 +712,7 @@ impl RawConfig {
             listen,
             workers,
             backend_header,
+            http1_fast_path: self.http1_fast_path,
             admin,
             algorithm,
             access_log,

@@ -38,7 +38,7 @@ pub enum Outcome {
 
 /// True if the fast path may serve connections with these options.
 pub fn usable(opts: &ServerOptions, speak: Speak) -> bool {
-    speak != Speak::Http2 && opts.max_headers <= codec::MAX_HEADERS
+    opts.http1_fast_path && speak != Speak::Http2 && opts.max_headers <= codec::MAX_HEADERS
 }
 
 /// Why a wait for client bytes ended.
