@@ -9,7 +9,8 @@
 #
 # unstick runs with its defaults (retries on, passive health on, 2 workers on
 # 2 CPUs), the access log as --log says, and the admin listener off (the
-# peer bench only gives it one port).
+# peer bench only gives it one port). NO_BUILD=1 skips the release build
+# (to bench a binary built earlier, e.g. with an experiment's env var).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
         --conns) CONNS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --targets) TARGETS=$2; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -36,7 +37,7 @@ for tool in nginx haproxy wrk curl; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nginx haproxy wrk curl" >&2; exit 2; }
 done
 
-cargo build --release --quiet
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
 BIN=$(pwd)/target/release/unstick
 WORK=$(mktemp -d /tmp/unstick-e2e.XXXXXX)
 trap 'rm -rf "$WORK/peer"' EXIT
