@@ -680,3 +680,35 @@ async fn request_heads_reach_the_backend_in_origin_form() {
     assert_eq!(got.header("content-length"), Some("3"));
     assert_eq!(&got.body[..], b"abc");
 }
+
+// Error answers keep the client connection, and the per-connection timers
+// stay right from one request to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_timeouts_on_a_kept_connection() {
+    let b = fake("b0").await;
+    let mut config = test_config(&[b.addr]);
+    config.timeouts.response_header = Duration::from_millis(300);
+    let app = App::start(config).await.unwrap();
+    let mut c = Raw::open(app.proxy_addr).await;
+    for _ in 0..2 {
+        let started = tokio::time::Instant::now();
+        c.send(get("/hang").as_bytes()).await;
+        let r = c.response("GET").await;
+        assert_eq!(r.status, 504, "{}", r.text());
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert_eq!(r.header("connection"), None);
+        // A response slower than the last deadline but within its own.
+        c.send(get("/slow/150").as_bytes()).await;
+        let r = c.response("GET").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "b0\n"));
+    }
+    // Reset before the head: a POST is not retried: 502, and the
+    // connection goes on.
+    c.send(b"POST /reset HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx")
+        .await;
+    let r = c.response("POST").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    c.send(get("/").as_bytes()).await;
+    let r = c.response("GET").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "b0\n"));
+}
