@@ -712,3 +712,20 @@ async fn errors_and_timeouts_on_a_kept_connection() {
     let r = c.response("GET").await;
     assert_eq!((r.status, r.text().as_str()), (200, "b0\n"));
 }
+
+// An error answer to HEAD carries no body, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_to_head_have_no_body() {
+    let b = fake("b0").await;
+    let mut config = test_config(&[b.addr]);
+    config.timeouts.response_header = Duration::from_millis(300);
+    let app = App::start(config).await.unwrap();
+    let mut c = Raw::open(app.proxy_addr).await;
+    c.send(b"HEAD /hang HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let r = c.response("HEAD").await;
+    assert_eq!(r.status, 504);
+    c.send(get("/").as_bytes()).await;
+    let r = c.response("GET").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "b0\n"));
+    assert!(c.buf.is_empty(), "stray bytes: {:?}", c.buf);
+}
