@@ -332,6 +332,10 @@ fn script(path: &str) -> Scripted {
             "HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbye\n",
         )
         .then_close(),
+        // Keep-alive by its head, but the backend closes it anyway.
+        "/quiet-close" => {
+            Scripted::bytes("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").then_close()
+        }
         "/cut" => Scripted::bytes("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
             .then_close(),
         _ => Scripted::bytes("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"),
@@ -463,6 +467,16 @@ async fn backend_connections_that_cannot_be_reused_are_replaced() {
         );
     }
     assert!(c.buf.is_empty(), "stray bytes: {:?}", c.buf);
+    // A pooled connection the backend closed while idle is not used.
+    let before = b.accepts();
+    for _ in 0..3 {
+        c.send(get("/quiet-close").as_bytes()).await;
+        let r = c.response("GET").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+        // Time for the backend's FIN to arrive.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.accepts() - before, 3, "/quiet-close");
     // A well-behaved answer reuses again.
     let before = b.accepts();
     for _ in 0..3 {
@@ -728,4 +742,37 @@ async fn error_answers_to_head_have_no_body() {
     let r = c.response("GET").await;
     assert_eq!((r.status, r.text().as_str()), (200, "b0\n"));
     assert!(c.buf.is_empty(), "stray bytes: {:?}", c.buf);
+}
+
+// Many pipelining clients at once over shared backend pools: every response
+// is the one asked for, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pipelining_clients_get_their_own_responses() {
+    let b0 = fake("b0").await;
+    let b1 = fake("b1").await;
+    let app = App::start(test_config(&[b0.addr, b1.addr])).await.unwrap();
+    let addr = app.proxy_addr;
+    let mut tasks = Vec::new();
+    for client in 0..8usize {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Raw::open(addr).await;
+            for round in 0..10usize {
+                // Ten requests in one write; sizes differ per request.
+                let sizes: Vec<usize> = (0..10)
+                    .map(|i| (client * 7919 + round * 104_729 + i * 31) % 20_000)
+                    .collect();
+                let batch: String = sizes.iter().map(|n| get(&format!("/bytes/{n}"))).collect();
+                c.send(batch.as_bytes()).await;
+                for n in sizes {
+                    let r = c.response("GET").await;
+                    assert_eq!(r.status, 200);
+                    assert_eq!(r.body.len(), n, "client {client} round {round}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b0.requests() + b1.requests(), 800);
 }
