@@ -26,6 +26,10 @@
 //! Every response carries `X-Backend-Id: ID`. After [`FakeBackend::drain`]
 //! (SIGTERM for the process), every response carries `Connection: close`
 //! and `X-Unstick-Drain: 1` and the health check answers 503.
+//!
+//! [`scripted::ScriptedBackend`] answers with raw bytes from a script, for
+//! response framings hyper will not write (hand-written trailers,
+//! close-delimited bodies, 1xx, HTTP/1.0, a connection cut mid-body).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -45,6 +49,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 pub mod process;
+pub mod scripted;
 
 /// How a fake backend behaves.
 #[derive(Debug, Clone, Default)]

@@ -114,6 +114,15 @@ pub enum Next {
     Close,
 }
 
+/// What the client's request says about writing its response.
+#[derive(Debug, Clone, Copy)]
+struct To {
+    /// The client keeps the connection open after this response.
+    keep_alive: bool,
+    /// The request was HEAD: the response has no body.
+    head_request: bool,
+}
+
 /// A response head from a backend, and what comes with it.
 struct Answered {
     parts: response::Parts,
@@ -155,6 +164,8 @@ impl Proxy {
             timer,
         } = reuse;
         let start = Instant::now();
+        // A response to HEAD has no body, not even an error message.
+        let head_request = parts.method == http::Method::HEAD;
         let settings = self.settings.load_full();
         let (reply, log) = self.begin(&mut parts, client, &settings, false);
         let mut done = Completion::new(self.clone(), start, 0);
@@ -185,12 +196,20 @@ impl Proxy {
         };
         match forwarded {
             Some(Ok(answered)) => {
-                self.relay(answered, done, reply, &settings, io, scratch, keep_alive)
+                let to = To {
+                    keep_alive,
+                    head_request,
+                };
+                self.relay(answered, done, reply, &settings, io, scratch, to)
                     .await
             }
             Some(Err(failed)) => {
                 let response = self.fail(failed, done, reply);
-                write_made(response, io, scratch, keep_alive).await
+                let to = To {
+                    keep_alive,
+                    head_request,
+                };
+                write_made(response, io, scratch, to).await
             }
             None => Next::Close,
         }
@@ -393,11 +412,12 @@ impl Proxy {
         settings: &Settings,
         out: &mut W,
         scratch: &mut Vec<u8>,
-        keep_alive: bool,
+        to: To,
     ) -> Next
     where
         W: AsyncWrite + Unpin,
     {
+        let keep_alive = to.keep_alive;
         let Answered {
             mut parts,
             framing,
@@ -421,7 +441,7 @@ impl Proxy {
                 error,
                 backend: Some(backend),
             };
-            return write_made(self.fail(failed, done, reply), out, scratch, keep_alive).await;
+            return write_made(self.fail(failed, done, reply), out, scratch, to).await;
         }
         done.status = parts.status.as_u16();
         if let Some(log) = &mut done.log {
@@ -555,12 +575,13 @@ where
     false
 }
 
-/// Writes a response made by unstick (an error) with its body.
+/// Writes a response made by unstick (an error) with its body (none for
+/// HEAD: the head alone, with the length the body would have).
 async fn write_made<W>(
     response: http::Response<ResponseBody>,
     out: &mut W,
     scratch: &mut Vec<u8>,
-    keep_alive: bool,
+    to: To,
 ) -> Next
 where
     W: AsyncWrite + Unpin,
@@ -575,13 +596,15 @@ where
         scratch,
         &parts,
         Framing::Length(bytes.len() as u64),
-        keep_alive,
+        to.keep_alive,
     );
-    scratch.extend_from_slice(&bytes);
+    if !to.head_request {
+        scratch.extend_from_slice(&bytes);
+    }
     let written = out.write_all(scratch).await.is_ok() && out.flush().await.is_ok();
     // Dropping the body records the request (metrics, access log).
     drop(body);
-    if written && keep_alive {
+    if written && to.keep_alive {
         Next::KeepAlive
     } else {
         Next::Close
