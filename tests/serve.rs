@@ -425,6 +425,8 @@ async fn sigterm_finishes_requests_in_flight_and_exits_0() {
     for r in requests {
         let r = r.await.unwrap().expect("request in flight completes");
         assert_eq!(r.status, StatusCode::OK);
+        // Answered during the drain: the client is told not to reuse the connection.
+        assert_eq!(r.headers["connection"], "close");
     }
     let status =
         tokio::task::spawn_blocking(move || lb.process.wait_timeout(Duration::from_secs(10)))

@@ -31,6 +31,7 @@ use super::error::{Kind, ProxyError, Retry, Source};
 use super::{retry, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
+use crate::server::{Phase, Shutdown};
 use crate::upstream::raw::RawConn;
 use crate::upstream::{Backend, ConnectError, InFlight};
 
@@ -97,14 +98,27 @@ impl Default for LazyTimer {
 }
 
 /// What a client connection keeps between requests on the fast path.
-#[derive(Default)]
 pub struct Reuse {
+    /// The server's phase: a response written once a drain has begun says
+    /// `connection: close`.
+    pub shutdown: Shutdown,
     /// Bytes read from the client and not yet served (the next request).
     pub input: BytesMut,
     /// Heads are written here (and small bodies copied after them).
     pub scratch: Vec<u8>,
     /// The backend response-head timeout.
     pub timer: LazyTimer,
+}
+
+impl Reuse {
+    pub fn new(shutdown: Shutdown) -> Reuse {
+        Reuse {
+            shutdown,
+            input: BytesMut::new(),
+            scratch: Vec::new(),
+            timer: LazyTimer::new(),
+        }
+    }
 }
 
 /// What the client connection does after a response.
@@ -159,6 +173,7 @@ impl Proxy {
         W: AsyncRead + AsyncWrite + Unpin,
     {
         let Reuse {
+            shutdown,
             input,
             scratch,
             timer,
@@ -194,6 +209,8 @@ impl Proxy {
             })
             .await
         };
+        // Decided now, not when the request came: a drain may have begun.
+        let keep_alive = keep_alive && shutdown.phase() == Phase::Running;
         match forwarded {
             Some(Ok(answered)) => {
                 let to = To {

@@ -61,7 +61,7 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut reuse = Reuse::default();
+    let mut reuse = Reuse::new(shutdown.clone());
     // Timers (client reads, backend response heads) and a drain watch made
     // once per connection, not per request.
     let mut timer = LazyTimer::new();
