@@ -336,6 +336,9 @@ fn script(path: &str) -> Scripted {
         "/quiet-close" => {
             Scripted::bytes("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").then_close()
         }
+        "/bad-chunks" => {
+            Scripted::bytes("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\n")
+        }
         "/cut" => Scripted::bytes("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
             .then_close(),
         _ => Scripted::bytes("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"),
@@ -775,4 +778,19 @@ async fn concurrent_pipelining_clients_get_their_own_responses() {
         t.await.unwrap();
     }
     assert_eq!(b0.requests() + b1.requests(), 800);
+}
+
+// A malformed chunked body noticed before anything reached the client: a
+// 502 naming it, and the client connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_body_before_the_head_is_sent_is_a_502() {
+    let b = scripted().await;
+    let app = App::start(test_config(&[b.addr])).await.unwrap();
+    let mut c = Raw::open(app.proxy_addr).await;
+    c.send(get("/bad-chunks").as_bytes()).await;
+    let r = c.response("GET").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("chunked"), "{}", r.text());
+    c.send(get("/").as_bytes()).await;
+    assert_eq!(c.response("GET").await.text(), "ok\n");
 }

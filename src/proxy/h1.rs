@@ -476,9 +476,17 @@ impl Proxy {
         // The part of the body that came with the head goes out with it.
         let first = match body.take(&conn.buf) {
             Ok(n) => n,
-            Err(_) => {
-                done.body_ended(false);
-                return Next::Close;
+            Err(e) => {
+                // Nothing has reached the client yet: it gets a 502.
+                drop(conn);
+                let backend = done.in_flight.take().map(|f| f.backend().clone());
+                let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
+                let error = ProxyError::new(Source::Upstream, kind, Retry::Never);
+                if let Some(b) = &backend {
+                    self.upstream_failed(b, &error, false);
+                }
+                let failed = Failed { error, backend };
+                return write_made(self.fail(failed, done, reply), out, scratch, to).await;
             }
         };
         let small = first <= COALESCE;
