@@ -760,11 +760,12 @@ pub fn http_probe(
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
+    // One write: `write!` on the socket would send each formatted piece in
+    // its own segment.
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: unstick-supervisor\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    );
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -966,9 +967,14 @@ echo "listening 127.0.0.1:$p"; echo "started on $p" >&2; exec sleep 30"#;
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
             let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "closed before the request head ended");
+                got.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&got).into_owned();
             s.write_all(b"HTTP/1.1 204 No Content\r\nX-Instance-Id: abc123\r\n\r\n")
                 .unwrap();
             head
