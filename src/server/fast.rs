@@ -5,7 +5,7 @@
 //! buffer, while every backend speaks plain HTTP/1.1. At any other request
 //! it stops, before consuming it, and returns the bytes it read so hyper
 //! serves the rest of the connection from exactly that point: the HTTP/2
-//! preface, HTTP/1.0 keep-alive, WebSockets and streamed uploads keep
+//! preface, HTTP/1.0 requests, WebSockets and streamed uploads keep
 //! hyper's handling.
 
 use std::future::Future;
