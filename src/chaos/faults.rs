@@ -156,10 +156,14 @@ impl Executor {
                 )
             } else {
                 st.expecting_exit[i] = f.kind != FaultKind::Stop;
+                // Taken before the signal: the instance's exit (recorded by
+                // the supervisor's thread) can come before this thread runs
+                // again, and must not look older than the fault.
+                let at = Instant::now();
                 match self.sup.signal(i, f.kind.signal()) {
                     Some(pid) => {
                         st.down[i] = true;
-                        Ok((pid, Instant::now()))
+                        Ok((pid, at))
                     }
                     None => {
                         st.expecting_exit[i] = false;
