@@ -6,11 +6,11 @@
 //! - [`config`]: raw TOML, env and flag overrides -> a validated `Config`; depends on nothing.
 //! - [`cli`]: clap subcommands (`serve`, `check`, ...); flags and env override the file.
 //! - [`app`]: wires a `Config` into a running balancer (listeners, proxy, health, admin).
-//! - [`server`]: accept loop, connection limits, client timeouts, HTTP/1 and HTTP/2, graceful drain.
+//! - [`server`]: accept loop, connection limits, client timeouts, HTTP/1 (fast path, else hyper) and HTTP/2, graceful drain.
 //! - [`affinity`]: refuses load-balancer affinity cookies in both directions, and reports who set them.
-//! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond.
+//! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond (hyper, or the HTTP/1 fast path in `proxy::h1`).
 //! - [`balancer`]: `pick(&self, healthy)`; never sees a request. One file per algorithm.
-//! - [`upstream`]: backends, in-flight guards, connection pools, snapshots (arc-swap), DNS discovery.
+//! - [`upstream`]: backends, in-flight guards, connection pools (hyper and raw HTTP/1), snapshots (arc-swap), DNS discovery.
 //! - [`reload`]: hot reload (SIGHUP, file watcher, admin API) without dropping a request.
 //! - [`health`]: passive ejection, active HTTP checks, backoff probes.
 //! - [`metrics`]: Prometheus families, registered on a registry that is passed in.
