@@ -794,3 +794,23 @@ async fn a_malformed_body_before_the_head_is_sent_is_a_502() {
     c.send(get("/").as_bytes()).await;
     assert_eq!(c.response("GET").await.text(), "ok\n");
 }
+
+// An HTTP/2 prior-knowledge preface that arrives in pieces still reaches
+// hyper's HTTP/2 server (which answers with its SETTINGS frame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_http2_preface_is_handed_to_hyper() {
+    let b = scripted().await;
+    let app = App::start(test_config(&[b.addr])).await.unwrap();
+    let mut s = TcpStream::connect(app.proxy_addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b".0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    // Our own (empty) SETTINGS frame.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .expect("an answer")
+        .expect("an HTTP/2 frame, not a closed connection");
+    assert_eq!(head[3], 4, "a SETTINGS frame: {head:?}");
+}

@@ -78,10 +78,12 @@ where
             match codec::parse_request(&mut reuse.input, opts.max_header_bytes) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
+                Err(_) if speak == Speak::Auto && reuse.input.starts_with(H2_PREFACE) => {
+                    return Outcome::Handover(std::mem::take(&mut reuse.input).freeze());
+                }
+                // The start of an HTTP/2 preface that arrived in pieces: wait for the rest.
+                Err(_) if speak == Speak::Auto && H2_PREFACE.starts_with(&reuse.input) => {}
                 Err(e) => {
-                    if speak == Speak::Auto && reuse.input.starts_with(H2_PREFACE) {
-                        return Outcome::Handover(std::mem::take(&mut reuse.input).freeze());
-                    }
                     let status = match e {
                         codec::HeadError::TooLarge => "431 Request Header Fields Too Large",
                         codec::HeadError::Malformed(_) => "400 Bad Request",
