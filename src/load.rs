@@ -9,10 +9,16 @@
 //!   error counts by [`ErrorClass`], a per-second series. [`Engine::live`]
 //!   gives running totals, [`Engine::stopper`] ends a run early.
 //!
+//! Plain `http://` HTTP/1.1 runs of a fixed request that needs no response
+//! headers (`unstick load URL`) go through a client of their own (`raw`:
+//! bytes serialized once, responses skipped by their framing); everything
+//! else goes through hyper (`client`).
+//!
 //! The engine reaches its target through sockets only.
 
 mod client;
 mod engine;
+mod raw;
 mod report;
 mod target;
 mod workload;

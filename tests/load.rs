@@ -797,3 +797,172 @@ async fn https_with_a_self_signed_certificate() {
     assert_eq!(run.json.unwrap()["protocol"], "HTTP/2");
     assert_eq!(server.seen.http2.load(Ordering::Relaxed), 50);
 }
+
+// --- response framing, raw client and hyper alike ----------------------------------
+
+/// What a framing test server saw.
+#[derive(Default)]
+struct RawSeen {
+    requests: AtomicU64,
+    connections: AtomicU64,
+}
+
+/// A server written against the socket, answering by path. On `/` each
+/// connection goes: a chunked body in pieces (7 bytes), `100 Continue` then
+/// `204`, a 5-byte body with `Connection: close` (then it closes). Other
+/// paths: `/close` a close-delimited 7-byte body, `/idle-close` a 2-byte body
+/// then a close 5 ms later without notice, `/truncated` 3 of 10 bytes then a
+/// close, `/garbage` an unparsable status line.
+async fn framing_server() -> (SocketAddr, Arc<RawSeen>, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(RawSeen::default());
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            s.connections.fetch_add(1, Ordering::Relaxed);
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for k in 0.. {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    s.requests.fetch_add(1, Ordering::Relaxed);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let pieces: Vec<&[u8]> = match (path.as_str(), k % 3) {
+                        ("/", 0) => vec![
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+                            b"c\r\n4\r\ndefg\r",
+                            b"\n0\r\n\r\n",
+                        ],
+                        ("/", 1) => vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"],
+                        ("/", _) => vec![
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                        ],
+                        ("/close", _) => vec![b"HTTP/1.1 200 OK\r\n\r\nclo", b"sed!"],
+                        ("/idle-close", _) => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+                        ("/truncated", _) => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"],
+                        _ => vec![b"HTTP/1.1 abc\r\n\r\n"],
+                    };
+                    for p in pieces {
+                        if tcp.write_all(p).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    match path.as_str() {
+                        "/" if k % 3 == 2 => return,
+                        "/close" | "/truncated" | "/garbage" => return,
+                        "/idle-close" => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// [`FixedRequest`]'s requests through hyper: a workload that does not
+/// declare them fixed.
+struct ViaHyper(FixedRequest);
+
+impl Workload for ViaHyper {
+    type User = ();
+
+    fn user(&self, _index: usize) {}
+
+    fn request(&self, _user: &mut ()) -> Option<Request<Bytes>> {
+        Some(self.0.build())
+    }
+}
+
+/// One connection, `n` requests to `path`, through the raw client (`FixedRequest`)
+/// or hyper (`ViaHyper`); `rate` for the open model.
+async fn framing_run(path: &str, n: u64, rate: Option<f64>, hyper: bool) -> (Report, Arc<RawSeen>) {
+    let (addr, seen, task) = framing_server().await;
+    let target = Target::parse(&url(addr, path)).unwrap();
+    let mut settings = Settings::new(target.clone());
+    settings.connections = 1;
+    settings.requests = Some(n);
+    settings.rate = rate;
+    settings.timeout = Duration::from_secs(5);
+    let fixed = FixedRequest::new(
+        &target,
+        http::Method::GET,
+        vec![],
+        Bytes::new(),
+        false,
+        true,
+    );
+    let report = if hyper {
+        Engine::new(settings, ViaHyper(fixed)).unwrap().run().await
+    } else {
+        Engine::new(settings, fixed).unwrap().run().await
+    }
+    .unwrap();
+    task.abort();
+    (report, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_informational_and_close_delimited_responses_are_counted() {
+    for hyper in [false, true] {
+        // Ten rounds of: chunked, 100 + 204, `Connection: close`.
+        let (r, seen) = framing_run("/", 30, None, hyper).await;
+        assert_eq!((r.requests, r.responses), (30, 30), "hyper {hyper}: {r}");
+        assert_eq!(seen.requests.load(Ordering::Relaxed), 30);
+        assert_eq!(r.status.get(&200), Some(&20), "hyper {hyper}: {r}");
+        assert_eq!(r.status.get(&204), Some(&10), "hyper {hyper}: {r}");
+        assert_eq!(r.body_bytes, 10 * (7 + 5), "hyper {hyper}");
+        assert_eq!(r.connections_opened, 10, "hyper {hyper}");
+        assert_eq!(seen.connections.load(Ordering::Relaxed), 10);
+
+        let (r, seen) = framing_run("/close", 10, None, hyper).await;
+        assert_eq!(
+            (r.responses, r.errors.total()),
+            (10, 0),
+            "hyper {hyper}: {r}"
+        );
+        assert_eq!(r.body_bytes, 70, "hyper {hyper}");
+        assert_eq!(seen.connections.load(Ordering::Relaxed), 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_responses_get_the_same_classes_raw_and_through_hyper() {
+    for hyper in [false, true] {
+        let (r, _) = framing_run("/truncated", 5, None, hyper).await;
+        only(&r, ErrorClass::Reset, 5);
+        let (r, _) = framing_run("/garbage", 5, None, hyper).await;
+        only(&r, ErrorClass::Other, 5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_while_idle_is_replaced_without_an_error() {
+    // 50 ms between requests; the server drops each connection 5 ms after
+    // its response, without saying so. (Raw client only: through hyper the
+    // close is seen only once the next request is queued, and counts as a reset.)
+    let (r, seen) = framing_run("/idle-close", 6, Some(20.0), false).await;
+    assert_eq!((r.responses, r.errors.total()), (6, 0), "{r}");
+    assert_eq!(r.connections_opened, 6);
+    assert_eq!(seen.requests.load(Ordering::Relaxed), 6);
+}

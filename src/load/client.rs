@@ -540,12 +540,23 @@ impl Connector {
         Ok(Connector { addr, http2, tls })
     }
 
-    /// TCP connect, TLS handshake (if https), HTTP handshake. The caller bounds it in time.
-    pub async fn connect(&self) -> Result<Conn, RequestError> {
+    /// Whether connections are plain TCP carrying HTTP/1.1 (the fast path's kind).
+    pub fn is_plain_http1(&self) -> bool {
+        self.tls.is_none() && !self.http2
+    }
+
+    /// The TCP connection alone (no delay). The caller bounds it in time.
+    pub async fn connect_tcp(&self) -> Result<TcpStream, RequestError> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .map_err(|e| RequestError::io(&e))?;
         let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    /// TCP connect, TLS handshake (if https), HTTP handshake. The caller bounds it in time.
+    pub async fn connect(&self) -> Result<Conn, RequestError> {
+        let tcp = self.connect_tcp().await?;
         let stream = match &self.tls {
             None => Stream::Plain(tcp),
             Some((connector, name)) => {

@@ -28,6 +28,7 @@ use hyper::body::Body;
 use tokio::sync::{oneshot, watch};
 
 use super::client::{drive, until, Conn, Connector, Deadline, Interrupted, RequestError, Sender};
+use super::raw::{RawConn, RawRequest};
 use super::report::{Collector, Report, RunInfo};
 use super::workload::{Outcome, Record, Reply, Workload};
 use super::Target;
@@ -498,10 +499,19 @@ async fn user_loop<W: Workload>(
     let mut conn: Option<Conn> = None;
     let mut body = Vec::new();
     let wants_body = w.wants_body();
+    // The fast path, when the run and the workload allow it: then `raw_conn`
+    // is the connection and `conn` stays empty.
+    let raw = RawRequest::for_run(w, settings, &ctx.connector);
+    let mut raw_conn: Option<RawConn> = None;
 
     // Connect before the clock starts, so the first slots are not spent on
     // handshakes. A failure here is not counted: the first request retries.
-    if let Ok(Ok(c)) = until(&mut deadline, ctx.connector.connect()).await {
+    if raw.is_some() {
+        if let Ok(Ok(io)) = until(&mut deadline, ctx.connector.connect_tcp()).await {
+            raw_conn = Some(RawConn::new(io));
+            stats.borrow_mut().connections_opened += 1;
+        }
+    } else if let Ok(Ok(c)) = until(&mut deadline, ctx.connector.connect()).await {
         conn = Some(c);
         stats.borrow_mut().connections_opened += 1;
     }
@@ -522,8 +532,12 @@ async fn user_loop<W: Workload>(
         let Some(slot) = ctx.shared.schedule.claim(start, now) else {
             break;
         };
-        let Some(mut req) = w.request(&mut user) else {
-            break;
+        let next = match &raw {
+            Some(raw) => Next::Raw(raw),
+            None => match w.request(&mut user) {
+                Some(req) => Next::Hyper(req),
+                None => break,
+            },
         };
         // Late: no connection was free when the slot came. Decided at the
         // claim, so the timer's own wake-up lag never counts as late.
@@ -541,21 +555,32 @@ async fn user_loop<W: Workload>(
             }
         }
         let intended = slot.at.unwrap_or(sent);
-        prepare(&mut req, settings);
         deadline.set(tokio::time::Instant::from_std(sent + settings.timeout));
         let mut opened = 0;
-        let result = exchange(
-            &ctx.connector,
-            &mut conn,
-            &mut deadline,
-            req,
-            wants_body.then_some(&mut body),
-            &mut opened,
-        )
-        .await;
+        let result = match next {
+            Next::Raw(raw) => until(
+                &mut deadline,
+                raw.exchange(&ctx.connector, &mut raw_conn, sent, &mut opened),
+            )
+            .await
+            .unwrap_or_else(|i| Err(i.into())),
+            Next::Hyper(mut req) => {
+                prepare(&mut req, settings);
+                exchange(
+                    &ctx.connector,
+                    &mut conn,
+                    &mut deadline,
+                    req,
+                    wants_body.then_some(&mut body),
+                    &mut opened,
+                )
+                .await
+            }
+        };
         let done = Instant::now();
         if result.is_err() || !settings.keepalive {
             conn = None;
+            raw_conn = None;
         }
         let record = Record {
             user: index,
@@ -601,8 +626,20 @@ async fn user_loop<W: Workload>(
     }
 }
 
+/// What a user sends next.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one lives on the stack per request; boxing would cost the hyper path an allocation"
+)]
+enum Next<'a> {
+    /// The fast path's bytes.
+    Raw(&'a RawRequest),
+    /// A request from the workload, through hyper.
+    Hyper(Request<Bytes>),
+}
+
 /// Adds what the protocol needs and the workload left out.
-fn prepare(req: &mut Request<Bytes>, settings: &Settings) {
+pub(super) fn prepare(req: &mut Request<Bytes>, settings: &Settings) {
     let target = &settings.target;
     if settings.http2 {
         if req.uri().scheme().is_none() {

@@ -38,6 +38,23 @@ pub trait Workload: Send + Sync + 'static {
         false
     }
 
+    /// Whether [`Reply::headers`] must hold the response headers. When
+    /// false the engine may leave them empty (see [`Workload::fixed_request`]).
+    fn needs_headers(&self) -> bool {
+        true
+    }
+
+    /// The request every user sends every time, if the workload has one.
+    /// When it does and needs neither response headers nor bodies, the
+    /// engine serializes it once per user on plain `http://` HTTP/1.1 runs,
+    /// sends those bytes without calling [`Workload::request`], and hands
+    /// [`Workload::record`] replies with empty headers (a client without
+    /// hyper, several times cheaper per request). `None` (the default): every
+    /// request comes from [`Workload::request`].
+    fn fixed_request(&self) -> Option<Request<Bytes>> {
+        None
+    }
+
     /// Called once per request, when it ended (response read whole, or error).
     fn record(&self, user: &mut Self::User, record: &Record<'_>) {
         let _ = (user, record);
@@ -175,6 +192,14 @@ impl Workload for FixedRequest {
     fn user(&self, _index: usize) {}
 
     fn request(&self, _user: &mut ()) -> Option<Request<Bytes>> {
+        Some(self.build())
+    }
+
+    fn needs_headers(&self) -> bool {
+        false
+    }
+
+    fn fixed_request(&self) -> Option<Request<Bytes>> {
         Some(self.build())
     }
 }

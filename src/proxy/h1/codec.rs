@@ -490,6 +490,8 @@ pub struct ChunkedScanner {
     line: usize,
     /// Bytes of trailer fields so far.
     trailers: usize,
+    /// Chunk data bytes so far (the decoded body's length).
+    data: u64,
 }
 
 // === impl ChunkedScanner ===
@@ -503,6 +505,11 @@ impl ChunkedScanner {
     /// Whether the whole body (last chunk, trailers, final CRLF) has been seen.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Chunk data bytes scanned so far: the length of the decoded body.
+    pub fn data_len(&self) -> u64 {
+        self.data
     }
 
     /// Scans the next bytes of the body. Returns how many bytes of `data` belong to this body
@@ -522,6 +529,7 @@ impl ChunkedScanner {
                     let available = (data.len() - at) as u64;
                     let skip = self.remaining.min(available);
                     self.remaining -= skip;
+                    self.data += skip;
                     at += skip as usize;
                     if self.remaining == 0 {
                         self.state = State::DataCr;
@@ -1223,12 +1231,14 @@ mod tests {
             assert_eq!((a, done_a), (split, split == SAMPLE.len()));
             let (b, done_b) = scanner.scan(&SAMPLE[split..]).unwrap();
             assert_eq!((a + b, done_b), (SAMPLE.len(), true), "split at {split}");
+            assert_eq!(scanner.data_len(), 5 + 26, "split at {split}");
         }
         // And byte by byte: done exactly at the last byte.
         let mut scanner = ChunkedScanner::new();
         for (i, byte) in SAMPLE.iter().enumerate() {
             assert_eq!(scanner.scan(&[*byte]), Ok((1, i + 1 == SAMPLE.len())));
         }
+        assert_eq!(scanner.data_len(), 5 + 26);
     }
 
     #[test]
