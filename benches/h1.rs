@@ -1,9 +1,9 @@
-//! The HTTP/1 fast path's codec: request and response heads parsed and written, and a chunked body scanned.
+//! The HTTP/1 codec (`unstick::http1`, used by the fast path and `unstick load`): request and response heads parsed and written, and a chunked body scanned.
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use std::hint::black_box;
-use unstick::proxy::h1::codec;
+use unstick::http1;
 
 /// A browser-like request head (what wrk sends is much shorter).
 const REQUEST: &[u8] = b"GET /api/cart?page=2 HTTP/1.1\r\n\
@@ -27,38 +27,38 @@ fn bench(c: &mut Criterion) {
     c.bench_function("parse_request: 7 headers", |b| {
         b.iter_batched_ref(
             || BytesMut::from(REQUEST),
-            |buf| codec::parse_request(black_box(buf), 64 * 1024).unwrap(),
+            |buf| http1::parse_request(black_box(buf), 64 * 1024).unwrap(),
             BatchSize::SmallInput,
         )
     });
     c.bench_function("parse_response: 5 headers", |b| {
         b.iter_batched_ref(
             || BytesMut::from(RESPONSE),
-            |buf| codec::parse_response(black_box(buf), 64 * 1024).unwrap(),
+            |buf| http1::parse_response(black_box(buf), 64 * 1024).unwrap(),
             BatchSize::SmallInput,
         )
     });
 
-    let (request, _) = codec::parse_request(&mut BytesMut::from(REQUEST), 64 * 1024)
+    let (request, _) = http1::parse_request(&mut BytesMut::from(REQUEST), 64 * 1024)
         .unwrap()
         .unwrap();
-    let response = codec::parse_response(&mut BytesMut::from(RESPONSE), 64 * 1024)
+    let response = http1::parse_response(&mut BytesMut::from(RESPONSE), 64 * 1024)
         .unwrap()
         .unwrap();
     let mut out = Vec::with_capacity(1024);
     c.bench_function("write_request_head: 7 headers", |b| {
         b.iter(|| {
             out.clear();
-            codec::write_request_head(&mut out, black_box(&request), None);
+            http1::write_request_head(&mut out, black_box(&request), None);
         })
     });
     c.bench_function("write_response_head: 5 headers", |b| {
         b.iter(|| {
             out.clear();
-            codec::write_response_head(
+            http1::write_response_head(
                 &mut out,
                 black_box(&response),
-                codec::Framing::Length(100),
+                http1::Framing::Length(100),
                 true,
             );
         })
@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
     chunked.extend_from_slice(b"0\r\n\r\n");
     c.bench_function("ChunkedScanner: 64 KiB in 64 chunks", |b| {
         b.iter(|| {
-            let mut s = codec::ChunkedScanner::new();
+            let mut s = http1::ChunkedScanner::new();
             s.scan(black_box(&chunked)).unwrap()
         })
     });

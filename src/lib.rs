@@ -10,6 +10,7 @@
 //! - [`affinity`]: refuses load-balancer affinity cookies in both directions, and reports who set them.
 //! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond (hyper, or the HTTP/1 fast path in `proxy::h1`).
 //! - [`balancer`]: `pick(&self, healthy)`; never sees a request. One file per algorithm.
+//! - [`http1`]: HTTP/1.1 heads parsed and written with httparse, framing, chunked scanning (fast path, load).
 //! - [`upstream`]: backends, in-flight guards, connection pools (hyper and raw HTTP/1), snapshots (arc-swap), DNS discovery.
 //! - [`reload`]: hot reload (SIGHUP, file watcher, admin API) without dropping a request.
 //! - [`health`]: passive ejection, active HTTP checks, backoff probes.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod html;
+pub mod http1;
 pub mod load;
 pub mod metrics;
 pub mod proxy;

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use super::client::{Connector, ErrorClass, RequestError};
 use super::engine::Settings;
 use super::workload::Workload;
-use crate::proxy::h1::codec::{write_request_head, ChunkedScanner};
+use crate::http1::{write_request_head, ChunkedScanner};
 
 /// Most headers a response head may have (hyper's limit too).
 const MAX_HEADERS: usize = 100;

@@ -35,9 +35,8 @@ use crate::server::{Phase, Shutdown};
 use crate::upstream::raw::RawConn;
 use crate::upstream::{Backend, ConnectError, InFlight};
 
-pub mod codec;
-
-use codec::Framing;
+use crate::http1;
+use http1::Framing;
 
 /// The longest response head a backend may send.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -336,7 +335,7 @@ impl Proxy {
         };
 
         scratch.clear();
-        codec::write_request_head(scratch, parts, body.map(|b| b.len() as u64));
+        http1::write_request_head(scratch, parts, body.map(|b| b.len() as u64));
         let body = body.filter(|b| !b.is_empty());
         if let Some(b) = body.filter(|b| b.len() <= COALESCE) {
             scratch.extend_from_slice(b);
@@ -396,7 +395,7 @@ impl Proxy {
             .upstream_duration
             .observe(sent_at.elapsed().as_secs_f64());
         self.health.on_success(backend);
-        let framing = match codec::response_framing(&parts.method, head.status, &head.headers) {
+        let framing = match http1::response_framing(&parts.method, head.status, &head.headers) {
             Ok(f) => f,
             Err(e) => {
                 let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
@@ -470,7 +469,7 @@ impl Proxy {
         // same way.
         let keep_alive = keep_alive && framing != Framing::Close;
         scratch.clear();
-        codec::write_response_head(scratch, &parts, framing, keep_alive);
+        http1::write_response_head(scratch, &parts, framing, keep_alive);
 
         let mut body = BodyCopy::new(framing);
         // The part of the body that came with the head goes out with it.
@@ -549,7 +548,7 @@ impl Proxy {
 /// Reads a backend's response head, skipping interim (1xx) responses.
 async fn read_head(conn: &mut RawConn) -> Result<response::Parts, Kind> {
     loop {
-        match codec::parse_response(&mut conn.buf, MAX_RESPONSE_HEAD) {
+        match http1::parse_response(&mut conn.buf, MAX_RESPONSE_HEAD) {
             Ok(Some(p)) if p.status == StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(Kind::Reset("the backend switched protocols unasked".into()))
             }
@@ -617,7 +616,7 @@ where
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     scratch.clear();
-    codec::write_response_head(
+    http1::write_response_head(
         scratch,
         &parts,
         Framing::Length(bytes.len() as u64),
@@ -648,7 +647,7 @@ pub fn has_token(headers: &http::HeaderMap, token: &str) -> bool {
 struct BodyCopy {
     framing: Framing,
     remaining: u64,
-    chunks: codec::ChunkedScanner,
+    chunks: http1::ChunkedScanner,
     done: bool,
 }
 
@@ -662,7 +661,7 @@ impl BodyCopy {
         BodyCopy {
             framing,
             remaining,
-            chunks: codec::ChunkedScanner::new(),
+            chunks: http1::ChunkedScanner::new(),
             done,
         }
     }
@@ -672,7 +671,7 @@ impl BodyCopy {
     }
 
     /// How many of the bytes read (`buf`) belong to the body.
-    fn take(&mut self, buf: &[u8]) -> Result<usize, codec::ChunkError> {
+    fn take(&mut self, buf: &[u8]) -> Result<usize, http1::ChunkError> {
         if self.done {
             return Ok(0);
         }

@@ -19,7 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::{Phase, ServerOptions, Shutdown, Speak};
-use crate::proxy::h1::{codec, has_token, LazyTimer, Next, Reuse};
+use crate::http1;
+use crate::proxy::h1::{has_token, LazyTimer, Next, Reuse};
 use crate::proxy::{ClientInfo, Proxy};
 
 /// Free space kept in the read buffer before each read.
@@ -38,7 +39,7 @@ pub enum Outcome {
 
 /// True if the fast path may serve connections with these options.
 pub fn usable(opts: &ServerOptions, speak: Speak) -> bool {
-    opts.http1_fast_path && speak != Speak::Http2 && opts.max_headers <= codec::MAX_HEADERS
+    opts.http1_fast_path && speak != Speak::Http2 && opts.max_headers <= http1::MAX_HEADERS
 }
 
 /// Why a wait for client bytes ended.
@@ -75,7 +76,7 @@ where
         // header timeout from then on.
         let mut head_deadline: Option<Instant> = None;
         let (parts, raw_head) = loop {
-            match codec::parse_request(&mut reuse.input, opts.max_header_bytes) {
+            match http1::parse_request(&mut reuse.input, opts.max_header_bytes) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(_) if speak == Speak::Auto && reuse.input.starts_with(H2_PREFACE) => {
@@ -85,8 +86,8 @@ where
                 Err(_) if speak == Speak::Auto && H2_PREFACE.starts_with(&reuse.input) => {}
                 Err(e) => {
                     let status = match e {
-                        codec::HeadError::TooLarge => "431 Request Header Fields Too Large",
-                        codec::HeadError::Malformed(_) => "400 Bad Request",
+                        http1::HeadError::TooLarge => "431 Request Header Fields Too Large",
+                        http1::HeadError::Malformed(_) => "400 Bad Request",
                     };
                     reject(io, status).await;
                     return Outcome::Closed;
@@ -109,7 +110,7 @@ where
             }
         };
 
-        let framing = match codec::request_framing(&parts.headers) {
+        let framing = match http1::request_framing(&parts.headers) {
             Ok(f) => f,
             Err(_) => {
                 reject(io, "400 Bad Request").await;
@@ -119,8 +120,8 @@ where
         // A body is read whole before the request goes on, so only one that
         // fits the replay buffer (and so can be retried) is served here.
         let body_len = match framing {
-            codec::Framing::None => Some(None),
-            codec::Framing::Length(n) if n <= proxy.replay_limit() as u64 => Some(Some(n as usize)),
+            http1::Framing::None => Some(None),
+            http1::Framing::Length(n) if n <= proxy.replay_limit() as u64 => Some(Some(n as usize)),
             _ => None,
         };
         let body_len = match body_len {

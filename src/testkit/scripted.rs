@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::proxy::h1::codec::ChunkedScanner;
+use crate::http1::ChunkedScanner;
 
 /// Longest request (head and body) the backend reads; a longer one closes
 /// the connection.
