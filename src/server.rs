@@ -13,7 +13,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,8 +67,9 @@ impl ServerOptions {
 
 /// Where the server is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Phase {
-    Running,
+    Running = 0,
     /// Stop accepting; finish requests in flight.
     Drain,
     /// Drop every connection now.
@@ -79,21 +80,32 @@ pub enum Phase {
 #[derive(Clone)]
 pub struct Shutdown {
     tx: Arc<watch::Sender<Phase>>,
+    /// The phase as a plain atomic, for `phase()` on the request path: a
+    /// load that never writes, where the watch's `borrow` takes a read lock
+    /// whose counter every worker thread would write (a shared cache line
+    /// per request).
+    now: Arc<AtomicU8>,
 }
 
 impl Shutdown {
     pub fn new() -> Shutdown {
         Shutdown {
             tx: Arc::new(watch::channel(Phase::Running).0),
+            now: Arc::new(AtomicU8::new(Phase::Running as u8)),
         }
     }
 
     pub fn set(&self, phase: Phase) {
+        self.now.store(phase as u8, Ordering::Release);
         self.tx.send_replace(phase);
     }
 
     pub fn phase(&self) -> Phase {
-        *self.tx.borrow()
+        match self.now.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Drain,
+            _ => Phase::Close,
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Phase> {
