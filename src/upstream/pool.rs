@@ -210,17 +210,24 @@ impl Pool {
         if self.settings.max_idle == 0 || !conn.buf.is_empty() {
             return;
         }
-        conn.since = Instant::now();
+        let now = Instant::now();
+        conn.since = now;
         let shard = &self.raw_idle[worker::current() % self.raw_idle.len()];
         let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
+        self.make_room(&mut idle, now, |c| c.since);
+        idle.push(conn);
+    }
+
+    /// Before an idle connection is pushed onto `idle` (oldest first): drops
+    /// the oldest ones, those idle too long and those over the cap.
+    fn make_room<T>(&self, idle: &mut Vec<T>, now: Instant, since: impl Fn(&T) -> Instant) {
         let timeout = self.settings.idle_timeout;
         let expired = idle
             .iter()
-            .take_while(|i| i.since.elapsed() > timeout)
+            .take_while(|i| now.saturating_duration_since(since(i)) > timeout)
             .count();
         let over = (idle.len() - expired + 1).saturating_sub(self.settings.max_idle);
         idle.drain(..expired + over);
-        idle.push(conn);
     }
 
     async fn connect_raw(&self) -> Result<RawConn, ConnectError> {
@@ -311,19 +318,10 @@ impl Pool {
         if conn.is_closed() || self.settings.max_idle == 0 {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.shard().lock().unwrap_or_else(|e| e.into_inner());
-        let timeout = self.settings.idle_timeout;
-        // Drop the oldest ones first: expired, or over the cap.
-        let expired = idle
-            .iter()
-            .take_while(|i| i.since.elapsed() > timeout)
-            .count();
-        let over = (idle.len() - expired + 1).saturating_sub(self.settings.max_idle);
-        idle.drain(..expired + over);
-        idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        self.make_room(&mut idle, now, |i| i.since);
+        idle.push(Idle { conn, since: now });
     }
 
     /// Closes every idle connection, and lets go of the shared one (requests
