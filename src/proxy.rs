@@ -127,6 +127,53 @@ struct Failed {
     backend: Option<Arc<Backend>>,
 }
 
+/// One request's attempts so far (both request paths).
+#[derive(Default)]
+struct Attempts {
+    /// Backends tried: a retry goes elsewhere.
+    tried: Vec<Arc<Backend>>,
+    last: Option<Failed>,
+    /// Why the previous attempt failed, when another one is wanted.
+    retry_reason: Option<&'static str>,
+}
+
+// === impl Attempts ===
+
+impl Attempts {
+    /// Records a failed attempt on `backend`; true if another is wanted
+    /// (retries on, attempts left, and the failure safe to retry for this
+    /// request: see [`retry::may_retry`]).
+    fn failed(
+        &mut self,
+        s: &Settings,
+        attempt: u32,
+        error: ProxyError,
+        backend: Arc<Backend>,
+        (replay_allowed, body_replayable): (bool, bool),
+    ) -> bool {
+        let again = s.retries.enabled
+            && attempt < s.retries.max_per_request
+            && retry::may_retry(&error, replay_allowed, body_replayable);
+        if again {
+            self.retry_reason = Some(error.reason());
+        }
+        self.tried.push(backend.clone());
+        self.last = Some(Failed {
+            error,
+            backend: Some(backend),
+        });
+        again
+    }
+
+    /// The failure to answer with: the last attempt's, or no backend at all.
+    fn into_failure(self) -> Failed {
+        self.last.unwrap_or(Failed {
+            error: ProxyError::no_backends(),
+            backend: None,
+        })
+    }
+}
+
 // === impl Proxy ===
 
 impl Proxy {
@@ -264,22 +311,11 @@ impl Proxy {
         let keep_copy =
             replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
         let mut request = Some(Request::from_parts(parts, body));
-        let mut tried: Vec<Arc<Backend>> = Vec::new();
-        let mut last: Option<Failed> = None;
-        // Why the previous attempt failed, when another one is wanted.
-        let mut retry_reason: Option<&'static str> = None;
-
+        let mut attempts = Attempts::default();
         for attempt in 0..=s.retries.max_per_request {
-            let Some(backend) = self.pick(s, &tried) else {
+            let Some(backend) = self.next_backend(s, &mut attempts, attempt, done) else {
                 break;
             };
-            // A retry is counted (and paid for) only once there is a backend
-            // to send it to.
-            if let Some(reason) = retry_reason.take() {
-                if !self.pay_for_retry(s, reason, &backend, last.as_ref(), attempt) {
-                    break;
-                }
-            }
             let to_send = match (keep_copy, request.take()) {
                 (true, Some(r)) => {
                     let copy = clone_request(&r);
@@ -289,41 +325,47 @@ impl Proxy {
                 (false, Some(r)) => r,
                 (_, None) => break,
             };
-            // Recorded before the attempt, so a client that leaves while it
-            // runs is counted against this backend.
-            done.backend = Some(backend.clone());
-            if let Some(log) = &mut done.log {
-                log.attempts = attempt + 1;
-                log.backend = Some(backend.name.clone());
-            }
             match self.attempt(&backend, to_send, &s.timeouts).await {
                 Ok(fwd) => return Ok(fwd),
                 Err((error, returned)) => {
                     if returned.is_some() {
                         request = returned;
                     }
-                    let body_replayable = request.is_some();
                     let error = error.with_backend(&backend.name);
-                    let reason = error.reason();
-                    let again = s.retries.enabled
-                        && attempt < s.retries.max_per_request
-                        && retry::may_retry(&error, replay_allowed, body_replayable);
-                    tried.push(backend.clone());
-                    last = Some(Failed {
-                        error,
-                        backend: Some(backend),
-                    });
-                    if !again {
+                    let replay = (replay_allowed, request.is_some());
+                    if !attempts.failed(s, attempt, error, backend, replay) {
                         break;
                     }
-                    retry_reason = Some(reason);
                 }
             }
         }
-        Err(last.unwrap_or(Failed {
-            error: ProxyError::no_backends(),
-            backend: None,
-        }))
+        Err(attempts.into_failure())
+    }
+
+    /// The backend for the next attempt, one this request has not tried; a
+    /// retry is paid for from the budget only once there is a backend to send
+    /// it to. None: no attempt is left.
+    fn next_backend(
+        &self,
+        s: &Settings,
+        attempts: &mut Attempts,
+        attempt: u32,
+        done: &mut Completion,
+    ) -> Option<Arc<Backend>> {
+        let backend = self.pick(s, &attempts.tried)?;
+        if let Some(reason) = attempts.retry_reason.take() {
+            if !self.pay_for_retry(s, reason, &backend, attempts.last.as_ref(), attempt) {
+                return None;
+            }
+        }
+        // Recorded before the attempt, so a client that leaves while it runs
+        // is counted against this backend.
+        done.backend = Some(backend.clone());
+        if let Some(log) = &mut done.log {
+            log.attempts = attempt + 1;
+            log.backend = Some(backend.name.clone());
+        }
+        Some(backend)
     }
 
     /// Takes a retry from the budget (false: none left), counts it, and logs
