@@ -28,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::Completion;
 use super::error::{Kind, ProxyError, Retry, Source};
-use super::{retry, Failed, Proxy, ReplyTo, ResponseBody, Settings};
+use super::{retry, Attempts, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
 use crate::server::{Phase, Shutdown};
@@ -248,23 +248,11 @@ impl Proxy {
         if s.retries.enabled {
             s.budget.record_request();
         }
-        let mut tried: Vec<Arc<Backend>> = Vec::new();
-        let mut last: Option<Failed> = None;
-        let mut retry_reason: Option<&'static str> = None;
+        let mut attempts = Attempts::default();
         for attempt in 0..=s.retries.max_per_request {
-            let Some(backend) = self.pick(s, &tried) else {
+            let Some(backend) = self.next_backend(s, &mut attempts, attempt, done) else {
                 break;
             };
-            if let Some(reason) = retry_reason.take() {
-                if !self.pay_for_retry(s, reason, &backend, last.as_ref(), attempt) {
-                    break;
-                }
-            }
-            done.backend = Some(backend.clone());
-            if let Some(log) = &mut done.log {
-                log.attempts = attempt + 1;
-                log.backend = Some(backend.name.clone());
-            }
             if !parts.headers.contains_key(header::HOST) {
                 // HTTP/1.1 backends need a Host; a client that sent none gets the backend's.
                 if let Ok(v) = HeaderValue::from_str(&backend.name) {
@@ -281,27 +269,14 @@ impl Proxy {
                     if blame {
                         self.upstream_failed(&backend, &error, false);
                     }
-                    let reason = error.reason();
                     // The body is held whole, so it can always be sent again.
-                    let again = s.retries.enabled
-                        && attempt < s.retries.max_per_request
-                        && retry::may_retry(&error, replay_allowed, true);
-                    tried.push(backend.clone());
-                    last = Some(Failed {
-                        error,
-                        backend: Some(backend),
-                    });
-                    if !again {
+                    if !attempts.failed(s, attempt, error, backend, (replay_allowed, true)) {
                         break;
                     }
-                    retry_reason = Some(reason);
                 }
             }
         }
-        Err(last.unwrap_or(Failed {
-            error: ProxyError::no_backends(),
-            backend: None,
-        }))
+        Err(attempts.into_failure())
     }
 
     /// One attempt on one backend: write the request, read the response head.
@@ -493,6 +468,24 @@ impl Proxy {
             scratch.extend_from_slice(&conn.buf[..first]);
             conn.buf.advance(first);
             done.bytes += first as u64;
+            if body.is_done() {
+                // The whole response is in hand (the usual small one): the
+                // request ends now, as on the hyper path, where the body's
+                // end is seen before its last bytes are written. Whoever
+                // reads the response then sees the backend free and the
+                // request counted.
+                done.body_ended(true);
+                if reusable {
+                    backend.pool.checkin_raw(conn);
+                }
+                drop(done);
+                let written = out.write_all(scratch).await.is_ok() && out.flush().await.is_ok();
+                return if written && keep_alive {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+            }
         }
         if out.write_all(scratch).await.is_err() {
             return Next::Close;
@@ -625,9 +618,10 @@ where
     if !to.head_request {
         scratch.extend_from_slice(&bytes);
     }
-    let written = out.write_all(scratch).await.is_ok() && out.flush().await.is_ok();
-    // Dropping the body records the request (metrics, access log).
+    // Dropping the body records the request (metrics, access log): before
+    // the write, as on the hyper path.
     drop(body);
+    let written = out.write_all(scratch).await.is_ok() && out.flush().await.is_ok();
     if written && to.keep_alive {
         Next::KeepAlive
     } else {
