@@ -420,14 +420,7 @@ impl Proxy {
         let (mut conn, _reused) = match backend.pool.checkout().await {
             Ok(c) => c,
             Err(e) => {
-                let (kind, refused) = match e {
-                    ConnectError::Refused => (Kind::Connect("connection refused".into()), true),
-                    ConnectError::Timeout(d) => (Kind::ConnectTimeout(d), false),
-                    other => (Kind::Connect(other.to_string()), false),
-                };
-                let err = ProxyError::new(Source::Upstream, kind, Retry::Safe);
-                self.upstream_failed(backend, &err, refused);
-                return Err((err, Some(req)));
+                return Err((self.connect_failed(backend, e), Some(req)));
             }
         };
         let mut req = req;
@@ -479,6 +472,20 @@ impl Proxy {
                 Err((err, None))
             }
         }
+    }
+
+    /// No connection to `backend` could be made (nothing of the request was
+    /// sent, so any request may go elsewhere): the error, counted, and health
+    /// told (a refusal ejects at once).
+    fn connect_failed(&self, backend: &Arc<Backend>, e: ConnectError) -> ProxyError {
+        let (kind, refused) = match e {
+            ConnectError::Refused => (Kind::Connect("connection refused".into()), true),
+            ConnectError::Timeout(d) => (Kind::ConnectTimeout(d), false),
+            other => (Kind::Connect(other.to_string()), false),
+        };
+        let error = ProxyError::new(Source::Upstream, kind, Retry::Safe);
+        self.upstream_failed(backend, &error, refused);
+        error
     }
 
     /// A backend failed one attempt: count it by kind, keep the message for

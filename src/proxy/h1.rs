@@ -33,7 +33,7 @@ use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
 use crate::server::{Phase, Shutdown};
 use crate::upstream::raw::RawConn;
-use crate::upstream::{Backend, ConnectError, InFlight};
+use crate::upstream::{Backend, InFlight};
 
 use crate::http1;
 use http1::Framing;
@@ -293,17 +293,9 @@ impl Proxy {
         let (mut conn, reused) = match backend.pool.checkout_raw().await {
             Ok(c) => c,
             Err(e) => {
-                let (kind, refused) = match e {
-                    ConnectError::Refused => (Kind::Connect("connection refused".into()), true),
-                    ConnectError::Timeout(d) => (Kind::ConnectTimeout(d), false),
-                    other => (Kind::Connect(other.to_string()), false),
-                };
-                let error = ProxyError::new(Source::Upstream, kind, Retry::Safe);
-                let error = error.with_backend(&backend.name);
-                // Counted here (not by the caller) to tell health it was a refusal.
-                self.upstream_failed(backend, &error, refused);
+                // Counted here (not by the caller), as a refusal if it was one.
                 return Err(AttemptError {
-                    error,
+                    error: self.connect_failed(backend, e),
                     blame: false,
                 });
             }
