@@ -208,23 +208,18 @@ impl Proxy {
             })
             .await
         };
-        // Decided now, not when the request came: a drain may have begun.
-        let keep_alive = keep_alive && shutdown.phase() == Phase::Running;
+        let to = To {
+            // Decided now, not when the request came: a drain may have begun.
+            keep_alive: keep_alive && shutdown.phase() == Phase::Running,
+            head_request,
+        };
         match forwarded {
             Some(Ok(answered)) => {
-                let to = To {
-                    keep_alive,
-                    head_request,
-                };
                 self.relay(answered, done, reply, &settings, io, scratch, to)
                     .await
             }
             Some(Err(failed)) => {
                 let response = self.fail(failed, done, reply);
-                let to = To {
-                    keep_alive,
-                    head_request,
-                };
                 write_made(response, io, scratch, to).await
             }
             None => Next::Close,
