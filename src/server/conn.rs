@@ -190,7 +190,7 @@ pub async fn serve_connection<I>(
     let (io, prefix) = if super::fast::usable(opts, speak) {
         let mut io = io;
         let outcome = tokio::select! {
-            o = super::fast::serve(&mut io, &client, &proxy, opts, speak, &shutdown) => o,
+            o = super::fast::serve(&mut io, &client, &proxy, opts, &shutdown) => o,
             _ = shutdown.reached(Phase::Close) => super::fast::Outcome::Closed,
         };
         match outcome {

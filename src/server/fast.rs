@@ -56,7 +56,6 @@ pub async fn serve<I>(
     client: &ClientInfo,
     proxy: &Arc<Proxy>,
     opts: &ServerOptions,
-    speak: Speak,
     shutdown: &Shutdown,
 ) -> Outcome
 where
@@ -79,11 +78,13 @@ where
             match http1::parse_request(&mut reuse.input, opts.max_header_bytes) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
-                Err(_) if speak == Speak::Auto && reuse.input.starts_with(H2_PREFACE) => {
+                // HTTP/2 with prior knowledge: hyper serves it, or (with
+                // HTTP/2 off) turns it away, as it did before the fast path.
+                Err(_) if reuse.input.starts_with(H2_PREFACE) => {
                     return Outcome::Handover(std::mem::take(&mut reuse.input).freeze());
                 }
                 // The start of an HTTP/2 preface that arrived in pieces: wait for the rest.
-                Err(_) if speak == Speak::Auto && H2_PREFACE.starts_with(&reuse.input) => {}
+                Err(_) if H2_PREFACE.starts_with(&reuse.input) => {}
                 Err(e) => {
                     let status = match e {
                         http1::HeadError::TooLarge => "431 Request Header Fields Too Large",
