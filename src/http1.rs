@@ -226,9 +226,8 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 /// The non-empty elements of a comma-separated header list, trimmed
 /// (RFC 9110 section 5.6.1: empty elements are ignored).
-fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
-        .as_bytes()
         .split(|b| *b == b',')
         .map(trim_ows)
         .filter(|e| !e.is_empty())
@@ -237,8 +236,8 @@ fn list_elements(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 /// What the Transfer-Encoding headers say: None when absent, Some(true) when
 /// `chunked` is the last coding and appears only there, Some(false) otherwise
 /// (another last coding, chunked applied twice, or an empty value).
-fn transfer_chunked(headers: &HeaderMap) -> Option<bool> {
-    let mut values = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+fn transfer_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<bool> {
+    let mut values = values.peekable();
     values.peek()?;
     let (mut last_chunked, mut chunked_before) = (false, false);
     for coding in values.flat_map(list_elements) {
@@ -261,10 +260,10 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 
 /// The Content-Length, if any: every value in every header must be the same
 /// number (RFC 9110 section 8.6 lets a recipient accept "5, 5").
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, HeadError> {
     let mut len = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for element in value.as_bytes().split(|b| *b == b',').map(trim_ows) {
+    for value in values {
+        for element in value.split(|b| *b == b',').map(trim_ows) {
             let n = parse_decimal(element).ok_or(HeadError::Malformed("content-length"))?;
             if len.is_some_and(|l| l != n) {
                 return Err(HeadError::Malformed("content-length"));
@@ -280,11 +279,12 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
 /// are all equal are OK, e.g. "5, 5"; differing or non-digit → Malformed); both TE and CL →
 /// Malformed("framing") (request smuggling guard); neither → None.
 pub fn request_framing(headers: &HeaderMap) -> Result<Framing, HeadError> {
-    match transfer_chunked(headers) {
+    match transfer_chunked(values(headers, &TRANSFER_ENCODING)) {
         Some(_) if headers.contains_key(CONTENT_LENGTH) => Err(HeadError::Malformed("framing")),
         Some(true) => Ok(Framing::Chunked),
         Some(false) => Err(HeadError::Malformed("transfer-encoding")),
-        None => Ok(content_length(headers)?.map_or(Framing::None, Framing::Length)),
+        None => Ok(content_length(values(headers, &CONTENT_LENGTH))?
+            .map_or(Framing::None, Framing::Length)),
     }
 }
 
@@ -298,6 +298,55 @@ pub fn response_framing(
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Result<Framing, HeadError> {
+    framing_of_response(
+        method,
+        status,
+        values(headers, &TRANSFER_ENCODING),
+        values(headers, &CONTENT_LENGTH),
+    )
+}
+
+/// [`response_framing`] over raw header fields (name, value; names in any
+/// case), for a caller that parses heads without building a `HeaderMap`
+/// (the load generator).
+pub fn response_framing_fields<'a, F>(
+    method: &Method,
+    status: StatusCode,
+    fields: F,
+) -> Result<Framing, HeadError>
+where
+    F: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+{
+    let named = |name: &'static [u8]| {
+        fields
+            .clone()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    framing_of_response(
+        method,
+        status,
+        named(b"transfer-encoding"),
+        named(b"content-length"),
+    )
+}
+
+/// The values of every `name` header, as bytes.
+fn values<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+    headers.get_all(name).iter().map(HeaderValue::as_bytes)
+}
+
+/// The response framing rules of [`response_framing`], over the values of
+/// the Transfer-Encoding and Content-Length headers.
+fn framing_of_response<'a>(
+    method: &Method,
+    status: StatusCode,
+    transfer_encoding: impl Iterator<Item = &'a [u8]>,
+    content_length_values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Framing, HeadError> {
     let bodiless = method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -306,10 +355,10 @@ pub fn response_framing(
     if bodiless {
         return Ok(Framing::None);
     }
-    match transfer_chunked(headers) {
+    match transfer_chunked(transfer_encoding) {
         Some(true) => Ok(Framing::Chunked),
         Some(false) => Ok(Framing::Close),
-        None => Ok(content_length(headers)?.map_or(Framing::Close, Framing::Length)),
+        None => Ok(content_length(content_length_values)?.map_or(Framing::Close, Framing::Length)),
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use super::client::{Connector, ErrorClass, RequestError};
 use super::engine::Settings;
 use super::workload::Workload;
-use crate::http1::{write_request_head, ChunkedScanner};
+use crate::http1::{self, write_request_head, ChunkedScanner};
 
 /// Most headers a response head may have (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -320,46 +320,30 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, RequestErr
         Some(1) => Version::HTTP_11,
         _ => return Err(malformed("version")),
     };
-    let mut length: Option<u64> = None;
-    // `Some(true)` when the last transfer coding is chunked.
-    let mut chunked: Option<bool> = None;
+    // The framing rules are the proxy's (`http1`); only the load client's
+    // requests are never CONNECT, so HEAD or not is all the method says here.
+    let method = if head_request {
+        &Method::HEAD
+    } else {
+        &Method::GET
+    };
+    let fields = res.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+    let framing = match http1::response_framing_fields(method, status, fields) {
+        Ok(http1::Framing::None) => Framing::Length(0),
+        Ok(http1::Framing::Length(n)) => Framing::Length(n),
+        Ok(http1::Framing::Chunked) => Framing::Chunked,
+        Ok(http1::Framing::Close) => Framing::Close,
+        Err(e) => return Err(malformed(&e.to_string())),
+    };
     let (mut close, mut keep_alive) = (false, false);
     for h in res.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for v in elements(h.value) {
-                let n = parse_decimal(v).ok_or_else(|| malformed("content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(malformed("content-length"));
-                }
-                length = Some(n);
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if let Some(last) = elements(h.value).last() {
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            } else {
-                chunked.get_or_insert(false);
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        if h.name.eq_ignore_ascii_case("connection") {
             for v in elements(h.value) {
                 close |= v.eq_ignore_ascii_case(b"close");
                 keep_alive |= v.eq_ignore_ascii_case(b"keep-alive");
             }
         }
     }
-    let bodiless = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodiless {
-        Framing::Length(0)
-    } else {
-        match chunked {
-            Some(true) => Framing::Chunked,
-            Some(false) => Framing::Close,
-            None => length.map_or(Framing::Close, Framing::Length),
-        }
-    };
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
     Ok(Some(Head {
         len,
@@ -376,19 +360,6 @@ fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|&b| b == b',')
         .map(|e| e.trim_ascii())
         .filter(|e| !e.is_empty())
-}
-
-/// A decimal length: digits only, no overflow.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-    })
 }
 
 #[cfg(test)]
