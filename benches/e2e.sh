@@ -48,6 +48,7 @@ EXTRA_PROXY_NAME="unstick-log-$LOG" \
 EXTRA_PROXY_PORT=18100 \
 EXTRA_PROXY_CMD="UNSTICK_BACKENDS=\$BACKEND_ADDRS exec $BIN serve --listen 127.0.0.1:\$EXTRA_PROXY_PORT --admin off --access-log $LOG >/dev/null" \
 TARGETS="$TARGETS unstick-log-$LOG" CONNS="$CONNS" REPS="$REPS" DURATION="$DURATION" OUT_DIR="$OUT" \
+MAX_SECONDS=$(( REPS * 90 + 60 )) \
     "$WORK/peer/run.sh" >&2
 
 echo
@@ -70,5 +71,32 @@ awk -F'|' -v u="unstick-log-$LOG" '
                 rps[c,u]/rps[c,"haproxy-t2"], cpu[c,u]/cpu[c,"haproxy-t2"],
                 p99[c,u]/p99[c,"haproxy-t2"], rss[c,u]/rss[c,"haproxy-t2"]
     }' "$OUT/summary.md" | sort -n -t'|' -k2
+echo
+echo "Paired by round (unstick / haproxy-t2 within each round, seconds apart, so"
+echo "drift in the machine's speed between rounds cancels): median [min - max]:"
+echo
+echo "| conns | rounds | req/s | CPU us/req | p99 |"
+echo "|---:|---:|---|---|---|"
+awk -F, -v u="unstick-log-$LOG" '
+    NR > 1 { key = $1 "," $2; if ($3 == "haproxy-t2") h[key] = $0; if ($3 == u) x[key] = $0 }
+    function med(a, n,   i, j, t) {
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+        return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+    }
+    END {
+        for (key in x) if (key in h) {
+            split(h[key], a, ","); split(x[key], b, ",")
+            c = b[2]; n[c]++
+            r[c, n[c]] = b[4] / a[4]; cpu[c, n[c]] = b[15] / a[15]; p[c, n[c]] = b[7] / a[7]
+        }
+        for (c in n) {
+            m = n[c]
+            for (k = 1; k <= m; k++) { R[k] = r[c, k]; C[k] = cpu[c, k]; P[k] = p[c, k] }
+            # med() sorts its array: index 1 and m are then min and max.
+            mr = med(R, m); mc = med(C, m); mp = med(P, m)
+            printf "| %d | %d | %.2fx [%.2f - %.2f] | %.2fx [%.2f - %.2f] | %.2fx [%.2f - %.2f] |\n",
+                c, m, mr, R[1], R[m], mc, C[1], C[m], mp, P[1], P[m]
+        }
+    }' "$OUT/raw.csv" | sort -n -t'|' -k2
 echo
 echo "raw results: $OUT"
