@@ -341,6 +341,19 @@ fn script(path: &str) -> Scripted {
         }
         "/cut" => Scripted::bytes("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
             .then_close(),
+        // Fields the proxy keeps, drops or replaces, in a head it passes on
+        // from where it was parsed.
+        "/plain-head" => Scripted::bytes(
+            "HTTP/1.1 201 Created\r\nServer: scripted\r\nKeep-Alive: timeout=5\r\n\
+             X-Request-Id: from-backend\r\nConnection: Keep-Alive\r\nX-Unstick-Backend: forged\r\n\
+             Proxy-Connection: keep-alive\r\nContent-Length: 3\r\nX-Custom: a, b\r\n\
+             Upgrade: h2c\r\nX-Custom: c\r\n\r\nok\n",
+        ),
+        // A `Connection` that names another header: scrubbed over a HeaderMap.
+        "/named-hop" => Scripted::bytes(
+            "HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: 2\r\n\
+             X-Request-Id: from-backend\r\nContent-Length: 3\r\n\r\nok\n",
+        ),
         _ => Scripted::bytes("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"),
     }
 }
@@ -813,4 +826,52 @@ async fn a_split_http2_preface_is_handed_to_hyper() {
         .expect("an answer")
         .expect("an HTTP/2 frame, not a closed connection");
     assert_eq!(head[3], 4, "a SETTINGS frame: {head:?}");
+}
+
+// Response heads: passed on from where they were parsed when only fields
+// need dropping and adding, scrubbed over a HeaderMap otherwise; either way
+// the client sees the same policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_heads_are_scrubbed_the_same_either_way() {
+    let b = scripted().await;
+    let mut config = test_config(&[b.addr]);
+    config.backend_header = Some("x-unstick-backend".into());
+    let app = App::start(config).await.unwrap();
+    let mut c = Raw::open(app.proxy_addr).await;
+
+    c.send(get("/plain-head").as_bytes()).await;
+    let r = c.response("GET").await;
+    assert_eq!((r.status, r.text().as_str()), (201, "ok\n"));
+    let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "server",
+            "content-length",
+            "x-custom",
+            "x-custom",
+            "x-request-id",
+            "x-unstick-backend"
+        ],
+        "{r:?}"
+    );
+    assert_eq!(r.all("x-custom"), ["a, b", "c"]);
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert_ne!(id, "from-backend");
+    assert_eq!(
+        r.header("x-unstick-backend"),
+        Some(b.addr.to_string().as_str())
+    );
+
+    c.send(get("/named-hop").as_bytes()).await;
+    let r = c.response("GET").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+    assert_eq!(r.header("x-secret"), None, "{r:?}");
+    assert_eq!(r.header("connection"), None, "{r:?}");
+    assert_eq!(r.header("x-kept"), Some("2"));
+    assert_eq!(r.all("x-request-id").len(), 1);
+    assert_ne!(r.header("x-request-id"), Some("from-backend"));
+    assert_eq!(r.all("x-unstick-backend"), [b.addr.to_string()]);
+    // Both responses kept the connection, on both sides.
+    assert_eq!(b.accepts(), 1);
 }

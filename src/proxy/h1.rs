@@ -5,8 +5,10 @@
 //! oneshot between them, and copied a multi-kilobyte request future into
 //! place. Those were most of unstick's user CPU per request (see
 //! `benches/README.md`). Here the request task owns its backend connection:
-//! it writes the head, reads the response head into the same `HeaderMap`
-//! types the rest of the proxy uses, and streams the body through itself.
+//! it writes the head, reads the response head, and streams the body
+//! through itself. A response head that needs only fields dropped and
+//! unstick's added (most do) is written from where it was parsed; others
+//! become the same `HeaderMap` types the rest of the proxy uses.
 //!
 //! What it serves is deliberately narrow; `server::fast` hands everything
 //! else (HTTP/1.0, upgrades, `Expect`, chunked or large request bodies,
@@ -22,12 +24,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{request, response, StatusCode};
+use http::{request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::body::Completion;
 use super::error::{Kind, ProxyError, Retry, Source};
+use super::headers::{self, FieldRule, X_REQUEST_ID};
 use super::{retry, Attempts, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
@@ -136,9 +139,10 @@ struct To {
     head_request: bool,
 }
 
-/// A response head from a backend, and what comes with it.
+/// A response head from a backend, and what comes with it. The head's
+/// bytes are still at the start of `conn.buf`, its fields in `conn.fields`.
 struct Answered {
-    parts: response::Parts,
+    head: http1::ResponseHead,
     framing: Framing,
     conn: RawConn,
     /// The backend keeps the connection open after this response.
@@ -337,7 +341,7 @@ impl Proxy {
             .await
         };
         let head = match head {
-            Some(Ok(p)) => p,
+            Some(Ok(h)) => h,
             Some(Err(kind)) => {
                 return Err(AttemptError {
                     error: ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent),
@@ -357,7 +361,8 @@ impl Proxy {
             .upstream_duration
             .observe(sent_at.elapsed().as_secs_f64());
         self.health.on_success(backend);
-        let framing = match http1::response_framing(&parts.method, head.status, &head.headers) {
+        let fields = conn.fields.iter().map(|f| f.field(&conn.buf));
+        let framing = match http1::response_framing_fields(&parts.method, head.status, fields) {
             Ok(f) => f,
             Err(e) => {
                 let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
@@ -369,9 +374,12 @@ impl Proxy {
         };
         let reusable = head.version == http::Version::HTTP_11
             && framing != Framing::Close
-            && !has_token(&head.headers, "close");
+            && !conn.fields.iter().any(|f| {
+                let (name, value) = f.field(&conn.buf);
+                name.eq_ignore_ascii_case(b"connection") && http1::list_has(value, b"close")
+            });
         Ok(Answered {
-            parts: head,
+            head,
             framing,
             conn,
             reusable,
@@ -395,43 +403,78 @@ impl Proxy {
     where
         W: AsyncWrite + Unpin,
     {
-        let keep_alive = to.keep_alive;
         let Answered {
-            mut parts,
+            head,
             framing,
             mut conn,
             reusable,
             in_flight,
         } = answered;
         let backend = in_flight.backend().clone();
-        if let Err(cookie) =
-            self.scrub_response(&mut parts, &backend, settings, &reply.request_id, false)
-        {
-            // The backend's connection and in-flight count go with it.
-            drop((conn, in_flight));
-            let error = ProxyError::new(
-                Source::Upstream,
-                Kind::AffinityRejected(cookie),
-                Retry::Never,
-            )
-            .with_backend(&backend.name);
-            let failed = Failed {
-                error,
-                backend: Some(backend),
+        // A body delimited by the backend closing can only be passed on the
+        // same way.
+        let keep_alive = to.keep_alive && framing != Framing::Close;
+        scratch.clear();
+        // Most heads need only fields dropped and unstick's added: they are
+        // written from where they were parsed. The rest are scrubbed as on
+        // the hyper path, over a `HeaderMap`.
+        let backend_header = settings.backend_header.as_ref();
+        let plain = conn.fields.iter().all(|f| {
+            let (name, value) = f.field(&conn.buf);
+            headers::response_field_rule(name, value, backend_header) != FieldRule::Scrub
+        });
+        if plain {
+            http1::write_status_line(scratch, head.status);
+            for f in &conn.fields {
+                let (name, value) = f.field(&conn.buf);
+                if headers::response_field_rule(name, value, backend_header) == FieldRule::Keep {
+                    http1::put_response_field(scratch, name, value, framing);
+                }
+            }
+            scratch.extend_from_slice(X_REQUEST_ID.as_str().as_bytes());
+            http1::put_field_value(scratch, reply.request_id.as_bytes());
+            if let Some(name) = backend_header {
+                scratch.extend_from_slice(name.as_str().as_bytes());
+                http1::put_field_value(scratch, backend.name.as_bytes());
+            }
+            http1::end_response_head(scratch, framing, keep_alive);
+            conn.buf.advance(head.len);
+        } else {
+            let bytes = conn.buf.split_to(head.len).freeze();
+            let parsed = http1::response_parts(&bytes, &head, &conn.fields);
+            let scrubbed =
+                parsed.map_err(|e| Kind::Reset(format!("invalid response from the backend: {e}")));
+            let scrubbed = scrubbed.and_then(|mut parts| {
+                self.scrub_response(&mut parts, &backend, settings, &reply.request_id, false)
+                    .map(|()| parts)
+                    .map_err(Kind::AffinityRejected)
+            });
+            let parts = match scrubbed {
+                Ok(parts) => parts,
+                Err(kind) => {
+                    // The backend's connection and in-flight count go with it.
+                    drop((conn, in_flight));
+                    let invalid = matches!(kind, Kind::Reset(_));
+                    let error = ProxyError::new(Source::Upstream, kind, Retry::Never)
+                        .with_backend(&backend.name);
+                    if invalid {
+                        self.upstream_failed(&backend, &error, false);
+                    }
+                    let failed = Failed {
+                        error,
+                        backend: Some(backend),
+                    };
+                    return write_made(self.fail(failed, done, reply), out, scratch, to).await;
+                }
             };
-            return write_made(self.fail(failed, done, reply), out, scratch, to).await;
+            http1::write_response_head(scratch, &parts, framing, keep_alive);
         }
-        done.status = parts.status.as_u16();
+        done.status = head.status.as_u16();
         if let Some(log) = &mut done.log {
             log.status = done.status;
             log.backend = Some(backend.name.clone());
         }
         done.in_flight = Some(in_flight);
-        // A body delimited by the backend closing can only be passed on the
-        // same way.
-        let keep_alive = keep_alive && framing != Framing::Close;
-        scratch.clear();
-        http1::write_response_head(scratch, &parts, framing, keep_alive);
 
         let mut body = BodyCopy::new(framing);
         // The part of the body that came with the head goes out with it.
@@ -525,16 +568,20 @@ impl Proxy {
     }
 }
 
-/// Reads a backend's response head, skipping interim (1xx) responses.
-async fn read_head(conn: &mut RawConn) -> Result<response::Parts, Kind> {
+/// Reads a backend's response head (left at the start of `conn.buf`, its
+/// fields in `conn.fields`), skipping interim (1xx) responses.
+async fn read_head(conn: &mut RawConn) -> Result<http1::ResponseHead, Kind> {
     loop {
-        match http1::parse_response(&mut conn.buf, MAX_RESPONSE_HEAD) {
-            Ok(Some(p)) if p.status == StatusCode::SWITCHING_PROTOCOLS => {
+        match http1::parse_response_head(&conn.buf, MAX_RESPONSE_HEAD, &mut conn.fields) {
+            Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(Kind::Reset("the backend switched protocols unasked".into()))
             }
             // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
-            Ok(Some(p)) if p.status.is_informational() => continue,
-            Ok(Some(p)) => return Ok(p),
+            Ok(Some(h)) if h.status.is_informational() => {
+                conn.buf.advance(h.len);
+                continue;
+            }
+            Ok(Some(h)) => return Ok(h),
             Ok(None) => {}
             Err(e) => {
                 return Err(Kind::Reset(format!(

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::health::X_UNSTICK_DRAIN;
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -60,10 +62,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             for value in values {
                 let Ok(text) = value.to_str() else { continue };
                 for token in text.split(',').map(str::trim) {
-                    let usual = ["close", "keep-alive", "upgrade", ""]
-                        .iter()
-                        .any(|u| token.eq_ignore_ascii_case(u));
-                    if !usual {
+                    if !names_no_header(token.as_bytes()) {
                         // HeaderName::from_bytes lowercases; allocates only here.
                         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                             named.push(name);
@@ -104,6 +103,61 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(header::UPGRADE);
         }
     }
+}
+
+/// True for a `Connection` token that names no other header: `close`,
+/// `keep-alive` and `upgrade` (the usual ones), or an empty list element.
+fn names_no_header(token: &[u8]) -> bool {
+    [&b"close"[..], b"keep-alive", b"upgrade", b""]
+        .iter()
+        .any(|u| token.eq_ignore_ascii_case(u))
+}
+
+/// What [`remove_hop_by_hop`] and the rest of a response's scrubbing
+/// (`Proxy::scrub_response`) do to one response field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldRule {
+    /// Passed on as it is.
+    Keep,
+    /// Left out: hop-by-hop, or replaced by unstick's own value.
+    Drop,
+    /// Needs the full scrubbing over a `HeaderMap`: cookies to check, a
+    /// drain request, `TE`, or a `Connection` that names other headers.
+    Scrub,
+}
+
+/// The [`FieldRule`] for a response field (name in any case) that is not a
+/// WebSocket handshake's; `backend_header` is the configured header naming
+/// the backend. It lets the fast path pass a response head on from where it
+/// was parsed, and falls back to the `HeaderMap` path (`Scrub`) for every
+/// field that path would do more with than keep or drop.
+pub fn response_field_rule(
+    name: &[u8],
+    value: &[u8],
+    backend_header: Option<&HeaderName>,
+) -> FieldRule {
+    let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+    if is(&header::SET_COOKIE) || is(&X_UNSTICK_DRAIN) || is(&header::TE) {
+        return FieldRule::Scrub;
+    }
+    if is(&header::CONNECTION) {
+        let names_others = value
+            .split(|b| *b == b',')
+            .any(|t| !names_no_header(t.trim_ascii()));
+        return if names_others {
+            FieldRule::Scrub
+        } else {
+            FieldRule::Drop
+        };
+    }
+    if HOP_BY_HOP.iter().any(|h| is(h))
+        || is(&header::UPGRADE)
+        || is(&X_REQUEST_ID)
+        || backend_header.is_some_and(is)
+    {
+        return FieldRule::Drop;
+    }
+    FieldRule::Keep
 }
 
 /// Joins several `Cookie` headers into one, pairs separated by `; `.
@@ -263,6 +317,76 @@ fn hex(v: u64, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The field rules keep exactly what `remove_hop_by_hop` keeps, for
+    /// every head they do not hand to it.
+    #[test]
+    fn field_rules_agree_with_remove_hop_by_hop() {
+        let heads: &[&[(&str, &str)]] = &[
+            &[
+                ("Server", "x"),
+                ("Connection", "keep-alive"),
+                ("Keep-Alive", "timeout=5"),
+            ],
+            &[
+                ("connection", "close, Upgrade"),
+                ("upgrade", "h2c"),
+                ("x-a", "1"),
+            ],
+            &[
+                ("Proxy-Connection", "keep-alive"),
+                ("Trailer", "x-sum"),
+                ("ETag", "\"v\""),
+            ],
+            &[
+                ("Transfer-Encoding", "chunked"),
+                ("Proxy-Authenticate", "Basic"),
+            ],
+            &[
+                ("X-Request-Id", "theirs"),
+                ("X-Backend", "forged"),
+                ("Vary", "a"),
+            ],
+            &[("Connection", "x-secret"), ("X-Secret", "1")],
+            &[("Set-Cookie", "a=1"), ("TE", "trailers")],
+        ];
+        let backend_header = HeaderName::from_static("x-backend");
+        for fields in heads {
+            let rules: Vec<FieldRule> = fields
+                .iter()
+                .map(|(n, v)| {
+                    response_field_rule(n.as_bytes(), v.as_bytes(), Some(&backend_header))
+                })
+                .collect();
+            if rules.contains(&FieldRule::Scrub) {
+                continue;
+            }
+            let mut map = HeaderMap::new();
+            for (n, v) in fields.iter() {
+                map.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_static(v),
+                );
+            }
+            remove_hop_by_hop(&mut map, false);
+            map.remove(&X_REQUEST_ID);
+            map.remove(&backend_header);
+            let kept: Vec<String> = fields
+                .iter()
+                .zip(&rules)
+                .filter(|(_, r)| **r == FieldRule::Keep)
+                .map(|((n, _), _)| n.to_ascii_lowercase())
+                .collect();
+            let mapped: Vec<String> = map.keys().map(|n| n.to_string()).collect();
+            assert_eq!(kept, mapped, "{fields:?}");
+        }
+        // Those left to the full scrubbing.
+        let scrub = |n: &str, v: &str| response_field_rule(n.as_bytes(), v.as_bytes(), None);
+        assert_eq!(scrub("Connection", "x-secret"), FieldRule::Scrub);
+        assert_eq!(scrub("set-cookie", "a=1"), FieldRule::Scrub);
+        assert_eq!(scrub("X-Unstick-Drain", "1"), FieldRule::Scrub);
+        assert_eq!(scrub("x-backend", "b"), FieldRule::Keep);
+    }
 
     #[test]
     fn request_ids_are_unique_across_threads_and_generators() {

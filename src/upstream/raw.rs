@@ -12,6 +12,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::http1::HeaderIndices;
+
 /// Read buffer size for a backend connection: a typical response head and
 /// a small body arrive in one read.
 pub const READ_BUF: usize = 8 * 1024;
@@ -21,6 +23,9 @@ pub struct RawConn {
     pub io: TcpStream,
     /// Bytes read but not yet consumed (the start of a response).
     pub buf: BytesMut,
+    /// Where the fields of the response head at the start of `buf` are
+    /// (kept with the connection so its allocation is reused).
+    pub fields: Vec<HeaderIndices>,
     /// When it last went idle (for the pool's idle timeout).
     pub(crate) since: Instant,
 }
@@ -32,6 +37,7 @@ impl RawConn {
         RawConn {
             io,
             buf: BytesMut::new(),
+            fields: Vec::new(),
             since: Instant::now(),
         }
     }
