@@ -25,6 +25,9 @@ pub enum HeadError {
     TooLarge,
 }
 
+/// Fields a proxy typically adds to a parsed head (see `build_headers`).
+const ADDED_FIELDS: usize = 6;
+
 /// Where one header's name and value sit in the head, recorded during the
 /// httparse pass (which borrows the buffer) and used after `split_to` (which
 /// needs it mutably).
@@ -77,7 +80,10 @@ fn record_indices(bytes: &[u8], headers: &[httparse::Header<'_>], indices: &mut 
 /// Builds a `HeaderMap` whose values are slices of `head` (no copy), in
 /// order, repeats kept.
 fn build_headers(head: &Bytes, indices: &[HeaderIndices]) -> Result<HeaderMap, HeadError> {
-    let mut map = HeaderMap::with_capacity(indices.len());
+    // Room for the fields a proxy adds (forwarding headers, a request id):
+    // sized to the head alone, the map grew (reallocated and rehashed) on
+    // those inserts, up to three times for a request with one field.
+    let mut map = HeaderMap::with_capacity(indices.len() + ADDED_FIELDS);
     for idx in indices {
         let name = HeaderName::from_bytes(&head[range(idx.name)])
             .map_err(|_| HeadError::Malformed("header name"))?;
