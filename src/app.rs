@@ -236,7 +236,8 @@ impl App {
         )));
         let limit = Arc::new(Semaphore::new(server_options.max_connections));
         let mut server = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
+        let seats = server::balance::seats(listeners.len());
+        for ((i, listener), seat) in listeners.into_iter().enumerate().zip(seats) {
             let (proxy, options, shutdown, limit) = (
                 proxy.clone(),
                 server_options.clone(),
@@ -245,7 +246,7 @@ impl App {
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("unstick-worker-{i}"))
-                .spawn(move || run_worker(i, listener, proxy, options, shutdown, limit));
+                .spawn(move || run_worker(i, seat, listener, proxy, options, shutdown, limit));
             server.push(spawned.map_err(bind_error)?);
         }
         Ok(App {
@@ -342,6 +343,7 @@ pub enum AccessLoggerChoice {
 /// wake-ups, and per-worker connection pools.
 fn run_worker(
     i: usize,
+    seat: server::balance::Seat,
     listener: std::net::TcpListener,
     proxy: Arc<Proxy>,
     options: ServerOptions,
@@ -354,6 +356,6 @@ fn run_worker(
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        server::serve(listener, proxy, options, shutdown, limit).await
+        server::serve(listener, proxy, options, shutdown, limit, seat).await
     })
 }

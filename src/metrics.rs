@@ -86,6 +86,8 @@ pub struct Metrics {
     pub backend_in_flight: IntGaugeVec,
     pub ejections: IntCounterVec,
     pub connections_open: IntGauge,
+    /// Client connections open on each worker (see `server::balance`).
+    pub worker_connections: IntGaugeVec,
     pub affinity_refused: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
     pub tls_reloads: IntCounterVec,
@@ -188,6 +190,12 @@ impl Metrics {
                 .expect("valid metric");
         r.register(Box::new(connections_open.clone()))
             .expect("registered once");
+        let worker_connections = gauge_vec(
+            r,
+            "unstick_worker_connections",
+            "Client connections open on each worker thread (they are spread evenly).",
+            &["worker"],
+        );
         let affinity_refused = counter_vec(
             r,
             "unstick_affinity_cookies_refused_total",
@@ -249,6 +257,7 @@ impl Metrics {
             backend_in_flight,
             ejections,
             connections_open,
+            worker_connections,
             affinity_refused,
             tls_handshake_failures,
             tls_reloads,

@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, Http2};
 use crate::proxy::{ClientInfo, Proxy};
 
+pub mod balance;
 mod conn;
 pub mod fast;
 mod handshake;
@@ -198,47 +199,67 @@ impl OpenConns {
 /// Serves `listener` until `shutdown` reaches `Drain`, then drains: waits for
 /// open connections to finish, at most `opts.drain`, and returns.
 ///
-/// `limit` caps client connections; workers share one.
+/// `limit` caps client connections; workers share one. `seat` is this
+/// worker's place in the balance of connections over the workers.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     opts: ServerOptions,
     shutdown: Shutdown,
     limit: Arc<Semaphore>,
+    seat: balance::Seat,
 ) -> io::Result<()> {
     let opts = Arc::new(opts);
     let open = Arc::new(OpenConns::default());
     let builders = Arc::new(Builders::new(&opts));
     let acceptor = opts.tls.clone().map(TlsAcceptor::from);
+    let balance::Seat { balance, mut inbox } = seat;
+    let worker_open = proxy
+        .metrics
+        .worker_connections
+        .with_label_values(&[&balance.worker().to_string()]);
 
     {
         let mut drain = pin!(shutdown.reached(Phase::Drain));
         loop {
-            let (stream, addr) = tokio::select! {
+            let placed = tokio::select! {
                 _ = &mut drain => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, don't spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                handed = inbox.recv() => match handed {
+                    Some(h) => balance.receive(h),
+                    None => continue,
                 },
+                accepted = listener.accept() => {
+                    let (stream, addr) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, don't spin.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // The permit is taken after the accept, holding at most
+                    // one accepted connection per worker while the limit is
+                    // reached. Taken before it, an idle worker would sit on a
+                    // permit while a connection the kernel queued on another
+                    // worker's listener waited for one: with workers sharing
+                    // one limit, a freed slot could then go to a worker with
+                    // nothing to serve.
+                    let permit = tokio::select! {
+                        _ = &mut drain => break,
+                        p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+                    };
+                    let _ = stream.set_nodelay(true);
+                    balance.place(stream, addr, permit)
+                }
             };
-            // The permit is taken after the accept, holding at most one
-            // accepted connection per worker while the limit is reached.
-            // Taken before it, an idle worker would sit on a permit while a
-            // connection the kernel queued on another worker's listener
-            // waited for one: with workers sharing one limit, a freed slot
-            // could then go to a worker with nothing to serve.
-            let permit = tokio::select! {
-                _ = &mut drain => break,
-                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+            // Handed to another worker (or lost in the handing): nothing here.
+            let Some((stream, addr, permit)) = placed else {
+                continue;
             };
-            let _ = stream.set_nodelay(true);
             open.count.fetch_add(1, Ordering::AcqRel);
             proxy.metrics.connections_open.inc();
+            worker_open.inc();
             let (proxy, opts, builders, open, shutdown, acceptor) = (
                 proxy.clone(),
                 opts.clone(),
@@ -247,6 +268,7 @@ pub async fn serve(
                 shutdown.clone(),
                 acceptor.clone(),
             );
+            let (balance, worker_open) = (balance.clone(), worker_open.clone());
             tokio::spawn(async move {
                 match acceptor {
                     None => {
@@ -288,6 +310,8 @@ pub async fn serve(
                     }
                 }
                 proxy.metrics.connections_open.dec();
+                worker_open.dec();
+                balance.closed();
                 if open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
                     open.zero.notify_waiters();
                 }

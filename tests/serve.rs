@@ -740,3 +740,71 @@ async fn the_backend_header_is_opt_in() {
         );
     }
 }
+
+/// Open client connections on each worker, from the `unstick_worker_connections` gauge.
+fn worker_connections(app: &App, workers: usize) -> Vec<f64> {
+    let text = app.proxy.metrics.encode();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    (0..workers)
+        .map(|w| {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == "unstick_worker_connections")
+                .filter(|s| s.labels.get("worker") == Some(w.to_string().as_str()))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Gauge(v) => v,
+                    _ => 0.0,
+                })
+                .sum()
+        })
+        .collect()
+}
+
+// Connections are spread evenly over the workers, whatever the kernel's
+// `SO_REUSEPORT` hash makes of their addresses (64 connections from one
+// client were split 40/25 without this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_evenly_over_the_workers() {
+    let b = backends(1, Duration::ZERO).await;
+    let mut config = test_config(&[b[0].addr]);
+    config.workers = 2;
+    let app = App::start(config).await.unwrap();
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(app.proxy_addr).await.unwrap();
+        // An answer means the connection was accepted and placed.
+        s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("answered within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed before answering");
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+        open.push(s);
+    }
+    // One at a time, each goes to the worker with fewer: exactly even.
+    assert_eq!(worker_connections(&app, 2), [32.0, 32.0]);
+    drop(open);
+    for _ in 0..100 {
+        if worker_connections(&app, 2) == [0.0, 0.0] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "connections still counted: {:?}",
+        worker_connections(&app, 2)
+    );
+}
