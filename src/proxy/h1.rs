@@ -44,6 +44,10 @@ use http1::Framing;
 /// The longest response head a backend may send.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
+/// A request header map with room for at most this many fields is kept for
+/// the connection's next request.
+const KEPT_HEADER_CAPACITY: usize = 64;
+
 /// A write to the client's socket that is at most this long goes out in one
 /// piece with the response head (one system call for a small response).
 const COALESCE: usize = 16 * 1024;
@@ -110,6 +114,9 @@ pub struct Reuse {
     pub scratch: Vec<u8>,
     /// The backend response-head timeout.
     pub timer: LazyTimer,
+    /// The last request's header map, emptied: the next request's is made
+    /// in its allocation.
+    pub headers: http::HeaderMap,
 }
 
 impl Reuse {
@@ -119,6 +126,7 @@ impl Reuse {
             input: BytesMut::new(),
             scratch: Vec::new(),
             timer: LazyTimer::new(),
+            headers: http::HeaderMap::new(),
         }
     }
 }
@@ -180,6 +188,7 @@ impl Proxy {
             input,
             scratch,
             timer,
+            headers: spare,
         } = reuse;
         let start = Instant::now();
         // A response to HEAD has no body, not even an error message.
@@ -217,7 +226,7 @@ impl Proxy {
             keep_alive: keep_alive && shutdown.phase() == Phase::Running,
             head_request,
         };
-        match forwarded {
+        let next = match forwarded {
             Some(Ok(answered)) => {
                 self.relay(answered, done, reply, &settings, io, scratch, to)
                     .await
@@ -227,7 +236,13 @@ impl Proxy {
                 write_made(response, io, scratch, to).await
             }
             None => Next::Close,
+        };
+        // The map is kept for the next request, unless one large head grew it.
+        if parts.headers.capacity() <= KEPT_HEADER_CAPACITY {
+            parts.headers.clear();
+            *spare = std::mem::take(&mut parts.headers);
         }
+        next
     }
 
     /// Sends the request, retrying on another backend when that is safe:

@@ -71,7 +71,11 @@ where
         // header timeout from then on.
         let mut head_deadline: Option<Instant> = None;
         let (parts, raw_head) = loop {
-            match http1::parse_request(&mut reuse.input, opts.max_header_bytes) {
+            match http1::parse_request_into(
+                &mut reuse.input,
+                opts.max_header_bytes,
+                &mut reuse.headers,
+            ) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 // HTTP/2 with prior knowledge: hyper serves it, or (with
