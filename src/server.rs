@@ -10,13 +10,11 @@
 //! are refused) and every connection finishes the requests it has, then
 //! closes; after the drain timeout, `Close` drops whatever is left.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -69,7 +67,7 @@ impl ServerOptions {
 }
 
 /// Where the server is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Phase {
     Running = 0,
@@ -116,56 +114,15 @@ impl Shutdown {
     }
 
     /// Resolves once the phase is at least `phase`.
-    pub fn reached(&self, phase: Phase) -> Reached {
+    pub async fn reached(&self, phase: Phase) {
         let mut rx = self.subscribe();
-        let wait = async move {
-            let _ = rx.wait_for(|p| *p >= phase).await;
-        };
-        Reached {
-            now: self.now.clone(),
-            phase,
-            wait: Box::pin(wait),
-            registered: None,
-        }
-    }
-}
-
-/// The future of [`Shutdown::reached`], cheap to poll again.
-///
-/// A connection's task polls its shutdown watch each time it wakes (two or
-/// three times per request). Polling the watch itself takes the lock of its
-/// waiter list, which every connection on every worker shares (measured,
-/// 2.7% of user CPU under load). Here a poll first reads the phase atomic,
-/// and polls the watch only when the phase changed or the task's waker did.
-pub struct Reached {
-    now: Arc<AtomicU8>,
-    phase: Phase,
-    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// The phase seen and the waker given at the last poll of `wait`.
-    registered: Option<(u8, Waker)>,
-}
-
-impl Future for Reached {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // `Shutdown::set` stores the phase before it notifies the watch, so
-        // a wake-up for a new phase always finds it changed here.
-        let now = self.now.load(Ordering::Acquire);
-        if now >= self.phase as u8 {
-            return Poll::Ready(());
-        }
-        if let Some((seen, waker)) = &self.registered {
-            if *seen == now && waker.will_wake(cx.waker()) {
-                return Poll::Pending;
-            }
-        }
-        let this = &mut *self;
-        if this.wait.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        this.registered = Some((now, cx.waker().clone()));
-        Poll::Pending
+        let _ = rx
+            .wait_for(|p| match phase {
+                Phase::Running => true,
+                Phase::Drain => *p != Phase::Running,
+                Phase::Close => *p == Phase::Close,
+            })
+            .await;
     }
 }
 
@@ -398,7 +355,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!drain.is_finished() && !close.is_finished());
 
-        // Drain wakes the `Close` waiter, which must register again.
+        // Drain wakes the `Close` waiter, which must wait on.
         shutdown.set(Phase::Drain);
         tokio::time::timeout(Duration::from_secs(5), drain)
             .await

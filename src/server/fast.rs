@@ -18,7 +18,7 @@ use http::{header, Method, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{Phase, Reached, ServerOptions, Shutdown, Speak};
+use super::{Phase, ServerOptions, Shutdown, Speak};
 use crate::http1;
 use crate::proxy::h1::{has_token, LazyTimer, Next, Reuse};
 use crate::proxy::{ClientInfo, Proxy};
@@ -65,7 +65,11 @@ where
     // Timers (client reads, backend response heads) and a drain watch made
     // once per connection, not per request.
     let mut timer = LazyTimer::new();
-    let mut drain = shutdown.reached(Phase::Drain);
+    let drain = {
+        let shutdown = shutdown.clone();
+        async move { shutdown.reached(Phase::Drain).await }
+    };
+    let mut drain: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(drain);
     loop {
         // A request head: the idle timeout runs until its first byte, the
         // header timeout from then on.
@@ -181,7 +185,7 @@ async fn read_more<I>(
     buf: &mut BytesMut,
     timer: &mut LazyTimer,
     deadline: Instant,
-    mut drain: Option<&mut Reached>,
+    mut drain: Option<&mut Pin<Box<dyn Future<Output = ()> + Send>>>,
 ) -> Wait
 where
     I: AsyncRead + Unpin,
@@ -199,7 +203,7 @@ where
             });
         }
         if let Some(d) = drain.as_mut() {
-            if Pin::new(&mut **d).poll(cx).is_ready() {
+            if d.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wait::Draining);
             }
         }
