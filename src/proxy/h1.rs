@@ -429,30 +429,18 @@ impl Proxy {
         // A body delimited by the backend closing can only be passed on the
         // same way.
         let keep_alive = to.keep_alive && framing != Framing::Close;
-        scratch.clear();
         // Most heads need only fields dropped and unstick's added: they are
         // written from where they were parsed. The rest are scrubbed as on
         // the hyper path, over a `HeaderMap`.
-        let backend_header = settings.backend_header.as_ref();
-        let plain = conn.fields.iter().all(|f| {
-            let (name, value) = f.field(&conn.buf);
-            headers::response_field_rule(name, value, backend_header) != FieldRule::Scrub
-        });
-        if plain {
-            http1::write_status_line(scratch, head.status);
-            for f in &conn.fields {
-                let (name, value) = f.field(&conn.buf);
-                if headers::response_field_rule(name, value, backend_header) == FieldRule::Keep {
-                    http1::put_response_field(scratch, name, value, framing);
-                }
-            }
-            scratch.extend_from_slice(X_REQUEST_ID.as_str().as_bytes());
-            http1::put_field_value(scratch, reply.request_id.as_bytes());
-            if let Some(name) = backend_header {
-                scratch.extend_from_slice(name.as_str().as_bytes());
-                http1::put_field_value(scratch, backend.name.as_bytes());
-            }
-            http1::end_response_head(scratch, framing, keep_alive);
+        let backend_header = settings
+            .backend_header
+            .as_ref()
+            .map(|name| (name, &*backend.name));
+        let ours = Ours {
+            request_id: &reply.request_id,
+            backend_header,
+        };
+        if write_plain_head(scratch, &head, &conn, framing, keep_alive, ours) {
             conn.buf.advance(head.len);
         } else {
             let bytes = conn.buf.split_to(head.len).freeze();
@@ -581,6 +569,51 @@ impl Proxy {
             Next::Close
         }
     }
+}
+
+/// The fields unstick adds to every response head it passes on.
+#[derive(Clone, Copy)]
+struct Ours<'a> {
+    request_id: &'a HeaderValue,
+    /// The configured header naming the backend, and the backend's name.
+    backend_header: Option<(&'a http::HeaderName, &'a str)>,
+}
+
+/// Writes the response head at the start of `conn.buf` into `out` (emptied
+/// first) from where it was parsed: each field kept or dropped by
+/// `headers::response_field_rule`, then unstick's own fields. False, with
+/// `out` emptied again, at the first field that needs the full scrubbing
+/// over a `HeaderMap`.
+fn write_plain_head(
+    out: &mut Vec<u8>,
+    head: &http1::ResponseHead,
+    conn: &RawConn,
+    framing: Framing,
+    keep_alive: bool,
+    ours: Ours<'_>,
+) -> bool {
+    let backend_header = ours.backend_header.map(|(name, _)| name);
+    out.clear();
+    http1::write_status_line(out, head.status);
+    for f in &conn.fields {
+        let (name, value) = f.field(&conn.buf);
+        match headers::response_field_rule(name, value, backend_header) {
+            FieldRule::Keep => http1::put_response_field(out, name, value, framing),
+            FieldRule::Drop => {}
+            FieldRule::Scrub => {
+                out.clear();
+                return false;
+            }
+        }
+    }
+    out.extend_from_slice(X_REQUEST_ID.as_str().as_bytes());
+    http1::put_field_value(out, ours.request_id.as_bytes());
+    if let Some((name, backend)) = ours.backend_header {
+        out.extend_from_slice(name.as_str().as_bytes());
+        http1::put_field_value(out, backend.as_bytes());
+    }
+    http1::end_response_head(out, framing, keep_alive);
+    true
 }
 
 /// Reads a backend's response head (left at the start of `conn.buf`, its
