@@ -47,6 +47,14 @@ impl HeaderIndices {
         value: (0, 0),
     };
 
+    /// Where httparse's `header` (parsed from `bytes`) sits in `bytes`.
+    fn of(bytes: &[u8], header: &httparse::Header<'_>) -> HeaderIndices {
+        HeaderIndices {
+            name: span(range_in(bytes, header.name.as_bytes())),
+            value: span(range_in(bytes, header.value)),
+        }
+    }
+
     /// This field's name (as sent: any case) and value, in the head it was parsed from.
     pub fn field<'a>(&self, head: &'a [u8]) -> (&'a [u8], &'a [u8]) {
         (&head[range(self.name)], &head[range(self.value)])
@@ -72,8 +80,7 @@ fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
 /// Records the ranges of `headers` (from httparse over `bytes`) into `indices`.
 fn record_indices(bytes: &[u8], headers: &[httparse::Header<'_>], indices: &mut [HeaderIndices]) {
     for (header, idx) in headers.iter().zip(indices.iter_mut()) {
-        idx.name = span(range_in(bytes, header.name.as_bytes()));
-        idx.value = span(range_in(bytes, header.value));
+        *idx = HeaderIndices::of(bytes, header);
     }
 }
 
@@ -244,10 +251,7 @@ pub fn parse_response_head(
         Err(_) => return Err(HeadError::Malformed("response head")),
     };
     let code = res.code.ok_or(HeadError::Malformed("response head"))?;
-    fields.extend(res.headers.iter().map(|h| HeaderIndices {
-        name: span(range_in(window, h.name.as_bytes())),
-        value: span(range_in(window, h.value)),
-    }));
+    fields.extend(res.headers.iter().map(|h| HeaderIndices::of(window, h)));
     Ok(Some(ResponseHead {
         status: StatusCode::from_u16(code).map_err(|_| HeadError::Malformed("status"))?,
         version: version(res.version)?,
@@ -381,22 +385,9 @@ pub fn request_framing(headers: &HeaderMap) -> Result<Framing, HeadError> {
 /// headers say; TE chunked (last coding) → Chunked (TE present but not chunked → Close); CL →
 /// Length (same validation as requests; when both TE and CL are present, TE wins and CL is not
 /// even validated); neither → Close.
-pub fn response_framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Result<Framing, HeadError> {
-    framing_of_response(
-        method,
-        status,
-        values(headers, &TRANSFER_ENCODING),
-        values(headers, &CONTENT_LENGTH),
-    )
-}
-
-/// [`response_framing`] over raw header fields (name, value; names in any
-/// case), for a caller that parses heads without building a `HeaderMap`
-/// (the load generator).
+///
+/// Over raw header fields (name, value; names in any case): the fast path
+/// and the load generator read response heads without a `HeaderMap`.
 pub fn response_framing_fields<'a, F>(
     method: &Method,
     status: StatusCode,
@@ -427,7 +418,7 @@ fn values<'a>(
     headers.get_all(name).iter().map(HeaderValue::as_bytes)
 }
 
-/// The response framing rules of [`response_framing`], over the values of
+/// The response framing rules of [`response_framing_fields`], over the values of
 /// the Transfer-Encoding and Content-Length headers.
 fn framing_of_response<'a>(
     method: &Method,
@@ -1246,7 +1237,11 @@ mod tests {
         ];
         for (method, code, pairs, want) in cases {
             assert_eq!(
-                &response_framing(method, s(*code), &headers(pairs)),
+                &response_framing_fields(
+                    method,
+                    s(*code),
+                    pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+                ),
                 want,
                 "{method} {code} {pairs:?}"
             );
@@ -1541,7 +1536,12 @@ mod tests {
             if let Ok(Some(parts)) = parse_response(&mut buf, max_head) {
                 parsed += 1;
                 let method = &methods[rng.random_range(0..methods.len())];
-                let framing = response_framing(method, parts.status, &parts.headers)
+                let fields: Vec<(&[u8], &[u8])> = parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+                    .collect();
+                let framing = response_framing_fields(method, parts.status, fields.iter().copied())
                     .unwrap_or(Framing::Close);
                 write_response_head(&mut Vec::new(), &parts, framing, rng.random());
             }

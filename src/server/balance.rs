@@ -139,9 +139,4 @@ impl Balance {
     pub fn closed(&self) {
         self.workers.open[self.me].fetch_sub(1, Ordering::Relaxed);
     }
-
-    /// Connections open on this worker.
-    pub fn open(&self) -> usize {
-        self.workers.open[self.me].load(Ordering::Relaxed)
-    }
 }
