@@ -265,14 +265,7 @@ async fn a_stall_is_not_hidden_by_the_open_model() {
     settings.connections = 32;
     settings.rate = Some(500.0);
     settings.duration = Some(Duration::from_secs(3));
-    let workload = FixedRequest::new(
-        &target,
-        http::Method::GET,
-        vec![],
-        Bytes::new(),
-        false,
-        true,
-    );
+    let workload = keep_alive_get(&target);
     let report = Engine::new(settings, workload)
         .unwrap()
         .run()
@@ -294,20 +287,18 @@ async fn a_stall_is_not_hidden_by_the_open_model() {
 
 // --- error classes -------------------------------------------------------------------
 
+/// A keep-alive HTTP/1.1 `GET` of the target's URL.
+fn keep_alive_get(target: &Target) -> FixedRequest {
+    FixedRequest::new(target, http::Method::GET, vec![], Bytes::new(), false, true)
+}
+
 async fn run_engine(u: &str, requests: u64, timeout: Duration) -> Report {
     let target = Target::parse(u).unwrap();
     let mut settings = Settings::new(target.clone());
     settings.connections = 2;
     settings.requests = Some(requests);
     settings.timeout = timeout;
-    let workload = FixedRequest::new(
-        &target,
-        http::Method::GET,
-        vec![],
-        Bytes::new(),
-        false,
-        true,
-    );
+    let workload = keep_alive_get(&target);
     Engine::new(settings, workload)
         .unwrap()
         .run()
@@ -370,14 +361,7 @@ async fn the_timeout_is_per_request_not_per_connection() {
     settings.connections = 1;
     settings.requests = Some(4);
     settings.timeout = Duration::from_millis(400);
-    let workload = FixedRequest::new(
-        &target,
-        http::Method::GET,
-        vec![],
-        Bytes::new(),
-        false,
-        true,
-    );
+    let workload = keep_alive_get(&target);
     let report = Engine::new(settings, workload)
         .unwrap()
         .run()
@@ -506,14 +490,7 @@ async fn a_user_that_panics_does_not_hold_back_the_others() {
     let mut settings = Settings::new(target.clone());
     settings.connections = 3;
     settings.requests = Some(30);
-    let fixed = FixedRequest::new(
-        &target,
-        http::Method::GET,
-        vec![],
-        Bytes::new(),
-        false,
-        true,
-    );
+    let fixed = keep_alive_get(&target);
     let engine = Engine::new(settings, FirstUserPanics(fixed)).unwrap();
     let report = tokio::time::timeout(Duration::from_secs(10), engine.run())
         .await
@@ -904,14 +881,7 @@ async fn framing_run(path: &str, n: u64, rate: Option<f64>, hyper: bool) -> (Rep
     settings.requests = Some(n);
     settings.rate = rate;
     settings.timeout = Duration::from_secs(5);
-    let fixed = FixedRequest::new(
-        &target,
-        http::Method::GET,
-        vec![],
-        Bytes::new(),
-        false,
-        true,
-    );
+    let fixed = keep_alive_get(&target);
     let report = if hyper {
         Engine::new(settings, ViaHyper(fixed)).unwrap().run().await
     } else {
