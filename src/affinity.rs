@@ -219,6 +219,11 @@ impl Rules {
         Some(label)
     }
 
+    /// True if a `Cookie` value has a pair with an affinity cookie's name.
+    pub fn names_any(&self, cookie: &[u8]) -> bool {
+        pairs(cookie).any(|pair| self.matches(pair_name(pair)).is_some())
+    }
+
     fn is_exempt(&self, name: &[u8]) -> bool {
         self.exempt
             .binary_search_by(|e| e.as_bytes().cmp(name))

@@ -29,12 +29,8 @@ pub enum HeadError {
 const ADDED_FIELDS: usize = 6;
 
 /// Where one header's name and value sit in the head, recorded during the
-/// httparse pass (which borrows the buffer) and used after `split_to` (which
-/// needs it mutably).
-///
-/// Offsets are `u32` and the type is `Copy`, so the per-parse array of
-/// [`MAX_HEADERS`] is a 1.6 KB `memset` rather than 3.2 KB built entry by
-/// entry (about 1% of the fast path's user CPU, perf).
+/// httparse pass (which borrows the buffer) and read from the head's bytes
+/// afterwards. Offsets are `u32`: heads are far below 4 GiB.
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderIndices {
     name: (u32, u32),
@@ -42,11 +38,6 @@ pub struct HeaderIndices {
 }
 
 impl HeaderIndices {
-    const EMPTY: HeaderIndices = HeaderIndices {
-        name: (0, 0),
-        value: (0, 0),
-    };
-
     /// Where httparse's `header` (parsed from `bytes`) sits in `bytes`.
     fn of(bytes: &[u8], header: &httparse::Header<'_>) -> HeaderIndices {
         HeaderIndices {
@@ -75,13 +66,6 @@ fn range(s: (u32, u32)) -> Range<usize> {
 fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - whole.as_ptr() as usize;
     start..start + part.len()
-}
-
-/// Records the ranges of `headers` (from httparse over `bytes`) into `indices`.
-fn record_indices(bytes: &[u8], headers: &[httparse::Header<'_>], indices: &mut [HeaderIndices]) {
-    for (header, idx) in headers.iter().zip(indices.iter_mut()) {
-        *idx = HeaderIndices::of(bytes, header);
-    }
 }
 
 /// Builds a `HeaderMap` whose values are slices of `head` (no copy), in
@@ -139,73 +123,136 @@ fn too_large_or_incomplete<T>(buf_len: usize, max_head: usize) -> Result<Option<
 /// the parts, so the caller can give the raw bytes back (to hand the connection to another
 /// server) if it decides not to handle the request. Header values and the URI share those bytes.
 /// On Err, `buf` is untouched when httparse refused the head, but a head that parsed and then
-/// failed validation (target, header value, HTTP/1.0 + Transfer-Encoding) has been removed.
+/// failed validation (target, header value) has been removed.
 /// Only HTTP/1.0 and HTTP/1.1 are accepted; an HTTP/1.0 request carrying Transfer-Encoding is
 /// Malformed (RFC 9112 section 6.1: its framing is faulty).
 pub fn parse_request(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<(http::request::Parts, Bytes)>, HeadError> {
-    parse_request_into(buf, max_head, &mut HeaderMap::new())
+    let mut fields = Vec::new();
+    let Some(head) = parse_request_head(buf, max_head, &mut fields)? else {
+        return Ok(None);
+    };
+    let bytes = buf.split_to(head.len).freeze();
+    let parts = request_parts(&bytes, &head, &fields, &mut HeaderMap::new())?;
+    Ok(Some((parts, bytes)))
 }
 
-/// [`parse_request`], with the header map made from `spare` (an empty map
-/// whose allocation a connection keeps from one request to the next: two
-/// allocations and frees fewer per request). `spare` is left empty.
-pub fn parse_request_into(
-    buf: &mut BytesMut,
+/// A request head parsed where it lies: the bytes stay at the start of the
+/// buffer, each field's place is in the `fields` given to
+/// [`parse_request_head`].
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Method,
+    pub version: Version,
+    /// The head's length in bytes, final empty line included.
+    pub len: usize,
+    target: (u32, u32),
+}
+
+impl RequestHead {
+    /// The request target as sent, in the head it was parsed from.
+    pub fn target<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[range(self.target)]
+    }
+}
+
+/// Parses a request head at the start of `buf` without moving or copying
+/// it: the fields' places go in `fields`. Same rules as [`parse_request`],
+/// except that the target and the fields are not checked beyond httparse's
+/// rules: [`request_parts`] does that, and so does [`plain_target`] for a
+/// target passed on as it is (header names and values httparse accepts are
+/// exactly those `http` accepts; a test holds the two in agreement).
+///
+/// Why in place: the fast path passes most request heads on nearly as they
+/// are, like response heads (see [`parse_response_head`]).
+pub fn parse_request_head(
+    buf: &[u8],
     max_head: usize,
-    spare: &mut HeaderMap,
-) -> Result<Option<(http::request::Parts, Bytes)>, HeadError> {
+    fields: &mut Vec<HeaderIndices>,
+) -> Result<Option<RequestHead>, HeadError> {
+    fields.clear();
     // Called before each read, on an empty buffer, once per request: skip
-    // httparse and the index table (~200 instructions, callgrind).
+    // httparse (~200 instructions, callgrind).
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut indices = [HeaderIndices::EMPTY; MAX_HEADERS];
-    let (len, method, target, version, count) = {
-        // Parsing only the first `max_head` bytes bounds the work on a
-        // flood, and a complete parse is then within the limit by itself.
-        let window = &buf[..buf.len().min(max_head)];
-        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(window, &mut headers) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return too_large_or_incomplete(buf.len(), max_head),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(_) => return Err(HeadError::Malformed("request head")),
-        };
-        let method = req.method.ok_or(HeadError::Malformed("request head"))?;
-        let method =
-            Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
-        let target = req.path.ok_or(HeadError::Malformed("request head"))?;
-        let target = range_in(window, target.as_bytes());
-        record_indices(window, req.headers, &mut indices);
-        (
-            len,
-            method,
-            target,
-            version(req.version)?,
-            req.headers.len(),
-        )
+    // Parsing only the first `max_head` bytes bounds the work on a flood,
+    // and a complete parse is then within the limit by itself.
+    let window = &buf[..buf.len().min(max_head)];
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(window, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return too_large_or_incomplete(buf.len(), max_head),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed("request head")),
     };
-
-    let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target))
-        .map_err(|_| HeadError::Malformed("request target"))?;
-    spare.clear();
-    fill_headers(spare, &head, &indices[..count])?;
-    let headers = std::mem::take(spare);
-    if version == Version::HTTP_10 && headers.contains_key(TRANSFER_ENCODING) {
+    let method = req.method.ok_or(HeadError::Malformed("request head"))?;
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
+    let target = req.path.ok_or(HeadError::Malformed("request head"))?;
+    let target = span(range_in(window, target.as_bytes()));
+    let version = version(req.version)?;
+    fields.extend(req.headers.iter().map(|h| HeaderIndices::of(window, h)));
+    let te = |h: &httparse::Header<'_>| h.name.eq_ignore_ascii_case("transfer-encoding");
+    if version == Version::HTTP_10 && req.headers.iter().any(te) {
         return Err(HeadError::Malformed("framing"));
     }
+    Ok(Some(RequestHead {
+        method,
+        version,
+        len,
+        target,
+    }))
+}
 
+/// The `http` parts of a head parsed by [`parse_request_head`]; `head` is
+/// its bytes (the URI and header values share them). The header map is made
+/// in `spare`'s allocation (an empty map a connection keeps from one request
+/// to the next: two allocations and frees fewer per request); `spare` is
+/// left empty.
+pub fn request_parts(
+    head: &Bytes,
+    parsed: &RequestHead,
+    fields: &[HeaderIndices],
+    spare: &mut HeaderMap,
+) -> Result<http::request::Parts, HeadError> {
+    let uri = Uri::from_maybe_shared(head.slice(range(parsed.target)))
+        .map_err(|_| HeadError::Malformed("request target"))?;
+    spare.clear();
+    fill_headers(spare, head, fields)?;
     let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = method;
+    parts.method = parsed.method.clone();
     parts.uri = uri;
-    parts.version = version;
-    parts.headers = headers;
-    Ok(Some((parts, head)))
+    parts.version = parsed.version;
+    parts.headers = std::mem::take(spare);
+    Ok(parts)
+}
+
+/// True for an origin-form target (`/path?query`) that `http`'s URI parser
+/// takes as it is and [`write_request_head`] would write back byte for
+/// byte: every byte one the parser allows, no fragment, and within its
+/// length limit. Any other target goes through the `Uri` type.
+pub fn plain_target(target: &[u8]) -> bool {
+    /// Bytes allowed in the path, as `http::uri::PathAndQuery` allows them.
+    fn path_byte(b: u8) -> bool {
+        matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E)
+            || matches!(b, b'"' | b'{' | b'}')
+    }
+    /// Bytes allowed in the query (`#`, a fragment, is left out).
+    fn query_byte(b: u8) -> bool {
+        matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E)
+    }
+    if target.first() != Some(&b'/') || target.len() >= usize::from(u16::MAX) - 1 {
+        return false;
+    }
+    let (path, query) = match target.iter().position(|b| *b == b'?') {
+        Some(q) => (&target[..q], &target[q + 1..]),
+        None => (target, &[][..]),
+    };
+    path.iter().all(|b| path_byte(*b)) && query.iter().all(|b| query_byte(*b))
 }
 
 /// A response head parsed where it lies: the bytes stay at the start of the
@@ -370,13 +417,24 @@ fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u
 /// transfer-coding → Malformed); Content-Length → Length (several values or several headers that
 /// are all equal are OK, e.g. "5, 5"; differing or non-digit → Malformed); both TE and CL →
 /// Malformed("framing") (request smuggling guard); neither → None.
-pub fn request_framing(headers: &HeaderMap) -> Result<Framing, HeadError> {
-    match transfer_chunked(values(headers, &TRANSFER_ENCODING)) {
-        Some(_) if headers.contains_key(CONTENT_LENGTH) => Err(HeadError::Malformed("framing")),
+///
+/// Over raw header fields (name, value; names in any case), as the fast path reads them.
+pub fn request_framing_fields<'a, F>(fields: F) -> Result<Framing, HeadError>
+where
+    F: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+{
+    let named = |name: &'static [u8]| {
+        fields
+            .clone()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let mut content_length_values = named(b"content-length").peekable();
+    match transfer_chunked(named(b"transfer-encoding")) {
+        Some(_) if content_length_values.peek().is_some() => Err(HeadError::Malformed("framing")),
         Some(true) => Ok(Framing::Chunked),
         Some(false) => Err(HeadError::Malformed("transfer-encoding")),
-        None => Ok(content_length(values(headers, &CONTENT_LENGTH))?
-            .map_or(Framing::None, Framing::Length)),
+        None => Ok(content_length(content_length_values)?.map_or(Framing::None, Framing::Length)),
     }
 }
 
@@ -408,14 +466,6 @@ where
         named(b"transfer-encoding"),
         named(b"content-length"),
     )
-}
-
-/// The values of every `name` header, as bytes.
-fn values<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> impl Iterator<Item = &'a [u8]> + use<'a> {
-    headers.get_all(name).iter().map(HeaderValue::as_bytes)
 }
 
 /// The response framing rules of [`response_framing_fields`], over the values of
@@ -1169,7 +1219,8 @@ mod tests {
             ),
         ];
         for (pairs, want) in cases {
-            assert_eq!(&request_framing(&headers(pairs)), want, "{pairs:?}");
+            let fields = pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+            assert_eq!(&request_framing_fields(fields), want, "{pairs:?}");
         }
     }
 
@@ -1477,6 +1528,68 @@ mod tests {
 
     // --- no panic on any input ---
 
+    /// A head passed on in place is checked only by httparse, so what
+    /// httparse accepts in a field must be what `http` accepts: every byte,
+    /// in a name and in a value.
+    #[test]
+    fn httparse_and_http_accept_the_same_fields() {
+        for b in 0..=255u8 {
+            let name = [b'x', b, b'y'];
+            let raw = [&b"GET / HTTP/1.1\r\n"[..], &name, b": v\r\n\r\n"].concat();
+            let parsed = parse_request_head(&raw, 8192, &mut Vec::new());
+            let by_http = HeaderName::from_bytes(&name).is_ok();
+            // A colon ends the name ("x" with the value "y: v").
+            if b != b':' {
+                assert_eq!(matches!(parsed, Ok(Some(_))), by_http, "name byte {b:#04x}");
+            }
+
+            let value = [b'a', b, b'z'];
+            let raw = [&b"GET / HTTP/1.1\r\nx: "[..], &value, b"\r\n\r\n"].concat();
+            let parsed = parse_request_head(&raw, 8192, &mut Vec::new());
+            let by_http = HeaderValue::from_bytes(&value).is_ok();
+            // httparse ends a line at CR or LF; those are no value bytes.
+            if b != b'\r' && b != b'\n' {
+                assert_eq!(
+                    matches!(parsed, Ok(Some(_))),
+                    by_http,
+                    "value byte {b:#04x}"
+                );
+            }
+        }
+    }
+
+    /// A target [`plain_target`] passes on as it is would be parsed by
+    /// `http` and written back by [`write_request_head`] byte for byte.
+    #[test]
+    fn plain_targets_are_written_back_unchanged() {
+        let mut rng = SmallRng::seed_from_u64(0x7a26e7);
+        let mut plain = 0;
+        for _ in 0..20_000 {
+            let len = rng.random_range(1..12);
+            let mut target: Vec<u8> = (0..len).map(|_| rng.random_range(0x20..0x80)).collect();
+            if rng.random_bool(0.8) {
+                target[0] = b'/';
+            }
+            if !plain_target(&target) {
+                continue;
+            }
+            plain += 1;
+            let uri = Uri::try_from(&target[..]).expect("http takes a plain target");
+            let (mut parts, ()) = http::Request::new(()).into_parts();
+            parts.uri = uri;
+            let mut out = Vec::new();
+            write_request_head(&mut out, &parts, None);
+            let line = String::from_utf8_lossy(&target).into_owned();
+            let written = &out[4..4 + target.len()];
+            assert_eq!(written, &target[..], "{line}");
+        }
+        assert!(plain > 1000, "{plain} plain targets");
+        assert!(!plain_target(b"*"));
+        assert!(!plain_target(b"http://h/p"));
+        assert!(!plain_target(b"/p#frag"));
+        assert!(!plain_target(b"/p?\x80"));
+    }
+
     /// A valid message, or a mutation of one, or noise.
     fn random_input(rng: &mut SmallRng, samples: &[&[u8]]) -> Vec<u8> {
         const ALPHABET: &[u8] = b"\r\n :;,0123456789aAfFzZ\t/*?%\x00\x7f\x80\xff";
@@ -1524,10 +1637,14 @@ mod tests {
         for _ in 0..3000 {
             let max_head = rng.random_range(0..300);
             let input = random_input(&mut rng, requests);
+            let mut fields = Vec::new();
+            if let Ok(Some(head)) = parse_request_head(&input, max_head, &mut fields) {
+                let _ = request_framing_fields(fields.iter().map(|f| f.field(&input)));
+                let _ = plain_target(head.target(&input));
+            }
             let mut buf = BytesMut::from(&input[..]);
             if let Ok(Some((parts, _))) = parse_request(&mut buf, max_head) {
                 parsed += 1;
-                let _ = request_framing(&parts.headers);
                 write_request_head(&mut Vec::new(), &parts, Some(rng.random()));
             }
 

@@ -19,6 +19,7 @@ use crate::affinity::{Rules as AffinityRules, Tracker as AffinityTracker};
 use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
+use crate::http1;
 use crate::metrics::Metrics;
 use crate::server::{Phase, TunnelHold};
 use crate::upstream::{Backend, Conn, ConnectError, InFlight, RequestBody, State, Upstreams};
@@ -28,6 +29,7 @@ mod body;
 pub mod error;
 pub mod h1;
 pub mod headers;
+pub mod request_head;
 pub mod retry;
 
 pub use access_log::{AccessLogger, Entry};
@@ -247,24 +249,8 @@ impl Proxy {
     ) -> (ReplyTo, Option<Box<Entry>>) {
         let request_id = headers::request_id(&parts.headers, &self.ids);
         let log = self.access_log.enabled().then(|| {
-            Box::new(Entry {
-                time: SystemTime::now(),
-                client: client.addr,
-                method: parts.method.clone(),
-                version: parts.version,
-                path: parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-                status: 0,
-                bytes: 0,
-                duration: Duration::ZERO,
-                backend: None,
-                attempts: 0,
-                request_id: request_id.clone(),
-                error: None,
-            })
+            let path = parts.uri.path_and_query().cloned();
+            self.log_entry(client, &parts.method, parts.version, path, &request_id)
         });
         let reply = ReplyTo {
             request_id,
@@ -278,6 +264,59 @@ impl Proxy {
             .on_request(&mut parts.headers, &self.affinity);
         headers::join_cookies(&mut parts.headers);
         (reply, log)
+    }
+
+    /// [`Proxy::begin`] for a request head the fast path passes on from
+    /// where it lies (`request_head`): its id (`id`: the client's
+    /// `X-Request-Id`, if any) and its access-log line. The head itself is
+    /// written for the backend by `request_head::write`.
+    fn begin_in_place(
+        &self,
+        head: &[u8],
+        parsed: &http1::RequestHead,
+        id: Option<&[u8]>,
+        grpc: bool,
+        client: &ClientInfo,
+    ) -> (ReplyTo, Option<Box<Entry>>) {
+        let request_id = id
+            .filter(|v| headers::request_id_kept(v))
+            .and_then(|v| HeaderValue::from_bytes(v).ok())
+            .unwrap_or_else(|| self.ids.next());
+        let log = self.access_log.enabled().then(|| {
+            let path = http::uri::PathAndQuery::try_from(parsed.target(head)).ok();
+            self.log_entry(client, &parsed.method, parsed.version, path, &request_id)
+        });
+        let reply = ReplyTo {
+            request_id,
+            version: parsed.version,
+            grpc,
+        };
+        (reply, log)
+    }
+
+    /// A request's access-log line, to be completed when it ends.
+    fn log_entry(
+        &self,
+        client: &ClientInfo,
+        method: &http::Method,
+        version: Version,
+        path: Option<http::uri::PathAndQuery>,
+        request_id: &HeaderValue,
+    ) -> Box<Entry> {
+        Box::new(Entry {
+            time: SystemTime::now(),
+            client: client.addr,
+            method: method.clone(),
+            version,
+            path: path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            status: 0,
+            bytes: 0,
+            duration: Duration::ZERO,
+            backend: None,
+            attempts: 0,
+            request_id: request_id.clone(),
+            error: None,
+        })
     }
 
     /// Sends the request, retrying on another backend when that is safe.

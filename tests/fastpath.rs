@@ -875,3 +875,98 @@ async fn response_heads_are_scrubbed_the_same_either_way() {
     // Both responses kept the connection, on both sides.
     assert_eq!(b.accepts(), 1);
 }
+
+/// A head as the backend got it: the request line, then its fields (names
+/// in lower case) sorted, so that field order does not count.
+type Normalized = (String, Vec<(String, String)>);
+
+/// The [`Normalized`] form of a head.
+fn normalized(head: &str) -> Normalized {
+    let mut lines = head.lines();
+    let line = lines.next().unwrap_or_default().to_owned();
+    let mut fields: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    fields.sort();
+    (line, fields)
+}
+
+// Request heads: passed on from where they were parsed when only fields
+// need dropping and adding, rewritten over a HeaderMap otherwise. Either
+// way the backend gets what the hyper path (fast path off) sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_are_rewritten_the_same_either_way() {
+    let common = "User-Agent: t/1\r\nAccept: a\r\nACCEPT: b\r\nX-Request-Id: rid-1\r\n";
+    let cases = [
+        // In place: hop-by-hop fields and forged forwarding fields dropped,
+        // X-Forwarded-For appended to, a cookie with no affinity in it kept.
+        format!(
+            "GET /p?q=1&r=%20 HTTP/1.1\r\nHost: T.example\r\n{common}\
+             X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\
+             X-Forwarded-Host: forged\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\n\
+             Trailer: x-sum\r\nCookie: app=1; theme=dark\r\n\r\n"
+        ),
+        format!(
+            "POST /form HTTP/1.1\r\nhost: t\r\n{common}Idempotency-Key: k1\r\n\
+             Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+        ),
+        // Over a HeaderMap: an affinity cookie, a Connection naming a field,
+        // two Cookie fields, two X-Forwarded-For fields, an absolute target.
+        format!("GET /c HTTP/1.1\r\nHost: t\r\n{common}Cookie: AWSALB=x; app=1\r\n\r\n"),
+        format!("GET /n HTTP/1.1\r\nHost: t\r\n{common}Connection: x-hop\r\nX-Hop: secret\r\n\r\n"),
+        format!("GET /2c HTTP/1.1\r\nHost: t\r\n{common}Cookie: a=1\r\nCookie: b=2\r\n\r\n"),
+        format!(
+            "GET /2x HTTP/1.1\r\nHost: t\r\n{common}X-Forwarded-For: 10.0.0.1\r\n\
+             X-Forwarded-For: 10.0.0.2\r\n\r\n"
+        ),
+        format!("GET http://t/abs?q HTTP/1.1\r\nHost: t\r\n{common}\r\n"),
+    ];
+    let mut seen: Vec<Vec<Normalized>> = Vec::new();
+    for fast in [true, false] {
+        let b = scripted().await;
+        let mut config = test_config(&[b.addr]);
+        config.http1_fast_path = fast;
+        let app = App::start(config).await.unwrap();
+        let mut c = Raw::open(app.proxy_addr).await;
+        for request in &cases {
+            c.send(request.as_bytes()).await;
+            let r = c.response("GET").await;
+            assert_eq!(r.status, 200, "{request}");
+        }
+        let heads = b.received().iter().map(|r| normalized(&r.head)).collect();
+        seen.push(heads);
+    }
+    let (fast, hyper) = (&seen[0], &seen[1]);
+    assert_eq!(fast.len(), cases.len());
+    for ((request, fast), hyper) in cases.iter().zip(fast).zip(hyper) {
+        assert_eq!(fast, hyper, "{request}");
+    }
+    // What the rewriting did, checked once on its own.
+    let (line, fields) = &fast[0];
+    assert_eq!(line, "GET /p?q=1&r=%20 HTTP/1.1");
+    let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "accept",
+            "accept",
+            "cookie",
+            "host",
+            "user-agent",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-request-id"
+        ]
+    );
+    let value = |name: &str| fields.iter().find(|(n, _)| n == name).unwrap().1.as_str();
+    assert_eq!(value("x-forwarded-for"), "10.0.0.1, 127.0.0.1");
+    assert_eq!(value("x-forwarded-host"), "T.example");
+    assert_eq!(value("x-forwarded-proto"), "http");
+    assert_eq!(value("x-request-id"), "rid-1");
+    assert_eq!(value("cookie"), "app=1; theme=dark");
+    assert!(fast[1].1.contains(&("content-length".into(), "5".into())));
+    assert!(!fast[3].1.iter().any(|(n, _)| n == "x-hop"));
+}

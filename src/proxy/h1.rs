@@ -6,15 +6,17 @@
 //! place. Those were most of unstick's user CPU per request (see
 //! `benches/README.md`). Here the request task owns its backend connection:
 //! it writes the head, reads the response head, and streams the body
-//! through itself. A response head that needs only fields dropped and
-//! unstick's added (most do) is written from where it was parsed; others
-//! become the same `HeaderMap` types the rest of the proxy uses.
+//! through itself. A request or response head that needs only fields
+//! dropped and unstick's added (most do) is written from where it was
+//! parsed (`request_head`, `write_plain_head`); others become the same
+//! `HeaderMap` types the rest of the proxy uses.
 //!
 //! What it serves is deliberately narrow; `server::fast` hands everything
 //! else (HTTP/1.0, upgrades, `Expect`, chunked or large request bodies,
 //! `CONNECT`, HTTP/2, non-HTTP/1 backends) to hyper. Header policy
-//! (`Proxy::begin`, `Proxy::scrub_response`), retries, health, metrics and
-//! the access log are the same code as the hyper path's.
+//! (`Proxy::begin`, `Proxy::scrub_response`, with field rules held to them
+//! by tests), retries, health, metrics and the access log are the same code
+//! as the hyper path's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,13 +26,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{request, StatusCode};
+use http::{request, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::body::Completion;
 use super::error::{Kind, ProxyError, Retry, Source};
 use super::headers::{self, FieldRule, X_REQUEST_ID};
+use super::request_head::{self, Forwarding, Scan};
 use super::{retry, Attempts, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
@@ -117,6 +120,8 @@ pub struct Reuse {
     /// The last request's header map, emptied: the next request's is made
     /// in its allocation.
     pub headers: http::HeaderMap,
+    /// Where the fields of the request head at the start of `input` are.
+    pub fields: Vec<http1::HeaderIndices>,
 }
 
 impl Reuse {
@@ -127,8 +132,38 @@ impl Reuse {
             scratch: Vec::new(),
             timer: LazyTimer::new(),
             headers: http::HeaderMap::new(),
+            fields: Vec::new(),
         }
     }
+}
+
+/// A request the fast path serves.
+pub enum Request {
+    /// Passed on from where it lies: the head is the first `head.len` bytes
+    /// of `Reuse::input` (its fields in `Reuse::fields`), the body (if any)
+    /// follows it there.
+    InPlace {
+        head: http1::RequestHead,
+        scan: Scan,
+        body_len: Option<usize>,
+    },
+    /// Rewritten over a `HeaderMap`, as on the hyper path.
+    Parts {
+        parts: request::Parts,
+        body: Option<Bytes>,
+    },
+}
+
+/// The request as each attempt sends it.
+struct Outgoing<'a> {
+    method: &'a Method,
+    replay_allowed: bool,
+    /// A head still to be written (over a `HeaderMap`, at the first
+    /// attempt), and its body. None: `scratch` holds the head, and a small
+    /// body after it, already.
+    unwritten: Option<(&'a mut request::Parts, Option<&'a Bytes>)>,
+    /// A body too large to copy after the head: sent after it.
+    large_body: Option<&'a Bytes>,
 }
 
 /// What the client connection does after a response.
@@ -169,12 +204,12 @@ struct AttemptError {
 
 impl Proxy {
     /// Serves one request on the fast path and writes the response to
-    /// `io`. `body` is the whole request body (None: the request had none).
-    /// `keep_alive` is false when the client asked to close.
+    /// `io`. `keep_alive` is false when the client asked to close.
+    #[allow(clippy::too_many_arguments)]
     pub async fn serve_h1<W>(
         self: &Arc<Self>,
-        mut parts: request::Parts,
-        body: Option<Bytes>,
+        request: Request,
+        settings: Arc<Settings>,
         client: &ClientInfo,
         io: &mut W,
         reuse: &mut Reuse,
@@ -189,23 +224,64 @@ impl Proxy {
             scratch,
             timer,
             headers: spare,
+            fields,
         } = reuse;
         let start = Instant::now();
+        let (method, mut parts, body, large_body, replay_allowed, reply, log);
+        match request {
+            Request::InPlace {
+                head,
+                scan,
+                body_len,
+            } => {
+                let bytes = &input[..head.len];
+                let id = scan.request_id(bytes, fields);
+                (reply, log) = self.begin_in_place(bytes, &head, id, scan.grpc, client);
+                scratch.clear();
+                let ours = Forwarding {
+                    client_ip: client.ip.as_bytes(),
+                    https: client.https,
+                    request_id: reply.request_id.as_bytes(),
+                    body_len,
+                };
+                request_head::write(scratch, bytes, &head, fields, &scan, &ours);
+                input.advance(head.len);
+                // A small body goes out with the head; a larger one is kept
+                // apart (it may be sent again).
+                large_body = match body_len {
+                    Some(n) if n > COALESCE => Some(input.split_to(n).freeze()),
+                    Some(n) => {
+                        scratch.extend_from_slice(&input[..n]);
+                        input.advance(n);
+                        None
+                    }
+                    None => None,
+                };
+                replay_allowed = retry::replay_allowed_with(&head.method, scan.idempotency_key);
+                (method, parts, body) = (head.method, None, None);
+            }
+            Request::Parts {
+                parts: mut p,
+                body: b,
+            } => {
+                (reply, log) = self.begin(&mut p, client, &settings, false);
+                replay_allowed = retry::replay_allowed(&p.method, &p.headers);
+                large_body = b.clone().filter(|b| b.len() > COALESCE);
+                (method, parts, body) = (p.method.clone(), Some(p), b);
+            }
+        }
         // A response to HEAD has no body, not even an error message.
-        let head_request = parts.method == http::Method::HEAD;
-        let settings = self.settings.load_full();
-        let (reply, log) = self.begin(&mut parts, client, &settings, false);
+        let head_request = method == http::Method::HEAD;
         let mut done = Completion::new(self.clone(), start, 0);
         done.log = log;
         let forwarded = {
-            let forward = self.forward_h1(
-                &mut parts,
-                body.as_ref(),
-                &settings,
-                &mut done,
-                scratch,
-                timer,
-            );
+            let out = Outgoing {
+                method: &method,
+                replay_allowed: settings.retries.enabled && replay_allowed,
+                unwritten: parts.as_mut().map(|p| (p, body.as_ref())),
+                large_body: large_body.as_ref(),
+            };
+            let forward = self.forward_h1(out, &settings, &mut done, scratch, timer);
             tokio::pin!(forward);
             // While the backend works, a client that goes away cancels the
             // request (as hyper does): its in-flight count and connection
@@ -238,27 +314,27 @@ impl Proxy {
             None => Next::Close,
         };
         // The map is kept for the next request, unless one large head grew it.
-        if parts.headers.capacity() <= KEPT_HEADER_CAPACITY {
-            parts.headers.clear();
-            *spare = std::mem::take(&mut parts.headers);
+        if let Some(mut parts) = parts {
+            if parts.headers.capacity() <= KEPT_HEADER_CAPACITY {
+                parts.headers.clear();
+                *spare = std::mem::take(&mut parts.headers);
+            }
         }
         next
     }
 
     /// Sends the request, retrying on another backend when that is safe:
-    /// the same rules as `forward`, and the request head is written again
-    /// from `parts` for each attempt (nothing to clone).
+    /// the same rules as `forward`. The head is written once (for a
+    /// `HeaderMap` head, at the first attempt, which gives a request
+    /// without `Host` the first backend's name) and sent as it is to each.
     async fn forward_h1(
         &self,
-        parts: &mut request::Parts,
-        body: Option<&Bytes>,
+        mut out: Outgoing<'_>,
         s: &Settings,
         done: &mut Completion,
         scratch: &mut Vec<u8>,
         timer: &mut LazyTimer,
     ) -> Result<Answered, Failed> {
-        let replay_allowed =
-            s.retries.enabled && retry::replay_allowed(&parts.method, &parts.headers);
         if s.retries.enabled {
             s.budget.record_request();
         }
@@ -267,14 +343,28 @@ impl Proxy {
             let Some(backend) = self.next_backend(s, &mut attempts, attempt, done) else {
                 break;
             };
-            if !parts.headers.contains_key(header::HOST) {
-                // HTTP/1.1 backends need a Host; a client that sent none gets the backend's.
-                if let Ok(v) = HeaderValue::from_str(&backend.name) {
-                    parts.headers.insert(header::HOST, v);
+            if let Some((parts, body)) = out.unwritten.take() {
+                if !parts.headers.contains_key(header::HOST) {
+                    // HTTP/1.1 backends need a Host; a client that sent none gets the backend's.
+                    if let Ok(v) = HeaderValue::from_str(&backend.name) {
+                        parts.headers.insert(header::HOST, v);
+                    }
+                }
+                scratch.clear();
+                http1::write_request_head(scratch, parts, body.map(|b| b.len() as u64));
+                if let Some(b) = body.filter(|b| b.len() <= COALESCE) {
+                    scratch.extend_from_slice(b);
                 }
             }
             match self
-                .attempt_h1(&backend, parts, body, &s.timeouts, scratch, timer)
+                .attempt_h1(
+                    &backend,
+                    out.method,
+                    scratch,
+                    out.large_body,
+                    &s.timeouts,
+                    timer,
+                )
                 .await
             {
                 Ok(answered) => return Ok(answered),
@@ -284,7 +374,8 @@ impl Proxy {
                         self.upstream_failed(&backend, &error, false);
                     }
                     // The body is held whole, so it can always be sent again.
-                    if !attempts.failed(s, attempt, error, backend, (replay_allowed, true)) {
+                    let request = (out.replay_allowed, true);
+                    if !attempts.failed(s, attempt, error, backend, request) {
                         break;
                     }
                 }
@@ -294,13 +385,15 @@ impl Proxy {
     }
 
     /// One attempt on one backend: write the request, read the response head.
+    /// `head` is the request head (and a small body) as written for the
+    /// backend, `large_body` a body sent after it.
     async fn attempt_h1(
         &self,
         backend: &Arc<Backend>,
-        parts: &request::Parts,
-        body: Option<&Bytes>,
+        method: &Method,
+        head: &[u8],
+        large_body: Option<&Bytes>,
         timeouts: &Timeouts,
-        scratch: &mut Vec<u8>,
         timer: &mut LazyTimer,
     ) -> Result<Answered, AttemptError> {
         let in_flight = backend.start_request();
@@ -315,14 +408,8 @@ impl Proxy {
             }
         };
 
-        scratch.clear();
-        http1::write_request_head(scratch, parts, body.map(|b| b.len() as u64));
-        let body = body.filter(|b| !b.is_empty());
-        if let Some(b) = body.filter(|b| b.len() <= COALESCE) {
-            scratch.extend_from_slice(b);
-        }
-        let mut sent = conn.write_all(scratch).await;
-        if let (Ok(()), Some(b)) = (&sent, body.filter(|b| b.len() > COALESCE)) {
+        let mut sent = conn.write_all(head).await;
+        if let (Ok(()), Some(b)) = (&sent, large_body) {
             sent = conn.write_all(b).await.map_err(|(e, _)| (e, true));
         }
         if let Err((e, any_written)) = sent {
@@ -377,7 +464,7 @@ impl Proxy {
             .observe(sent_at.elapsed().as_secs_f64());
         self.health.on_success(backend);
         let fields = conn.fields.iter().map(|f| f.field(&conn.buf));
-        let framing = match http1::response_framing_fields(&parts.method, head.status, fields) {
+        let framing = match http1::response_framing_fields(method, head.status, fields) {
             Ok(f) => f,
             Err(e) => {
                 let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
@@ -709,14 +796,6 @@ where
     } else {
         Next::Close
     }
-}
-
-/// True if a `Connection` header carries `token`.
-pub fn has_token(headers: &http::HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 /// How much of a response body is left, by its framing.

@@ -107,7 +107,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// True for a `Connection` token that names no other header: `close`,
 /// `keep-alive` and `upgrade` (the usual ones), or an empty list element.
-fn names_no_header(token: &[u8]) -> bool {
+pub(super) fn names_no_header(token: &[u8]) -> bool {
     [&b"close"[..], b"keep-alive", b"upgrade", b""]
         .iter()
         .any(|u| token.eq_ignore_ascii_case(u))
@@ -219,13 +219,17 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// True for a gRPC call: `content-type: application/grpc` or
 /// `application/grpc+FORMAT` (not gRPC-Web, which carries its status in the body).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        let prefix = b"application/grpc";
-        v.len() >= prefix.len()
-            && v[..prefix.len()].eq_ignore_ascii_case(prefix)
-            && matches!(v.get(prefix.len()), None | Some(b'+') | Some(b';'))
-    })
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| is_grpc_value(v.as_bytes()))
+}
+
+/// [`is_grpc`] over a `Content-Type` value.
+pub fn is_grpc_value(v: &[u8]) -> bool {
+    let prefix = b"application/grpc";
+    v.len() >= prefix.len()
+        && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && matches!(v.get(prefix.len()), None | Some(b'+') | Some(b';'))
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
@@ -267,13 +271,16 @@ pub fn set_forwarded(
 
 /// Keeps a well-formed incoming `X-Request-Id`, or makes a new one.
 pub fn request_id(headers: &HeaderMap, ids: &RequestIds) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
-        }
+    match headers.get(&X_REQUEST_ID) {
+        Some(v) if request_id_kept(v.as_bytes()) => v.clone(),
+        _ => ids.next(),
     }
-    ids.next()
+}
+
+/// True for an incoming `X-Request-Id` value that is passed on: 1 to 200
+/// visible ASCII characters.
+pub fn request_id_kept(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 200 && v.iter().all(|c| c.is_ascii_graphic())
 }
 
 /// Generates request ids: a random per-process prefix and a counter, so ids

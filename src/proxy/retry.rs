@@ -21,9 +21,12 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// Whether a request that was (maybe) sent may be repeated: idempotent, or a
 /// POST/PATCH carrying an `Idempotency-Key`.
 pub fn replay_allowed(method: &Method, headers: &HeaderMap) -> bool {
-    is_idempotent(method)
-        || (matches!(*method, Method::POST | Method::PATCH)
-            && headers.contains_key(&IDEMPOTENCY_KEY))
+    replay_allowed_with(method, headers.contains_key(&IDEMPOTENCY_KEY))
+}
+
+/// [`replay_allowed`], given whether the request has an `Idempotency-Key`.
+pub fn replay_allowed_with(method: &Method, idempotency_key: bool) -> bool {
+    is_idempotent(method) || (matches!(*method, Method::POST | Method::PATCH) && idempotency_key)
 }
 
 /// Whether this failure allows another attempt, given what the request is.

@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use http::{header, Method, Version};
+use http::{Method, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::{Phase, ServerOptions, Shutdown, Speak};
 use crate::http1;
-use crate::proxy::h1::{has_token, LazyTimer, Next, Reuse};
+use crate::proxy::h1::{LazyTimer, Next, Request, Reuse};
+use crate::proxy::request_head::Scan;
 use crate::proxy::{ClientInfo, Proxy};
 
 /// Free space kept in the read buffer before each read.
@@ -74,12 +75,9 @@ where
         // A request head: the idle timeout runs until its first byte, the
         // header timeout from then on.
         let mut head_deadline: Option<Instant> = None;
-        let (parts, raw_head) = loop {
-            match http1::parse_request_into(
-                &mut reuse.input,
-                opts.max_header_bytes,
-                &mut reuse.headers,
-            ) {
+        let head = loop {
+            match http1::parse_request_head(&reuse.input, opts.max_header_bytes, &mut reuse.fields)
+            {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 // HTTP/2 with prior knowledge: hyper serves it, or (with
@@ -115,7 +113,10 @@ where
             }
         };
 
-        let framing = match http1::request_framing(&parts.headers) {
+        let settings = proxy.settings();
+        let bytes = &reuse.input[..head.len];
+        let scan = Scan::of(bytes, &reuse.fields, &settings.affinity);
+        let framing = match scan.framing(bytes, &reuse.fields) {
             Ok(f) => f,
             Err(_) => {
                 reject(io, "400 Bad Request").await;
@@ -130,32 +131,49 @@ where
             _ => None,
         };
         let body_len = match body_len {
-            Some(len) if servable(&parts, opts, proxy) => len,
-            _ => {
-                let mut all = BytesMut::with_capacity(raw_head.len() + reuse.input.len());
-                all.extend_from_slice(&raw_head);
-                all.extend_from_slice(&reuse.input);
-                return Outcome::Handover(all.freeze());
-            }
+            Some(len) if servable(&head, &scan, reuse.fields.len(), opts, proxy) => len,
+            // Not a byte of it consumed: hyper reads the request afresh.
+            _ => return Outcome::Handover(std::mem::take(&mut reuse.input).freeze()),
         };
-        drop(raw_head);
 
-        let body = match body_len {
-            None => None,
-            Some(n) => {
-                while reuse.input.len() < n {
-                    let deadline = Instant::now() + opts.client_idle;
-                    match read_more(io, &mut reuse.input, &mut timer, deadline, None).await {
-                        Wait::Data => {}
-                        _ => return Outcome::Closed,
-                    }
+        // Most heads go to the backend from where they lie; the rest are
+        // rewritten over a `HeaderMap` (see `proxy::request_head`).
+        let in_place = !scan.needs_map(bytes, &head);
+        let mut parts = None;
+        if !in_place {
+            let bytes = reuse.input.split_to(head.len).freeze();
+            match http1::request_parts(&bytes, &head, &reuse.fields, &mut reuse.headers) {
+                Ok(p) => parts = Some(p),
+                Err(_) => {
+                    reject(io, "400 Bad Request").await;
+                    return Outcome::Closed;
                 }
-                Some(reuse.input.split_to(n).freeze())
             }
+        }
+        // The body follows the head (still in `input` if passed on in place).
+        let body_at = if in_place { head.len } else { 0 };
+        let n = body_len.unwrap_or(0);
+        while reuse.input.len() < body_at + n {
+            let deadline = Instant::now() + opts.client_idle;
+            match read_more(io, &mut reuse.input, &mut timer, deadline, None).await {
+                Wait::Data => {}
+                _ => return Outcome::Closed,
+            }
+        }
+        let keep_alive = !scan.close && shutdown.phase() == Phase::Running;
+        let request = match parts {
+            None => Request::InPlace {
+                head,
+                scan,
+                body_len,
+            },
+            Some(parts) => Request::Parts {
+                parts,
+                body: body_len.map(|n| reuse.input.split_to(n).freeze()),
+            },
         };
-        let keep_alive = !has_token(&parts.headers, "close") && shutdown.phase() == Phase::Running;
         let next = proxy
-            .serve_h1(parts, body, client, io, &mut reuse, keep_alive)
+            .serve_h1(request, settings, client, io, &mut reuse, keep_alive)
             .await;
         if next == Next::Close || shutdown.phase() != Phase::Running {
             let _ = io.shutdown().await;
@@ -168,13 +186,20 @@ where
     }
 }
 
-/// True if the fast path serves this request (given a small body).
-fn servable(parts: &http::request::Parts, opts: &ServerOptions, proxy: &Proxy) -> bool {
-    parts.version == Version::HTTP_11
-        && parts.method != Method::CONNECT
-        && parts.headers.len() <= opts.max_headers
-        && !parts.headers.contains_key(header::UPGRADE)
-        && !parts.headers.contains_key(header::EXPECT)
+/// True if the fast path serves this request (given a small body) with
+/// `fields` fields.
+fn servable(
+    head: &http1::RequestHead,
+    scan: &Scan,
+    fields: usize,
+    opts: &ServerOptions,
+    proxy: &Proxy,
+) -> bool {
+    head.version == Version::HTTP_11
+        && head.method != Method::CONNECT
+        && fields <= opts.max_headers
+        && !scan.upgrade
+        && !scan.expect
         && proxy.upstreams.load().all_raw
 }
 
