@@ -13,12 +13,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Http2};
@@ -29,10 +29,12 @@ mod conn;
 pub mod fast;
 mod handshake;
 mod redirect;
+mod shutdown;
 
 pub use conn::{serve_connection, Builders, Speak, TrackedBody, TunnelHold};
 use handshake::{accept_tls, handshake_failed, HandshakeError};
 pub use redirect::serve_redirect;
+pub use shutdown::{Phase, Reached, Shutdown};
 
 /// Client-side settings of the listener.
 #[derive(Debug, Clone)]
@@ -63,72 +65,6 @@ impl ServerOptions {
             http2: c.http2.clone(),
             tls: None,
         }
-    }
-}
-
-/// Where the server is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    Running = 0,
-    /// Stop accepting; finish requests in flight.
-    Drain,
-    /// Drop every connection now.
-    Close,
-}
-
-/// Tells every part of the server which [`Phase`] it is in.
-#[derive(Clone)]
-pub struct Shutdown {
-    tx: Arc<watch::Sender<Phase>>,
-    /// The phase as a plain atomic, for `phase()` on the request path: a
-    /// load that never writes, where the watch's `borrow` takes a read lock
-    /// whose counter every worker thread would write (a shared cache line
-    /// per request).
-    now: Arc<AtomicU8>,
-}
-
-impl Shutdown {
-    pub fn new() -> Shutdown {
-        Shutdown {
-            tx: Arc::new(watch::channel(Phase::Running).0),
-            now: Arc::new(AtomicU8::new(Phase::Running as u8)),
-        }
-    }
-
-    pub fn set(&self, phase: Phase) {
-        self.now.store(phase as u8, Ordering::Release);
-        self.tx.send_replace(phase);
-    }
-
-    pub fn phase(&self) -> Phase {
-        match self.now.load(Ordering::Acquire) {
-            0 => Phase::Running,
-            1 => Phase::Drain,
-            _ => Phase::Close,
-        }
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Phase> {
-        self.tx.subscribe()
-    }
-
-    /// Resolves once the phase is at least `phase`.
-    pub async fn reached(&self, phase: Phase) {
-        let mut rx = self.subscribe();
-        let _ = rx
-            .wait_for(|p| match phase {
-                Phase::Running => true,
-                Phase::Drain => *p != Phase::Running,
-                Phase::Close => *p == Phase::Close,
-            })
-            .await;
-    }
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Shutdown::new()
     }
 }
 
@@ -333,43 +269,4 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::{Phase, Shutdown};
-
-    #[tokio::test]
-    async fn reached_waits_through_an_earlier_phase() {
-        let shutdown = Shutdown::new();
-        let close = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { shutdown.reached(Phase::Close).await }
-        });
-        let drain = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { shutdown.reached(Phase::Drain).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!drain.is_finished() && !close.is_finished());
-
-        // Drain wakes the `Close` waiter, which must wait on.
-        shutdown.set(Phase::Drain);
-        tokio::time::timeout(Duration::from_secs(5), drain)
-            .await
-            .expect("drain reached")
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!close.is_finished());
-
-        shutdown.set(Phase::Close);
-        tokio::time::timeout(Duration::from_secs(5), close)
-            .await
-            .expect("close reached")
-            .unwrap();
-        // A phase already reached resolves at once.
-        shutdown.reached(Phase::Drain).await;
-    }
 }

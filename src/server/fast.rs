@@ -18,7 +18,7 @@ use http::{Method, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{Phase, ServerOptions, Shutdown, Speak};
+use super::{Phase, Reached, ServerOptions, Shutdown, Speak};
 use crate::http1;
 use crate::proxy::h1::{LazyTimer, Next, Request, Reuse};
 use crate::proxy::request_head::Scan;
@@ -66,11 +66,7 @@ where
     // Timers (client reads, backend response heads) and a drain watch made
     // once per connection, not per request.
     let mut timer = LazyTimer::new();
-    let drain = {
-        let shutdown = shutdown.clone();
-        async move { shutdown.reached(Phase::Drain).await }
-    };
-    let mut drain: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(drain);
+    let mut drain = shutdown.reached(Phase::Drain);
     loop {
         // A request head: the idle timeout runs until its first byte, the
         // header timeout from then on.
@@ -210,7 +206,7 @@ async fn read_more<I>(
     buf: &mut BytesMut,
     timer: &mut LazyTimer,
     deadline: Instant,
-    mut drain: Option<&mut Pin<Box<dyn Future<Output = ()> + Send>>>,
+    mut drain: Option<&mut Reached>,
 ) -> Wait
 where
     I: AsyncRead + Unpin,
@@ -228,7 +224,7 @@ where
             });
         }
         if let Some(d) = drain.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
+            if Pin::new(&mut **d).poll(cx).is_ready() {
                 return Poll::Ready(Wait::Draining);
             }
         }
