@@ -120,7 +120,7 @@ impl Drop for Completion {
             } else if client_closed {
                 entry.error = Some("client_closed");
             }
-            self.proxy.access_log.write(*entry);
+            self.proxy.access_log.write(&entry);
         }
     }
 }
