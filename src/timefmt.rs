@@ -68,6 +68,41 @@ impl Rfc3339 {
     /// per line, and `write!` with padded fields cost about 1,000
     /// instructions each (callgrind).
     pub fn push_to(&self, out: &mut String) {
+        // Lines come many to a second: the part up to the second is kept
+        // per thread and copied (about 550 of the 700 instructions a time
+        // took, callgrind).
+        let since = self
+            .0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let second = since.as_secs();
+        let cached = LAST_SECOND.with(|last| {
+            let (at, prefix) = last.get();
+            if at == second && at != 0 {
+                return Some(prefix);
+            }
+            let mut text = String::with_capacity(24);
+            self.push_uncached(&mut text);
+            // Only times with a four-digit year have the fixed-width prefix.
+            if text.len() != 24 {
+                return None;
+            }
+            let prefix: [u8; 20] = text.as_bytes()[..20].try_into().ok()?;
+            last.set((second, prefix));
+            Some(prefix)
+        });
+        match cached {
+            Some(prefix) => {
+                // ASCII digits and separators only.
+                out.push_str(std::str::from_utf8(&prefix).unwrap_or_default());
+                push_padded(out, since.subsec_millis(), 3);
+                out.push('Z');
+            }
+            None => self.push_uncached(out),
+        }
+    }
+
+    fn push_uncached(&self, out: &mut String) {
         let c = Civil::of(self.0);
         // A year past 9999 is written in full (more than four digits).
         let year = c.year.clamp(0, i64::from(u32::MAX)) as u32;
@@ -86,6 +121,12 @@ impl Rfc3339 {
         push_padded(out, c.millis, 3);
         out.push('Z');
     }
+}
+
+thread_local! {
+    /// The last second [`Rfc3339::push_to`] wrote on this thread (seconds
+    /// since the epoch), and its text up to the second's dot.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((0, [0; 20])) };
 }
 
 /// Appends `v` in decimal, with leading zeros to at least `width` digits.
@@ -162,6 +203,33 @@ mod tests {
         // Before the epoch: clamped, never a panic.
         let before = SystemTime::UNIX_EPOCH - Duration::from_secs(10);
         assert_eq!(Rfc3339(before).to_string(), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn cached_seconds_write_what_uncached_ones_do() {
+        // Same second (cached), the next second, back again, then the
+        // years the cache leaves out.
+        for (secs, millis) in [
+            (971_186_136, 7),
+            (971_186_136, 999),
+            (971_186_137, 0),
+            (971_186_136, 1),
+            (253_402_300_799, 5),
+            (253_402_300_800, 5),
+            (0, 0),
+            (0, 10),
+        ] {
+            let t = at(secs, millis);
+            let mut cached = String::new();
+            Rfc3339(t).push_to(&mut cached);
+            let mut uncached = String::new();
+            Rfc3339(t).push_uncached(&mut uncached);
+            assert_eq!(cached, uncached, "{secs}.{millis}");
+        }
+        assert_eq!(
+            Rfc3339(at(253_402_300_800, 5)).to_string(),
+            "10000-01-01T00:00:00.005Z"
+        );
     }
 
     #[test]
