@@ -170,6 +170,14 @@ impl Admin {
         for b in self.proxy.upstreams.load().all.iter() {
             b.metrics.in_flight.set(i64::from(b.in_flight()));
         }
+        // So are dropped access-log lines (the logger counts them itself).
+        let dropped = &self.proxy.metrics.access_log_dropped;
+        dropped.inc_by(
+            self.proxy
+                .access_log
+                .dropped()
+                .saturating_sub(dropped.get()),
+        );
         let mut r = Response::new(ResponseBody::full(self.proxy.metrics.encode()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,

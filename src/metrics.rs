@@ -90,6 +90,8 @@ pub struct Metrics {
     pub worker_connections: IntGaugeVec,
     pub affinity_refused: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    /// Synced from the access logger's count at scrape time.
+    pub access_log_dropped: IntCounter,
     pub tls_reloads: IntCounterVec,
     pub discovery_failures: IntCounterVec,
     pub discovery_backends: IntGaugeVec,
@@ -209,6 +211,13 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(tls_handshake_failures.clone()))
             .expect("registered once");
+        let access_log_dropped = IntCounter::new(
+            "unstick_access_log_dropped_total",
+            "Access-log lines dropped because standard output did not keep up.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(access_log_dropped.clone()))
+            .expect("registered once");
         let tls_reloads = counter_vec(
             r,
             "unstick_tls_reloads_total",
@@ -260,6 +269,7 @@ impl Metrics {
             worker_connections,
             affinity_refused,
             tls_handshake_failures,
+            access_log_dropped,
             tls_reloads,
             discovery_failures,
             discovery_backends,

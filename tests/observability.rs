@@ -1075,3 +1075,73 @@ async fn client_that_leaves_early_is_counted_as_error() {
     s.assert_value("unstick_backend_in_flight", &[("backend", &na)], 0.0);
     s.assert_family("unstick_connections_open", &[(&[], 0.0)]);
 }
+
+/// Access-log output that blocks while `blocked` is set (a stuck stdout).
+#[derive(Clone, Default)]
+struct Stuck {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    blocked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Write for Stuck {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        while self.blocked.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.bytes.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// A stdout that does not keep up costs log lines, never requests; each
+// dropped line is counted, and no line is lost without being counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_access_log_lines_are_counted() {
+    let b = fake("b0").await;
+    let out = Stuck::default();
+    out.blocked.store(true, Ordering::Release);
+    // About seven JSON lines fit before a worker's buffer is full.
+    let logger = AccessLogger::with_limit(AccessLog::Json, Box::new(out.clone()), 2048);
+    let app = App::start_with(
+        config(&[b.addr.to_string()]),
+        Metrics::new_unregistered(),
+        AccessLoggerChoice::Custom(logger),
+    )
+    .await
+    .expect("unstick starts");
+    let admin = app.admin_addr.expect("admin listener");
+    const SENT: usize = 40;
+    for i in 0..SENT {
+        let r = get(app.proxy_addr, "/", &format!("stuck-{i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let dropped = scrape(admin)
+        .await
+        .family("unstick_access_log_dropped_total")[0]
+        .1 as usize;
+    assert!(dropped > 0 && dropped < SENT, "{dropped} dropped");
+
+    out.blocked.store(false, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let written = out
+            .bytes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        if written + dropped == SENT {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{written} written, {dropped} dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(app);
+}

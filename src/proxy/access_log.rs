@@ -41,6 +41,8 @@ pub struct Entry {
 /// Where log lines go: per-thread buffers and the thread that writes them.
 pub struct AccessLogger {
     format: AccessLog,
+    /// Bytes a buffer may hold before new lines are dropped.
+    max_buffered: usize,
     shared: Option<Arc<Shared>>,
     /// The writer thread, joined on drop so the last lines are written.
     writer: Option<std::thread::JoinHandle<()>>,
@@ -64,7 +66,7 @@ const WRITE_EVERY: Duration = Duration::from_millis(50);
 pub const SHARDS: usize = 16;
 
 /// Bytes a buffer may hold before new lines are dropped (the writer is
-/// stuck): about 4,000 lines.
+/// stuck): about 4,000 lines. Counted in `unstick_access_log_dropped_total`.
 const MAX_BUFFERED: usize = 1 << 20;
 
 /// Hands each thread that logs the next shard.
@@ -82,9 +84,20 @@ impl AccessLogger {
 
     /// A logger writing to `out`.
     pub fn new(format: AccessLog, out: Box<dyn Write + Send>) -> AccessLogger {
+        AccessLogger::with_limit(format, out, MAX_BUFFERED)
+    }
+
+    /// [`AccessLogger::new`], dropping lines once a thread's buffer holds
+    /// `max_buffered` bytes (tests use a small limit).
+    pub fn with_limit(
+        format: AccessLog,
+        out: Box<dyn Write + Send>,
+        max_buffered: usize,
+    ) -> AccessLogger {
         if format == AccessLog::Off {
             return AccessLogger {
                 format,
+                max_buffered,
                 shared: None,
                 writer: None,
             };
@@ -103,6 +116,7 @@ impl AccessLogger {
             .expect("spawn access log thread");
         AccessLogger {
             format,
+            max_buffered,
             shared: Some(shared),
             writer: Some(writer),
         }
@@ -121,7 +135,7 @@ impl AccessLogger {
         let Some(shared) = &self.shared else { return };
         let shard = &shared.shards[SHARD.with(|s| *s)];
         let mut buf = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if buf.len() >= MAX_BUFFERED {
+        if buf.len() >= self.max_buffered {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
