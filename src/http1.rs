@@ -423,12 +423,7 @@ pub fn request_framing_fields<'a, F>(fields: F) -> Result<Framing, HeadError>
 where
     F: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
 {
-    let named = |name: &'static [u8]| {
-        fields
-            .clone()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
+    let named = |name| values_named(fields.clone(), name);
     let mut content_length_values = named(b"content-length").peekable();
     match transfer_chunked(named(b"transfer-encoding")) {
         Some(_) if content_length_values.peek().is_some() => Err(HeadError::Malformed("framing")),
@@ -454,18 +449,23 @@ pub fn response_framing_fields<'a, F>(
 where
     F: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
 {
-    let named = |name: &'static [u8]| {
-        fields
-            .clone()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
+    let named = |name| values_named(fields.clone(), name);
     framing_of_response(
         method,
         status,
         named(b"transfer-encoding"),
         named(b"content-length"),
     )
+}
+
+/// The values of the fields called `name` (in any case), in order.
+fn values_named<'a, F>(fields: F, name: &'static [u8]) -> impl Iterator<Item = &'a [u8]>
+where
+    F: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    fields
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
 }
 
 /// The response framing rules of [`response_framing_fields`], over the values of
@@ -615,11 +615,17 @@ pub fn put_response_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], framing:
         || name.eq_ignore_ascii_case(b"connection")
         || (!keep_length && name.eq_ignore_ascii_case(b"content-length"));
     if !skip {
-        let at = out.len();
-        out.extend_from_slice(name);
-        out[at..].make_ascii_lowercase();
-        put_field_value(out, value);
+        put_field_lowercase(out, name, value);
     }
+}
+
+/// Appends "name: value\r\n" with the name in lower case (as `HeaderName`
+/// writes it).
+pub fn put_field_lowercase(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let at = out.len();
+    out.extend_from_slice(name);
+    out[at..].make_ascii_lowercase();
+    put_field_value(out, value);
 }
 
 /// Appends `: value` and the line end.

@@ -107,6 +107,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// True for a `Connection` token that names no other header: `close`,
 /// `keep-alive` and `upgrade` (the usual ones), or an empty list element.
+/// True if a `Connection` value names fields of its own (anything but the
+/// tokens [`names_no_header`] lists): those fields are hop-by-hop too.
+pub(super) fn connection_names_fields(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| !names_no_header(t.trim_ascii()))
+}
+
 pub(super) fn names_no_header(token: &[u8]) -> bool {
     [&b"close"[..], b"keep-alive", b"upgrade", b""]
         .iter()
@@ -164,10 +172,7 @@ pub fn response_field_rule(
         return FieldRule::Scrub;
     }
     if is(&header::CONNECTION) {
-        let names_others = value
-            .split(|b| *b == b',')
-            .any(|t| !names_no_header(t.trim_ascii()));
-        return if names_others {
+        return if connection_names_fields(value) {
             FieldRule::Scrub
         } else {
             FieldRule::Drop

@@ -12,7 +12,7 @@
 use crate::affinity;
 use crate::http1::{self, Framing, HeadError, HeaderIndices, RequestHead};
 
-use super::headers::{is_grpc_value, names_no_header};
+use super::headers::{connection_names_fields, is_grpc_value};
 
 /// The longest header name `http::HeaderName` takes.
 const MAX_NAME: usize = (1 << 16) - 1;
@@ -101,9 +101,7 @@ impl Scan {
                 7 if is(b"trailer") => true,
                 10 if is(b"connection") => {
                     scan.close |= has_close(value);
-                    scan.needs_map |= value
-                        .split(|b| *b == b',')
-                        .any(|t| !names_no_header(t.trim_ascii()));
+                    scan.needs_map |= connection_names_fields(value);
                     true
                 }
                 10 if is(b"keep-alive") => true,
@@ -197,10 +195,7 @@ pub fn write(
     for (i, f) in fields.iter().enumerate() {
         if scan.dropped & (1 << i) == 0 {
             let (name, value) = f.field(head);
-            let at = out.len();
-            out.extend_from_slice(name);
-            out[at..].make_ascii_lowercase();
-            http1::put_field_value(out, value);
+            http1::put_field_lowercase(out, name, value);
         }
     }
     out.extend_from_slice(b"x-forwarded-for: ");
