@@ -107,6 +107,12 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     m
 }
 
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let m = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("registered once");
+    m
+}
+
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(m.clone())).expect("registered once");
@@ -161,13 +167,11 @@ impl Metrics {
             "Retries made on another backend, by the failure that caused them.",
             &["reason"],
         );
-        let retry_budget_exhausted = IntCounter::new(
+        let retry_budget_exhausted = counter(
+            r,
             "unstick_retry_budget_exhausted_total",
             "Retries not made because the retry budget was spent.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(retry_budget_exhausted.clone()))
-            .expect("registered once");
+        );
         let backend_healthy = gauge_vec(
             r,
             "unstick_backend_healthy",
@@ -204,20 +208,16 @@ impl Metrics {
             "Affinity cookies refused, by direction (request, response) and cookie name.",
             &["direction", "name"],
         );
-        let tls_handshake_failures = IntCounter::new(
+        let tls_handshake_failures = counter(
+            r,
             "unstick_tls_handshake_failures_total",
             "TLS handshakes that failed on the listener (including plain HTTP sent to it).",
-        )
-        .expect("valid metric");
-        r.register(Box::new(tls_handshake_failures.clone()))
-            .expect("registered once");
-        let access_log_dropped = IntCounter::new(
+        );
+        let access_log_dropped = counter(
+            r,
             "unstick_access_log_dropped_total",
             "Access-log lines dropped because standard output did not keep up.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(access_log_dropped.clone()))
-            .expect("registered once");
+        );
         let tls_reloads = counter_vec(
             r,
             "unstick_tls_reloads_total",
