@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -37,7 +37,7 @@ pub use body::ResponseBody;
 pub use error::{GrpcStatus, Kind, ProxyError, Retry, Source};
 
 use body::Completion;
-use headers::{RequestIds, X_REQUEST_ID};
+use headers::{RequestId, RequestIds, X_REQUEST_ID};
 use retry::RetryBudget;
 
 pub use crate::health::X_UNSTICK_DRAIN;
@@ -116,7 +116,7 @@ struct Forwarded {
 /// What the answer to a client needs from its request.
 struct ReplyTo {
     /// Kept or generated; returned in `X-Request-Id`.
-    request_id: HeaderValue,
+    request_id: RequestId,
     /// The client's HTTP version.
     version: Version,
     /// The client speaks gRPC: failures become `grpc-status`.
@@ -249,7 +249,8 @@ impl Proxy {
     ) -> (ReplyTo, Option<Box<Entry>>) {
         let request_id = headers::request_id(&parts.headers, &self.ids);
         let log = self.access_log.enabled().then(|| {
-            let path = parts.uri.path_and_query().cloned();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let path = path.as_bytes();
             self.log_entry(client, &parts.method, parts.version, path, &request_id)
         });
         let reply = ReplyTo {
@@ -281,9 +282,9 @@ impl Proxy {
         let request_id = id
             .filter(|v| headers::request_id_kept(v))
             .and_then(|v| HeaderValue::from_bytes(v).ok())
-            .unwrap_or_else(|| self.ids.next());
+            .map_or_else(|| self.ids.next(), RequestId::Kept);
         let log = self.access_log.enabled().then(|| {
-            let path = http::uri::PathAndQuery::try_from(parsed.target(head)).ok();
+            let path = parsed.target(head);
             self.log_entry(client, &parsed.method, parsed.version, path, &request_id)
         });
         let reply = ReplyTo {
@@ -300,23 +301,10 @@ impl Proxy {
         client: &ClientInfo,
         method: &http::Method,
         version: Version,
-        path: Option<http::uri::PathAndQuery>,
-        request_id: &HeaderValue,
+        path: &[u8],
+        request_id: &RequestId,
     ) -> Box<Entry> {
-        Box::new(Entry {
-            time: SystemTime::now(),
-            client: client.addr,
-            method: method.clone(),
-            version,
-            path: path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            status: 0,
-            bytes: 0,
-            duration: Duration::ZERO,
-            backend: None,
-            attempts: 0,
-            request_id: request_id.clone(),
-            error: None,
-        })
+        Entry::start(client.addr, method, version, path, request_id)
     }
 
     /// Sends the request, retrying on another backend when that is safe.
@@ -402,7 +390,6 @@ impl Proxy {
         done.backend = Some(backend.clone());
         if let Some(log) = &mut done.log {
             log.attempts = attempt + 1;
-            log.backend = Some(backend.name.clone());
         }
         Some(backend)
     }
@@ -564,10 +551,6 @@ impl Proxy {
         parts.version = reply.version;
 
         done.status = parts.status.as_u16();
-        if let Some(log) = &mut done.log {
-            log.status = done.status;
-            log.backend = Some(backend.name.clone());
-        }
         if let (Some((client, hold)), Some(upstream)) = (client_upgrade, backend_upgrade) {
             // The connection now belongs to the tunnel, which holds the
             // in-flight count until either side closes.
@@ -589,7 +572,7 @@ impl Proxy {
         parts: &mut http::response::Parts,
         backend: &Arc<Backend>,
         settings: &Settings,
-        request_id: &HeaderValue,
+        request_id: &RequestId,
         switching: bool,
     ) -> Result<(), String> {
         if asks_to_drain(&parts.headers) && backend.transition(State::Healthy, State::Draining) {
@@ -605,7 +588,7 @@ impl Proxy {
         headers::remove_hop_by_hop(&mut parts.headers, switching);
         parts
             .headers
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
+            .insert(X_REQUEST_ID.clone(), request_id.to_header());
         if let Some(name) = &settings.backend_header {
             if let Ok(v) = HeaderValue::from_str(&backend.name) {
                 parts.headers.insert(name.clone(), v);
@@ -644,10 +627,6 @@ impl Proxy {
         tracing::debug!(error = %error, "request failed");
         let status = error.status();
         done.status = status.as_u16();
-        if let Some(log) = &mut done.log {
-            log.status = done.status;
-            log.backend = backend.as_ref().map(|b| b.name.clone());
-        }
         done.backend = backend;
         let mut response = if reply.grpc {
             grpc_error_response(error.grpc_status(), &error.to_string())
@@ -656,7 +635,7 @@ impl Proxy {
         };
         response
             .headers_mut()
-            .insert(X_REQUEST_ID.clone(), reply.request_id);
+            .insert(X_REQUEST_ID.clone(), reply.request_id.to_header());
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.with_completion(done))
     }
@@ -703,7 +682,7 @@ pub fn grpc_error_response(status: GrpcStatus, message: &str) -> Response<Respon
 fn prepare_request(
     parts: &mut http::request::Parts,
     client: &ClientInfo,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
     upgrade: bool,
 ) {
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
@@ -719,7 +698,7 @@ fn prepare_request(
     );
     parts
         .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+        .insert(X_REQUEST_ID.clone(), request_id.to_header());
     // HTTP/2 clients send the authority in the URI, HTTP/1.1 backends need Host.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(a) = &authority {

@@ -7,16 +7,21 @@
 //! falls behind (stdout blocked), lines are dropped and counted rather than
 //! stalling requests.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use super::headers::RequestId;
 use crate::config::AccessLog;
 use crate::timefmt::{ClfDate, Rfc3339};
 
-/// One request, as logged.
+/// One request, as logged. The backend that answered (the last one tried)
+/// is given when the line is written ([`AccessLogger::write`]): the request
+/// path knows it then, and holding its name here cost a shared reference
+/// count bumped per request.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub time: SystemTime,
@@ -25,17 +30,83 @@ pub struct Entry {
     /// The client's HTTP version.
     pub version: http::Version,
     /// Path and query as the client sent them.
-    pub path: http::uri::PathAndQuery,
+    pub path: Vec<u8>,
     pub status: u16,
     pub bytes: u64,
     pub duration: Duration,
-    /// The backend that answered (the last one tried), if any.
-    pub backend: Option<Arc<str>>,
     pub attempts: u32,
-    pub request_id: http::HeaderValue,
+    pub request_id: RequestId,
     /// Why the response did not complete: `after_head` (the backend failed
     /// after the head was sent) or `client_closed` (the client left first).
     pub error: Option<&'static str>,
+}
+
+thread_local! {
+    /// Entries already written on this thread, to be filled again: a logged
+    /// request then allocates neither its entry nor its path. Kept boxed,
+    /// as requests hold them (unboxing would allocate a box per request).
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<Vec<Box<Entry>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare entries kept per thread (about the requests one thread has open).
+const SPARE_KEPT: usize = 256;
+
+/// A path longer than this is not kept in a spare entry's buffer.
+const SPARE_PATH: usize = 1024;
+
+impl Entry {
+    /// The entry of a request starting now; what its response brings
+    /// (status, bytes, duration...) is filled in as it comes.
+    pub fn start(
+        client: SocketAddr,
+        method: &http::Method,
+        version: http::Version,
+        path: &[u8],
+        request_id: &RequestId,
+    ) -> Box<Entry> {
+        let time = SystemTime::now();
+        let Some(mut e) = SPARE.with(|s| s.borrow_mut().pop()) else {
+            return Box::new(Entry {
+                time,
+                client,
+                method: method.clone(),
+                version,
+                path: path.to_vec(),
+                status: 0,
+                bytes: 0,
+                duration: Duration::ZERO,
+                attempts: 0,
+                request_id: request_id.clone(),
+                error: None,
+            });
+        };
+        e.time = time;
+        e.client = client;
+        e.method = method.clone();
+        e.version = version;
+        e.path.clear();
+        e.path.extend_from_slice(path);
+        e.status = 0;
+        e.bytes = 0;
+        e.duration = Duration::ZERO;
+        e.attempts = 0;
+        e.request_id = request_id.clone();
+        e.error = None;
+        e
+    }
+
+    /// Keeps a written entry for [`Entry::start`] to fill again.
+    fn recycle(self: Box<Entry>) {
+        if self.path.capacity() <= SPARE_PATH {
+            SPARE.with(|s| {
+                let mut spare = s.borrow_mut();
+                if spare.len() < SPARE_KEPT {
+                    spare.push(self);
+                }
+            });
+        }
+    }
 }
 
 /// Where log lines go: per-thread buffers and the thread that writes them.
@@ -50,7 +121,7 @@ pub struct AccessLogger {
 
 struct Shared {
     /// Lines formatted and not yet written, one buffer per shard.
-    shards: Box<[Mutex<String>]>,
+    shards: Box<[Mutex<Vec<u8>>]>,
     dropped: AtomicU64,
     closed: AtomicBool,
 }
@@ -103,7 +174,7 @@ impl AccessLogger {
             };
         }
         let shared = Arc::new(Shared {
-            shards: (0..SHARDS).map(|_| Mutex::new(String::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             dropped: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
@@ -130,16 +201,20 @@ impl AccessLogger {
         self.format
     }
 
-    /// Buffers a line; never blocks on the output.
-    pub fn write(&self, entry: &Entry) {
+    /// Buffers the line of `entry`, answered by `backend`; never blocks
+    /// on the output.
+    pub fn write(&self, entry: Box<Entry>, backend: Option<&str>) {
         let Some(shared) = &self.shared else { return };
-        let shard = &shared.shards[SHARD.with(|s| *s)];
-        let mut buf = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if buf.len() >= self.max_buffered {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+        {
+            let shard = &shared.shards[SHARD.with(|s| *s)];
+            let mut buf = shard.lock().unwrap_or_else(|e| e.into_inner());
+            if buf.len() >= self.max_buffered {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                format_entry(self.format, &entry, backend, &mut buf);
+            }
         }
-        format_entry(self.format, entry, &mut buf);
+        entry.recycle();
     }
 
     /// Lines dropped because the writer fell behind.
@@ -168,7 +243,7 @@ impl Drop for AccessLogger {
 fn write_lines(shared: &Shared, mut out: Box<dyn Write + Send>) {
     // The buffer swapped in: the one written last time, emptied (its
     // allocation goes back and forth).
-    let mut spare = String::new();
+    let mut spare = Vec::new();
     loop {
         // Never blocks on a lock or channel, so the request path never has
         // to wake it.
@@ -182,10 +257,10 @@ fn write_lines(shared: &Shared, mut out: Box<dyn Write + Send>) {
                 }
                 std::mem::swap(&mut *buf, &mut spare);
             }
-            let _ = out.write_all(spare.as_bytes());
+            let _ = out.write_all(&spare);
             // A buffer that grew large in a burst is not kept.
             if spare.capacity() > MAX_BUFFERED {
-                spare = String::new();
+                spare = Vec::new();
             }
             spare.clear();
         }
@@ -197,8 +272,8 @@ fn write_lines(shared: &Shared, mut out: Box<dyn Write + Send>) {
 }
 
 /// Formats one line (with its newline) into `out`.
-pub fn format_entry(format: AccessLog, e: &Entry, out: &mut String) {
-    use std::fmt::Write as _;
+pub fn format_entry(format: AccessLog, e: &Entry, backend: Option<&str>, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     match format {
         AccessLog::Off => {}
         AccessLog::Common => {
@@ -210,21 +285,22 @@ pub fn format_entry(format: AccessLog, e: &Entry, out: &mut String) {
                 ClfDate(e.time),
                 e.method
             );
-            escape_clf(e.path.as_str(), out);
+            escape_clf(&e.path, out);
             let _ = write!(out, " {:?}\" {} ", e.version, e.status);
             if e.bytes == 0 {
-                out.push('-');
+                out.push(b'-');
             } else {
                 let _ = write!(out, "{}", e.bytes);
             }
-            let _ = writeln!(
+            let _ = write!(
                 out,
-                " {:.6} {} {} {}",
+                " {:.6} {} {} ",
                 e.duration.as_secs_f64(),
-                e.backend.as_deref().unwrap_or("-"),
+                backend.unwrap_or("-"),
                 e.attempts,
-                String::from_utf8_lossy(e.request_id.as_bytes())
             );
+            out.extend_from_slice(e.request_id.as_bytes());
+            out.push(b'\n');
         }
         AccessLog::Json => {
             // Written by hand, field by field, into the reused line buffer:
@@ -232,41 +308,41 @@ pub fn format_entry(format: AccessLog, e: &Entry, out: &mut String) {
             // `core::fmt` (which took 5,500 of the 7,800 instructions a line
             // cost, callgrind; the writer thread's CPU is the proxy's).
             let mut num = itoa::Buffer::new();
-            out.push_str("{\"time\":\"");
+            out.extend_from_slice(b"{\"time\":\"");
             Rfc3339(e.time).push_to(out);
-            out.push_str("\",\"client\":\"");
+            out.extend_from_slice(b"\",\"client\":\"");
             push_addr(e.client, out);
-            out.push_str("\",\"method\":");
-            json_str(e.method.as_str(), out);
-            out.push_str(",\"path\":");
-            json_str(e.path.as_str(), out);
-            out.push_str(",\"protocol\":\"");
-            out.push_str(version_str(e.version));
-            out.push_str("\",\"status\":");
-            out.push_str(num.format(e.status));
-            out.push_str(",\"bytes\":");
-            out.push_str(num.format(e.bytes));
+            out.extend_from_slice(b"\",\"method\":");
+            json_str(e.method.as_str().as_bytes(), out);
+            out.extend_from_slice(b",\"path\":");
+            json_str(&e.path, out);
+            out.extend_from_slice(b",\"protocol\":\"");
+            out.extend_from_slice(version_str(e.version).as_bytes());
+            out.extend_from_slice(b"\",\"status\":");
+            out.extend_from_slice(num.format(e.status).as_bytes());
+            out.extend_from_slice(b",\"bytes\":");
+            out.extend_from_slice(num.format(e.bytes).as_bytes());
             // Seconds, to the microsecond.
-            out.push_str(",\"duration\":");
+            out.extend_from_slice(b",\"duration\":");
             let micros = e.duration.as_micros();
-            out.push_str(num.format(micros / 1_000_000));
-            out.push('.');
+            out.extend_from_slice(num.format(micros / 1_000_000).as_bytes());
+            out.push(b'.');
             crate::timefmt::push_padded(out, (micros % 1_000_000) as u32, 6);
-            out.push_str(",\"backend\":");
-            match e.backend.as_deref() {
-                Some(b) => json_str(b, out),
-                None => out.push_str("null"),
+            out.extend_from_slice(b",\"backend\":");
+            match backend {
+                Some(b) => json_str(b.as_bytes(), out),
+                None => out.extend_from_slice(b"null"),
             }
-            out.push_str(",\"attempts\":");
-            out.push_str(num.format(e.attempts));
-            out.push_str(",\"request_id\":");
-            json_str(&String::from_utf8_lossy(e.request_id.as_bytes()), out);
-            out.push_str(",\"error\":");
+            out.extend_from_slice(b",\"attempts\":");
+            out.extend_from_slice(num.format(e.attempts).as_bytes());
+            out.extend_from_slice(b",\"request_id\":");
+            json_str(e.request_id.as_bytes(), out);
+            out.extend_from_slice(b",\"error\":");
             match e.error {
-                Some(err) => json_str(err, out),
-                None => out.push_str("null"),
+                Some(err) => json_str(err.as_bytes(), out),
+                None => out.extend_from_slice(b"null"),
             }
-            out.push_str("}\n");
+            out.extend_from_slice(b"}\n");
         }
     }
 }
@@ -284,19 +360,19 @@ fn version_str(v: http::Version) -> &'static str {
 }
 
 /// Appends a client address as `Display` writes it (`1.2.3.4:5`, `[::1]:5`).
-fn push_addr(addr: SocketAddr, out: &mut String) {
-    use std::fmt::Write as _;
+fn push_addr(addr: SocketAddr, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     let mut num = itoa::Buffer::new();
     match addr {
         SocketAddr::V4(a) => {
             for (i, octet) in a.ip().octets().iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
-                out.push_str(num.format(*octet));
+                out.extend_from_slice(num.format(*octet).as_bytes());
             }
-            out.push(':');
-            out.push_str(num.format(a.port()));
+            out.push(b':');
+            out.extend_from_slice(num.format(a.port()).as_bytes());
         }
         SocketAddr::V6(_) => {
             let _ = write!(out, "{addr}");
@@ -304,41 +380,71 @@ fn push_addr(addr: SocketAddr, out: &mut String) {
     }
 }
 
-/// Writes `s` as a JSON string (quoted and escaped).
-fn json_str(s: &str, out: &mut String) {
-    use std::fmt::Write as _;
-    out.push('"');
-    // The usual field needs no escape: copied whole.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push_str(s);
-        out.push('"');
+/// Writes `s` as a JSON string (quoted and escaped; bytes that are not
+/// UTF-8 replaced, so a line is always valid JSON).
+fn json_str(s: &[u8], out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    out.push(b'"');
+    // The usual field (printable ASCII) is copied whole.
+    if !json_escapes(s) {
+        out.extend_from_slice(s);
+        out.push(b'"');
         return;
     }
-    for c in s.chars() {
+    let mut utf8 = [0; 4];
+    for c in String::from_utf8_lossy(s).chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
             c if (c as u32) < 0x20 => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
-            c => out.push(c),
+            c => out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes()),
         }
     }
-    out.push('"');
+    out.push(b'"');
+}
+
+/// True if `s` has a byte [`json_str`] cannot copy as it is: a control
+/// byte, `"`, `\` or a byte past ASCII. Tests eight bytes at a time (a
+/// byte at a time cost ~5 instructions per byte, the largest part of a
+/// JSON line's formatting).
+fn json_escapes(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // High bit set in some byte iff a byte of `x` is below `n` (n <= 0x80),
+    // or (with `x & HIGH`) past ASCII.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let zero = |x: u64| below(x, 1);
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_ne_bytes(w.try_into().expect("eight bytes"));
+        let hits = below(x, 0x20)
+            | zero(x ^ (ONES * u64::from(b'"')))
+            | zero(x ^ (ONES * u64::from(b'\\')))
+            | (x & HIGH);
+        if hits != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x80)
 }
 
 /// Writes `s` for a quoted CLF field: `"` and `\` escaped, and bytes outside
 /// printable ASCII as `\xHH` (as Apache does), so a line always splits the same way.
-fn escape_clf(s: &str, out: &mut String) {
-    use std::fmt::Write as _;
-    for &b in s.as_bytes() {
+fn escape_clf(s: &[u8], out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    for &b in s {
         match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(b as char),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(b),
             _ => {
                 let _ = write!(out, "\\x{b:02x}");
             }
@@ -350,27 +456,41 @@ fn escape_clf(s: &str, out: &mut String) {
 mod tests {
     use super::*;
 
+    const BACKEND: Option<&str> = Some("127.0.0.1:3001");
+
     fn entry() -> Entry {
         Entry {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(971_186_136_250),
             client: "10.1.2.3:5555".parse().unwrap(),
             method: http::Method::GET,
             version: http::Version::HTTP_11,
-            path: http::uri::PathAndQuery::from_static("/a?b=%22c%22"),
+            path: b"/a?b=%22c%22".to_vec(),
             status: 200,
             bytes: 1234,
             duration: Duration::from_micros(1500),
-            backend: Some("127.0.0.1:3001".into()),
             attempts: 2,
-            request_id: http::HeaderValue::from_static("req-1"),
+            request_id: RequestId::Kept(http::HeaderValue::from_static("req-1")),
             error: None,
         }
     }
 
+    /// `format_entry`'s line, which must be UTF-8.
+    fn line(format: AccessLog, e: &Entry, backend: Option<&str>) -> String {
+        let mut out = Vec::new();
+        format_entry(format, e, backend, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// What `f` writes, which must be UTF-8.
+    fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        f(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn common_format() {
-        let mut line = String::new();
-        format_entry(AccessLog::Common, &entry(), &mut line);
+        let line = line(AccessLog::Common, &entry(), BACKEND);
         assert_eq!(
             line,
             "10.1.2.3 - - [10/Oct/2000:13:55:36 +0000] \"GET /a?b=%22c%22 HTTP/1.1\" 200 1234 \
@@ -378,12 +498,10 @@ mod tests {
         );
         let mut e = entry();
         e.bytes = 0;
-        e.backend = None;
         e.attempts = 0;
         e.status = 503;
         e.version = http::Version::HTTP_2;
-        line.clear();
-        format_entry(AccessLog::Common, &e, &mut line);
+        let line = super::tests::line(AccessLog::Common, &e, None);
         assert!(
             line.contains("\"GET /a?b=%22c%22 HTTP/2.0\" 503 - 0.001500 - 0 req-1\n"),
             "{line}"
@@ -394,20 +512,92 @@ mod tests {
     fn fields_are_escaped() {
         // Quotes, backslashes, non-ASCII and control bytes cannot break a line
         // apart, whatever a field holds.
-        let mut clf = String::new();
-        escape_clf("/\u{e9}\\\"x\n", &mut clf);
+        let clf = text(|out| escape_clf("/\u{e9}\\\"x\n".as_bytes(), out));
         assert_eq!(clf, "/\\xc3\\xa9\\\\\\\"x\\x0a");
-        let mut json = String::new();
-        json_str("/\u{e9}\\\"x\n\u{1}", &mut json);
+        let json = text(|out| json_str("/\u{e9}\\\"x\n\u{1}".as_bytes(), out));
         let back: String = serde_json::from_str(&json).unwrap();
         assert_eq!(back, "/\u{e9}\\\"x\n\u{1}");
         assert!(!json.contains('\n'));
+        // Any text comes back whole: runs of plain bytes around escapes,
+        // multi-byte characters next to them.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x1095);
+        let pieces = [
+            "a",
+            "/x?y=1",
+            "\"",
+            "\\",
+            "\n",
+            "\r",
+            "\t",
+            "\u{0}",
+            "\u{1f}",
+            "\u{7f}",
+            "\u{e9}",
+            "\u{1f600}",
+        ];
+        for _ in 0..2_000 {
+            let n = rng.random_range(0..12);
+            let s: String = (0..n)
+                .map(|_| pieces[rng.random_range(0..pieces.len())])
+                .collect();
+            let json = text(|out| json_str(s.as_bytes(), out));
+            assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s, "{json}");
+            assert!(!json.contains(|c: char| c < ' '), "{json}");
+        }
+        // The word-at-a-time test answers as a byte-by-byte one, wherever in
+        // a word the byte falls.
+        let bytes = [
+            b'a', b'/', b' ', b'~', b'"', b'\\', 0, 0x1f, 0x7f, 0x80, 0xe9, 0xff,
+        ];
+        for _ in 0..20_000 {
+            let n = rng.random_range(0..40);
+            let s: Vec<u8> = (0..n).map(|_| bytes[rng.random_range(0..4)]).collect();
+            let mut s = s;
+            if rng.random_bool(0.5) && n > 0 {
+                s[rng.random_range(0..n)] = bytes[rng.random_range(0..bytes.len())];
+            }
+            let naive = s
+                .iter()
+                .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x80);
+            assert_eq!(json_escapes(&s), naive, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn written_entries_are_filled_again_from_scratch() {
+        let logger = AccessLogger::new(AccessLog::Json, Box::new(std::io::sink()));
+        let client = "10.0.0.1:1".parse().unwrap();
+        let id = |v| RequestId::Kept(http::HeaderValue::from_static(v));
+        let (post, get) = (http::Method::POST, http::Method::GET);
+        let mut a = Entry::start(client, &post, http::Version::HTTP_2, b"/a?q=1", &id("a"));
+        a.status = 502;
+        a.bytes = 9;
+        a.attempts = 3;
+        a.duration = Duration::from_secs(1);
+        a.error = Some("after_head");
+        let at: *const Entry = &*a;
+        logger.write(a, BACKEND);
+        let b = Entry::start(client, &get, http::Version::HTTP_11, b"/b", &id("b"));
+        assert!(std::ptr::eq(at, &*b), "the written entry was not reused");
+        assert_eq!(
+            (
+                &b.path[..],
+                b.status,
+                b.bytes,
+                b.attempts,
+                b.duration,
+                b.error
+            ),
+            (&b"/b"[..], 0, 0, 0, Duration::ZERO, None)
+        );
+        assert_eq!((&b.method, b.version), (&get, http::Version::HTTP_11));
+        assert_eq!(b.request_id.as_bytes(), b"b");
     }
 
     #[test]
     fn json_format() {
-        let mut line = String::new();
-        format_entry(AccessLog::Json, &entry(), &mut line);
+        let line = line(AccessLog::Json, &entry(), BACKEND);
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         assert!(
             line.starts_with("{\"time\":\"2000-10-10T13:55:36.250Z\",\"client\":"),
@@ -434,17 +624,14 @@ mod tests {
         e.duration = Duration::from_micros(75_000_001);
         e.client = "[2001:db8::1]:443".parse().unwrap();
         e.version = http::Version::HTTP_2;
-        let mut line = String::new();
-        format_entry(AccessLog::Json, &e, &mut line);
+        let line = line(AccessLog::Json, &e, BACKEND);
         assert!(line.contains("\"duration\":75.000001,"), "{line}");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["client"], "[2001:db8::1]:443");
         assert_eq!(v["protocol"], "HTTP/2.0");
         for addr in ["0.0.0.0:0", "255.255.255.255:65535", "10.20.3.4:8080"] {
             let addr: SocketAddr = addr.parse().unwrap();
-            let mut out = String::new();
-            push_addr(addr, &mut out);
-            assert_eq!(out, addr.to_string());
+            assert_eq!(text(|out| push_addr(addr, out)), addr.to_string());
         }
     }
 
@@ -480,7 +667,7 @@ mod tests {
                     for i in 0..1000 {
                         let mut e = entry();
                         e.attempts = t * 1000 + i;
-                        logger.write(&e);
+                        logger.write(Box::new(e), BACKEND);
                     }
                 })
             })
@@ -505,16 +692,12 @@ mod tests {
         let capture = Capture::default();
         let stuck = capture.gate.write().unwrap();
         let logger = AccessLogger::new(AccessLog::Json, Box::new(capture.clone()));
-        let line_len = {
-            let mut line = String::new();
-            format_entry(AccessLog::Json, &entry(), &mut line);
-            line.len()
-        };
+        let line_len = line(AccessLog::Json, &entry(), BACKEND).len();
         // The buffer fills to its limit (the writer, blocked or not yet
         // awake, cannot empty it), then lines are dropped. None is lost.
         let lines = 3 * MAX_BUFFERED / line_len;
         for _ in 0..lines {
-            logger.write(&entry());
+            logger.write(Box::new(entry()), BACKEND);
         }
         assert!(logger.dropped() > 0, "none dropped");
         drop(stuck);
@@ -526,9 +709,7 @@ mod tests {
 
     #[test]
     fn off_writes_nothing() {
-        let mut line = String::new();
-        format_entry(AccessLog::Off, &entry(), &mut line);
-        assert!(line.is_empty());
+        assert!(line(AccessLog::Off, &entry(), BACKEND).is_empty());
         assert!(!AccessLogger::new(AccessLog::Off, Box::new(std::io::sink())).enabled());
     }
 }

@@ -113,6 +113,7 @@ impl Drop for Completion {
             None => metrics.request_without_backend(class),
         }
         if let Some(mut entry) = self.log.take() {
+            entry.status = self.status;
             entry.bytes = self.bytes;
             entry.duration = elapsed;
             if self.end == End::Failed {
@@ -120,7 +121,8 @@ impl Drop for Completion {
             } else if client_closed {
                 entry.error = Some("client_closed");
             }
-            self.proxy.access_log.write(&entry);
+            let name = backend.map(|b| &*b.name);
+            self.proxy.access_log.write(entry, name);
         }
     }
 }

@@ -32,7 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::Completion;
 use super::error::{Kind, ProxyError, Retry, Source};
-use super::headers::{self, FieldRule, X_REQUEST_ID};
+use super::headers::{self, FieldRule, RequestId, X_REQUEST_ID};
 use super::request_head::{self, Forwarding, Scan};
 use super::{retry, Attempts, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
@@ -560,10 +560,6 @@ impl Proxy {
             http1::write_response_head(scratch, &parts, framing, keep_alive);
         }
         done.status = head.status.as_u16();
-        if let Some(log) = &mut done.log {
-            log.status = done.status;
-            log.backend = Some(backend.name.clone());
-        }
         done.in_flight = Some(in_flight);
 
         let mut body = BodyCopy::new(framing);
@@ -661,7 +657,7 @@ impl Proxy {
 /// The fields unstick adds to every response head it passes on.
 #[derive(Clone, Copy)]
 struct Ours<'a> {
-    request_id: &'a HeaderValue,
+    request_id: &'a RequestId,
     /// The configured header naming the backend, and the backend's name.
     backend_header: Option<(&'a http::HeaderName, &'a str)>,
 }

@@ -275,10 +275,42 @@ pub fn set_forwarded(
 }
 
 /// Keeps a well-formed incoming `X-Request-Id`, or makes a new one.
-pub fn request_id(headers: &HeaderMap, ids: &RequestIds) -> HeaderValue {
+pub fn request_id(headers: &HeaderMap, ids: &RequestIds) -> RequestId {
     match headers.get(&X_REQUEST_ID) {
-        Some(v) if request_id_kept(v.as_bytes()) => v.clone(),
+        Some(v) if request_id_kept(v.as_bytes()) => RequestId::Kept(v.clone()),
         _ => ids.next(),
+    }
+}
+
+/// A request's id: made here, or the client's passed on as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RequestId {
+    /// Held inline: a `HeaderValue` would allocate (and validate) per
+    /// request, though the fast path only ever needs the bytes.
+    Made([u8; MADE_ID_LEN]),
+    Kept(HeaderValue),
+}
+
+/// A made id: 16 hex digits of prefix, `-`, 16 of counter.
+const MADE_ID_LEN: usize = 33;
+
+impl RequestId {
+    /// The id's bytes: visible ASCII either way (see [`request_id_kept`]).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Made(b) => b,
+            RequestId::Kept(v) => v.as_bytes(),
+        }
+    }
+
+    /// The id as a header value, for heads built over a `HeaderMap`.
+    pub fn to_header(&self) -> HeaderValue {
+        match self {
+            RequestId::Made(b) => {
+                HeaderValue::from_bytes(b).expect("hex digits are a valid header value")
+            }
+            RequestId::Kept(v) => v.clone(),
+        }
     }
 }
 
@@ -316,7 +348,7 @@ impl RequestIds {
         }
     }
 
-    pub fn next(&self) -> HeaderValue {
+    pub fn next(&self) -> RequestId {
         let n = ID_RANGE.with(|range| {
             let (prefix, mut next, mut end) = range.get();
             // A new block when this one is used up, or belongs to another
@@ -328,11 +360,11 @@ impl RequestIds {
             range.set((self.prefix, next + 1, end));
             next
         });
-        let mut buf = [0u8; 33];
+        let mut buf = [0u8; MADE_ID_LEN];
         hex(self.prefix, &mut buf[..16]);
         buf[16] = b'-';
         hex(n, &mut buf[17..]);
-        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+        RequestId::Made(buf)
     }
 }
 
@@ -441,7 +473,7 @@ mod tests {
         }
         for t in threads {
             for id in t.join().unwrap() {
-                assert_eq!(id.len(), 33);
+                assert_eq!(id.as_bytes().len(), 33);
                 assert!(seen.insert(id), "duplicate request id");
             }
         }
@@ -526,11 +558,16 @@ mod tests {
         let a = ids.next();
         let b = ids.next();
         assert_ne!(a, b);
-        assert_eq!(a.len(), 33);
+        assert_eq!(a.as_bytes().len(), 33);
+        assert_eq!(a.to_header().as_bytes(), a.as_bytes());
+        assert!(a
+            .as_bytes()
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() || *c == b'-'));
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID.clone(), "abc-123".parse().unwrap());
-        assert_eq!(request_id(&h, &ids), "abc-123");
+        assert_eq!(request_id(&h, &ids).as_bytes(), b"abc-123");
         h.insert(X_REQUEST_ID.clone(), "".parse().unwrap());
-        assert_ne!(request_id(&h, &ids), "");
+        assert_eq!(request_id(&h, &ids).as_bytes().len(), 33);
     }
 }

@@ -243,6 +243,7 @@ mod tests {
 
     use super::*;
     use crate::config::AffinityPolicy;
+    use crate::proxy::headers::RequestId;
     use crate::proxy::{headers, prepare_request, ClientInfo};
 
     /// Fields a request head is made of below.
@@ -367,7 +368,7 @@ mod tests {
 
             // The head, against the map path's.
             let client = ClientInfo::new(([127, 0, 0, 1], 4000).into(), rng.random());
-            let id = HeaderValue::from_static("id-1");
+            let id = RequestId::Kept(HeaderValue::from_static("id-1"));
             let body_len = h.contains_key("content-length").then_some(3);
             let mut written = Vec::new();
             let ours = Forwarding {
