@@ -103,8 +103,8 @@ fn bench(c: &mut Criterion) {
                 if headers::response_field_rule(name, value, None) == FieldRule::Keep {
                     http1::put_response_field(
                         &mut head_out,
-                        name,
-                        value,
+                        RESPONSE,
+                        f,
                         http1::Framing::Length(100),
                     );
                 }

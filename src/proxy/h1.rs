@@ -681,7 +681,7 @@ fn write_plain_head(
     for f in &conn.fields {
         let (name, value) = f.field(&conn.buf);
         match headers::response_field_rule(name, value, backend_header) {
-            FieldRule::Keep => http1::put_response_field(out, name, value, framing),
+            FieldRule::Keep => http1::put_response_field(out, &conn.buf, f, framing),
             FieldRule::Drop => {}
             FieldRule::Scrub => {
                 out.clear();

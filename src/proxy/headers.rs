@@ -329,6 +329,8 @@ pub fn request_id_kept(v: &[u8]) -> bool {
 /// every request).
 pub struct RequestIds {
     prefix: u64,
+    /// The prefix in hex, written once (it starts every id).
+    prefix_hex: [u8; 16],
     counter: AtomicU64,
 }
 
@@ -342,8 +344,12 @@ thread_local! {
 
 impl RequestIds {
     pub fn new() -> RequestIds {
+        let prefix = rand::random::<u64>();
+        let mut prefix_hex = [0; 16];
+        hex(prefix, &mut prefix_hex);
         RequestIds {
-            prefix: rand::random::<u64>(),
+            prefix,
+            prefix_hex,
             counter: AtomicU64::new(0),
         }
     }
@@ -361,7 +367,7 @@ impl RequestIds {
             next
         });
         let mut buf = [0u8; MADE_ID_LEN];
-        hex(self.prefix, &mut buf[..16]);
+        buf[..16].copy_from_slice(&self.prefix_hex);
         buf[16] = b'-';
         hex(n, &mut buf[17..]);
         RequestId::Made(buf)

@@ -194,8 +194,7 @@ pub fn write(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (i, f) in fields.iter().enumerate() {
         if scan.dropped & (1 << i) == 0 {
-            let (name, value) = f.field(head);
-            http1::put_field_lowercase(out, name, value);
+            http1::put_field_lowercase(out, head, f);
         }
     }
     out.extend_from_slice(b"x-forwarded-for: ");

@@ -99,12 +99,11 @@ where
                 *head_deadline.get_or_insert_with(|| Instant::now() + opts.client_header)
             };
             let draining = if idle { Some(&mut drain) } else { None };
+            // The header timeout is armed (above) only if a head has to
+            // wait for more bytes, a few microseconds after its first ones
+            // came: a head that came whole reads no clock.
             match read_more(io, &mut reuse.input, &mut timer, deadline, draining).await {
-                Wait::Data => {
-                    if idle {
-                        head_deadline = Some(Instant::now() + opts.client_header);
-                    }
-                }
+                Wait::Data => {}
                 Wait::Closed | Wait::TimedOut | Wait::Draining => return Outcome::Closed,
             }
         };
