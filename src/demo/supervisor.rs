@@ -886,7 +886,9 @@ echo "listening 127.0.0.1:$p"; echo "started on $p" >&2; exec sleep 30"#;
 
     #[test]
     fn on_request_restarts_wait_to_be_asked() {
-        let script = r#"echo "listening 127.0.0.1:40002"; echo "up as $$" >&2; exec sleep 30"#;
+        // The stderr line goes first: the copy counts as started once its
+        // listening line is read, and the kill below must not beat the echo.
+        let script = r#"echo "up as $$" >&2; echo "listening 127.0.0.1:40002"; exec sleep 30"#;
         let sup = Supervisor::start(
             sh(script),
             SupervisorOptions {

@@ -65,35 +65,35 @@ impl Entry {
         path: &[u8],
         request_id: &RequestId,
     ) -> Box<Entry> {
-        let time = SystemTime::now();
-        let Some(mut e) = SPARE.with(|s| s.borrow_mut().pop()) else {
-            return Box::new(Entry {
-                time,
-                client,
-                method: method.clone(),
-                version,
-                path: path.to_vec(),
-                status: 0,
-                bytes: 0,
-                duration: Duration::ZERO,
-                attempts: 0,
-                request_id: request_id.clone(),
-                error: None,
-            });
+        let mut spare = SPARE.with(|s| s.borrow_mut().pop());
+        // A spare entry's path buffer is filled again; the entry itself is
+        // overwritten below.
+        let mut path_buf = spare
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.path))
+            .unwrap_or_default();
+        path_buf.clear();
+        path_buf.extend_from_slice(path);
+        let entry = Entry {
+            time: SystemTime::now(),
+            client,
+            method: method.clone(),
+            version,
+            path: path_buf,
+            status: 0,
+            bytes: 0,
+            duration: Duration::ZERO,
+            attempts: 0,
+            request_id: request_id.clone(),
+            error: None,
         };
-        e.time = time;
-        e.client = client;
-        e.method = method.clone();
-        e.version = version;
-        e.path.clear();
-        e.path.extend_from_slice(path);
-        e.status = 0;
-        e.bytes = 0;
-        e.duration = Duration::ZERO;
-        e.attempts = 0;
-        e.request_id = request_id.clone();
-        e.error = None;
-        e
+        match spare {
+            Some(mut e) => {
+                *e = entry;
+                e
+            }
+            None => Box::new(entry),
+        }
     }
 
     /// Keeps a written entry for [`Entry::start`] to fill again.

@@ -105,8 +105,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// True for a `Connection` token that names no other header: `close`,
-/// `keep-alive` and `upgrade` (the usual ones), or an empty list element.
 /// True if a `Connection` value names fields of its own (anything but the
 /// tokens [`names_no_header`] lists): those fields are hop-by-hop too.
 pub(super) fn connection_names_fields(value: &[u8]) -> bool {
@@ -115,6 +113,8 @@ pub(super) fn connection_names_fields(value: &[u8]) -> bool {
         .any(|t| !names_no_header(t.trim_ascii()))
 }
 
+/// True for a `Connection` token that names no other header: `close`,
+/// `keep-alive` and `upgrade` (the usual ones), or an empty list element.
 pub(super) fn names_no_header(token: &[u8]) -> bool {
     [&b"close"[..], b"keep-alive", b"upgrade", b""]
         .iter()
