@@ -4,7 +4,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -61,7 +60,7 @@ pub struct StartOptions {
     /// Loads the configuration again on reload (`None`: reload is refused).
     pub source: Option<Source>,
     /// A config file to watch for changes (`reload.watch` turns it on and off).
-    pub watch: Option<PathBuf>,
+    pub watch: Option<reload::WatchedFile>,
 }
 
 impl Default for StartOptions {

@@ -452,15 +452,15 @@ struct Fingerprint {
     hash: u64,
 }
 
-async fn fingerprint(path: &Path) -> Option<Fingerprint> {
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
     // `metadata` follows symlinks, so a swapped Kubernetes ConfigMap
     // (`..data` symlink) shows as a new inode.
-    let meta = tokio::fs::metadata(path).await.ok()?;
+    let meta = std::fs::metadata(path).ok()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     if meta.len() <= MAX_HASHED {
-        tokio::fs::read(path).await.ok()?.hash(&mut hasher);
+        std::fs::read(path).ok()?.hash(&mut hasher);
     }
     Some(Fingerprint {
         modified: meta.modified().ok(),
@@ -470,22 +470,52 @@ async fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
-/// Checks `path` every second (modification time, size, inode and a hash
+/// [`fingerprint`] off the runtime's threads.
+async fn fingerprint_blocking(path: &Path) -> Option<Fingerprint> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || fingerprint(&path))
+        .await
+        .ok()
+        .flatten()
+}
+
+// === impl WatchedFile ===
+
+/// A config file to watch, with the version of it seen before the running
+/// configuration was read from it.
+#[derive(Debug, Clone)]
+pub struct WatchedFile {
+    path: PathBuf,
+    seen: Option<Fingerprint>,
+}
+
+impl WatchedFile {
+    /// Takes the file's fingerprint now: call it *before* reading the
+    /// configuration, so an edit made between the read and the watcher's
+    /// start is still seen (one made before the read reloads the same text,
+    /// which changes nothing).
+    pub fn before_read(path: PathBuf) -> WatchedFile {
+        let seen = fingerprint(&path);
+        WatchedFile { path, seen }
+    }
+}
+
+/// Checks the file every second (modification time, size, inode and a hash
 /// of the content) and reloads when it changed and `reload.watch` is on.
 /// A change is applied once the file has been stable for 100 ms, so a
 /// file being written is not read half-way.
-pub async fn watch_file(reloader: Arc<Reloader>, path: PathBuf) {
-    let mut seen = fingerprint(&path).await;
+pub async fn watch_file(reloader: Arc<Reloader>, file: WatchedFile) {
+    let WatchedFile { path, mut seen } = file;
     let mut missing_logged = false;
     loop {
         tokio::time::sleep(WATCH_POLL).await;
-        let mut now = fingerprint(&path).await;
+        let mut now = fingerprint_blocking(&path).await;
         if now == seen {
             continue;
         }
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let again = fingerprint(&path).await;
+            let again = fingerprint_blocking(&path).await;
             if again == now {
                 break;
             }

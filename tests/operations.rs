@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use unstick::app::{self, App, StartOptions};
 use unstick::config::{self, BackendSpec, Config, UpstreamProtocol};
 use unstick::metrics::Metrics;
+use unstick::reload::WatchedFile;
 use unstick::testkit::client::{self, Conn};
 use unstick::testkit::process::{ChildBackend, ChildUnstick};
 use unstick::testkit::{test_config, BackendOptions, FakeBackend};
@@ -486,6 +487,48 @@ async fn invalid_edit_keeps_the_running_config_and_the_watcher_applies_a_valid_o
             &[("result", "success")]
         ),
         2.0
+    );
+}
+
+/// An edit made after the config was read but before the watcher's first
+/// look is still applied: the watcher's first fingerprint comes before the
+/// read (`WatchedFile::before_read`), as `unstick serve` takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_before_the_watcher_starts_is_applied() {
+    let opts = |id: &str| BackendOptions {
+        id: id.into(),
+        ..Default::default()
+    };
+    let a = FakeBackend::start(opts("a")).await;
+    let b = FakeBackend::start(opts("b")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unstick.toml");
+    let extra = "listen = \"127.0.0.1:0\"\nadmin = \"off\"\n";
+    write_config(&file, &[(a.addr, 1)], extra);
+    let watch = WatchedFile::before_read(file.clone());
+    let config = Config::load(Some(&file), &[]).unwrap();
+    // The edit lands before the app (and its watcher) starts.
+    write_config(&file, &[(b.addr, 1)], extra);
+    let source_file = file.clone();
+    let app = App::start_opts(
+        config,
+        StartOptions {
+            source: Some(Arc::new(move || Config::load(Some(&source_file), &[]))),
+            watch: Some(watch),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(addrs_of(&app.proxy.upstreams), [a.addr]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while addrs_of(&app.proxy.upstreams) != [b.addr] {
+        assert!(Instant::now() < deadline, "the edit was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ids(app.proxy_addr, 4).await,
+        HashMap::from([("b".to_owned(), 4)])
     );
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::app::{App, StartOptions};
 use crate::config::{env_overrides, Config, ConfigError, Origin, Override, RawConfig};
-use crate::reload::Trigger;
+use crate::reload::{Trigger, WatchedFile};
 use crate::server::Phase;
 
 /// Flags that override the config file (which env vars override in turn).
@@ -122,6 +122,9 @@ pub fn check(args: CheckArgs) -> ExitCode {
 /// `unstick serve`: runs until SIGTERM or SIGINT, then drains and exits 0.
 /// SIGHUP (and a change to the config file) reloads the configuration.
 pub fn serve(args: ServeArgs) -> ExitCode {
+    // The watcher's first look at the file comes before the read, so no
+    // edit falls between them unseen.
+    let watch = args.config.file().map(WatchedFile::before_read);
     let config = match args.config.load() {
         Ok((_, c)) => c,
         Err(e) => {
@@ -139,7 +142,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let source_args = args.config.clone();
         let opts = StartOptions {
             source: Some(Arc::new(move || source_args.load().map(|(_, c)| c))),
-            watch: file.clone(),
+            watch,
             ..StartOptions::default()
         };
         let app = match App::start_opts(config.clone(), opts).await {
