@@ -68,7 +68,7 @@ impl Default for StartOptions {
         StartOptions {
             metrics: Metrics::new_unregistered(),
             log: AccessLoggerChoice::Stdout,
-            resolver: Arc::new(SystemResolver),
+            resolver: Arc::new(SystemResolver::default()),
             source: None,
             watch: None,
         }

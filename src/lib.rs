@@ -18,6 +18,7 @@
 //! - [`admin`]: the admin listener: liveness, readiness, metrics, backend API.
 //! - [`tls`]: rustls certificates (SNI, reload on change) and client configs for TLS backends.
 //! - [`html`]: escaping text for HTML and XML pages (demo page, chaos reports).
+//! - [`dns`]: name resolution without the C library (hickory-resolver: `/etc/resolv.conf`, `/etc/hosts`, TTLs).
 //! - [`timefmt`]: UTC wall-clock formatting (RFC 3339, Common Log Format dates).
 //! - [`demo`]: `unstick demo`: a reference app (shared sessions), its stateful twin, a supervisor.
 //! - [`load`]: the load generator engine (`unstick load`, reused by chaos); reaches targets by socket only.
@@ -32,6 +33,7 @@ pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod health;
 pub mod html;
 pub mod http1;

@@ -218,7 +218,7 @@ impl Resolve for FakeResolver {
         let answer = self.answers.lock().unwrap().get(host).cloned();
         Box::pin(async move {
             match answer {
-                Some(Ok(addrs)) => Ok(addrs),
+                Some(Ok(addrs)) => Ok(addrs.into()),
                 Some(Err(e)) => Err(io::Error::other(e)),
                 None => Err(io::Error::new(io::ErrorKind::NotFound, "no such host")),
             }

@@ -352,13 +352,13 @@ pub const KEYS: &[KeySpec] = &[
         "discovery.interval",
         Text,
         "5s",
-        "how often backend names are resolved",
+        "backend names are resolved again at least this often (sooner when the DNS TTL is shorter)",
     ),
     key(
         "discovery.min_interval",
         Text,
         "1s",
-        "no name is resolved more often; failed lookups retry after this, doubling",
+        "no name is resolved more often, whatever the TTL; failed lookups retry after this, doubling",
     ),
     key(
         "reload.watch",

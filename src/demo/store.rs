@@ -130,7 +130,8 @@ pub enum CartAdd {
 pub enum Store {
     Memory(MemoryStore),
     Sqlite(SqliteStore),
-    Redis(RedisStore),
+    /// Boxed: a Redis client and its config are large.
+    Redis(Box<RedisStore>),
 }
 
 // === impl Store ===
@@ -142,7 +143,7 @@ impl Store {
         Ok(match spec {
             StoreSpec::Memory => Store::Memory(MemoryStore::default()),
             StoreSpec::Sqlite(path) => Store::Sqlite(SqliteStore::new(path)),
-            StoreSpec::Redis(url) => Store::Redis(RedisStore::new(url)?),
+            StoreSpec::Redis(url) => Store::Redis(Box::new(RedisStore::new(url)?)),
         })
     }
 
@@ -512,9 +513,32 @@ impl SqliteStore {
 
 /// Sessions in Redis: a hash `unstick-demo:s:SID` (user, counter) and a list
 /// `unstick-demo:c:SID` (the cart), both expiring after [`SESSION_TTL`].
+///
+/// One multiplexed connection is shared by every request; it is made on
+/// first use and made again after an error that broke it. The server's name
+/// is resolved by [`crate::dns`] (a static binary has no `getaddrinfo`) on
+/// every connect, so a Redis container that comes back elsewhere is found.
 pub struct RedisStore {
     name: String,
-    manager: redis::aio::ConnectionManager,
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+/// Redis's name lookups, answered by [`crate::dns::Resolver`].
+struct RedisDns(crate::dns::Resolver);
+
+impl redis::io::AsyncDNSResolver for RedisDns {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let answer = self.0.lookup(host, port).await?;
+            Ok(Box::new(answer.addrs.into_iter()) as Box<dyn Iterator<Item = _> + Send>)
+        })
+    }
 }
 
 /// Adds to the cart only if the session exists and the cart has room.
@@ -543,32 +567,56 @@ fn cart_key(sid: &str) -> String {
 impl RedisStore {
     fn new(url: &str) -> Result<RedisStore, StoreError> {
         let name = redact(url);
-        let error = |e: redis::RedisError| StoreError {
+        let client = redis::Client::open(url).map_err(|e| StoreError {
             store: name.clone(),
             message: e.to_string(),
-        };
-        let client = redis::Client::open(url).map_err(error)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
+        })?;
+        let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let manager =
-            redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(error)?;
-        Ok(RedisStore { name, manager })
+            .set_dns_resolver(RedisDns(crate::dns::Resolver::system()));
+        Ok(RedisStore {
+            name,
+            client,
+            config,
+            conn: tokio::sync::Mutex::new(None),
+        })
     }
 
-    /// Runs one operation, bounded by [`REDIS_OP_TIMEOUT`].
+    /// Runs one operation, bounded by [`REDIS_OP_TIMEOUT`] (connecting included).
     async fn run<T>(
         &self,
-        f: impl AsyncFnOnce(&mut redis::aio::ConnectionManager) -> redis::RedisResult<T>,
+        f: impl AsyncFnOnce(&mut redis::aio::MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.manager.clone();
-        match tokio::time::timeout(REDIS_OP_TIMEOUT, f(&mut conn)).await {
+        let op = async {
+            let mut conn = self.connection().await?;
+            let result = f(&mut conn).await;
+            if let Err(e) = &result {
+                if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                    *self.conn.lock().await = None;
+                }
+            }
+            result
+        };
+        match tokio::time::timeout(REDIS_OP_TIMEOUT, op).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.error(e.to_string())),
             Err(_) => Err(self.error(format!("no answer within {REDIS_OP_TIMEOUT:?}"))),
         }
+    }
+
+    /// The shared connection, made now if there is none.
+    async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = &*slot {
+            return Ok(conn.clone());
+        }
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     fn error(&self, message: String) -> StoreError {
@@ -779,5 +827,42 @@ mod tests {
         assert_eq!((s.user.as_str(), s.counter, s.cart.len()), ("ada", 1, 1));
         store.delete(&sid).await.unwrap();
         assert_eq!(store.bump(&sid).await.unwrap(), None);
+    }
+
+    /// A connection the server closes is replaced: at most the request in
+    /// flight on it fails, and the next one goes through a new connection.
+    #[tokio::test]
+    async fn redis_store_reconnects_after_the_server_drops_it() {
+        let Some(url) = std::env::var("UNSTICK_TEST_REDIS")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: needs redis (set UNSTICK_TEST_REDIS=redis://127.0.0.1:PORT)");
+            return;
+        };
+        let store = RedisStore::new(&url).unwrap();
+        let client_id = async || {
+            store
+                .run(async |c| redis::cmd("CLIENT").arg("ID").query_async::<i64>(c).await)
+                .await
+        };
+        let first = client_id().await.unwrap();
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(first)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        let _ = client_id().await; // may fail: it finds the connection closed
+        let second = client_id().await.unwrap();
+        assert_ne!(first, second, "a new connection");
+        store.ping().await.unwrap();
     }
 }

@@ -136,15 +136,12 @@ impl Target {
         Uri::from_parts(parts).expect("scheme, authority and path make a URI")
     }
 
-    /// Resolves the host to one address (the first the resolver gives).
+    /// Resolves the host to one address (the first the resolver gives;
+    /// see [`crate::dns`]).
     pub async fn resolve(&self) -> io::Result<SocketAddr> {
-        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port)).await?;
-        addrs.next().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} has no address", self.host),
-            )
-        })
+        crate::dns::Resolver::system()
+            .lookup_one(&self.host, self.port)
+            .await
     }
 }
 

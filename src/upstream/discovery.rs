@@ -12,14 +12,16 @@
 //! - an address that disappears is marked [`State::Removed`](super::State):
 //!   it gets no new requests, finishes the ones it has, and is then forgotten
 //!   (its metric series too, unless a backend at that address remains);
+//! - a good answer is looked up again when its DNS TTL runs out, but never
+//!   sooner than `discovery.min_interval` nor later than `discovery.interval`;
 //! - a failed lookup (an error, a timeout, or no addresses) keeps the last
 //!   good addresses, is logged and counted, and is retried after
 //!   `discovery.min_interval`, doubling up to `discovery.interval`. A name
 //!   that has never resolved has no backends until it does: startup does not
 //!   wait for it, and a config of IP literals never touches the resolver.
 //!
-//! Lookups go through the [`Resolve`] trait: [`SystemResolver`] in
-//! production, a fake in tests.
+//! Lookups go through the [`Resolve`] trait: [`SystemResolver`] (hickory,
+//! see [`crate::dns`]) in production, a fake in tests.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,25 +37,39 @@ use tokio::time::Instant;
 
 use super::{Backend, Upstreams};
 use crate::config::{self, BackendSpec};
+pub use crate::dns::Answer;
 use crate::metrics::Metrics;
 
 /// A lookup in progress.
-pub type Lookup<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+pub type Lookup<'a> = Pin<Box<dyn Future<Output = io::Result<Answer>> + Send + 'a>>;
 
 /// Resolves a host name and a port to socket addresses.
 pub trait Resolve: Send + Sync {
-    /// Every address `host` has, with `port`.
+    /// Every address `host` has, with `port`, and how long the answer holds.
     fn resolve<'a>(&'a self, host: &'a str, port: u16) -> Lookup<'a>;
 }
 
-/// The system resolver (`getaddrinfo` through `tokio::net::lookup_host`):
-/// `/etc/hosts`, then DNS, as the host is configured.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemResolver;
+/// The host's resolver configuration (`/etc/hosts`, then the name servers
+/// of `/etc/resolv.conf`) through [`crate::dns::Resolver`], built on first
+/// use so it runs on the runtime that asks.
+#[derive(Debug, Default)]
+pub struct SystemResolver {
+    resolver: std::sync::OnceLock<crate::dns::Resolver>,
+}
+
+impl SystemResolver {
+    /// Resolves through `resolver` rather than the host's configuration.
+    pub fn with(resolver: crate::dns::Resolver) -> SystemResolver {
+        SystemResolver {
+            resolver: resolver.into(),
+        }
+    }
+}
 
 impl Resolve for SystemResolver {
     fn resolve<'a>(&'a self, host: &'a str, port: u16) -> Lookup<'a> {
-        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+        let resolver = self.resolver.get_or_init(crate::dns::Resolver::system);
+        Box::pin(resolver.lookup(host, port))
     }
 }
 
@@ -116,13 +132,23 @@ fn literal(spec: &BackendSpec) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, port))
 }
 
-async fn lookup(resolver: &dyn Resolve, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+async fn lookup(resolver: &dyn Resolve, host: &str, port: u16) -> io::Result<Answer> {
     match tokio::time::timeout(LOOKUP_TIMEOUT, resolver.resolve(host, port)).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("no answer within {LOOKUP_TIMEOUT:?}"),
         )),
+    }
+}
+
+/// When to ask again after a good answer: when its TTL runs out, but no
+/// sooner than `min_interval` and no later than `interval` (an answer
+/// without a TTL: `interval`).
+pub fn refresh_after(ttl: Option<Duration>, timing: &config::Discovery) -> Duration {
+    match ttl {
+        Some(ttl) => ttl.min(timing.interval).max(timing.min_interval),
+        None => timing.interval,
     }
 }
 
@@ -273,7 +299,7 @@ impl Discovery {
     async fn lookup_all(
         &self,
         names: Vec<(String, String, u16)>,
-    ) -> Vec<(String, String, u16, io::Result<Vec<SocketAddr>>)> {
+    ) -> Vec<(String, String, u16, io::Result<Answer>)> {
         let mut lookups = JoinSet::new();
         for (key, host, port) in names {
             let resolver = self.resolver.clone();
@@ -296,16 +322,16 @@ impl Discovery {
         &self,
         key: &str,
         name: &mut Name,
-        result: io::Result<Vec<SocketAddr>>,
+        result: io::Result<Answer>,
         timing: &config::Discovery,
     ) -> bool {
         let now = Instant::now();
         let changed = match result {
-            Ok(mut addrs) if !addrs.is_empty() => {
+            Ok(Answer { mut addrs, ttl }) if !addrs.is_empty() => {
                 addrs.sort();
                 addrs.dedup();
                 name.failures = 0;
-                name.next = now + timing.interval;
+                name.next = now + refresh_after(ttl, timing);
                 if name.addrs.as_ref() == Some(&addrs) {
                     false
                 } else {
@@ -433,5 +459,27 @@ impl Discovery {
                 tracing::info!(backend = %b.name, "removed backend finished its requests");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_sets_the_refresh_within_the_intervals() {
+        let timing = config::Discovery {
+            interval: Duration::from_secs(5),
+            min_interval: Duration::from_secs(1),
+        };
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        assert_eq!(refresh_after(secs(3), &timing), Duration::from_secs(3));
+        assert_eq!(refresh_after(secs(600), &timing), timing.interval, "capped");
+        assert_eq!(
+            refresh_after(secs(0), &timing),
+            timing.min_interval,
+            "floor"
+        );
+        assert_eq!(refresh_after(None, &timing), timing.interval);
     }
 }
