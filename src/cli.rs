@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod chaos;
 mod demo;
+mod healthcheck;
 mod load;
 mod serve;
 mod testkit;
@@ -35,6 +36,8 @@ pub enum Command {
     Load(load::LoadArgs),
     /// Kill app instances mid-traffic behind unstick; verdict on statelessness.
     Chaos(chaos::ChaosArgs),
+    /// GET a URL (default: the admin `/readyz`); exit 0 if it answers 2xx, else 1.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// A fake backend for tests and benches.
     #[command(hide = true)]
     TestkitBackend(testkit::TestkitArgs),
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::DemoApp(args) => demo::run_app(args),
         Command::Load(args) => load::run(args),
         Command::Chaos(args) => chaos::run(args),
+        Command::Healthcheck(args) => healthcheck::run(args),
         Command::TestkitBackend(args) => testkit::run(args),
     }
 }

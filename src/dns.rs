@@ -5,9 +5,12 @@
 //! discovery, the load generator's target, the demo app's Redis URL, the
 //! `healthcheck` probe) goes through a [`Resolver`] here instead. It reads the
 //! name servers, search domains and `ndots` from `/etc/resolv.conf` and the
-//! static names from `/etc/hosts` when it is built, answers `localhost`
-//! itself (RFC 6761), and keeps no cache: every lookup asks again, and the
-//! answer carries its TTL so callers decide when to ask next.
+//! static names from `/etc/hosts` when it is built. As glibc does, a name
+//! `/etc/hosts` lists is answered from there alone (`localhost` is
+//! `127.0.0.1` only where the file says so); other names go to DNS, with
+//! `localhost` answered by the resolver itself (RFC 6761) when the file does
+//! not list it. There is no cache: every lookup asks again, and the answer
+//! carries its TTL so callers decide when to ask next.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +20,9 @@ use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::{Name, RecordType};
+use hickory_resolver::{Hosts, TokioResolver};
 
 /// What a name resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +30,8 @@ pub struct Answer {
     /// Every address, in the order the resolver gave them (IPv6 first where both exist).
     pub addrs: Vec<SocketAddr>,
     /// How long the answer may be used: the smallest TTL among its records
-    /// (`None` when the source gives none, e.g. a test's fake resolver).
+    /// (`None` when the source gives none: `/etc/hosts`, an IP literal, a
+    /// test's fake resolver).
     pub ttl: Option<Duration>,
 }
 
@@ -39,6 +45,7 @@ impl From<Vec<SocketAddr>> for Answer {
 #[derive(Clone)]
 pub struct Resolver {
     inner: TokioResolver,
+    hosts: std::sync::Arc<Hosts>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -99,7 +106,29 @@ impl Resolver {
             .with_options(options)
             .build()
             .expect("a resolver without TLS or DNSSEC always builds");
-        Resolver { inner }
+        let hosts = std::sync::Arc::new(Hosts::from_system().unwrap_or_default());
+        Resolver { inner, hosts }
+    }
+
+    /// The addresses `/etc/hosts` gives `host` (IPv6 first), if it lists it.
+    fn in_hosts_file(&self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+        let name = Name::from_utf8(host).ok()?;
+        let addrs: Vec<SocketAddr> = [RecordType::AAAA, RecordType::A]
+            .into_iter()
+            .filter_map(|t| {
+                self.hosts
+                    .lookup_static_host(&Query::query(name.clone(), t))
+            })
+            .flat_map(|found| {
+                found
+                    .answers()
+                    .iter()
+                    .filter_map(|r| r.data.ip_addr())
+                    .collect::<Vec<_>>()
+            })
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        (!addrs.is_empty()).then_some(addrs)
     }
 
     /// Every address `host` has, with `port`. An IP literal is its own answer.
@@ -107,6 +136,9 @@ impl Resolver {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)].into());
+        }
+        if let Some(addrs) = self.in_hosts_file(host, port) {
+            return Ok(addrs.into());
         }
         let found = self.inner.lookup_ip(host).await.map_err(|e| {
             let kind = if e.is_no_records_found() || e.is_nx_domain() {
