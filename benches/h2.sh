@@ -5,7 +5,7 @@
 #
 # Usage:  benches/h2.sh [--reps N] [--duration S] [--cases "16x32 64x8 256x1 big:8x4"]
 #                       [--protos "h2c tls"] [--targets "haproxy nginx unstick"]
-#                       [--log off|json|common] [--keep]
+#                       [--log off|json|common] [--keep] [--report RAW_CSV]
 #         UNSTICK_BASE_BIN=PATH benches/h2.sh --targets "haproxy unstick unstick-base"
 # Needs:  apt-get install -y nginx haproxy nghttp2-client curl openssl
 #
@@ -20,7 +20,8 @@
 # its requests; p99 comes from h2load's per-request log. NO_BUILD=1 skips
 # the release build (UNSTICK_BIN=PATH benches another binary; the target
 # unstick-base runs UNSTICK_BASE_BIN, to compare two builds in one run).
-# Run nothing else on the machine meanwhile.
+# --report prints the tables again from a run's raw.csv (with the same
+# --cases, --protos and --targets). Run nothing else on the machine meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,7 @@ PROTOS="h2c tls"
 TARGETS="haproxy nginx unstick"
 LOG=off
 KEEP=
+REPORT=
 while [ $# -gt 0 ]; do
     case "$1" in
         --reps) REPS=$2; shift 2 ;;
@@ -40,7 +42,8 @@ while [ $# -gt 0 ]; do
         --targets) TARGETS=$2; shift 2 ;;
         --log) LOG=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        --report) REPORT=$2; shift 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +52,68 @@ for tool in nginx haproxy h2load curl openssl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nginx haproxy nghttp2-client curl openssl" >&2; exit 2; }
 done
 
+# --- report: medians and ratios from a raw.csv --------------------------------------
+report() {  # RAW
+    local RAW=$1 u
+    echo
+    echo "## h2 run $(date -u +%Y-%m-%dT%H:%MZ): h2load -t1, ${DURATION}s after a 1 s warm-up, $REPS rounds, unstick access log $LOG"
+    echo
+    echo "$(uname -srm); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc);" \
+         "HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), nginx $(nginx -v 2>&1 | sed 's/.*\///'), h2load $(h2load --version | awk '{print $2}')"
+    echo
+    echo "Medians of the rounds (CPU: proxy CPU time per request):"
+    echo
+    echo "| case | proto | proxy | req/s | MB/s | p50 ms | p99 ms | CPU us/req | CPU % | failed |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F, -v cases="$CASES" -v protos="$PROTOS" -v targets="$TARGETS" '
+        function med(s,   n, a, i, j, x) {
+            n = split(s, a, " ")
+            for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        NR > 1 { k = $2 SUBSEP $3 SUBSEP $4; for (i = 5; i <= 11; i++) col[k, i] = col[k, i] " " $i; has[k] = 1; fail[k] += $9 }
+        END {
+            nk = split(cases, K, " "); np = split(protos, P, " "); nt = split(targets, T, " ")
+            for (a = 1; a <= nk; a++) for (b = 1; b <= np; b++) for (c = 1; c <= nt; c++) {
+                k = K[a] SUBSEP P[b] SUBSEP T[c]; if (!(k in has)) continue
+                printf "| %s | %s | %s | %.0f | %.1f | %.2f | %.2f | %.2f | %.0f | %d |\n", K[a], P[b], T[c],
+                    med(col[k, 5]), med(col[k, 6]), med(col[k, 7]), med(col[k, 8]), med(col[k, 10]), med(col[k, 11]), fail[k]
+            }
+        }' "$RAW"
+    for u in $TARGETS; do
+        [[ $u == unstick* && " $TARGETS " == *" haproxy "* ]] || continue
+        echo
+        echo "$u / HAProxy, paired by round, median [min - max] (CPU and p99: lower is better):"
+        echo
+        echo "| case | proto | req/s | CPU us/req | p99 |"
+        echo "|---|---|---|---|---|"
+        awk -F, -v cases="$CASES" -v protos="$PROTOS" -v u="$u" '
+            function med(s,   n, a, i, j, x) {
+                n = split(s, a, " ")
+                for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+                lo = a[1]; hi = a[n]
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            function cell(s,   m) { m = med(s); return sprintf("%.2fx [%.2f - %.2f]", m, lo, hi) }
+            NR > 1 { v[$1, $2, $3, $4] = $5 " " $8 " " $10; keys[$1, $2, $3] = 1 }
+            END {
+                for (x in keys) {
+                    split(x, q, SUBSEP)
+                    if (!((x SUBSEP u) in v) || !((x SUBSEP "haproxy") in v)) continue
+                    split(v[x, u], w, " "); split(v[x, "haproxy"], h, " ")
+                    id = q[2] SUBSEP q[3]
+                    R[id] = R[id] " " w[1] / h[1]; L[id] = L[id] " " w[2] / h[2]; C[id] = C[id] " " w[3] / h[3]
+                }
+                nk = split(cases, K, " "); np = split(protos, P, " ")
+                for (i = 1; i <= nk; i++) for (j = 1; j <= np; j++) {
+                    id = K[i] SUBSEP P[j]; if (!(id in R)) continue
+                    printf "| %s | %s | %s | %s | %s |\n", K[i], P[j], cell(R[id]), cell(C[id]), cell(L[id])
+                }
+            }' "$RAW"
+    done
+}
+
+if [ -n "$REPORT" ]; then report "$REPORT"; exit 0; fi
 [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
 BIN=${UNSTICK_BIN:-$(pwd)/target/release/unstick}
 WORK=$(mktemp -d /tmp/unstick-h2.XXXXXX)
@@ -274,63 +339,6 @@ done; done
 for r in $(seq "$REPS"); do for k in $CASES; do for p in $PROTOS; do for t in $TARGETS; do
     run_one "$r" "$k" "$p" "$t"
 done; done; done; done
-
-# --- report -----------------------------------------------------------------------
-echo
-echo "## h2 run $(date -u +%Y-%m-%dT%H:%MZ): h2load -t1, ${DURATION}s after a 1 s warm-up, $REPS rounds, unstick access log $LOG"
-echo
-echo "$(uname -srm); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc);" \
-     "HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), nginx $(nginx -v 2>&1 | sed 's/.*\///'), h2load $(h2load --version | awk '{print $2}')"
-echo
-echo "Medians of the rounds (CPU: proxy CPU time per request):"
-echo
-echo "| case | proto | proxy | req/s | MB/s | p50 ms | p99 ms | CPU us/req | CPU % | failed |"
-echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
-awk -F, -v cases="$CASES" -v protos="$PROTOS" -v targets="$TARGETS" '
-    function med(s,   n, a, i, j, x) {
-        n = split(s, a, " ")
-        for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
-    NR > 1 { k = $2 SUBSEP $3 SUBSEP $4; for (i = 5; i <= 11; i++) col[k, i] = col[k, i] " " $i; has[k] = 1; fail[k] += $9 }
-    END {
-        nk = split(cases, K, " "); np = split(protos, P, " "); nt = split(targets, T, " ")
-        for (a = 1; a <= nk; a++) for (b = 1; b <= np; b++) for (c = 1; c <= nt; c++) {
-            k = K[a] SUBSEP P[b] SUBSEP T[c]; if (!(k in has)) continue
-            printf "| %s | %s | %s | %.0f | %.1f | %.2f | %.2f | %.2f | %.0f | %d |\n", K[a], P[b], T[c],
-                med(col[k, 5]), med(col[k, 6]), med(col[k, 7]), med(col[k, 8]), med(col[k, 10]), med(col[k, 11]), fail[k]
-        }
-    }' "$RAW"
-for u in $TARGETS; do
-    [[ $u == unstick* && " $TARGETS " == *" haproxy "* ]] || continue
-    echo
-    echo "$u / HAProxy, paired by round, median [min - max] (CPU and p99: lower is better):"
-    echo
-    echo "| case | proto | req/s | CPU us/req | p99 |"
-    echo "|---|---|---|---|---|"
-    awk -F, -v cases="$CASES" -v protos="$PROTOS" -v u="$u" '
-        function med(s,   n, a, i, j, x) {
-            n = split(s, a, " ")
-            for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-            lo = a[1]; hi = a[n]
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
-        function cell(s,   m) { m = med(s); return sprintf("%.2fx [%.2f - %.2f]", m, lo, hi) }
-        NR > 1 { v[$1, $2, $3, $4] = $5 " " $8 " " $10; keys[$1, $2, $3] = 1 }
-        END {
-            for (x in keys) {
-                split(x, q, SUBSEP)
-                if (!((x SUBSEP u) in v) || !((x SUBSEP "haproxy") in v)) continue
-                split(v[x, u], a, " "); split(v[x, "haproxy"], h, " ")
-                id = q[2] SUBSEP q[3]
-                R[id] = R[id] " " a[1] / h[1]; L[id] = L[id] " " a[2] / h[2]; C[id] = C[id] " " a[3] / h[3]
-            }
-            nk = split(cases, K, " "); np = split(protos, P, " ")
-            for (a = 1; a <= nk; a++) for (b = 1; b <= np; b++) {
-                id = K[a] SUBSEP P[b]; if (!(id in R)) continue
-                printf "| %s | %s | %s | %s | %s |\n", K[a], P[b], cell(R[id]), cell(C[id]), cell(L[id])
-            }
-        }' "$RAW"
-done
+report "$RAW"
 echo
 echo "raw results: $RAW"

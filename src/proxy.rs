@@ -638,9 +638,10 @@ impl Proxy {
         } else {
             error_response(status, &error.to_string())
         };
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), never_indexed(reply.request_id.to_header()));
+        response.headers_mut().insert(
+            X_REQUEST_ID.clone(),
+            never_indexed(reply.request_id.to_header()),
+        );
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.with_completion(done))
     }
