@@ -136,6 +136,9 @@ report() {  # NAME LABEL REQUESTS TOTAL
     echo
     echo "| instructions per request | share | function |"
     echo "|---:|---:|---|"
+    # (The top rows are cut with awk, which reads all its input: `head`
+    # would leave `sort` writing to a closed pipe, and pipefail would stop
+    # the script there.)
     # The table under "file:function" (up to a blank line) has lines like
     # "1,234,567 ( 1.23%)  file:function [object]"; a function inlined from
     # several files is added up under its name.
@@ -151,7 +154,7 @@ report() {  # NAME LABEL REQUESTS TOTAL
         }
         END {
             for (fn in sum) printf "%d\t%.1f%%\t%s\n", sum[fn] / n, 100 * sum[fn] / total, substr(fn, 1, 110)
-        }' "$WORK/$name.annotate" | sort -t$'\t' -k1,1nr | head -n "$TOP" | awk -F'\t' '{printf "| %s | %s | `%s` |\n", $1, $2, $3}'
+        }' "$WORK/$name.annotate" | sort -t$'\t' -k1,1nr | awk -v n="$TOP" 'NR <= n' | awk -F'\t' '{printf "| %s | %s | `%s` |\n", $1, $2, $3}'
     echo
 }
 
