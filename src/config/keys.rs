@@ -381,7 +381,7 @@ pub const KEYS: &[KeySpec] = &[
 ];
 
 /// [`KEYS`] as a Markdown table (key, environment variable, default,
-/// meaning): the README's environment table is this text.
+/// meaning): the key table in docs/configuration.md is this text.
 pub fn markdown_table() -> String {
     let mut out =
         String::from("| key | environment variable | default | meaning |\n|---|---|---|---|\n");
