@@ -503,3 +503,45 @@ fn readme_quick_start_and_load_test_run_against_the_demo() {
     assert!(text.contains("status      200"), "{text}");
     drop(demo);
 }
+
+// === the repository ===
+
+/// `git` in the repository, if this is a git checkout with git installed.
+fn git(args: &[&str]) -> Option<std::process::Output> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .ok()?;
+    out.status.success().then_some(out)
+}
+
+/// No file that running unstick by hand leaves behind (pid files, redirected
+/// stderr, cookie jars, chaos reports) is tracked, and .gitignore keeps them out.
+#[test]
+fn no_run_leftovers_are_tracked_and_gitignore_keeps_them_out() {
+    if git(&["rev-parse", "--git-dir"]).is_none() {
+        eprintln!("skipped: not a git checkout (or no git)");
+        return;
+    }
+    let tracked = git(&["ls-files", "-ci", "--exclude-standard"]).unwrap();
+    let tracked = String::from_utf8_lossy(&tracked.stdout);
+    assert!(
+        tracked.trim().is_empty(),
+        "tracked files .gitignore excludes:\n{tracked}"
+    );
+    let leftovers = [
+        "lb.pid",
+        "lb2.pid",
+        "lb2.err",
+        "unstick.log",
+        "jar",
+        "load.json",
+    ];
+    for path in leftovers.iter().chain(&["chaos-report/verdict.json"]) {
+        assert!(
+            git(&["check-ignore", "-q", "--no-index", path]).is_some(),
+            ".gitignore does not keep out {path}"
+        );
+    }
+}
