@@ -23,7 +23,9 @@ use crate::health::Health;
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::server::{Phase, TunnelHold};
-use crate::upstream::{Backend, Conn, ConnectError, InFlight, RequestBody, State, Upstreams};
+use crate::upstream::{
+    Backend, BodyError, ClientBody, Conn, ConnectError, InFlight, RequestBody, State, Upstreams,
+};
 
 pub mod access_log;
 mod body;
@@ -224,6 +226,7 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let hold = req.extensions_mut().remove::<TunnelHold>();
         let (mut parts, body) = req.into_parts();
+        let body = ClientBody::new(body, settings.timeouts.client_stall);
         let (reply, log) = self.begin(&mut parts, &client, &settings, upgrade);
 
         let mut done = Completion::new(self.clone(), start, 0);
@@ -316,7 +319,7 @@ impl Proxy {
     async fn forward(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        body: ClientBody,
         s: &Settings,
         done: &mut Completion,
     ) -> Result<Forwarded, Failed> {
@@ -484,6 +487,10 @@ impl Proxy {
                     Some(req),
                 )),
                 None => {
+                    // The client's body failing mid-send is the client's fault.
+                    if let Some(err) = client_body_fault(e.error()) {
+                        return Err((err, None));
+                    }
                     let err = ProxyError::new(
                         Source::Upstream,
                         Kind::Reset(describe_hyper_error(e.error())),
@@ -565,7 +572,8 @@ impl Proxy {
         }
         done.in_flight = Some(in_flight);
         done.conn = Some(conn);
-        Response::from_parts(parts, ResponseBody::upstream(body, done))
+        let stall = settings.timeouts.upstream_stall;
+        Response::from_parts(parts, ResponseBody::upstream(body, stall, done))
     }
 
     /// The response's side of the work, shared by both request paths: a
@@ -751,19 +759,13 @@ fn clone_request(r: &Request<RequestBody>) -> Request<RequestBody> {
 /// Reads up to `limit` bytes of the body so the request can be replayed.
 /// A larger body is streamed on (with the part already read in front) and
 /// cannot be replayed.
-async fn buffer_for_replay(mut body: Incoming, limit: usize) -> Result<RequestBody, ProxyError> {
+async fn buffer_for_replay(mut body: ClientBody, limit: usize) -> Result<RequestBody, ProxyError> {
     if body.size_hint().exact().is_some_and(|n| n as usize > limit) || limit == 0 {
         return Ok(RequestBody::Stream(body));
     }
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ProxyError::new(
-                Source::Client,
-                Kind::BadRequest(format!("could not read the request body: {e}")),
-                Retry::Never,
-            )
-        })?;
+        let frame = frame.map_err(|e| client_body_error(&e))?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > limit {
@@ -778,6 +780,28 @@ async fn buffer_for_replay(mut body: Incoming, limit: usize) -> Result<RequestBo
         }
     }
     Ok(RequestBody::Full(Some(buf.freeze())))
+}
+
+/// The client's failure to deliver its request body.
+fn client_body_error(e: &BodyError) -> ProxyError {
+    let kind = match e {
+        BodyError::Stalled(d) => Kind::ClientTimeout(*d),
+        BodyError::Read(e) => Kind::BadRequest(format!("could not read the request body: {e}")),
+    };
+    ProxyError::new(Source::Client, kind, Retry::Never)
+}
+
+/// The client's fault, if a failed send to a backend failed on the
+/// client's request body.
+fn client_body_fault(e: &hyper::Error) -> Option<ProxyError> {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(body) = c.downcast_ref::<BodyError>() {
+            return Some(client_body_error(body));
+        }
+        cause = c.source();
+    }
+    None
 }
 
 fn asks_to_drain(h: &http::HeaderMap) -> bool {
