@@ -1,7 +1,7 @@
 //! The admin listener: liveness, readiness, Prometheus metrics and the
 //! backend API, apart from the proxy port.
 //!
-//! Endpoints (see the README's "Admin API and metrics"):
+//! Endpoints (see docs/admin-api.md and docs/metrics.md):
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when a backend is in rotation and the process is not draining, else 503.
 //! - `GET /metrics`: Prometheus text exposition.

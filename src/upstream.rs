@@ -22,7 +22,7 @@ pub mod discovery;
 mod pool;
 pub mod raw;
 
-pub use body::RequestBody;
+pub use body::{poll_timed, BodyError, ClientBody, RequestBody, Stall};
 pub use pool::{worker, Conn, ConnectError, Pool, PoolSettings};
 
 /// Why a backend is out of rotation.
