@@ -22,7 +22,7 @@
 //! - [`Serve`] / [`Rig`] / [`Lb`] ([`unstick`]): `unstick serve` as a child
 //!   process (port 0, admin on port 0, a config file in a temporary folder),
 //!   with child or in-process backends; `Lb` signals, kills and waits for it.
-//!   [`run`] runs any other `unstick` command to its exit.
+//!   [`run`] and [`run_within`] run any other `unstick` command to its exit.
 //! - [`Local`] ([`local`]): the same in-process ([`unstick::app::App`]), for
 //!   tests that read its state or swap its metrics registry.
 //! - [`backends`]: in-process fake backends (`b0`, `b1`, ...) and backend
@@ -50,7 +50,7 @@ pub mod unstick;
 pub mod wait;
 
 pub use local::Local;
-pub use unstick::{run, Lb, Output, Rig, Serve};
+pub use unstick::{run, run_within, Lb, Output, Rig, Serve};
 
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use unstick::testkit::process::{ChildBackend, ChildProcess, ChildUnstick, Lines};
@@ -235,6 +236,7 @@ impl Lb {
 /// What a one-shot command did.
 #[derive(Debug)]
 pub struct Output {
+    pub status: ExitStatus,
     /// The exit code (-1 if killed by a signal).
     pub code: i32,
     pub stdout: String,
@@ -244,6 +246,13 @@ pub struct Output {
 /// Runs `unstick ARGS` (without `UNSTICK_CONFIG` from the test's
 /// environment, with `env` added) to its exit, at most [`RUN_LIMIT`].
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_within(args, env, RUN_LIMIT)
+}
+
+/// As [`run`], at most `limit`: past it the process is killed and the test
+/// fails with what it wrote. Its output is read to the end (pipes a
+/// surviving grandchild still holds are given up after 5 s).
+pub fn run_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("UNSTICK_CONFIG")
@@ -254,9 +263,9 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn unstick");
-    let stdout = read_to_end(child.stdout.take().expect("piped"));
-    let stderr = read_to_end(child.stderr.take().expect("piped"));
-    let deadline = Instant::now() + RUN_LIMIT;
+    let stdout = Collected::read(child.stdout.take().expect("piped"));
+    let stderr = Collected::read(child.stderr.take().expect("piped"));
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
@@ -264,21 +273,46 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("unstick {args:?} did not exit within {RUN_LIMIT:?}");
+            panic!(
+                "unstick {args:?} did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                stdout.finish(),
+                stderr.finish()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     Output {
+        status,
         code: status.code().unwrap_or(-1),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
     }
 }
 
-fn read_to_end(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = r.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
+/// A pipe read to its end by a thread.
+struct Collected {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Collected {
+    fn read(mut r: impl Read + Send + 'static) -> Collected {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let (tx, done) = mpsc::channel();
+        let sink = bytes.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+            let _ = tx.send(());
+        });
+        Collected { bytes, done }
+    }
+
+    /// What was read, once the pipe closed (or 5 s passed).
+    fn finish(&self) -> String {
+        let _ = self.done.recv_timeout(Duration::from_secs(5));
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
 }
