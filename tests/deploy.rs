@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use unstick::testkit::process::{ChildBackend, ChildUnstick};
 
-const BIN: &str = env!("CARGO_BIN_EXE_unstick");
+mod support;
+use support::BIN;
 
 /// `unstick healthcheck ARGS` with `env`, and its output.
 fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> Output {
