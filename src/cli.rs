@@ -12,6 +12,7 @@ mod demo;
 mod healthcheck;
 mod load;
 mod serve;
+mod shell;
 mod testkit;
 
 /// A load balancer that refuses sticky sessions, and proves your app does not need them.
@@ -38,6 +39,10 @@ pub enum Command {
     Chaos(chaos::ChaosArgs),
     /// GET a URL (default: the admin `/readyz`); exit 0 if it answers 2xx, else 1.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell::CompletionsArgs),
+    /// Print the man page (roff), or write every page to a folder.
+    Man(shell::ManArgs),
     /// A fake backend for tests and benches.
     #[command(hide = true)]
     TestkitBackend(testkit::TestkitArgs),
@@ -67,6 +72,8 @@ pub fn main() -> ExitCode {
         Command::Load(args) => load::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Healthcheck(args) => healthcheck::run(args),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man(args) => shell::man(args),
         Command::TestkitBackend(args) => testkit::run(args),
     }
 }
