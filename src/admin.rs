@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use crate::proxy::Proxy;
 use crate::proxy::ResponseBody;
 use crate::reload::{ReloadError, Reloader, Trigger};
-use crate::server::{Phase, Shutdown};
+use crate::shutdown::{Phase, Shutdown};
 use crate::timefmt::Rfc3339;
 use crate::upstream::{Backend, State};
 

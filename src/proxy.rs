@@ -22,7 +22,7 @@ use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
 use crate::http1;
 use crate::metrics::Metrics;
-use crate::server::{Phase, TunnelHold};
+use crate::shutdown::{Phase, TunnelHold};
 use crate::upstream::{
     Backend, BodyError, ClientBody, Conn, ConnectError, InFlight, RequestBody, State, Upstreams,
 };

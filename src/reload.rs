@@ -396,7 +396,7 @@ impl Reloader {
         proxy.health.set_config(new.health.clone());
         self.watch.store(new.reload.watch, Ordering::Relaxed);
         let renew = summary.applied.iter().any(|k| POOL_KEYS.contains(k));
-        let make = match renew.then(|| crate::app::backend_factory(&new, &proxy.metrics)) {
+        let make = match renew.then(|| crate::upstream::backend_factory(&new, &proxy.metrics)) {
             Some(Ok(make)) => Some(make),
             Some(Err(e)) => {
                 tracing::error!(error = %e, "backend TLS settings could not be loaded: pools keep their old settings");

@@ -32,13 +32,12 @@ mod conn;
 pub mod fast;
 mod handshake;
 mod redirect;
-mod shutdown;
 
+use crate::shutdown::{Phase, Reached, Shutdown, TunnelHold};
 use conn::{serve_connection, Accept};
-pub use conn::{Builders, Speak, TrackedBody, TunnelHold};
+pub use conn::{Builders, Speak, TrackedBody};
 use handshake::{accept_tls, handshake_failed, HandshakeError};
 pub use redirect::serve_redirect;
-pub use shutdown::{Phase, Reached, Shutdown};
 
 /// Client-side settings of the listener.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use tokio::time::Instant;
-use unstick::app::{self, App, StartOptions};
+use unstick::app::{App, StartOptions};
 use unstick::config::{self, BackendSpec, Config, UpstreamProtocol};
 use unstick::metrics::Metrics;
 use unstick::reload::WatchedFile;
@@ -623,7 +623,7 @@ async fn discovery_follows_the_resolver_and_keeps_the_last_good_set() {
         interval: Duration::from_secs(5),
         min_interval: Duration::from_secs(1),
     };
-    let make = app::backend_factory(&Config::defaults(), &metrics).unwrap();
+    let make = unstick::upstream::backend_factory(&Config::defaults(), &metrics).unwrap();
     let d = Discovery::new(
         upstreams.clone(),
         metrics.clone(),

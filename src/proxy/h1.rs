@@ -37,7 +37,7 @@ use super::request_head::{self, Forwarding, Scan};
 use super::{retry, Attempts, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
-use crate::server::{Phase, Shutdown};
+use crate::shutdown::{Phase, Shutdown};
 use crate::upstream::raw::RawConn;
 use crate::upstream::{Backend, InFlight};
 

@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::{Phase, ServerOptions, Shutdown};
+use super::{Phase, ServerOptions, Shutdown, TunnelHold};
 use crate::proxy::{ClientInfo, Proxy, ResponseBody};
 use crate::tls::ALPN_H2;
 use crate::upstream::BodyError;
@@ -237,10 +237,8 @@ where
         let proxy = a.proxy.clone();
         service_fn(move |mut req: Request<Incoming>| {
             if crate::proxy::headers::is_upgrade(req.headers()) {
-                req.extensions_mut().insert(TunnelHold {
-                    _open: tunnels.clone(),
-                    shutdown: shutdown.clone(),
-                });
+                req.extensions_mut()
+                    .insert(TunnelHold::new(tunnels.clone(), shutdown.clone()));
             }
             let guard = activity.request_started();
             let proxy = proxy.clone();
@@ -477,15 +475,6 @@ impl ConnActivity {
             Due::Idle,
         )
     }
-}
-
-/// Put on an upgrade request by the server: the tunnel that the upgrade
-/// becomes holds it, so the client connection counts as open until the
-/// tunnel closes, and the tunnel learns when shutdown reaches `Close`.
-#[derive(Clone)]
-pub struct TunnelHold {
-    _open: tokio::sync::mpsc::Sender<()>,
-    pub shutdown: Shutdown,
 }
 
 /// Marks a request finished on its connection when its response body is done.
