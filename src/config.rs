@@ -299,9 +299,18 @@ impl RawConfig {
             })?,
             None => String::new(),
         };
+        RawConfig::parse(&text, file, overrides)
+    }
+
+    /// [`RawConfig::load`] for a file's text (`file` names it in errors).
+    pub fn parse(
+        text: &str,
+        file: Option<&Path>,
+        overrides: &[Override],
+    ) -> Result<(RawConfig, Config), ConfigError> {
         let locator = Locator {
             path: file.map(Path::to_owned),
-            text: &text,
+            text,
             overrides,
         };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {

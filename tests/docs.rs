@@ -238,6 +238,7 @@ fn readme_first_screen_is_what_install_and_quick_start() {
             "Front your app",
             "Prove your app is stateless",
             "Load test",
+            "Security",
             "Documentation"
         ]
     );
