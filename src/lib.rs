@@ -7,6 +7,7 @@
 //! - [`cli`]: clap subcommands (`serve`, `check`, ...); flags and env override the file.
 //! - [`app`]: wires a `Config` into a running balancer (listeners, proxy, health, admin).
 //! - [`server`]: accept loop, connection limits, client timeouts, HTTP/1 (fast path, else hyper) and HTTP/2, graceful drain.
+//! - [`shutdown`]: the server's phase (running, draining, closing), shared by the server, the proxy and the admin listener.
 //! - [`affinity`]: refuses load-balancer affinity cookies in both directions, and reports who set them.
 //! - [`hops`]: session hops between instances watched in live traffic: learned session cookies, kept and broken hops, `/api/statelessness`.
 //! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond (hyper, or the HTTP/1 fast path in `proxy::h1`).
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod shutdown;
 pub mod testkit;
 pub mod timefmt;
 pub mod tls;

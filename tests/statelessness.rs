@@ -6,16 +6,17 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
-use unstick::testkit::client::{self, Conn, H2Conn, Reply};
-use unstick::testkit::process::{ChildProcess, ChildUnstick};
+use unstick::testkit::client::{Conn, H2Conn, Reply};
+use unstick::testkit::process::ChildProcess;
 
-const BIN: &str = env!("CARGO_BIN_EXE_unstick");
+mod support;
+use support::{admin, metrics, wait, Rig, Serve, BIN};
 
 // --- the apps ----------------------------------------------------------------
 
@@ -36,23 +37,13 @@ fn demo_apps(store: &str, n: usize) -> Vec<(SocketAddr, ChildProcess)> {
         .collect()
 }
 
-/// `unstick serve` in front of `backends`, access log off.
-fn serve(backends: &[SocketAddr], env: &[(&str, &str)]) -> ChildUnstick {
-    let list: Vec<String> = backends.iter().map(|a| a.to_string()).collect();
-    let mut args = vec!["--access-log", "off"];
-    for b in &list {
-        args.extend(["--backend", b.as_str()]);
-    }
-    ChildUnstick::spawn(BIN, &args, env)
+/// `unstick serve` in front of `backends` (access log off).
+fn serve(backends: &[SocketAddr]) -> Rig {
+    Serve::new().backends(backends).start()
 }
 
-async fn statelessness(lb: &ChildUnstick) -> Value {
-    let admin = lb.admin.expect("admin listener");
-    let r = client::get(admin, "/api/statelessness")
-        .await
-        .expect("admin answers");
-    assert_eq!(r.status, StatusCode::OK);
-    serde_json::from_slice(&r.body).expect("JSON")
+async fn statelessness(rig: &Rig) -> Value {
+    admin::get(rig.lb.admin(), "/api/statelessness").await
 }
 
 /// The report's entry for cookie `name`, or `Null`.
@@ -138,18 +129,18 @@ async fn shared_sessions_hop_between_instances_and_none_breaks() {
     let store = format!("sqlite:{}", dir.path().join("s.db").display());
     let apps = demo_apps(&store, 3);
     let addrs: Vec<SocketAddr> = apps.iter().map(|(a, _)| *a).collect();
-    let lb = serve(&addrs, &[]);
+    let rig = serve(&addrs);
 
     // HTTP/1.1 users (the fast path) ...
-    demo_traffic(lb.addr, 8, 40, false).await;
-    let after_h1 = statelessness(&lb).await;
+    demo_traffic(rig.lb.addr, 8, 40, false).await;
+    let after_h1 = statelessness(&rig).await;
     let sid = cookie(&after_h1, "sid");
     assert_eq!(sid["source"], "learned", "{after_h1:#}");
     let h1_hops = sid["hops"].as_u64().unwrap();
     assert!(h1_hops > 500, "{after_h1:#}");
     // ... then h2c users (hyper's path).
-    demo_traffic(lb.addr, 8, 40, true).await;
-    let report = statelessness(&lb).await;
+    demo_traffic(rig.lb.addr, 8, 40, true).await;
+    let report = statelessness(&rig).await;
     let sid = cookie(&report, "sid");
     assert!(sid["hops"].as_u64().unwrap() > h1_hops + 500, "{report:#}");
     assert!(sid["same_instance"].as_u64().unwrap() > 100, "{report:#}");
@@ -158,16 +149,11 @@ async fn shared_sessions_hop_between_instances_and_none_breaks() {
     assert_eq!(sid["examples"].as_array().unwrap().len(), 0);
     assert_eq!(sid["issued"], 16);
 
-    let metrics = client::get(lb.admin.unwrap(), "/metrics")
-        .await
-        .unwrap()
-        .text();
-    let kept = format!(
-        "unstick_session_hops_total{{cookie=\"sid\",outcome=\"kept\"}} {}",
-        sid["kept"]
-    );
-    assert!(metrics.contains(&kept), "{metrics}");
-    assert!(!lb.process.stderr.text().contains("sessions break"));
+    let scrape = metrics::scrape(rig.lb.admin()).await;
+    let kept = [("cookie", "sid"), ("outcome", "kept")];
+    let want = sid["kept"].as_f64().unwrap();
+    scrape.assert_value("unstick_session_hops_total", &kept, want);
+    assert!(!rig.lb.stderr().text().contains("sessions break"));
 }
 
 // --- the demo's memory twin ------------------------------------------------------
@@ -176,21 +162,18 @@ async fn shared_sessions_hop_between_instances_and_none_breaks() {
 async fn sessions_in_process_memory_break_and_a_warning_names_them() {
     let apps = demo_apps("memory", 3);
     let addrs: Vec<SocketAddr> = apps.iter().map(|(a, _)| *a).collect();
-    let lb = serve(&addrs, &[]);
-    let addr = lb.addr;
+    let rig = serve(&addrs);
+    let addr = rig.lb.addr;
     let traffic = tokio::spawn(async move { demo_traffic(addr, 8, 200, false).await });
 
     // Within a few seconds the broken share is above half.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let report = loop {
-        let report = statelessness(&lb).await;
+    let report = wait::until_some("50 judged hops", wait::PATIENCE, async || {
+        let report = statelessness(&rig).await;
         let sid = cookie(&report, "sid");
-        let enough = sid["kept"].as_u64().unwrap_or(0) + sid["broken"].as_u64().unwrap_or(0) >= 50;
-        if enough || Instant::now() > deadline {
-            break report;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let judged = sid["kept"].as_u64().unwrap_or(0) + sid["broken"].as_u64().unwrap_or(0);
+        (judged >= 50).then_some(report)
+    })
+    .await;
     let sid = cookie(&report, "sid");
     let share = sid["broken_share"].as_f64().unwrap_or(0.0);
     assert!(share > 0.5, "{report:#}");
@@ -199,11 +182,11 @@ async fn sessions_in_process_memory_break_and_a_warning_names_them() {
         e["path"] == "/whoami" && e["status"] == 401 && e["method"] == "GET" && e["from"] != e["to"]
     });
     assert!(named, "{report:#}");
-    let warning = lb.process.stderr.wait_for(
+    let warning = rig.lb.stderr().wait_for(
         "sessions break when another instance answers",
         Duration::from_secs(10),
     );
-    let warning = warning.unwrap_or_else(|| panic!("no warning: {}", lb.process.stderr.text()));
+    let warning = warning.unwrap_or_else(|| panic!("no warning: {}", rig.lb.stderr().text()));
     assert!(warning.contains("sid"), "{warning}");
     traffic.abort();
 }
@@ -295,11 +278,11 @@ async fn hidden_state_instances(n: usize) -> Vec<SocketAddr> {
 #[tokio::test]
 async fn only_the_stateful_endpoints_hops_break() {
     let addrs = hidden_state_instances(3).await;
-    let lb = serve(&addrs, &[]);
+    let rig = serve(&addrs);
     let redirected = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for u in 0..8 {
-        let (addr, redirected) = (lb.addr, redirected.clone());
+        let (addr, redirected) = (rig.lb.addr, redirected.clone());
         tasks.spawn(async move {
             let mut user = User::new(addr, u % 2 == 1).await;
             user.call(Method::POST, "/login", "").await;
@@ -315,7 +298,7 @@ async fn only_the_stateful_endpoints_hops_break() {
     while let Some(done) = tasks.join_next().await {
         done.expect("a user ran");
     }
-    let report = statelessness(&lb).await;
+    let report = statelessness(&rig).await;
     let sid = cookie(&report, "sid");
     let redirected = redirected.load(Ordering::Relaxed);
     assert!(redirected > 0);

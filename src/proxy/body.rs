@@ -8,6 +8,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 use super::access_log::Entry;
 use super::Proxy;
 use crate::metrics::{CodeClass, UpstreamErrorKind};
-use crate::upstream::{Backend, Conn, InFlight};
+use crate::upstream::{poll_timed, Backend, BodyError, Conn, InFlight, Stall};
 
 /// What happened to the upstream body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +130,8 @@ impl Drop for Completion {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    /// A backend's body, on the upstream stall clock.
+    Upstream(Incoming, Stall),
 }
 
 /// A response body: bytes made by unstick, or a backend's body streamed through.
@@ -154,9 +156,10 @@ impl ResponseBody {
         }
     }
 
-    pub(crate) fn upstream(body: Incoming, done: Completion) -> ResponseBody {
+    /// A backend's body: one that sends nothing for `stall` fails.
+    pub(crate) fn upstream(body: Incoming, stall: Duration, done: Completion) -> ResponseBody {
         ResponseBody {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(body, Stall::new(stall)),
             done: Some(done),
         }
     }
@@ -189,16 +192,16 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Kind::Upstream(b, stall) => poll_timed(b, stall, cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -220,14 +223,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Upstream(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Upstream(b, _) => b.size_hint(),
         }
     }
 }

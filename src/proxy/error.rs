@@ -44,6 +44,8 @@ pub enum Kind {
     AffinityRejected(String),
     /// The client's request could not be read.
     BadRequest(String),
+    /// The client sent no byte of its request body for this long.
+    ClientTimeout(Duration),
     /// A bug or resource failure inside unstick.
     Internal(String),
 }
@@ -105,6 +107,7 @@ impl ProxyError {
             }
             Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Kind::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Kind::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Kind::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,7 +121,9 @@ impl ProxyError {
             Kind::NoBackends | Kind::Connect(_) | Kind::Reset(_) | Kind::AffinityRejected(_) => {
                 GrpcStatus::Unavailable
             }
-            Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => GrpcStatus::DeadlineExceeded,
+            Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) | Kind::ClientTimeout(_) => {
+                GrpcStatus::DeadlineExceeded
+            }
             Kind::BadRequest(_) | Kind::Internal(_) => GrpcStatus::Internal,
         }
     }
@@ -143,6 +148,7 @@ impl ProxyError {
             Kind::ResponseTimeout(_) => "timeout",
             Kind::AffinityRejected(_) => "affinity_rejected",
             Kind::BadRequest(_) => "bad_request",
+            Kind::ClientTimeout(_) => "client_timeout",
             Kind::Internal(_) => "internal",
         }
     }
@@ -193,6 +199,9 @@ impl fmt::Display for ProxyError {
                 on(f)
             }
             Kind::BadRequest(e) => write!(f, "bad request: {e}"),
+            Kind::ClientTimeout(d) => {
+                write!(f, "request timeout: no byte of the request body for {d:?}")
+            }
             Kind::Internal(e) => write!(f, "internal error: {e}"),
         }
     }

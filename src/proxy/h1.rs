@@ -37,7 +37,7 @@ use super::request_head::{self, Forwarding, Scan};
 use super::{retry, Attempts, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
-use crate::server::{Phase, Shutdown};
+use crate::shutdown::{Phase, Shutdown};
 use crate::upstream::raw::RawConn;
 use crate::upstream::{Backend, InFlight};
 
@@ -304,8 +304,8 @@ impl Proxy {
         };
         let next = match forwarded {
             Some(Ok(answered)) => {
-                self.relay(answered, done, reply, &settings, io, scratch, to)
-                    .await
+                let out = (io, scratch, timer);
+                self.relay(answered, done, reply, &settings, out, to).await
             }
             Some(Err(failed)) => {
                 let response = self.fail(failed, done, reply);
@@ -498,8 +498,7 @@ impl Proxy {
         mut done: Completion,
         reply: ReplyTo,
         settings: &Settings,
-        out: &mut W,
-        scratch: &mut Vec<u8>,
+        (out, scratch, timer): (&mut W, &mut Vec<u8>, &mut LazyTimer),
         to: To,
     ) -> Next
     where
@@ -618,7 +617,7 @@ impl Proxy {
             if out.flush().await.is_err() {
                 return Next::Close;
             }
-            match conn.read_more().await {
+            match read_within(&mut conn, timer, settings.timeouts.upstream_stall).await {
                 Ok(0) if framing == Framing::Close => break,
                 Ok(0) | Err(_) => {
                     done.body_ended(false);
@@ -731,6 +730,27 @@ async fn read_head(conn: &mut RawConn) -> Result<http1::ResponseHead, Kind> {
             Err(e) => return Err(Kind::Reset(format!("connection error: {e}"))),
         }
     }
+}
+
+/// Reads more of a response body: a backend that sends nothing for
+/// `stall` fails the read (`TimedOut`).
+async fn read_within(
+    conn: &mut RawConn,
+    timer: &mut LazyTimer,
+    stall: Duration,
+) -> std::io::Result<usize> {
+    timer.set(Instant::now() + stall);
+    let read = conn.read_more();
+    tokio::pin!(read);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = read.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        timer
+            .poll_expired(cx)
+            .map(|()| Err(std::io::ErrorKind::TimedOut.into()))
+    })
+    .await
 }
 
 /// Bytes a client may send ahead (pipelined) while its request is served.

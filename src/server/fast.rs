@@ -18,11 +18,12 @@ use http::{Method, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::clock::SendClock;
 use super::{Phase, Reached, ServerOptions, Shutdown, Speak};
 use crate::http1;
 use crate::proxy::h1::{LazyTimer, Next, Request, Reuse};
 use crate::proxy::request_head::Scan;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::proxy::{ClientInfo, Proxy, Settings};
 
 /// Free space kept in the read buffer before each read.
 const READ_SPACE: usize = 4 * 1024;
@@ -35,7 +36,8 @@ pub enum Outcome {
     /// Closed (or to be closed): nothing more to serve.
     Closed,
     /// Serve the rest with hyper, starting with these bytes already read.
-    Handover(Bytes),
+    /// `served`: the fast path answered requests on it before.
+    Handover { input: Bytes, served: bool },
 }
 
 /// True if the fast path may serve connections with these options.
@@ -51,72 +53,163 @@ enum Wait {
     Draining,
 }
 
-/// Serves requests on `io` until it closes or a request needs hyper.
+/// One connection on the fast path: what it keeps between requests.
+struct FastConn<'a> {
+    opts: &'a ServerOptions,
+    shutdown: &'a Shutdown,
+    reuse: Reuse,
+    /// Client read deadlines, made once per connection, not per request.
+    timer: LazyTimer,
+    drain: Reached,
+    /// When the first request head is due (the header timeout from the
+    /// accept); None once a request was served.
+    first_due: Option<Instant>,
+}
+
+/// What to do with a request head the fast path has read. (Returned once
+/// per request and moved at once: boxing the request would cost an
+/// allocation per request.)
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Serve(Request, Arc<Settings>, bool),
+    /// Leave it (and the rest of the connection) to hyper.
+    Handover,
+    Reject(&'static str),
+}
+
+/// Serves requests on `io`, accepted at `accepted`, until it closes or a
+/// request needs hyper.
 pub async fn serve<I>(
     io: &mut I,
     client: &ClientInfo,
     proxy: &Arc<Proxy>,
     opts: &ServerOptions,
     shutdown: &Shutdown,
+    accepted: Instant,
 ) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut reuse = Reuse::new(shutdown.clone());
-    // Timers (client reads, backend response heads) and a drain watch made
-    // once per connection, not per request.
-    let mut timer = LazyTimer::new();
-    let mut drain = shutdown.reached(Phase::Drain);
+    let mut io = SendClock::new(io, opts.client_stall);
+    let mut conn = FastConn {
+        opts,
+        shutdown,
+        reuse: Reuse::new(shutdown.clone()),
+        timer: LazyTimer::new(),
+        drain: shutdown.reached(Phase::Drain),
+        first_due: Some(accepted + opts.client_header),
+    };
     loop {
-        // A request head: the idle timeout runs until its first byte, the
-        // header timeout from then on.
-        let mut head_deadline: Option<Instant> = None;
-        let head = loop {
-            match http1::parse_request_head(&reuse.input, opts.max_header_bytes, &mut reuse.fields)
-            {
-                Ok(Some(head)) => break head,
+        let head = match conn.read_head(&mut io).await {
+            Ok(head) => head,
+            Err(outcome) => return outcome,
+        };
+        let (request, settings, keep_alive) = match conn.prepare(&mut io, head, proxy).await {
+            Step::Serve(request, settings, keep_alive) => (request, settings, keep_alive),
+            Step::Handover => return conn.handover(),
+            Step::Reject(status) => {
+                reject(&mut io, status).await;
+                return Outcome::Closed;
+            }
+        };
+        let reuse = &mut conn.reuse;
+        let next = proxy
+            .serve_h1(request, settings, client, &mut io, reuse, keep_alive)
+            .await;
+        if next == Next::Close || shutdown.phase() != Phase::Running {
+            let _ = io.shutdown().await;
+            return Outcome::Closed;
+        }
+        conn.first_due = None;
+        // Give back a large buffer grown by one big request.
+        if reuse.scratch.capacity() > 64 * 1024 {
+            reuse.scratch = Vec::new();
+        }
+    }
+}
+
+// === impl FastConn ===
+
+impl FastConn<'_> {
+    /// Reads the next request head. The first is due the header timeout
+    /// after the accept; a later one may wait the idle timeout for its
+    /// first byte, then the header timeout. A head that does not come in
+    /// time is answered 408 if it had begun.
+    async fn read_head<I>(&mut self, io: &mut I) -> Result<http1::RequestHead, Outcome>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut head_due = self.first_due;
+        loop {
+            let parsed = http1::parse_request_head(
+                &self.reuse.input,
+                self.opts.max_header_bytes,
+                &mut self.reuse.fields,
+            );
+            let input = &self.reuse.input;
+            match parsed {
+                Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
                 // HTTP/2 with prior knowledge: hyper serves it, or (with
-                // HTTP/2 off) turns it away, as it did before the fast path.
-                Err(_) if reuse.input.starts_with(H2_PREFACE) => {
-                    return Outcome::Handover(std::mem::take(&mut reuse.input).freeze());
-                }
+                // HTTP/2 off) turns it away.
+                Err(_) if input.starts_with(H2_PREFACE) => return Err(self.handover()),
                 // The start of an HTTP/2 preface that arrived in pieces: wait for the rest.
-                Err(_) if H2_PREFACE.starts_with(&reuse.input) => {}
+                Err(_) if H2_PREFACE.starts_with(input) => {}
                 Err(e) => {
                     let status = match e {
                         http1::HeadError::TooLarge => "431 Request Header Fields Too Large",
                         http1::HeadError::Malformed(_) => "400 Bad Request",
                     };
                     reject(io, status).await;
-                    return Outcome::Closed;
+                    return Err(Outcome::Closed);
                 }
             }
-            let idle = reuse.input.is_empty();
-            let deadline = if idle {
-                Instant::now() + opts.client_idle
+            let empty = self.reuse.input.is_empty();
+            // The header timeout is armed only if a head has to wait for
+            // more bytes, a few microseconds after its first ones came: a
+            // head that came whole reads no clock.
+            let deadline = if empty && head_due.is_none() {
+                Instant::now() + self.opts.client_idle
             } else {
-                *head_deadline.get_or_insert_with(|| Instant::now() + opts.client_header)
+                *head_due.get_or_insert_with(|| Instant::now() + self.opts.client_header)
             };
-            let draining = if idle { Some(&mut drain) } else { None };
-            // The header timeout is armed (above) only if a head has to
-            // wait for more bytes, a few microseconds after its first ones
-            // came: a head that came whole reads no clock.
-            match read_more(io, &mut reuse.input, &mut timer, deadline, draining).await {
+            let draining = empty.then_some(&mut self.drain);
+            match read_more(
+                io,
+                &mut self.reuse.input,
+                &mut self.timer,
+                deadline,
+                draining,
+            )
+            .await
+            {
                 Wait::Data => {}
-                Wait::Closed | Wait::TimedOut | Wait::Draining => return Outcome::Closed,
+                Wait::TimedOut if self.begun_http1() => {
+                    reject(io, "408 Request Timeout").await;
+                    return Err(Outcome::Closed);
+                }
+                Wait::Closed | Wait::TimedOut | Wait::Draining => return Err(Outcome::Closed),
             }
-        };
+        }
+    }
 
+    /// True if part of an HTTP/1 request head has arrived.
+    fn begun_http1(&self) -> bool {
+        let input = &self.reuse.input;
+        !input.is_empty() && !H2_PREFACE.starts_with(input)
+    }
+
+    /// Decides what to do with `head`, and reads its body if it is served here.
+    async fn prepare<I>(&mut self, io: &mut I, head: http1::RequestHead, proxy: &Proxy) -> Step
+    where
+        I: AsyncRead + Unpin,
+    {
         let settings = proxy.settings();
+        let reuse = &mut self.reuse;
         let bytes = &reuse.input[..head.len];
         let scan = Scan::of(bytes, &reuse.fields, &settings.affinity);
-        let framing = match scan.framing(bytes, &reuse.fields) {
-            Ok(f) => f,
-            Err(_) => {
-                reject(io, "400 Bad Request").await;
-                return Outcome::Closed;
-            }
+        let Ok(framing) = scan.framing(bytes, &reuse.fields) else {
+            return Step::Reject("400 Bad Request");
         };
         // A body is read whole before the request goes on, so only one that
         // fits the replay buffer (and so can be retried) is served here.
@@ -126,11 +219,10 @@ where
             _ => None,
         };
         let body_len = match body_len {
-            Some(len) if servable(&head, &scan, reuse.fields.len(), opts, proxy) => len,
+            Some(len) if servable(&head, &scan, reuse.fields.len(), self.opts, proxy) => len,
             // Not a byte of it consumed: hyper reads the request afresh.
-            _ => return Outcome::Handover(std::mem::take(&mut reuse.input).freeze()),
+            _ => return Step::Handover,
         };
-
         // Most heads go to the backend from where they lie; the rest are
         // rewritten over a `HeaderMap` (see `proxy::request_head`).
         let in_place = !scan.needs_map(bytes, &head);
@@ -139,23 +231,15 @@ where
             let bytes = reuse.input.split_to(head.len).freeze();
             match http1::request_parts(&bytes, &head, &reuse.fields, &mut reuse.headers) {
                 Ok(p) => parts = Some(p),
-                Err(_) => {
-                    reject(io, "400 Bad Request").await;
-                    return Outcome::Closed;
-                }
+                Err(_) => return Step::Reject("400 Bad Request"),
             }
         }
         // The body follows the head (still in `input` if passed on in place).
         let body_at = if in_place { head.len } else { 0 };
-        let n = body_len.unwrap_or(0);
-        while reuse.input.len() < body_at + n {
-            let deadline = Instant::now() + opts.client_idle;
-            match read_more(io, &mut reuse.input, &mut timer, deadline, None).await {
-                Wait::Data => {}
-                _ => return Outcome::Closed,
-            }
+        if let Err(status) = self.read_body(io, body_at + body_len.unwrap_or(0)).await {
+            return Step::Reject(status);
         }
-        let keep_alive = !scan.close && shutdown.phase() == Phase::Running;
+        let keep_alive = !scan.close && self.shutdown.phase() == Phase::Running;
         let request = match parts {
             None => Request::InPlace {
                 head,
@@ -164,19 +248,35 @@ where
             },
             Some(parts) => Request::Parts {
                 parts,
-                body: body_len.map(|n| reuse.input.split_to(n).freeze()),
+                body: body_len.map(|n| self.reuse.input.split_to(n).freeze()),
             },
         };
-        let next = proxy
-            .serve_h1(request, settings, client, io, &mut reuse, keep_alive)
-            .await;
-        if next == Next::Close || shutdown.phase() != Phase::Running {
-            let _ = io.shutdown().await;
-            return Outcome::Closed;
+        Step::Serve(request, settings, keep_alive)
+    }
+
+    /// Reads until `input` holds `len` bytes: a client that sends none of
+    /// them for the stall timeout gets a 408.
+    async fn read_body<I>(&mut self, io: &mut I, len: usize) -> Result<(), &'static str>
+    where
+        I: AsyncRead + Unpin,
+    {
+        while self.reuse.input.len() < len {
+            let deadline = Instant::now() + self.opts.client_stall;
+            match read_more(io, &mut self.reuse.input, &mut self.timer, deadline, None).await {
+                Wait::Data => {}
+                Wait::TimedOut => return Err("408 Request Timeout"),
+                // No one is left to answer.
+                Wait::Closed | Wait::Draining => return Err(""),
+            }
         }
-        // Give back a large buffer grown by one big request.
-        if reuse.scratch.capacity() > 64 * 1024 {
-            reuse.scratch = Vec::new();
+        Ok(())
+    }
+
+    /// Hands the connection, and the bytes read from it, to hyper.
+    fn handover(&mut self) -> Outcome {
+        Outcome::Handover {
+            input: std::mem::take(&mut self.reuse.input).freeze(),
+            served: self.first_due.is_none(),
         }
     }
 }
@@ -233,11 +333,16 @@ where
     .await
 }
 
-/// Answers a request the server cannot read, and closes.
+/// Answers a request the server cannot read (if `status` is not empty),
+/// and closes.
 async fn reject<I>(io: &mut I, status: &str)
 where
     I: AsyncWrite + Unpin,
 {
+    if status.is_empty() {
+        let _ = io.shutdown().await;
+        return;
+    }
     let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     let _ = io.write_all(response.as_bytes()).await;
     let _ = io.shutdown().await;

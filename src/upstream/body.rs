@@ -1,10 +1,138 @@
-//! The body of a request on its way to a backend: streamed, or held for replay.
+//! The body of a request on its way to a backend: streamed, or held for replay; and the stall clock every streamed body runs on.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// An inactivity deadline for a streamed body: armed when the body's
+/// sender makes it wait, disarmed when a frame comes. The timer is made
+/// (and the clock read) only when a body has to wait.
+pub struct Stall {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Stall {
+    pub fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// After the body returned `Pending`: ready once it has waited `limit`
+    /// since it last moved.
+    pub fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = Instant::now() + self.limit;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx)
+    }
+
+    /// The body moved (a frame, or its end).
+    pub fn moved(&mut self) {
+        self.armed = false;
+    }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
+/// Why a streamed body ended before its end.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Its connection failed.
+    Read(hyper::Error),
+    /// Its sender sent nothing for this long.
+    Stalled(Duration),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Read(e) => write!(f, "{e}"),
+            BodyError::Stalled(d) => write!(f, "no byte of the body for {d:?}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Read(e) => Some(e),
+            BodyError::Stalled(_) => None,
+        }
+    }
+}
+
+/// Polls `body` for a frame on the clock `stall`: a body that keeps its
+/// reader waiting `stall.limit()` fails with [`BodyError::Stalled`].
+pub fn poll_timed(
+    body: &mut Incoming,
+    stall: &mut Stall,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    match Pin::new(body).poll_frame(cx) {
+        Poll::Ready(r) => {
+            stall.moved();
+            Poll::Ready(r.map(|f| f.map_err(BodyError::Read)))
+        }
+        Poll::Pending => match stall.poll_waiting(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled(stall.limit())))),
+            Poll::Pending => Poll::Pending,
+        },
+    }
+}
+
+/// A client's request body, read on the clock: a client that sends no
+/// byte of it for the client stall timeout fails it.
+pub struct ClientBody {
+    body: Incoming,
+    stall: Stall,
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming, limit: Duration) -> ClientBody {
+        ClientBody {
+            body,
+            stall: Stall::new(limit),
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        poll_timed(&mut this.body, &mut this.stall, cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// A request body sent upstream.
 ///
@@ -15,11 +143,11 @@ pub enum RequestBody {
     /// A body held in memory (at most the replay buffer), sent as one frame.
     Full(Option<Bytes>),
     /// The client's body, streamed through.
-    Stream(Incoming),
+    Stream(ClientBody),
     /// A body that outgrew the replay buffer: the part already read, then the rest.
     Prefixed {
         prefix: Option<Bytes>,
-        rest: Incoming,
+        rest: ClientBody,
     },
 }
 
@@ -37,13 +165,13 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        // Every variant is Unpin (Incoming is), so no projection is needed.
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // Every variant is Unpin (ClientBody is), so no projection is needed.
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
