@@ -20,9 +20,11 @@ use crate::affinity::{Rules as AffinityRules, Tracker as AffinityTracker};
 use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
+use crate::hops::{self, Watch};
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::shutdown::{Phase, TunnelHold};
+use crate::upstream::raw::RawConn;
 use crate::upstream::{
     Backend, BodyError, ClientBody, Conn, ConnectError, InFlight, RequestBody, State, Upstreams,
 };
@@ -74,6 +76,8 @@ pub struct Settings {
     pub affinity: AffinityRules,
     /// The response header naming the backend that answered, if asked for.
     pub backend_header: Option<http::HeaderName>,
+    /// `[session_watch]`, applied to the proxy's [`Watch`] when swapped in.
+    pub session_watch: crate::config::SessionWatch,
 }
 
 impl Settings {
@@ -93,6 +97,7 @@ impl Settings {
                 .backend_header
                 .as_deref()
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            session_watch: config.session_watch.clone(),
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct Proxy {
     pub health: Arc<Health>,
     /// Refused affinity cookies (kept across reloads, for `/api/affinity`).
     pub affinity: AffinityTracker,
+    /// Session hops between backends (kept across reloads, for `/api/statelessness`).
+    pub hops: Watch,
     settings: ArcSwap<Settings>,
     ids: RequestIds,
 }
@@ -124,6 +131,8 @@ struct ReplyTo {
     version: Version,
     /// The client speaks gRPC: failures become `grpc-status`.
     grpc: bool,
+    /// Known session values the request carried, for the session watch.
+    session: Option<Box<hops::Carried>>,
 }
 
 /// A failed forward: the error, and the backend that failed last.
@@ -192,6 +201,13 @@ impl Proxy {
         Proxy {
             upstreams,
             affinity: AffinityTracker::new(metrics.affinity_refused.clone()),
+            hops: Watch::new(
+                &settings.session_watch,
+                hops::Families {
+                    hops: metrics.session_hops.clone(),
+                    same_instance: metrics.session_same_instance.clone(),
+                },
+            ),
             metrics,
             access_log,
             health,
@@ -202,6 +218,7 @@ impl Proxy {
 
     /// Swaps in new settings (hot reload); requests in flight keep the old ones.
     pub fn set_settings(&self, settings: Settings) {
+        self.hops.configure(&settings.session_watch);
         self.settings.store(Arc::new(settings));
     }
 
@@ -261,29 +278,35 @@ impl Proxy {
             let path = path.as_bytes();
             self.log_entry(client, &parts.method, parts.version, path, &request_id)
         });
-        let reply = ReplyTo {
+        let mut reply = ReplyTo {
             request_id,
             // The client's version (the backend's is set below).
             version: parts.version,
             grpc: headers::is_grpc(&parts.headers),
+            session: None,
         };
         prepare_request(parts, client, &reply.request_id, upgrade);
         settings
             .affinity
             .on_request(&mut parts.headers, &self.affinity);
         headers::join_cookies(&mut parts.headers);
+        if let Some(cookie) = parts.headers.get(header::COOKIE) {
+            let path = parts.uri.path().as_bytes();
+            reply.session = self.hops.on_request(cookie.as_bytes(), &parts.method, path);
+        }
         (reply, log)
     }
 
     /// [`Proxy::begin`] for a request head the fast path passes on from
     /// where it lies (`request_head`): its id (`id`: the client's
-    /// `X-Request-Id`, if any) and its access-log line. The head itself is
-    /// written for the backend by `request_head::write`.
+    /// `X-Request-Id`, if any), its access-log line and its session
+    /// values (`cookie`: its `Cookie` field). The head itself is written
+    /// for the backend by `request_head::write`.
     fn begin_in_place(
         &self,
         head: &[u8],
         parsed: &http1::RequestHead,
-        id: Option<&[u8]>,
+        (id, cookie): (Option<&[u8]>, Option<&[u8]>),
         grpc: bool,
         client: &ClientInfo,
     ) -> (ReplyTo, Option<Box<Entry>>) {
@@ -295,10 +318,13 @@ impl Proxy {
             let path = parsed.target(head);
             self.log_entry(client, &parsed.method, parsed.version, path, &request_id)
         });
+        let session =
+            cookie.and_then(|c| self.hops.on_request(c, &parsed.method, parsed.target(head)));
         let reply = ReplyTo {
             request_id,
             version: parsed.version,
             grpc,
+            session,
         };
         (reply, log)
     }
@@ -555,8 +581,7 @@ impl Proxy {
         let backend_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, body) = response.into_parts();
 
-        if let Err(cookie) =
-            self.scrub_response(&mut parts, &backend, settings, &reply.request_id, switching)
+        if let Err(cookie) = self.scrub_response(&mut parts, &backend, settings, &reply, switching)
         {
             return self.reject_affinity(cookie, (body, conn, in_flight), done, reply);
         }
@@ -578,14 +603,15 @@ impl Proxy {
 
     /// The response's side of the work, shared by both request paths: a
     /// backend asking to drain leaves rotation; affinity cookies are refused
-    /// (`Err` names one when the policy is `reject`); hop-by-hop headers go;
-    /// the request id (and, if asked for, the backend's name) are added.
+    /// (`Err` names one when the policy is `reject`); the session watch
+    /// sees the response; hop-by-hop headers go; the request id (and, if
+    /// asked for, the backend's name) are added.
     fn scrub_response(
         &self,
         parts: &mut http::response::Parts,
         backend: &Arc<Backend>,
         settings: &Settings,
-        request_id: &RequestId,
+        reply: &ReplyTo,
         switching: bool,
     ) -> Result<(), String> {
         if asks_to_drain(&parts.headers) && backend.transition(State::Healthy, State::Draining) {
@@ -598,16 +624,35 @@ impl Proxy {
         if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
             return Err(cookie);
         }
+        let status = parts.status.as_u16();
+        let session = reply.session.as_deref();
+        let is_affinity = |name: &[u8]| rules.matches(name).is_some();
+        (self.hops).on_response(session, &backend.name, status, &parts.headers, is_affinity);
         headers::remove_hop_by_hop(&mut parts.headers, switching);
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), never_indexed(request_id.to_header()));
+        parts.headers.insert(
+            X_REQUEST_ID.clone(),
+            never_indexed(reply.request_id.to_header()),
+        );
         if let Some(name) = &settings.backend_header {
             if let Ok(v) = HeaderValue::from_str(&backend.name) {
                 parts.headers.insert(name.clone(), v);
             }
         }
         Ok(())
+    }
+
+    /// The session watch's look at a response head passed on in place by
+    /// the fast path (it has no `Set-Cookie`: those heads go through
+    /// [`Proxy::scrub_response`]): its status, and `Location` if it redirects.
+    fn watch_plain(&self, reply: &ReplyTo, backend: &Backend, status: StatusCode, conn: &RawConn) {
+        let Some(session) = reply.session.as_deref() else {
+            return;
+        };
+        let location = status
+            .is_redirection()
+            .then(|| conn.field(b"location"))
+            .flatten();
+        (self.hops).on_plain_response(session, &backend.name, status.as_u16(), location);
     }
 
     /// A backend set an affinity cookie under policy `reject`: its response

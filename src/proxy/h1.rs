@@ -235,8 +235,8 @@ impl Proxy {
                 body_len,
             } => {
                 let bytes = &input[..head.len];
-                let id = scan.request_id(bytes, fields);
-                (reply, log) = self.begin_in_place(bytes, &head, id, scan.grpc, client);
+                let found = (scan.request_id(bytes, fields), scan.cookie(bytes, fields));
+                (reply, log) = self.begin_in_place(bytes, &head, found, scan.grpc, client);
                 scratch.clear();
                 let ours = Forwarding {
                     client_ip: client.ip.as_bytes(),
@@ -527,6 +527,7 @@ impl Proxy {
             backend_header,
         };
         if write_plain_head(scratch, &head, &conn, framing, keep_alive, ours) {
+            self.watch_plain(&reply, &backend, head.status, &conn);
             conn.buf.advance(head.len);
         } else {
             let bytes = conn.buf.split_to(head.len).freeze();
@@ -534,7 +535,7 @@ impl Proxy {
             let scrubbed =
                 parsed.map_err(|e| Kind::Reset(format!("invalid response from the backend: {e}")));
             let scrubbed = scrubbed.and_then(|mut parts| {
-                self.scrub_response(&mut parts, &backend, settings, &reply.request_id, false)
+                self.scrub_response(&mut parts, &backend, settings, &reply, false)
                     .map(|()| parts)
                     .map_err(Kind::AffinityRejected)
             });

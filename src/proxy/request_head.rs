@@ -43,10 +43,11 @@ pub struct Scan {
     pub grpc: bool,
     /// Transfer-Encoding or Content-Length fields: the framing needs a look.
     framed: bool,
-    /// The first `Host`, `X-Forwarded-For` and `X-Request-Id` fields.
+    /// The first `Host`, `X-Forwarded-For`, `X-Request-Id` and `Cookie` fields.
     host: Option<usize>,
     forwarded_for: Option<usize>,
     request_id: Option<usize>,
+    cookie: Option<usize>,
 }
 
 /// What unstick adds to a request head it passes on.
@@ -85,6 +86,7 @@ impl Scan {
                 }
                 6 if is(b"cookie") => {
                     cookies += 1;
+                    scan.cookie.get_or_insert(i);
                     // Several are joined into one, affinity cookies taken
                     // out and counted: the map path does both.
                     scan.needs_map |= cookies > 1 || affinity.names_any(value);
@@ -166,6 +168,11 @@ impl Scan {
             return Ok(Framing::None);
         }
         http1::request_framing_fields(fields.iter().map(|f| f.field(head)))
+    }
+
+    /// The client's `Cookie` field (a head passed on in place has one at most).
+    pub fn cookie<'a>(&self, head: &'a [u8], fields: &[HeaderIndices]) -> Option<&'a [u8]> {
+        self.cookie.map(|i| fields[i].field(head).1)
     }
 
     /// The client's `X-Request-Id`, if it sent one.
