@@ -22,7 +22,10 @@ use crate::health::Health;
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::server::{Phase, TunnelHold};
-use crate::upstream::{Backend, Conn, ConnectError, InFlight, RequestBody, State, Upstreams};
+use crate::upstream::{
+    Backend, BodyFault, BodyWatch, ClientBody, Conn, ConnectError, InFlight, RequestBody, State,
+    Upstreams,
+};
 
 pub mod access_log;
 mod body;
@@ -31,6 +34,7 @@ pub mod h1;
 pub mod headers;
 pub mod request_head;
 pub mod retry;
+pub mod target;
 
 pub use access_log::{AccessLogger, Entry};
 pub use body::ResponseBody;
@@ -71,6 +75,10 @@ pub struct Settings {
     pub affinity: AffinityRules,
     /// The response header naming the backend that answered, if asked for.
     pub backend_header: Option<http::HeaderName>,
+    /// Request header fields whose names hold `_` are passed on.
+    pub underscores_in_headers: bool,
+    /// The largest request body taken (0: no limit).
+    pub max_request_body: u64,
 }
 
 impl Settings {
@@ -90,6 +98,8 @@ impl Settings {
                 .backend_header
                 .as_deref()
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            underscores_in_headers: config.underscores_in_headers,
+            max_request_body: config.limits.max_request_body,
         }
     }
 }
@@ -121,6 +131,20 @@ struct ReplyTo {
     version: Version,
     /// The client speaks gRPC: failures become `grpc-status`.
     grpc: bool,
+    /// The client takes trailers (`TE: trailers`, or gRPC): the response's
+    /// are passed on (those allowed), others' dropped.
+    trailers: bool,
+    /// An HTTP/1.0 client asked to keep its connection (`Connection:
+    /// keep-alive`): the response says it is kept.
+    keep_alive_10: bool,
+}
+
+/// A request begun: its answer's needs, its log line, and why it is
+/// refused, if it is.
+struct Begun {
+    reply: ReplyTo,
+    log: Option<Box<Entry>>,
+    refused: Option<ProxyError>,
 }
 
 /// A failed forward: the error, and the backend that failed last.
@@ -219,14 +243,27 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let settings = self.settings.load_full();
-        let upgrade = headers::is_upgrade(req.headers());
+        // RFC 9110 7.8: an `Upgrade` on HTTP/1.0 is ignored (and h2c is
+        // never an upgrade here: see `headers::is_upgrade`).
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let hold = req.extensions_mut().remove::<TunnelHold>();
         let (mut parts, body) = req.into_parts();
-        let (reply, log) = self.begin(&mut parts, &client, &settings, upgrade);
+        let Begun {
+            reply,
+            log,
+            refused,
+        } = self.begin(&mut parts, &client, &settings, upgrade);
 
         let mut done = Completion::new(self.clone(), start, 0);
         done.log = log;
+        if let Some(error) = refused {
+            let failed = Failed {
+                error,
+                backend: None,
+            };
+            return self.fail(failed, done, reply);
+        }
         let result = self.forward(parts, body, &settings, &mut done).await;
         match result {
             Ok(fwd) => {
@@ -238,15 +275,17 @@ impl Proxy {
     }
 
     /// The request's side of the work, shared by both request paths: its id,
-    /// its access-log line, and its head rewritten for the backend
-    /// (hop-by-hop and affinity cookies removed, forwarding headers added).
+    /// its access-log line, and, unless its target or `Host` is refused
+    /// (see `target`), its head rewritten for the backend (hop-by-hop
+    /// fields, affinity cookies and, unless configured, names with `_`
+    /// removed; forwarding headers added).
     fn begin(
         &self,
         parts: &mut http::request::Parts,
         client: &ClientInfo,
         settings: &Settings,
         upgrade: bool,
-    ) -> (ReplyTo, Option<Box<Entry>>) {
+    ) -> Begun {
         let request_id = headers::request_id(&parts.headers, &self.ids);
         let log = self.access_log.enabled().then(|| {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -258,13 +297,36 @@ impl Proxy {
             // The client's version (the backend's is set below).
             version: parts.version,
             grpc: headers::is_grpc(&parts.headers),
+            trailers: headers::wants_trailers(&parts.headers) || headers::is_grpc(&parts.headers),
+            keep_alive_10: parts.version == Version::HTTP_10
+                && headers::has_token(&parts.headers, &header::CONNECTION, "keep-alive"),
         };
+        let checked = target::check_codings(&parts.headers).and_then(|()| match parts.version {
+            Version::HTTP_2 => target::check_h2(parts),
+            _ => target::check_h1(parts),
+        });
+        if let Err(error) = checked {
+            let refused = Some(error);
+            return Begun {
+                reply,
+                log,
+                refused,
+            };
+        }
+        if !settings.underscores_in_headers {
+            headers::remove_underscored(&mut parts.headers);
+        }
         prepare_request(parts, client, &reply.request_id, upgrade);
         settings
             .affinity
             .on_request(&mut parts.headers, &self.affinity);
         headers::join_cookies(&mut parts.headers);
-        (reply, log)
+        let refused = None;
+        Begun {
+            reply,
+            log,
+            refused,
+        }
     }
 
     /// [`Proxy::begin`] for a request head the fast path passes on from
@@ -291,6 +353,10 @@ impl Proxy {
             request_id,
             version: parsed.version,
             grpc,
+            // `TE` sends a request to the map path: only gRPC's here.
+            trailers: grpc,
+            // HTTP/1.0 is served by hyper.
+            keep_alive_10: false,
         };
         (reply, log)
     }
@@ -317,26 +383,21 @@ impl Proxy {
     ) -> Result<Forwarded, Failed> {
         let replay_allowed =
             s.retries.enabled && retry::replay_allowed(&parts.method, &parts.headers);
-        let body = if body.is_end_stream() {
-            RequestBody::Empty
-        } else if replay_allowed && s.retries.max_per_request > 0 {
-            buffer_for_replay(body, s.retries.replay_buffer)
-                .await
-                .map_err(|error| Failed {
-                    error,
-                    backend: None,
-                })?
-        } else {
-            RequestBody::Stream(body)
-        };
+        let replay = replay_allowed && s.retries.max_per_request > 0;
+        let body = request_body(body, s, replay, done)
+            .await
+            .map_err(|error| Failed {
+                error,
+                backend: None,
+            })?;
+        let watch = done.client_body.clone();
         if s.retries.enabled {
             s.budget.record_request();
         }
         // A copy is kept only when a request that was already sent may be
         // sent again; otherwise the request is moved, and comes back from
         // hyper only if none of it was written.
-        let keep_copy =
-            replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
+        let keep_copy = replay && body.try_clone().is_some();
         let mut request = Some(Request::from_parts(parts, body));
         let mut attempts = Attempts::default();
         for attempt in 0..=s.retries.max_per_request {
@@ -352,8 +413,17 @@ impl Proxy {
                 (false, Some(r)) => r,
                 (_, None) => break,
             };
-            match self.attempt(&backend, to_send, &s.timeouts).await {
+            match self
+                .attempt(&backend, to_send, &s.timeouts, watch.as_deref())
+                .await
+            {
                 Ok(fwd) => return Ok(fwd),
+                Err((error, _)) if error.source == Source::Client => {
+                    return Err(Failed {
+                        error,
+                        backend: None,
+                    })
+                }
                 Err((error, returned)) => {
                     if returned.is_some() {
                         request = returned;
@@ -435,12 +505,14 @@ impl Proxy {
     }
 
     /// One attempt on one backend. On failure, returns the request if none of
-    /// it was sent.
+    /// it was sent. `watch` is the client's streamed body, if any: a failure
+    /// it caused is the client's, not the backend's.
     async fn attempt(
         &self,
         backend: &Arc<Backend>,
         req: Request<RequestBody>,
         timeouts: &Timeouts,
+        watch: Option<&BodyWatch>,
     ) -> Result<Forwarded, (ProxyError, Option<Request<RequestBody>>)> {
         let in_flight = backend.start_request();
         let (mut conn, _reused) = match backend.pool.checkout().await {
@@ -478,15 +550,7 @@ impl Proxy {
                     ),
                     Some(req),
                 )),
-                None => {
-                    let err = ProxyError::new(
-                        Source::Upstream,
-                        Kind::Reset(describe_hyper_error(e.error())),
-                        Retry::IfIdempotent,
-                    );
-                    self.upstream_failed(backend, &err, false);
-                    Err((err, None))
-                }
+                None => Err((self.send_failed(backend, e.error(), watch), None)),
             },
             Err(_elapsed) => {
                 let err = ProxyError::new(
@@ -498,6 +562,28 @@ impl Proxy {
                 Err((err, None))
             }
         }
+    }
+
+    /// A request that was (perhaps partly) sent got no response head: the
+    /// client's fault if its body failed (the backend's connection, holding
+    /// half a request, is closed by hyper and not blamed), else the
+    /// backend's, counted and told to health.
+    fn send_failed(
+        &self,
+        backend: &Arc<Backend>,
+        e: &hyper::Error,
+        watch: Option<&BodyWatch>,
+    ) -> ProxyError {
+        if let Some(fault) = watch.and_then(BodyWatch::fault) {
+            return body_fault_error(fault);
+        }
+        let err = ProxyError::new(
+            Source::Upstream,
+            Kind::Reset(describe_hyper_error(e)),
+            Retry::IfIdempotent,
+        );
+        self.upstream_failed(backend, &err, false);
+        err
     }
 
     /// No connection to `backend` could be made (nothing of the request was
@@ -540,15 +626,39 @@ impl Proxy {
         } = fwd;
         let backend = in_flight.backend().clone();
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && client_upgrade.is_none() {
+            let kind = Kind::Reset("the backend switched protocols unasked".into());
+            return self.reject_response(
+                kind,
+                (response.into_body(), conn, in_flight),
+                done,
+                reply,
+            );
+        }
         let backend_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, body) = response.into_parts();
+        // Both framings: `Transfer-Encoding` framed the body (hyper read it
+        // so), the length goes, and so does the connection (RFC 9112 6.3).
+        let reusable = !(parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && parts.headers.remove(header::CONTENT_LENGTH).is_some());
 
-        if let Err(cookie) =
-            self.scrub_response(&mut parts, &backend, settings, &reply.request_id, switching)
+        if let Err(cookie) = self.scrub_response(&mut parts, &backend, settings, &reply, switching)
         {
-            return self.reject_affinity(cookie, (body, conn, in_flight), done, reply);
+            let kind = Kind::AffinityRejected(cookie);
+            return self.reject_response(kind, (body, conn, in_flight), done, reply);
         }
-        parts.version = reply.version;
+        // An HTTP/1.0 client gets its answer in HTTP/1.0 from hyper, which
+        // keeps the connection open when the client asked to
+        // (`Connection: keep-alive`) only for a response given as HTTP/1.1.
+        parts.version = match reply.version {
+            Version::HTTP_10 => Version::HTTP_11,
+            v => v,
+        };
+        // Kept only for a body of known length: HTTP/1.0 has no chunks.
+        if reply.keep_alive_10 && body.size_hint().exact().is_some() {
+            let keep = HeaderValue::from_static("keep-alive");
+            parts.headers.insert(header::CONNECTION, keep);
+        }
 
         done.status = parts.status.as_u16();
         if let (Some((client, hold)), Some(upstream)) = (client_upgrade, backend_upgrade) {
@@ -559,20 +669,23 @@ impl Proxy {
             return Response::from_parts(parts, ResponseBody::empty().with_completion(done));
         }
         done.in_flight = Some(in_flight);
-        done.conn = Some(conn);
-        Response::from_parts(parts, ResponseBody::upstream(body, done))
+        done.conn = reusable.then_some(conn);
+        let body = ResponseBody::upstream(body, done).with_trailers(reply.trailers);
+        Response::from_parts(parts, body)
     }
 
     /// The response's side of the work, shared by both request paths: a
     /// backend asking to drain leaves rotation; affinity cookies are refused
-    /// (`Err` names one when the policy is `reject`); hop-by-hop headers go;
-    /// the request id (and, if asked for, the backend's name) are added.
+    /// (`Err` names one when the policy is `reject`); hop-by-hop headers go
+    /// (`Trailer` stays for a client that takes trailers, naming only those
+    /// passed on); the request id (and, if asked for, the backend's name)
+    /// are added.
     fn scrub_response(
         &self,
         parts: &mut http::response::Parts,
         backend: &Arc<Backend>,
         settings: &Settings,
-        request_id: &RequestId,
+        reply: &ReplyTo,
         switching: bool,
     ) -> Result<(), String> {
         if asks_to_drain(&parts.headers) && backend.transition(State::Healthy, State::Draining) {
@@ -585,10 +698,19 @@ impl Proxy {
         if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
             return Err(cookie);
         }
+        let announced = reply
+            .trailers
+            .then(|| headers::announced_trailers(&parts.headers));
         headers::remove_hop_by_hop(&mut parts.headers, switching);
+        if let Some(names) = announced.filter(|n| !n.is_empty()) {
+            let names: Vec<&str> = names.iter().map(http::HeaderName::as_str).collect();
+            if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+                parts.headers.insert(header::TRAILER, v);
+            }
+        }
         parts
             .headers
-            .insert(X_REQUEST_ID.clone(), request_id.to_header());
+            .insert(X_REQUEST_ID.clone(), reply.request_id.to_header());
         if let Some(name) = &settings.backend_header {
             if let Ok(v) = HeaderValue::from_str(&backend.name) {
                 parts.headers.insert(name.clone(), v);
@@ -597,12 +719,14 @@ impl Proxy {
         Ok(())
     }
 
-    /// A backend set an affinity cookie under policy `reject`: its response
-    /// becomes a 502 naming the cookie. The backend's body and connection are
-    /// dropped (not pooled: the body was not read) and its in-flight count released.
-    fn reject_affinity(
+    /// A response the client does not get: the backend set an affinity
+    /// cookie under policy `reject`, or answered what was not asked (a
+    /// `101`, counted against it). It becomes a 502; the backend's body and
+    /// connection are dropped (not pooled: the body was not read) and its
+    /// in-flight count released.
+    fn reject_response(
         &self,
-        cookie: String,
+        kind: Kind,
         upstream: (Incoming, Conn, InFlight),
         done: Completion,
         reply: ReplyTo,
@@ -610,9 +734,12 @@ impl Proxy {
         let (body, conn, in_flight) = upstream;
         let backend = in_flight.backend().clone();
         drop((body, conn, in_flight));
-        let kind = Kind::AffinityRejected(cookie);
+        let invalid = matches!(kind, Kind::Reset(_));
         let error =
             ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
+        if invalid {
+            self.upstream_failed(&backend, &error, false);
+        }
         let backend = Some(backend);
         self.fail(Failed { error, backend }, done, reply)
     }
@@ -626,8 +753,13 @@ impl Proxy {
         let Failed { error, backend } = failed;
         tracing::debug!(error = %error, "request failed");
         let status = error.status();
-        done.status = status.as_u16();
+        // A client that left gets nothing: logged as `client_closed`.
+        done.status = match error.kind {
+            Kind::ClientGone => 0,
+            _ => status.as_u16(),
+        };
         done.backend = backend;
+        done.client_error = error.client_kind();
         let mut response = if reply.grpc {
             grpc_error_response(error.grpc_status(), &error.to_string())
         } else {
@@ -636,6 +768,12 @@ impl Proxy {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), reply.request_id.to_header());
+        // A request refused for what the client sent ends its HTTP/1
+        // connection (whose next bytes can no longer be trusted).
+        if error.source == Source::Client && reply.version != Version::HTTP_2 {
+            let close = HeaderValue::from_static("close");
+            response.headers_mut().insert(header::CONNECTION, close);
+        }
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.with_completion(done))
     }
@@ -686,6 +824,7 @@ fn prepare_request(
     upgrade: bool,
 ) {
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::one_content_length(&mut parts.headers);
     // Room for the four headers added below, so the map grows once, not
     // once per insert (hyper sizes it to the headers the client sent).
     parts.headers.reserve(4);
@@ -729,22 +868,55 @@ fn clone_request(r: &Request<RequestBody>) -> Request<RequestBody> {
     copy
 }
 
+/// The request body as it goes to a backend: none, held whole for a replay
+/// (`replay`), or streamed; a body announced over `limits.max_request_body`
+/// is refused before any backend sees the request. A streamed body's watch
+/// goes in `done`, so a response it cuts short is the client's doing.
+async fn request_body(
+    body: Incoming,
+    s: &Settings,
+    replay: bool,
+    done: &mut Completion,
+) -> Result<RequestBody, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(RequestBody::Empty);
+    }
+    let watch = Arc::new(BodyWatch::default());
+    let body = ClientBody::new(body, s.max_request_body, watch.clone());
+    if body.announced_too_large() {
+        return Err(ProxyError::client(Kind::BodyTooLarge(s.max_request_body)));
+    }
+    done.client_body = Some(watch);
+    if replay {
+        buffer_for_replay(body, s.retries.replay_buffer).await
+    } else {
+        Ok(RequestBody::Stream(body))
+    }
+}
+
+/// The client's error for a body fault.
+fn body_fault_error(fault: BodyFault) -> ProxyError {
+    ProxyError::client(match fault {
+        BodyFault::Malformed => Kind::BadRequest("the request body is malformed".into()),
+        BodyFault::Gone => Kind::ClientGone,
+        BodyFault::TimedOut => Kind::ClientTimeout,
+        BodyFault::TooLarge(limit) => Kind::BodyTooLarge(limit),
+    })
+}
+
 /// Reads up to `limit` bytes of the body so the request can be replayed.
 /// A larger body is streamed on (with the part already read in front) and
 /// cannot be replayed.
-async fn buffer_for_replay(mut body: Incoming, limit: usize) -> Result<RequestBody, ProxyError> {
+async fn buffer_for_replay(mut body: ClientBody, limit: usize) -> Result<RequestBody, ProxyError> {
     if body.size_hint().exact().is_some_and(|n| n as usize > limit) || limit == 0 {
         return Ok(RequestBody::Stream(body));
     }
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ProxyError::new(
-                Source::Client,
-                Kind::BadRequest(format!("could not read the request body: {e}")),
-                Retry::Never,
-            )
-        })?;
+        let Ok(frame) = frame else {
+            let fault = body.watch().fault().unwrap_or(BodyFault::Gone);
+            return Err(body_fault_error(fault));
+        };
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > limit {

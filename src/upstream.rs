@@ -18,11 +18,12 @@ use crate::config::{BackendSpec, UpstreamProtocol};
 use crate::metrics::{BackendMetrics, Metrics};
 
 mod body;
+mod checked;
 pub mod discovery;
 mod pool;
 pub mod raw;
 
-pub use body::RequestBody;
+pub use body::{BodyFault, BodyWatch, BoxError, ClientBody, RequestBody};
 pub use pool::{worker, Conn, ConnectError, Pool, PoolSettings};
 
 /// Why a backend is out of rotation.
@@ -175,6 +176,11 @@ impl Backend {
             self.on_state_change(to);
         }
         moved
+    }
+
+    /// Failed requests in a row (passive health ejects at a threshold).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
     }
 
     /// Sets the state whatever it was. Returns the previous state.

@@ -163,6 +163,8 @@ struct ConnActivity {
     head_started: AtomicU64,
     /// Set once an HTTP/2 preface is seen: no per-request head timeout.
     http2: AtomicBool,
+    /// Set when a request line too long was answered 414.
+    uri_too_long: AtomicBool,
     start: Instant,
 }
 
@@ -205,6 +207,7 @@ pub async fn serve_connection<I>(
         idle_since: AtomicU64::new(0),
         head_started: AtomicU64::new(0),
         http2: AtomicBool::new(false),
+        uri_too_long: AtomicBool::new(false),
         start: Instant::now(),
     });
     let io = WatchedIo {
@@ -212,11 +215,13 @@ pub async fn serve_connection<I>(
         prefix,
         activity: activity.clone(),
         first_read: true,
+        line: LineWatch::new(opts.max_header_bytes),
     };
     // Every tunnel made from this connection holds a sender: the connection
     // stays counted as open (for the drain and the connection limit) until
     // the last tunnel closes.
     let (tunnels, mut tunnels_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let metrics = proxy.metrics.clone();
     let service = {
         let activity = activity.clone();
         let shutdown = shutdown.clone();
@@ -264,6 +269,7 @@ pub async fn serve_connection<I>(
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(client = %client.addr, error = %e, "client connection error");
+                    count_client_fault(&metrics, &*e);
                 }
                 break;
             }
@@ -297,10 +303,27 @@ pub async fn serve_connection<I>(
             }
         }
     }
+    if activity.uri_too_long.load(Ordering::Relaxed) {
+        metrics.client_error(crate::metrics::ClientErrorKind::UriTooLong);
+    }
     // An upgraded connection lives on in its tunnel (which closes itself at
     // `Phase::Close`); wait for it.
     drop(conn);
     let _ = tunnels_closed.recv().await;
+}
+
+/// Counts a request hyper refused before it became one (a head it could
+/// not parse, or one too large: hyper answered it 400, 414 or 431).
+fn count_client_fault(metrics: &crate::metrics::Metrics, e: &(dyn std::error::Error + 'static)) {
+    use crate::metrics::ClientErrorKind;
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    if e.is_parse_too_large() {
+        metrics.client_error(ClientErrorKind::HeaderTooLarge);
+    } else if e.is_parse() {
+        metrics.client_error(ClientErrorKind::BadRequest);
+    }
 }
 
 /// Put on an upgrade request by the server: the tunnel that the upgrade
@@ -356,14 +379,60 @@ struct WatchedIo<I> {
     prefix: bytes::Bytes,
     activity: Arc<ConnActivity>,
     first_read: bool,
+    line: LineWatch,
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
+/// A request line that grows past the head limit is answered `414 URI Too
+/// Long` here: hyper would read it as a head too large (431), since it only
+/// tells a long target from a large head once the whole head is in. Lines
+/// are watched from the first byte read while no request is in flight
+/// (a request pipelined behind another is hyper's to judge).
+struct LineWatch {
+    limit: usize,
+    /// Bytes of the request line read so far (None: not in one).
+    read: Option<usize>,
+    /// Bytes of the 414 answer written, once the line is refused.
+    refused: Option<usize>,
+}
+
+const URI_TOO_LONG: &[u8] =
+    b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+impl LineWatch {
+    fn new(limit: usize) -> LineWatch {
+        LineWatch {
+            limit,
+            read: None,
+            refused: None,
+        }
+    }
+
+    /// Notes bytes read; true once the line is too long.
+    fn read(&mut self, got: &[u8], head_starts: bool) -> bool {
+        if head_starts {
+            self.read = Some(0);
+        }
+        let Some(so_far) = self.read else {
+            return false;
+        };
+        if got.contains(&b'\n') {
+            self.read = None;
+            return false;
+        }
+        self.read = Some(so_far + got.len());
+        so_far + got.len() >= self.limit
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.line.refused.is_some() {
+            return self.refuse_line(cx);
+        }
         let before = buf.filled().len();
         let res = if self.prefix.is_empty() {
             Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -382,12 +451,42 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
                 }
                 this.first_read = false;
             }
-            if a.active.load(Ordering::Relaxed) == 0 && a.head_started.load(Ordering::Relaxed) == 0
-            {
+            let head_starts = a.active.load(Ordering::Relaxed) == 0
+                && a.head_started.load(Ordering::Relaxed) == 0;
+            if head_starts {
                 a.head_started.store(a.now() + 1, Ordering::Relaxed);
+            }
+            let http2 = a.http2.load(Ordering::Relaxed);
+            if !http2 && this.line.read(got, head_starts) {
+                // Not passed on: hyper sees the connection end instead.
+                buf.set_filled(before);
+                this.line.refused = Some(0);
+                this.activity.uri_too_long.store(true, Ordering::Relaxed);
+                return this.refuse_line(cx);
             }
         }
         res
+    }
+}
+
+impl<I: AsyncWrite + Unpin> WatchedIo<I> {
+    /// Writes the 414 answer to a request line too long, then reads as the
+    /// end of the connection.
+    fn refuse_line(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut written = self.line.refused.unwrap_or(0);
+        while written < URI_TOO_LONG.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &URI_TOO_LONG[written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => written += n,
+                Poll::Ready(_) => break,
+                Poll::Pending => {
+                    self.line.refused = Some(written);
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.line.refused = Some(URI_TOO_LONG.len());
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -20,9 +20,10 @@ use tokio::time::Instant;
 
 use super::{Phase, Reached, ServerOptions, Shutdown, Speak};
 use crate::http1;
+use crate::metrics::ClientErrorKind;
 use crate::proxy::h1::{LazyTimer, Next, Request, Reuse};
 use crate::proxy::request_head::Scan;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::proxy::{ClientInfo, Proxy, Settings};
 
 /// Free space kept in the read buffer before each read.
 const READ_SPACE: usize = 4 * 1024;
@@ -51,6 +52,23 @@ enum Wait {
     Draining,
 }
 
+/// Why the fast path stops serving a connection.
+enum Stop {
+    /// Close it: the client left, idled out, or the server drains.
+    Close,
+    /// Hand it to hyper with every byte read so far.
+    Handover,
+    /// Answer the client's fault with its status, count it, and close.
+    Refuse(ClientErrorKind),
+}
+
+/// A request ready for `Proxy::serve_h1`.
+struct Ready {
+    request: Request,
+    settings: Arc<Settings>,
+    keep_alive: bool,
+}
+
 /// Serves requests on `io` until it closes or a request needs hyper.
 pub async fn serve<I>(
     io: &mut I,
@@ -68,108 +86,30 @@ where
     let mut timer = LazyTimer::new();
     let mut drain = shutdown.reached(Phase::Drain);
     loop {
-        // A request head: the idle timeout runs until its first byte, the
-        // header timeout from then on.
-        let mut head_deadline: Option<Instant> = None;
-        let head = loop {
-            match http1::parse_request_head(&reuse.input, opts.max_header_bytes, &mut reuse.fields)
-            {
-                Ok(Some(head)) => break head,
-                Ok(None) => {}
-                // HTTP/2 with prior knowledge: hyper serves it, or (with
-                // HTTP/2 off) turns it away, as it did before the fast path.
-                Err(_) if reuse.input.starts_with(H2_PREFACE) => {
-                    return Outcome::Handover(std::mem::take(&mut reuse.input).freeze());
-                }
-                // The start of an HTTP/2 preface that arrived in pieces: wait for the rest.
-                Err(_) if H2_PREFACE.starts_with(&reuse.input) => {}
-                Err(e) => {
-                    let status = match e {
-                        http1::HeadError::TooLarge => "431 Request Header Fields Too Large",
-                        http1::HeadError::Malformed(_) => "400 Bad Request",
-                    };
-                    reject(io, status).await;
-                    return Outcome::Closed;
-                }
+        let next = match read_request(io, &mut reuse, &mut timer, &mut drain, proxy, opts).await {
+            Ok(ready) => {
+                proxy
+                    .serve_h1(
+                        ready.request,
+                        ready.settings,
+                        client,
+                        io,
+                        &mut reuse,
+                        ready.keep_alive,
+                    )
+                    .await
             }
-            let idle = reuse.input.is_empty();
-            let deadline = if idle {
-                Instant::now() + opts.client_idle
-            } else {
-                *head_deadline.get_or_insert_with(|| Instant::now() + opts.client_header)
-            };
-            let draining = if idle { Some(&mut drain) } else { None };
-            // The header timeout is armed (above) only if a head has to
-            // wait for more bytes, a few microseconds after its first ones
-            // came: a head that came whole reads no clock.
-            match read_more(io, &mut reuse.input, &mut timer, deadline, draining).await {
-                Wait::Data => {}
-                Wait::Closed | Wait::TimedOut | Wait::Draining => return Outcome::Closed,
+            Err(Stop::Close) => Next::Close,
+            Err(Stop::Handover) => {
+                // Not a byte of the request consumed: hyper reads it afresh.
+                return Outcome::Handover(std::mem::take(&mut reuse.input).freeze());
             }
-        };
-
-        let settings = proxy.settings();
-        let bytes = &reuse.input[..head.len];
-        let scan = Scan::of(bytes, &reuse.fields, &settings.affinity);
-        let framing = match scan.framing(bytes, &reuse.fields) {
-            Ok(f) => f,
-            Err(_) => {
-                reject(io, "400 Bad Request").await;
+            Err(Stop::Refuse(kind)) => {
+                proxy.metrics.client_error(kind);
+                reject(io, kind).await;
                 return Outcome::Closed;
             }
         };
-        // A body is read whole before the request goes on, so only one that
-        // fits the replay buffer (and so can be retried) is served here.
-        let body_len = match framing {
-            http1::Framing::None => Some(None),
-            http1::Framing::Length(n) if n <= proxy.replay_limit() as u64 => Some(Some(n as usize)),
-            _ => None,
-        };
-        let body_len = match body_len {
-            Some(len) if servable(&head, &scan, reuse.fields.len(), opts, proxy) => len,
-            // Not a byte of it consumed: hyper reads the request afresh.
-            _ => return Outcome::Handover(std::mem::take(&mut reuse.input).freeze()),
-        };
-
-        // Most heads go to the backend from where they lie; the rest are
-        // rewritten over a `HeaderMap` (see `proxy::request_head`).
-        let in_place = !scan.needs_map(bytes, &head);
-        let mut parts = None;
-        if !in_place {
-            let bytes = reuse.input.split_to(head.len).freeze();
-            match http1::request_parts(&bytes, &head, &reuse.fields, &mut reuse.headers) {
-                Ok(p) => parts = Some(p),
-                Err(_) => {
-                    reject(io, "400 Bad Request").await;
-                    return Outcome::Closed;
-                }
-            }
-        }
-        // The body follows the head (still in `input` if passed on in place).
-        let body_at = if in_place { head.len } else { 0 };
-        let n = body_len.unwrap_or(0);
-        while reuse.input.len() < body_at + n {
-            let deadline = Instant::now() + opts.client_idle;
-            match read_more(io, &mut reuse.input, &mut timer, deadline, None).await {
-                Wait::Data => {}
-                _ => return Outcome::Closed,
-            }
-        }
-        let keep_alive = !scan.close && shutdown.phase() == Phase::Running;
-        let request = match parts {
-            None => Request::InPlace {
-                head,
-                scan,
-                body_len,
-            },
-            Some(parts) => Request::Parts {
-                parts,
-                body: body_len.map(|n| reuse.input.split_to(n).freeze()),
-            },
-        };
-        let next = proxy
-            .serve_h1(request, settings, client, io, &mut reuse, keep_alive)
-            .await;
         if next == Next::Close || shutdown.phase() != Phase::Running {
             let _ = io.shutdown().await;
             return Outcome::Closed;
@@ -179,6 +119,173 @@ where
             reuse.scratch = Vec::new();
         }
     }
+}
+
+/// Reads the next request the fast path serves: its head, then a body that
+/// fits the replay buffer (read whole: it may be sent again). Heads that
+/// go to the backend as they are stay in `reuse.input`; others are made
+/// into `http` parts (see `proxy::request_head`).
+async fn read_request<I>(
+    io: &mut I,
+    reuse: &mut Reuse,
+    timer: &mut LazyTimer,
+    drain: &mut Reached,
+    proxy: &Proxy,
+    opts: &ServerOptions,
+) -> Result<Ready, Stop>
+where
+    I: AsyncRead + Unpin,
+{
+    let head = read_head(io, reuse, timer, drain, opts).await?;
+    let settings = proxy.settings();
+    let bytes = &reuse.input[..head.len];
+    let scan = Scan::of(
+        bytes,
+        &reuse.fields,
+        &settings.affinity,
+        settings.underscores_in_headers,
+    );
+    let body_len = body_len(&head, &scan, &reuse.fields, reuse, opts, proxy, &settings)?;
+
+    // Most heads go to the backend from where they lie; the rest are
+    // rewritten over a `HeaderMap` (see `proxy::request_head`).
+    let in_place = !scan.needs_map(bytes, &head);
+    let mut parts = None;
+    if !in_place {
+        let bytes = reuse.input.split_to(head.len).freeze();
+        let p = http1::request_parts(&bytes, &head, &reuse.fields, &mut reuse.headers);
+        parts = Some(p.map_err(|_| Stop::Refuse(ClientErrorKind::BadRequest))?);
+    }
+    // The body follows the head (still in `input` if passed on in place).
+    let body_at = if in_place { head.len } else { 0 };
+    read_body(io, reuse, timer, body_at + body_len.unwrap_or(0), opts).await?;
+    let keep_alive = !scan.close && reuse.shutdown.phase() == Phase::Running;
+    let request = match parts {
+        None => Request::InPlace {
+            head,
+            scan,
+            body_len,
+        },
+        Some(parts) => Request::Parts {
+            parts,
+            body: body_len.map(|n| reuse.input.split_to(n).freeze()),
+        },
+    };
+    Ok(Ready {
+        request,
+        settings,
+        keep_alive,
+    })
+}
+
+/// Reads a request head into `reuse.input` (its fields in `reuse.fields`):
+/// the idle timeout runs until its first byte, the header timeout from
+/// then on.
+async fn read_head<I>(
+    io: &mut I,
+    reuse: &mut Reuse,
+    timer: &mut LazyTimer,
+    drain: &mut Reached,
+    opts: &ServerOptions,
+) -> Result<http1::RequestHead, Stop>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut head_deadline: Option<Instant> = None;
+    loop {
+        match http1::parse_request_head(&reuse.input, opts.max_header_bytes, &mut reuse.fields) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            // HTTP/2 with prior knowledge: hyper serves it, or (with
+            // HTTP/2 off) turns it away, as it did before the fast path.
+            Err(_) if reuse.input.starts_with(H2_PREFACE) => return Err(Stop::Handover),
+            // The start of an HTTP/2 preface that arrived in pieces: wait for the rest.
+            Err(_) if H2_PREFACE.starts_with(&reuse.input) => {}
+            Err(e) => return Err(refusal(e)),
+        }
+        let idle = reuse.input.is_empty();
+        let deadline = if idle {
+            Instant::now() + opts.client_idle
+        } else {
+            *head_deadline.get_or_insert_with(|| Instant::now() + opts.client_header)
+        };
+        let draining = if idle { Some(&mut *drain) } else { None };
+        // The header timeout is armed (above) only if a head has to wait
+        // for more bytes, a few microseconds after its first ones came: a
+        // head that came whole reads no clock.
+        match read_more(io, &mut reuse.input, timer, deadline, draining).await {
+            Wait::Data => {}
+            // A head begun and not finished in time is answered 408.
+            Wait::TimedOut if !idle => return Err(Stop::Refuse(ClientErrorKind::Timeout)),
+            Wait::Closed | Wait::TimedOut | Wait::Draining => return Err(Stop::Close),
+        }
+    }
+}
+
+/// The length of the body the fast path reads for this request (None: no
+/// body), or why it does not serve it: hyper serves what the fast path
+/// does not (`Stop::Handover`), and a client's broken framing or a body
+/// over the limit is refused.
+fn body_len(
+    head: &http1::RequestHead,
+    scan: &Scan,
+    fields: &[http1::HeaderIndices],
+    reuse: &Reuse,
+    opts: &ServerOptions,
+    proxy: &Proxy,
+    settings: &Settings,
+) -> Result<Option<usize>, Stop> {
+    let bytes = &reuse.input[..head.len];
+    let framing = scan.framing(bytes, fields).map_err(refusal)?;
+    if let http1::Framing::Length(n) = framing {
+        if settings.max_request_body != 0 && n > settings.max_request_body {
+            return Err(Stop::Refuse(ClientErrorKind::BodyTooLarge));
+        }
+    }
+    // A body is read whole before the request goes on, so only one that
+    // fits the replay buffer (and so can be retried) is served here.
+    let len = match framing {
+        http1::Framing::None => None,
+        http1::Framing::Length(n) if n <= proxy.replay_limit() as u64 => Some(n as usize),
+        _ => return Err(Stop::Handover),
+    };
+    if !servable(head, scan, fields.len(), opts, proxy) {
+        return Err(Stop::Handover);
+    }
+    Ok(len)
+}
+
+/// Reads until `reuse.input` holds `len` bytes: a client that stops
+/// sending for the idle timeout is answered 408, one that leaves is gone.
+async fn read_body<I>(
+    io: &mut I,
+    reuse: &mut Reuse,
+    timer: &mut LazyTimer,
+    len: usize,
+    opts: &ServerOptions,
+) -> Result<(), Stop>
+where
+    I: AsyncRead + Unpin,
+{
+    while reuse.input.len() < len {
+        let deadline = Instant::now() + opts.client_idle;
+        match read_more(io, &mut reuse.input, timer, deadline, None).await {
+            Wait::Data => {}
+            Wait::TimedOut => return Err(Stop::Refuse(ClientErrorKind::Timeout)),
+            Wait::Closed | Wait::Draining => return Err(Stop::Refuse(ClientErrorKind::Aborted)),
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a request head the client got wrong.
+fn refusal(e: http1::HeadError) -> Stop {
+    Stop::Refuse(match e {
+        http1::HeadError::TooLarge => ClientErrorKind::HeaderTooLarge,
+        http1::HeadError::LineTooLong => ClientErrorKind::UriTooLong,
+        http1::HeadError::UnknownCoding => ClientErrorKind::NotImplemented,
+        http1::HeadError::Malformed(_) => ClientErrorKind::BadRequest,
+    })
 }
 
 /// True if the fast path serves this request (given a small body) with
@@ -233,11 +340,24 @@ where
     .await
 }
 
-/// Answers a request the server cannot read, and closes.
-async fn reject<I>(io: &mut I, status: &str)
+/// Answers a request the server will not serve with its status (nothing
+/// to a client that left), and closes.
+async fn reject<I>(io: &mut I, kind: ClientErrorKind)
 where
     I: AsyncWrite + Unpin,
 {
+    let status = match kind {
+        ClientErrorKind::BadRequest => "400 Bad Request",
+        ClientErrorKind::Timeout => "408 Request Timeout",
+        ClientErrorKind::BodyTooLarge => "413 Payload Too Large",
+        ClientErrorKind::UriTooLong => "414 URI Too Long",
+        ClientErrorKind::HeaderTooLarge => "431 Request Header Fields Too Large",
+        ClientErrorKind::NotImplemented => "501 Not Implemented",
+        ClientErrorKind::Aborted => {
+            let _ = io.shutdown().await;
+            return;
+        }
+    };
     let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     let _ = io.write_all(response.as_bytes()).await;
     let _ = io.shutdown().await;
