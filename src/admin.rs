@@ -1,7 +1,7 @@
 //! The admin listener: liveness, readiness, Prometheus metrics and the
 //! backend API, apart from the proxy port.
 //!
-//! Endpoints (see the README's "Admin API and metrics"):
+//! Endpoints (see docs/admin-api.md and docs/metrics.md):
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when a backend is in rotation and the process is not draining, else 503.
 //! - `GET /metrics`: Prometheus text exposition.
@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use crate::proxy::Proxy;
 use crate::proxy::ResponseBody;
 use crate::reload::{ReloadError, Reloader, Trigger};
-use crate::server::{Phase, Shutdown};
+use crate::shutdown::{Phase, Shutdown};
 use crate::timefmt::Rfc3339;
 use crate::upstream::{Backend, State};
 

@@ -10,15 +10,16 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::config::{BackendSpec, Config};
+use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::proxy::{AccessLogger, Proxy, Settings};
 use crate::reload::{self, Reloader, Source};
-use crate::server::{self, Phase, ServerOptions, Shutdown};
+use crate::server::{self, ServerOptions};
+use crate::shutdown::{Phase, Shutdown};
 use crate::tls::{Reload, ServerCerts, TlsError};
-use crate::upstream::discovery::{Discovery, MakeBackend, Resolve, SystemResolver};
-use crate::upstream::{worker, Backend, PoolSettings, Upstreams};
+use crate::upstream::discovery::{Discovery, Resolve, SystemResolver};
+use crate::upstream::{self, worker, Upstreams};
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,26 +74,6 @@ impl Default for StartOptions {
             watch: None,
         }
     }
-}
-
-/// The pool settings a config asks for, with the client configs for TLS
-/// backends (`upstream_tls`: CA file or the built-in roots, client certificate).
-pub fn pool_settings(config: &Config) -> Result<PoolSettings, TlsError> {
-    Ok(PoolSettings {
-        connect_timeout: config.timeouts.connect,
-        idle_timeout: config.timeouts.upstream_idle,
-        max_idle: config.limits.upstream_idle_per_backend,
-        tls: Some(crate::tls::client_configs(&config.upstream_tls)?),
-    })
-}
-
-/// Makes backends as `config` wants them (pool settings, metrics).
-pub fn backend_factory(config: &Config, metrics: &Metrics) -> Result<MakeBackend, TlsError> {
-    let pool = pool_settings(config)?;
-    let metrics = metrics.clone();
-    Ok(Arc::new(move |spec: &BackendSpec, addr: SocketAddr| {
-        Backend::new(spec.clone(), addr, pool.clone(), &metrics)
-    }))
 }
 
 // === impl App ===
@@ -173,7 +154,7 @@ impl App {
             upstreams.clone(),
             metrics.clone(),
             resolver,
-            backend_factory(&config, &metrics)?,
+            upstream::backend_factory(&config, &metrics)?,
             config.discovery.clone(),
         );
         discovery

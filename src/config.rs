@@ -150,6 +150,12 @@ pub struct Timeouts {
     pub client_header: Duration,
     /// A client keep-alive connection with no request in flight is closed after this.
     pub client_idle: Duration,
+    /// While a request is under way, a client that sends none of its body
+    /// or takes none of its response for this long is cut off.
+    pub client_stall: Duration,
+    /// Once a response head is in, a backend that sends none of its body for
+    /// this long is cut off (the client's response ends short).
+    pub upstream_stall: Duration,
     /// A pooled backend connection unused for this long is closed.
     pub upstream_idle: Duration,
     /// On shutdown, requests in flight get this long to finish.
@@ -299,9 +305,18 @@ impl RawConfig {
             })?,
             None => String::new(),
         };
+        RawConfig::parse(&text, file, overrides)
+    }
+
+    /// [`RawConfig::load`] for a file's text (`file` names it in errors).
+    pub fn parse(
+        text: &str,
+        file: Option<&Path>,
+        overrides: &[Override],
+    ) -> Result<(RawConfig, Config), ConfigError> {
         let locator = Locator {
             path: file.map(Path::to_owned),
-            text: &text,
+            text,
             overrides,
         };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {

@@ -254,12 +254,13 @@ impl Demo {
             .map_or("PID".into(), |p| p.to_string());
         out.push_str(&format!(
             "\ntry:\n  \
-             curl -c jar -d user=ada {url}/login\n  \
-             curl -b jar -i {url}/whoami        # X-Instance-Id changes, the user does not\n  \
-             curl -b jar -d item=tea {url}/cart\n  \
-             curl -b jar {url}/cart\n  \
-             curl -b jar -X POST {url}/counter\n  \
-             kill -9 {pid}                        # kill an instance: the session survives and it comes back\n\n\
+             jar=$(mktemp)                            # the cookie jar, in a temp file\n  \
+             curl -c \"$jar\" -d user=ada {url}/login\n  \
+             curl -b \"$jar\" -i {url}/whoami        # X-Instance-Id changes, the user does not\n  \
+             curl -b \"$jar\" -d item=tea {url}/cart\n  \
+             curl -b \"$jar\" {url}/cart\n  \
+             curl -b \"$jar\" -X POST {url}/counter\n  \
+             kill -9 {pid}                            # kill an instance: the session survives and it comes back\n\n\
              Ctrl-C stops everything.\n"
         ));
         out

@@ -7,6 +7,7 @@
 //! - [`cli`]: clap subcommands (`serve`, `check`, ...); flags and env override the file.
 //! - [`app`]: wires a `Config` into a running balancer (listeners, proxy, health, admin).
 //! - [`server`]: accept loop, connection limits, client timeouts, HTTP/1 (fast path, else hyper) and HTTP/2, graceful drain.
+//! - [`shutdown`]: the server's phase (running, draining, closing), shared by the server, the proxy and the admin listener.
 //! - [`affinity`]: refuses load-balancer affinity cookies in both directions, and reports who set them.
 //! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond (hyper, or the HTTP/1 fast path in `proxy::h1`).
 //! - [`balancer`]: `pick(&self, healthy)`; never sees a request. One file per algorithm.
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod shutdown;
 pub mod testkit;
 pub mod timefmt;
 pub mod tls;

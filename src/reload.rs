@@ -144,6 +144,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "access_log",
     "timeouts.client_header",
     "timeouts.client_idle",
+    "timeouts.client_stall",
     "timeouts.drain",
     "limits.max_connections",
     "limits.max_header_bytes",
@@ -193,6 +194,8 @@ const FIELDS: &[(&str, Field)] = &[
     }),
     ("timeouts.client_header", |c| d(c.timeouts.client_header)),
     ("timeouts.client_idle", |c| d(c.timeouts.client_idle)),
+    ("timeouts.client_stall", |c| d(c.timeouts.client_stall)),
+    ("timeouts.upstream_stall", |c| d(c.timeouts.upstream_stall)),
     ("timeouts.upstream_idle", |c| d(c.timeouts.upstream_idle)),
     ("timeouts.drain", |c| d(c.timeouts.drain)),
     ("limits.max_connections", |c| d(c.limits.max_connections)),
@@ -273,6 +276,7 @@ fn keep_restart_only(new: &mut Config, running: &Config) {
     new.access_log = running.access_log;
     new.timeouts.client_header = running.timeouts.client_header;
     new.timeouts.client_idle = running.timeouts.client_idle;
+    new.timeouts.client_stall = running.timeouts.client_stall;
     new.timeouts.drain = running.timeouts.drain;
     new.limits.max_connections = running.limits.max_connections;
     new.limits.max_header_bytes = running.limits.max_header_bytes;
@@ -394,7 +398,7 @@ impl Reloader {
         proxy.health.set_config(new.health.clone());
         self.watch.store(new.reload.watch, Ordering::Relaxed);
         let renew = summary.applied.iter().any(|k| POOL_KEYS.contains(k));
-        let make = match renew.then(|| crate::app::backend_factory(&new, &proxy.metrics)) {
+        let make = match renew.then(|| crate::upstream::backend_factory(&new, &proxy.metrics)) {
             Some(Ok(make)) => Some(make),
             Some(Err(e)) => {
                 tracing::error!(error = %e, "backend TLS settings could not be loaded: pools keep their old settings");
@@ -557,6 +561,8 @@ mod tests {
             | "timeouts.response_header"
             | "timeouts.client_header"
             | "timeouts.client_idle"
+            | "timeouts.client_stall"
+            | "timeouts.upstream_stall"
             | "timeouts.upstream_idle"
             | "timeouts.drain" => "7s",
             "limits.max_connections"

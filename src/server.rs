@@ -12,29 +12,32 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use prometheus::IntGauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Http2};
 use crate::proxy::{ClientInfo, Proxy};
 
 pub mod balance;
+mod clock;
 mod conn;
 pub mod fast;
 mod handshake;
 mod redirect;
-mod shutdown;
 
-pub use conn::{serve_connection, Builders, Speak, TrackedBody, TunnelHold};
+use crate::shutdown::{Phase, Reached, Shutdown, TunnelHold};
+use conn::{serve_connection, Accept};
+pub use conn::{Builders, Speak, TrackedBody};
 use handshake::{accept_tls, handshake_failed, HandshakeError};
 pub use redirect::serve_redirect;
-pub use shutdown::{Phase, Reached, Shutdown};
 
 /// Client-side settings of the listener.
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     pub client_header: Duration,
     pub client_idle: Duration,
+    /// A client that sends none of a request body, or takes none of its
+    /// response, for this long is cut off.
+    pub client_stall: Duration,
     pub drain: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -58,6 +64,7 @@ impl ServerOptions {
             max_connections: c.limits.max_connections,
             client_header: c.timeouts.client_header,
             client_idle: c.timeouts.client_idle,
+            client_stall: c.timeouts.client_stall,
             drain: c.timeouts.drain,
             max_header_bytes: c.limits.max_header_bytes,
             max_headers: c.limits.max_headers,
@@ -89,6 +96,28 @@ impl OpenConns {
     }
 }
 
+/// What every connection a worker serves shares.
+struct Worker {
+    proxy: Arc<Proxy>,
+    opts: ServerOptions,
+    builders: Builders,
+    acceptor: Option<TlsAcceptor>,
+    shutdown: Shutdown,
+    open: OpenConns,
+    balance: balance::Balance,
+    /// This worker's `unstick_worker_connections` gauge.
+    worker_open: IntGauge,
+}
+
+/// The next connection for this worker to serve, if any.
+enum Accepted {
+    Serve(TcpStream, SocketAddr, OwnedSemaphorePermit),
+    /// Handed to another worker, lost in the handing, or an accept error.
+    Elsewhere,
+    /// The drain began: accept no more.
+    Drain,
+}
+
 /// Serves `listener` until `shutdown` reaches `Drain`, then drains: waits for
 /// open connections to finish, at most `opts.drain`, and returns.
 ///
@@ -102,122 +131,139 @@ pub async fn serve(
     limit: Arc<Semaphore>,
     seat: balance::Seat,
 ) -> io::Result<()> {
-    let opts = Arc::new(opts);
-    let open = Arc::new(OpenConns::default());
-    let builders = Arc::new(Builders::new(&opts));
-    let acceptor = opts.tls.clone().map(TlsAcceptor::from);
     let balance::Seat { balance, mut inbox } = seat;
     let worker_open = proxy
         .metrics
         .worker_connections
         .with_label_values(&[&balance.worker().to_string()]);
-
+    let worker = Arc::new(Worker {
+        builders: Builders::new(&opts),
+        acceptor: opts.tls.clone().map(TlsAcceptor::from),
+        proxy,
+        opts,
+        shutdown: shutdown.clone(),
+        open: OpenConns::default(),
+        balance,
+        worker_open,
+    });
     {
         let mut drain = pin!(shutdown.reached(Phase::Drain));
         loop {
-            let placed = tokio::select! {
-                _ = &mut drain => break,
-                handed = inbox.recv() => match handed {
-                    Some(h) => balance.receive(h),
-                    None => continue,
-                },
-                accepted = listener.accept() => {
-                    let (stream, addr) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off, don't spin.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    // The permit is taken after the accept, holding at most
-                    // one accepted connection per worker while the limit is
-                    // reached. Taken before it, an idle worker would sit on a
-                    // permit while a connection the kernel queued on another
-                    // worker's listener waited for one: with workers sharing
-                    // one limit, a freed slot could then go to a worker with
-                    // nothing to serve.
-                    let permit = tokio::select! {
-                        _ = &mut drain => break,
-                        p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-                    };
-                    let _ = stream.set_nodelay(true);
-                    balance.place(stream, addr, permit)
+            let next = next_connection(&listener, &mut inbox, &limit, &worker, drain.as_mut());
+            match next.await {
+                Accepted::Serve(stream, addr, permit) => {
+                    let at = Instant::now();
+                    worker.opened();
+                    let worker = worker.clone();
+                    tokio::spawn(async move {
+                        worker.serve(stream, addr, at).await;
+                        worker.closed();
+                        drop(permit);
+                    });
                 }
-            };
-            // Handed to another worker (or lost in the handing): nothing here.
-            let Some((stream, addr, permit)) = placed else {
-                continue;
-            };
-            open.count.fetch_add(1, Ordering::AcqRel);
-            proxy.metrics.connections_open.inc();
-            worker_open.inc();
-            let (proxy, opts, builders, open, shutdown, acceptor) = (
-                proxy.clone(),
-                opts.clone(),
-                builders.clone(),
-                open.clone(),
-                shutdown.clone(),
-                acceptor.clone(),
-            );
-            let (balance, worker_open) = (balance.clone(), worker_open.clone());
-            tokio::spawn(async move {
-                match acceptor {
-                    None => {
-                        let client = ClientInfo::new(addr, false);
-                        let speak = builders.cleartext();
-                        serve_connection(
-                            stream,
-                            client,
-                            proxy.clone(),
-                            &opts,
-                            &builders,
-                            speak,
-                            shutdown,
-                        )
-                        .await;
-                    }
-                    Some(acceptor) => {
-                        let handshake = tokio::select! {
-                            r = accept_tls(stream, &acceptor, opts.client_header) => r,
-                            _ = shutdown.reached(Phase::Close) => Err(HandshakeError::Shutdown),
-                        };
-                        match handshake {
-                            Ok(tls) => {
-                                let client = ClientInfo::new(addr, true);
-                                let speak = builders.negotiated(tls.get_ref().1.alpn_protocol());
-                                serve_connection(
-                                    tls,
-                                    client,
-                                    proxy.clone(),
-                                    &opts,
-                                    &builders,
-                                    speak,
-                                    shutdown,
-                                )
-                                .await;
-                            }
-                            Err(e) => handshake_failed(&proxy.metrics, addr, &e),
-                        }
-                    }
-                }
-                proxy.metrics.connections_open.dec();
-                worker_open.dec();
-                balance.closed();
-                if open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    open.zero.notify_waiters();
-                }
-                drop(permit);
-            });
+                Accepted::Elsewhere => {}
+                Accepted::Drain => break,
+            }
         }
     }
     // New connections are refused from here on. Connections finish what
     // they have; at `Close` (set by `drain_deadline` when the drain timeout
     // passes, with every worker's connections in mind) they are dropped.
     drop(listener);
-    open.wait_zero().await;
+    worker.open.wait_zero().await;
     Ok(())
+}
+
+/// Waits for a connection this worker is to serve: accepted here (with a
+/// slot under `limit`) or handed over by another worker.
+async fn next_connection(
+    listener: &TcpListener,
+    inbox: &mut mpsc::UnboundedReceiver<balance::Handed>,
+    limit: &Arc<Semaphore>,
+    worker: &Worker,
+    mut drain: Pin<&mut Reached>,
+) -> Accepted {
+    let placed = tokio::select! {
+        _ = &mut drain => return Accepted::Drain,
+        handed = inbox.recv() => match handed {
+            Some(h) => worker.balance.receive(h),
+            None => None,
+        },
+        accepted = listener.accept() => {
+            let (stream, addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Accepted::Elsewhere;
+                }
+            };
+            // The permit is taken after the accept, holding at most one
+            // accepted connection per worker while the limit is reached.
+            // Taken before it, an idle worker would sit on a permit while a
+            // connection the kernel queued on another worker's listener
+            // waited for one: with workers sharing one limit, a freed slot
+            // could then go to a worker with nothing to serve.
+            let permit = tokio::select! {
+                _ = &mut drain => return Accepted::Drain,
+                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let _ = stream.set_nodelay(true);
+            worker.balance.place(stream, addr, permit)
+        }
+    };
+    match placed {
+        Some((stream, addr, permit)) => Accepted::Serve(stream, addr, permit),
+        None => Accepted::Elsewhere,
+    }
+}
+
+// === impl Worker ===
+
+impl Worker {
+    fn opened(&self) {
+        self.open.count.fetch_add(1, Ordering::AcqRel);
+        self.proxy.metrics.connections_open.inc();
+        self.worker_open.inc();
+    }
+
+    fn closed(&self) {
+        self.proxy.metrics.connections_open.dec();
+        self.worker_open.dec();
+        self.balance.closed();
+        if self.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.zero.notify_waiters();
+        }
+    }
+
+    /// Serves one connection accepted at `at`: the TLS handshake if the
+    /// listener has TLS (bounded by the header timeout, which runs from
+    /// the accept), then HTTP.
+    async fn serve(&self, stream: TcpStream, addr: SocketAddr, at: Instant) {
+        let conn = Accept {
+            proxy: &self.proxy,
+            opts: &self.opts,
+            builders: &self.builders,
+            shutdown: &self.shutdown,
+            at,
+        };
+        let Some(acceptor) = &self.acceptor else {
+            let speak = self.builders.cleartext();
+            return serve_connection(stream, ClientInfo::new(addr, false), speak, conn).await;
+        };
+        let handshake = tokio::select! {
+            r = accept_tls(stream, acceptor, self.opts.client_header) => r,
+            _ = self.shutdown.reached(Phase::Close) => Err(HandshakeError::Shutdown),
+        };
+        match handshake {
+            Ok(tls) => {
+                let speak = self.builders.negotiated(tls.get_ref().1.alpn_protocol());
+                serve_connection(tls, ClientInfo::new(addr, true), speak, conn).await;
+            }
+            Err(e) => handshake_failed(&self.proxy.metrics, addr, &e),
+        }
+    }
 }
 
 /// Ends the drain: once `Drain` is reached, waits `drain` and then moves

@@ -14,8 +14,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::{BackendSpec, UpstreamProtocol};
+use crate::config::{BackendSpec, Config, UpstreamProtocol};
 use crate::metrics::{BackendMetrics, Metrics};
+use crate::tls::TlsError;
+use discovery::MakeBackend;
 
 mod body;
 mod checked;
@@ -23,8 +25,28 @@ pub mod discovery;
 mod pool;
 pub mod raw;
 
-pub use body::{BodyFault, BodyWatch, BoxError, ClientBody, RequestBody};
+pub use body::{poll_timed, BodyError, BodyFault, BodyWatch, ClientBody, RequestBody, Stall};
 pub use pool::{worker, Conn, ConnectError, Pool, PoolSettings};
+
+/// The pool settings a config asks for, with the client configs for TLS
+/// backends (`upstream_tls`: CA file or the built-in roots, client certificate).
+pub fn pool_settings(config: &Config) -> Result<PoolSettings, TlsError> {
+    Ok(PoolSettings {
+        connect_timeout: config.timeouts.connect,
+        idle_timeout: config.timeouts.upstream_idle,
+        max_idle: config.limits.upstream_idle_per_backend,
+        tls: Some(crate::tls::client_configs(&config.upstream_tls)?),
+    })
+}
+
+/// Makes backends as `config` wants them (pool settings, metrics).
+pub fn backend_factory(config: &Config, metrics: &Metrics) -> Result<MakeBackend, TlsError> {
+    let pool = pool_settings(config)?;
+    let metrics = metrics.clone();
+    Ok(Arc::new(move |spec: &BackendSpec, addr: SocketAddr| {
+        Backend::new(spec.clone(), addr, pool.clone(), &metrics)
+    }))
+}
 
 /// Why a backend is out of rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

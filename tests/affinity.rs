@@ -1,21 +1,16 @@
 //! Affinity cookies through the real binary: every policy, request scrubbing, sticky config.
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method};
 use serde_json::Value;
+use support::metrics::{scrape, Scrape};
+use support::{admin, run, Files, Rig, Serve};
 use unstick::testkit::client::{self, Reply};
-use unstick::testkit::process::{ChildBackend, ChildProcess, ChildUnstick};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_unstick"))
-}
 
 /// A backend response that sets two affinity cookies and one app cookie.
 const SETS_THREE: &str = "/set-cookie/SERVERID=b1;AWSALB=x;sid=1";
@@ -29,52 +24,15 @@ fn set_cookies(r: &Reply) -> Vec<String> {
         .collect()
 }
 
-/// Scrapes the admin `/metrics`.
-async fn scrape(admin: std::net::SocketAddr) -> String {
-    let r = client::get(admin, "/metrics").await.expect("metrics");
-    assert_eq!(r.status, 200);
-    r.text()
-}
-
-/// The value of the sample `name{labels...}` (every given label must match;
-/// others may be present); 0 if absent.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, label_text) = match series.split_once('{') {
-            Some((m, rest)) => (m, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric != name {
-            continue;
-        }
-        let have: HashMap<&str, &str> = label_text
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k, v.trim_matches('"')))
-            .collect();
-        if labels.iter().all(|(k, v)| have.get(k) == Some(v)) {
-            return value.parse().expect("sample value");
-        }
-    }
-    0.0
-}
-
-fn refused(text: &str, direction: &str, name: &str) -> f64 {
-    sample(
-        text,
+fn refused(metrics: &Scrape, direction: &str, name: &str) -> f64 {
+    metrics.sum(
         "unstick_affinity_cookies_refused_total",
         &[("direction", direction), ("name", name)],
     )
 }
 
 async fn api_affinity(admin: std::net::SocketAddr) -> Value {
-    let r = client::get(admin, "/api/affinity").await.expect("api");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.headers["content-type"], "application/json");
-    serde_json::from_slice(&r.body).expect("JSON")
+    admin::get(admin, "/api/affinity").await
 }
 
 /// The `/api/affinity` row for (backend, name).
@@ -88,7 +46,7 @@ fn row<'a>(api: &'a Value, backend: &str, name: &str) -> &'a Value {
 }
 
 /// Every `/api/affinity` row has the same count as the metric, and sane times.
-fn agree(api: &Value, metrics: &str) {
+fn agree(api: &Value, metrics: &Scrape) {
     let rows = api["backends"].as_array().expect("backends");
     let mut total = 0;
     for r in rows {
@@ -100,36 +58,34 @@ fn agree(api: &Value, metrics: &str) {
         let last = humantime::parse_rfc3339(r["last_seen"].as_str().unwrap()).expect("RFC 3339");
         assert!(first <= last, "{r}");
     }
-    let metric_total: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("unstick_affinity_cookies_refused_total{direction=\"response\""))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
-        .sum();
+    let metric_total = metrics.sum(
+        "unstick_affinity_cookies_refused_total",
+        &[("direction", "response")],
+    );
     assert_eq!(metric_total, total as f64);
 }
 
-/// One unstick in front of one backend, with `policy` (None: the default).
-fn start(policy: Option<&str>) -> (ChildBackend, ChildUnstick) {
-    let backend = ChildBackend::spawn(bin(), "b1", &[]);
-    let addr = backend.addr.to_string();
-    let env: Vec<(&str, &str)> = policy
-        .map(|p| ("UNSTICK_AFFINITY_COOKIES_POLICY", p))
-        .into_iter()
-        .collect();
-    let lb = ChildUnstick::spawn(bin(), &["--backend", &addr], &env);
-    (backend, lb)
+/// One unstick in front of one backend process, with `policy` (None: the default).
+fn start(policy: Option<&str>) -> Rig {
+    let serve = Serve::child_backends(1);
+    match policy {
+        Some(p) => serve.env("UNSTICK_AFFINITY_COOKIES_POLICY", p),
+        None => serve,
+    }
+    .start()
 }
 
 #[tokio::test]
 async fn strip_is_the_default_and_removes_affinity_set_cookies() {
-    let (backend, lb) = start(None);
+    let rig = start(None);
+    let (lb, backend) = (&rig.lb, &rig.backends[0]);
     for _ in 0..ROUNDS {
         let r = client::get(lb.addr, SETS_THREE).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.backend(), "b1");
+        assert_eq!(r.backend(), backend.id);
         assert_eq!(set_cookies(&r), ["sid=1; Path=/"]);
     }
-    let admin = lb.admin.unwrap();
+    let admin = lb.admin();
     let metrics = scrape(admin).await;
     assert_eq!(refused(&metrics, "response", "SERVERID"), ROUNDS as f64);
     assert_eq!(refused(&metrics, "response", "AWSALB"), ROUNDS as f64);
@@ -142,7 +98,7 @@ async fn strip_is_the_default_and_removes_affinity_set_cookies() {
     assert_eq!(api["backends"].as_array().unwrap().len(), 2);
     agree(&api, &metrics);
     // Logged once per backend and name, not once per response.
-    let warnings = lb.process.stderr.all();
+    let warnings = lb.stderr().all();
     let logged = |name: &str| {
         warnings
             .iter()
@@ -155,7 +111,8 @@ async fn strip_is_the_default_and_removes_affinity_set_cookies() {
 
 #[tokio::test]
 async fn reject_answers_502_naming_the_cookie_and_frees_the_backend() {
-    let (backend, lb) = start(Some("reject"));
+    let rig = start(Some("reject"));
+    let (lb, backend) = (&rig.lb, &rig.backends[0]);
     for _ in 0..ROUNDS {
         let r = client::get(lb.addr, SETS_THREE).await.unwrap();
         assert_eq!(r.status, 502);
@@ -174,22 +131,21 @@ async fn reject_answers_502_naming_the_cookie_and_frees_the_backend() {
     let mut conn = client::Conn::open(lb.addr).await.unwrap();
     for _ in 0..3 {
         let r = conn.get("/").await.unwrap();
-        assert_eq!((r.status.as_u16(), r.backend()), (200, "b1".to_owned()));
+        assert_eq!((r.status.as_u16(), r.backend()), (200, backend.id.clone()));
     }
-    let admin = lb.admin.unwrap();
+    let admin = lb.admin();
     let metrics = scrape(admin).await;
     let b = backend.addr.to_string();
     assert_eq!(
-        sample(&metrics, "unstick_backend_in_flight", &[("backend", &b)]),
+        metrics.sum("unstick_backend_in_flight", &[("backend", &b)]),
         0.0
     );
     assert_eq!(
-        sample(&metrics, "unstick_backend_healthy", &[("backend", &b)]),
+        metrics.sum("unstick_backend_healthy", &[("backend", &b)]),
         1.0
     );
     assert_eq!(
-        sample(
-            &metrics,
+        metrics.sum(
             "unstick_requests_total",
             &[("backend", &b), ("code_class", "5xx")]
         ),
@@ -206,7 +162,8 @@ async fn reject_answers_502_naming_the_cookie_and_frees_the_backend() {
 
 #[tokio::test]
 async fn log_passes_everything_through_and_counts() {
-    let (backend, lb) = start(Some("log"));
+    let rig = start(Some("log"));
+    let (lb, backend) = (&rig.lb, &rig.backends[0]);
     for _ in 0..ROUNDS {
         let r = client::get(lb.addr, SETS_THREE).await.unwrap();
         assert_eq!(r.status, 200);
@@ -230,7 +187,7 @@ async fn log_passes_everything_through_and_counts() {
         "{}",
         r.text()
     );
-    let admin = lb.admin.unwrap();
+    let admin = lb.admin();
     let metrics = scrape(admin).await;
     assert_eq!(refused(&metrics, "response", "SERVERID"), ROUNDS as f64);
     assert_eq!(refused(&metrics, "response", "AWSALB"), ROUNDS as f64);
@@ -246,16 +203,10 @@ async fn log_passes_everything_through_and_counts() {
 
 #[tokio::test]
 async fn request_cookies_are_scrubbed_and_requests_still_spread_evenly() {
-    let backends: Vec<ChildBackend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|id| ChildBackend::spawn(bin(), id, &[]))
-        .collect();
-    let addrs: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
-    let mut args = vec!["--algorithm", "round-robin"];
-    for a in &addrs {
-        args.extend(["--backend", a]);
-    }
-    let lb = ChildUnstick::spawn(bin(), &args, &[]);
+    let rig = Serve::child_backends(3)
+        .args(&["--algorithm", "round-robin"])
+        .start();
+    let lb = &rig.lb;
     const N: usize = 30;
     let mut per_backend: HashMap<String, usize> = HashMap::new();
     let mut conn = client::Conn::open(lb.addr).await.unwrap();
@@ -268,7 +219,7 @@ async fn request_cookies_are_scrubbed_and_requests_still_spread_evenly() {
             client::request(lb.addr, Method::GET, "/headers", &headers, "").await
         }
         .unwrap();
-        assert_eq!(r.status, 200);
+        assert_eq!(r.status, 200, "{}", r.text());
         let seen: Vec<&str> = r
             .body
             .split(|b| *b == b'\n')
@@ -285,7 +236,7 @@ async fn request_cookies_are_scrubbed_and_requests_still_spread_evenly() {
     );
     assert!(max - min <= 2, "uneven spread: {per_backend:?}");
 
-    let admin = lb.admin.unwrap();
+    let admin = lb.admin();
     let metrics = scrape(admin).await;
     assert_eq!(refused(&metrics, "request", "SERVERID"), N as f64);
     assert_eq!(refused(&metrics, "request", "sid"), 0.0);
@@ -295,40 +246,12 @@ async fn request_cookies_are_scrubbed_and_requests_still_spread_evenly() {
     assert!(api["backends"].as_array().unwrap().is_empty());
 }
 
-/// A temp file removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(text: &str) -> TempFile {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!(
-            "unstick-affinity-test-{}-{n}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&p, text).unwrap();
-        TempFile(p)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn configured_names_patterns_and_exemptions() {
-    let backend = ChildBackend::spawn(bin(), "b1", &[]);
-    let config = TempFile::new(&format!(
-        "backends = [\"{}\"]\n[affinity_cookies]\npolicy = \"strip\"\nnames = [\"route_*\", \"node\"]\nexempt = [\"lb\"]\n",
-        backend.addr
-    ));
-    let lb = ChildUnstick::spawn(bin(), &["--config", config.path()], &[]);
+    let rig = Serve::child_backends(1)
+        .toml("[affinity_cookies]\npolicy = \"strip\"\nnames = [\"route_*\", \"node\"]\nexempt = [\"lb\"]\n")
+        .start();
+    let (lb, backend) = (&rig.lb, &rig.backends[0]);
     let r = client::get(
         lb.addr,
         "/set-cookie/lb=1;route_a=2;node=3;BIGipServerweb=4;NSC_x=5;sid=1",
@@ -336,7 +259,7 @@ async fn configured_names_patterns_and_exemptions() {
     .await
     .unwrap();
     assert_eq!(set_cookies(&r), ["lb=1; Path=/", "sid=1; Path=/"]);
-    let admin = lb.admin.unwrap();
+    let admin = lb.admin();
     let metrics = scrape(admin).await;
     for name in ["route_*", "node", "BIGipServer*", "NSC_*"] {
         assert_eq!(refused(&metrics, "response", name), 1.0, "{name}");
@@ -352,20 +275,10 @@ async fn configured_names_patterns_and_exemptions() {
     agree(&api, &metrics);
 }
 
-/// Runs `unstick ARGS` and waits (bounded) for it to exit.
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).env_remove("UNSTICK_CONFIG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut p = ChildProcess::spawn(cmd).expect("spawn");
-    let status = p
-        .wait_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("unstick {args:?} did not exit"));
-    // The reader thread may lag the exit briefly.
-    let _ = p.stderr.wait_for("error", Duration::from_secs(2));
-    (status.code().unwrap_or(-1), p.stderr.text())
+/// Runs `unstick ARGS` to its exit: the code and stderr.
+fn run_for_stderr(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = run(args, env);
+    (out.code, out.stderr)
 }
 
 #[test]
@@ -384,15 +297,17 @@ fn sticky_config_fails_check_and_serve_with_the_explanation() {
         ),
         ("algorithm", "algorithm = \"ip-hash\"\n"),
     ];
-    for (key, text) in cases {
-        let file = TempFile::new(text);
+    let files = Files::new();
+    for (i, (key, text)) in cases.iter().enumerate() {
+        let file = files.write(&format!("{i}.toml"), text);
+        let file = file.to_str().unwrap();
         let listen = ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
         for command in ["check", "serve"] {
-            let mut args = vec![command, "--config", file.path()];
+            let mut args = vec![command, "--config", file];
             if command == "serve" {
                 args.extend(listen);
             }
-            let (code, stderr) = run(&args, &[]);
+            let (code, stderr) = run_for_stderr(&args, &[]);
             assert_eq!(code, 2, "{command} {text:?}: {stderr}");
             assert!(
                 stderr.contains(&format!("`{key}`")),
@@ -409,13 +324,13 @@ fn sticky_config_fails_check_and_serve_with_the_explanation() {
     }
     // The same from a flag and from the environment.
     for command in ["check", "serve"] {
-        let (code, stderr) = run(&[command, "--algorithm", "ip-hash"], &[]);
+        let (code, stderr) = run_for_stderr(&[command, "--algorithm", "ip-hash"], &[]);
         assert_eq!(code, 2, "{stderr}");
         assert!(
             stderr.contains("--algorithm") && stderr.contains("Redis"),
             "{stderr}"
         );
-        let (code, stderr) = run(&[command], &[("UNSTICK_ALGORITHM", "hash")]);
+        let (code, stderr) = run_for_stderr(&[command], &[("UNSTICK_ALGORITHM", "hash")]);
         assert_eq!(code, 2, "{stderr}");
         assert!(
             stderr.contains("UNSTICK_ALGORITHM") && stderr.contains("Redis"),
@@ -423,8 +338,11 @@ fn sticky_config_fails_check_and_serve_with_the_explanation() {
         );
     }
     // The affinity_cookies section itself is not mistaken for a sticky key.
-    let file = TempFile::new("[affinity_cookies]\npolicy = \"reject\"\nnames = [\"route\"]\n");
-    let (code, stderr) = run(&["check", "--config", file.path()], &[]);
+    let file = files.write(
+        "section.toml",
+        "[affinity_cookies]\npolicy = \"reject\"\nnames = [\"route\"]\n",
+    );
+    let (code, stderr) = run_for_stderr(&["check", "--config", file.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{stderr}");
 }
 

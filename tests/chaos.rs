@@ -1,10 +1,13 @@
 //! `unstick chaos` end to end: real demo-app instances, real signals, the verdict, the report files and the exit codes.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::{run_within, Output};
 use unstick::testkit::process::{signal, ChildProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
@@ -24,39 +27,10 @@ fn demo_app(store: &str) -> String {
     format!("{BIN} demo-app --port {{port}} --store {store}")
 }
 
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `unstick chaos ARGS` to its end (at most `limit`).
-fn chaos(args: &[&str], limit: Duration) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("chaos").args(args).env_remove("UNSTICK_CONFIG");
-    let mut p = ChildProcess::spawn(cmd).expect("spawn unstick chaos");
-    let status = p.wait_timeout(limit).unwrap_or_else(|| {
-        panic!(
-            "unstick chaos still running after {limit:?}\nstdout:\n{}\nstderr:\n{}",
-            p.stdout.text(),
-            p.stderr.text()
-        )
-    });
-    // Let the reader threads take the last lines.
-    let mut last = (0, 0);
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = (p.stdout.all().len(), p.stderr.all().len());
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    Run {
-        status,
-        stdout: p.stdout.text(),
-        stderr: p.stderr.text(),
-    }
+fn chaos(args: &[&str], limit: Duration) -> Output {
+    let args: Vec<&str> = ["chaos"].iter().chain(args).copied().collect();
+    run_within(&args, &[], limit)
 }
 
 fn verdict(dir: &Path) -> Value {

@@ -1,6 +1,6 @@
 //! The conformance corpus: hostile requests and responses from RFC 9112, 9110 and 9113, each sent through unstick to a recording backend, on the fast path and through hyper; what the backend got (nothing, or one unambiguous message) and what the client got are checked case by case.
 
-mod wire;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
+use support::wire::{self, exchange, Got, Reply};
 use unstick::app::App;
 use unstick::testkit::scripted::{Received, Scripted, ScriptedBackend};
 use unstick::testkit::test_config;
-use wire::{exchange, Got, Reply};
 
 type Check = Result<(), String>;
 

@@ -523,3 +523,47 @@ async fn killing_the_demo_takes_its_instances_with_it() {
         .expect("killed");
     assert_eq!(wait_gone(&pids), Vec::<u32>::new(), "orphans left behind");
 }
+
+/// The commands the demo prints under "try:" work as printed (the `kill`
+/// line aside) and keep their cookie jar in a temp file, not in the
+/// working directory.
+#[test]
+fn the_printed_commands_work_and_leave_no_files() {
+    let demo = DemoProcess::spawn(&[]);
+    demo.process
+        .stdout
+        .wait_for("Ctrl-C stops everything", Duration::from_secs(10))
+        .expect("the demo prints what to try");
+    let printed = demo.process.stdout.all();
+    let script: Vec<&str> = printed
+        .iter()
+        .skip_while(|l| l.trim() != "try:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim())
+        .filter(|l| !l.starts_with("kill "))
+        .collect();
+    assert!(script.len() >= 5, "{printed:?}");
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .args(["-ec", &(script.join("\n") + "\nrm -f \"$jar\"\n")])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == "ada"),
+        "whoami names the user:\n{stdout}"
+    );
+    assert!(stdout.contains("tea"), "the cart holds the item:\n{stdout}");
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the printed commands left files behind: {left:?}"
+    );
+}

@@ -1,5 +1,7 @@
 //! Hostile clients never take a backend out of rotation: a thousand malformed, truncated, abandoned and oversized requests of every kind, HTTP/1 and HTTP/2, while a well-behaved client sees no error.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,12 +9,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
+use support::backends::fake;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use unstick::app::App;
 use unstick::metrics::{ClientErrorKind, UPSTREAM_ERROR_KINDS};
 use unstick::testkit::client;
-use unstick::testkit::{test_config, BackendOptions, FakeBackend};
+use unstick::testkit::test_config;
 
 /// Requests of each kind.
 const EACH: usize = 1000;
@@ -283,14 +286,6 @@ fn assert_healthy(app: &App, after: &str) {
             assert_eq!(n, 0, "after `{after}`: {} has {n} `{kind}` errors", b.name);
         }
     }
-}
-
-async fn fake(id: &str) -> FakeBackend {
-    FakeBackend::start(BackendOptions {
-        id: id.into(),
-        ..Default::default()
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

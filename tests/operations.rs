@@ -1,5 +1,5 @@
 //! Operations: hot reload under traffic, DNS discovery, replicas side by side,
-//! and the environment table in the README.
+//! and the key table in docs/configuration.md.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use tokio::time::Instant;
-use unstick::app::{self, App, StartOptions};
+use unstick::app::{App, StartOptions};
 use unstick::config::{self, BackendSpec, Config, UpstreamProtocol};
 use unstick::metrics::Metrics;
 use unstick::reload::WatchedFile;
@@ -623,7 +623,7 @@ async fn discovery_follows_the_resolver_and_keeps_the_last_good_set() {
         interval: Duration::from_secs(5),
         min_interval: Duration::from_secs(1),
     };
-    let make = app::backend_factory(&Config::defaults(), &metrics).unwrap();
+    let make = unstick::upstream::backend_factory(&Config::defaults(), &metrics).unwrap();
     let d = Discovery::new(
         upstreams.clone(),
         metrics.clone(),
@@ -995,25 +995,25 @@ async fn killing_one_of_two_instances_does_not_affect_the_other() {
 
 // === twelve-factor ===
 
-/// The README's environment table is generated from `KEYS`: every key, its
-/// variable and its default. `UNSTICK_BLESS=1` rewrites it.
+/// The key table in docs/configuration.md is generated from `KEYS`: every
+/// key, its variable and its default. `UNSTICK_BLESS=1` rewrites it.
 #[test]
-fn readme_environment_table_lists_every_key() {
-    const START: &str = "<!-- keys:start (generated from src/config/keys.rs; UNSTICK_BLESS=1 cargo test --test operations readme) -->\n";
+fn keys_table_in_docs_lists_every_key() {
+    const START: &str = "<!-- keys:start (generated from src/config/keys.rs; UNSTICK_BLESS=1 cargo test --test operations keys_table) -->\n";
     const END: &str = "<!-- keys:end -->";
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-    let readme = std::fs::read_to_string(path).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let page = std::fs::read_to_string(path).unwrap();
     let table = config::markdown_table();
-    let (Some(s), Some(e)) = (readme.find(START), readme.find(END)) else {
-        panic!("README.md has no generated environment table (markers {START:?} .. {END:?})");
+    let (Some(s), Some(e)) = (page.find(START), page.find(END)) else {
+        panic!("docs/configuration.md has no generated key table (markers {START:?} .. {END:?})");
     };
-    let current = &readme[s + START.len()..e];
+    let current = &page[s + START.len()..e];
     if current != table && std::env::var_os("UNSTICK_BLESS").is_some() {
-        let updated = format!("{}{START}{table}{}", &readme[..s], &readme[e..]);
+        let updated = format!("{}{START}{table}{}", &page[..s], &page[e..]);
         std::fs::write(path, updated).unwrap();
         return;
     }
-    assert_eq!(current, table, "README environment table is stale: run UNSTICK_BLESS=1 cargo test --test operations readme");
+    assert_eq!(current, table, "docs/configuration.md key table is stale: run UNSTICK_BLESS=1 cargo test --test operations keys_table");
     for k in config::KEYS {
         let default = if k.default.is_empty() {
             "none".to_owned()

@@ -1,5 +1,7 @@
 //! `unstick serve`: distribution, streaming, error classes, drain, config errors.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -7,41 +9,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use support::backends::{addrs, fake, fakes};
+use support::metrics::Scrape;
+use support::raw::{closed_within, status_line};
+use support::wait;
+use support::{local, run, Files, Local, Serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use unstick::app::App;
 use unstick::config::Algorithm;
 use unstick::testkit::client::{self, Conn};
-use unstick::testkit::process::{ChildProcess, ChildUnstick};
+use unstick::testkit::process::ChildProcess;
 use unstick::testkit::{test_config, BackendOptions, FakeBackend};
-
-const BIN: &str = env!("CARGO_BIN_EXE_unstick");
-
-async fn backends(n: usize, delay: Duration) -> Vec<FakeBackend> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        out.push(
-            FakeBackend::start(BackendOptions {
-                id: format!("b{i}"),
-                delay,
-                ..Default::default()
-            })
-            .await,
-        );
-    }
-    out
-}
-
-/// The test config, with the HTTP/1 fast path on or off.
-fn config_with(fast: bool, backends: &[SocketAddr]) -> unstick::config::Config {
-    let mut config = test_config(backends);
-    config.http1_fast_path = fast;
-    config
-}
-
-fn addrs(b: &[FakeBackend]) -> Vec<SocketAddr> {
-    b.iter().map(|b| b.addr).collect()
-}
 
 /// Sends `total` GETs over `conns` keep-alive connections; all must be 200.
 async fn drive(addr: SocketAddr, total: usize, conns: usize) {
@@ -73,26 +52,23 @@ async fn round_robin_spreads_evenly_without_the_fast_path() {
 }
 
 async fn round_robin_spreads_evenly_with(fast: bool) {
-    let b = backends(3, Duration::ZERO).await;
-    let app = App::start(config_with(fast, &addrs(&b))).await.unwrap();
-    drive(app.proxy_addr, 3000, 6).await;
-    for backend in &b {
-        let n = backend.requests();
+    let u = Local::start_with(3, |c| c.http1_fast_path = fast).await;
+    drive(u.addr(), 3000, 6).await;
+    for n in u.requests() {
         assert!((990..=1010).contains(&n), "backend got {n} of 3000");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_give_proportional_shares() {
-    let b = backends(3, Duration::ZERO).await;
-    let mut config = test_config(&addrs(&b));
-    for (spec, w) in config.backends.iter_mut().zip([1, 2, 3]) {
-        spec.weight = w;
-    }
-    let app = App::start(config).await.unwrap();
-    drive(app.proxy_addr, 6000, 6).await;
-    for (backend, want) in b.iter().zip([1000u64, 2000, 3000]) {
-        let n = backend.requests();
+    let u = Local::start_with(3, |c| {
+        for (spec, w) in c.backends.iter_mut().zip([1, 2, 3]) {
+            spec.weight = w;
+        }
+    })
+    .await;
+    drive(u.addr(), 6000, 6).await;
+    for (n, want) in u.requests().into_iter().zip([1000u64, 2000, 3000]) {
         assert!(
             n.abs_diff(want) <= want / 100,
             "got {n}, want {want} +/- 1%"
@@ -108,12 +84,12 @@ async fn least_connections_avoids_the_slow_backend() {
         ..Default::default()
     })
     .await;
-    let fast = backends(2, Duration::ZERO).await;
+    let fast = fakes(2).await;
     let mut all = vec![slow.addr];
     all.extend(addrs(&fast));
     let mut config = test_config(&all);
     config.algorithm = Algorithm::LeastConnections;
-    let app = App::start(config).await.unwrap();
+    let app = local::start(config).await;
     let addr = app.proxy_addr;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let mut tasks = Vec::new();
@@ -150,8 +126,8 @@ async fn forwarding_headers_and_request_ids_without_the_fast_path() {
 }
 
 async fn forwarding_headers_and_request_ids_with(fast: bool) {
-    let b = backends(1, Duration::ZERO).await;
-    let app = App::start(config_with(fast, &addrs(&b))).await.unwrap();
+    let u = Local::start_with(1, |c| c.http1_fast_path = fast).await;
+    let app = &u.app;
     let r = client::request(
         app.proxy_addr,
         Method::GET,
@@ -209,9 +185,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_50_mib_each_way_with_flat_memory() {
     const SIZE: usize = 50 << 20;
-    let b = backends(1, Duration::ZERO).await;
-    let backend = b[0].addr.to_string();
-    let lb = ChildUnstick::spawn(BIN, &["--backend", &backend, "--access-log", "off"], &[]);
+    let b = fake("b0").await;
+    let rig = Serve::new().backends(&[b.addr]).start();
+    let lb = &rig.lb;
     // Warm up so the baseline includes the runtime's steady state.
     for _ in 0..20 {
         client::get(lb.addr, "/").await.unwrap();
@@ -269,8 +245,13 @@ async fn each_error_class_has_its_status_and_body_without_the_fast_path() {
 }
 
 async fn each_error_class_has_its_status_and_body_with(fast: bool) {
+    let config_with = |backends: &[SocketAddr]| {
+        let mut config = test_config(backends);
+        config.http1_fast_path = fast;
+        config
+    };
     // No backend configured: 503 with Retry-After.
-    let app = App::start(config_with(fast, &[])).await.unwrap();
+    let app = local::start(config_with(&[])).await;
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers["retry-after"], "1");
@@ -279,7 +260,7 @@ async fn each_error_class_has_its_status_and_body_with(fast: bool) {
     // Nothing listens: 502 naming the cause.
     let dead_port = unstick::testkit::DeadPort::new();
     let dead = dead_port.addr;
-    let app = App::start(config_with(fast, &[dead])).await.unwrap();
+    let app = local::start(config_with(&[dead])).await;
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(r.text().contains("could not connect"), "{}", r.text());
@@ -289,10 +270,10 @@ async fn each_error_class_has_its_status_and_body_with(fast: bool) {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
 
     // Reset before the response head (a POST is not retried): 502.
-    let b = backends(1, Duration::ZERO).await;
-    let mut config = config_with(fast, &addrs(&b));
+    let b = fakes(1).await;
+    let mut config = config_with(&addrs(&b));
     config.timeouts.response_header = Duration::from_millis(300);
-    let app = App::start(config).await.unwrap();
+    let app = local::start(config).await;
     let r = client::request(app.proxy_addr, Method::POST, "/reset", &[], "x")
         .await
         .unwrap();
@@ -307,35 +288,12 @@ async fn each_error_class_has_its_status_and_body_with(fast: bool) {
     // Connect that never completes: 504 naming the connect.
     let (hole, _held) = black_hole();
     let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
-    let mut config = config_with(fast, &[hole_addr]);
+    let mut config = config_with(&[hole_addr]);
     config.timeouts.connect = Duration::from_millis(300);
-    let app = App::start(config).await.unwrap();
+    let app = local::start(config).await;
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(r.text().contains("connecting"), "{}", r.text());
-}
-
-/// Writes raw bytes and returns the status line of the answer.
-async fn raw_status(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let mut got = Vec::new();
-    while !got.windows(2).any(|w| w == b"\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer")
-            .unwrap();
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,11 +308,11 @@ async fn malformed_and_oversized_requests_without_the_fast_path() {
 }
 
 async fn malformed_and_oversized_requests_with(fast: bool) {
-    let b = backends(1, Duration::ZERO).await;
-    let app = App::start(config_with(fast, &addrs(&b))).await.unwrap();
-    let line = raw_status(app.proxy_addr, b"GARBAGE\r\n\r\n").await;
+    let u = Local::start_with(1, |c| c.http1_fast_path = fast).await;
+    let app = &u.app;
+    let line = status_line(app.proxy_addr, b"GARBAGE\r\n\r\n").await;
     assert!(line.contains(" 400 "), "{line}");
-    let line = raw_status(
+    let line = status_line(
         app.proxy_addr,
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
     )
@@ -364,10 +322,10 @@ async fn malformed_and_oversized_requests_with(fast: bool) {
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100 * 1024)
     );
-    let line = raw_status(app.proxy_addr, big.as_bytes()).await;
+    let line = status_line(app.proxy_addr, big.as_bytes()).await;
     assert!(line.contains(" 431 "), "{line}");
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let line = raw_status(
+    let line = status_line(
         app.proxy_addr,
         format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
     )
@@ -378,48 +336,38 @@ async fn malformed_and_oversized_requests_with(fast: bool) {
         client::get(app.proxy_addr, "/").await.unwrap().status,
         StatusCode::OK
     );
-    assert_eq!(b[0].requests(), 1);
+    assert_eq!(u.requests(), [1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_and_exits_0() {
-    let b = Arc::new(backends(1, Duration::ZERO).await.remove(0));
-    let backend = b.addr.to_string();
-    let mut lb = ChildUnstick::spawn(BIN, &["--backend", &backend], &[]);
-    let addr = lb.addr;
+    let b = Arc::new(fake("b0").await);
+    let mut rig = Serve::new().backends(&[b.addr]).start();
+    let addr = rig.lb.addr;
     let mut requests = Vec::new();
     for _ in 0..20 {
         requests.push(tokio::spawn(async move {
             client::get(addr, "/slow/1500").await
         }));
     }
-    for _ in 0..500 {
-        if b.counters
-            .in_flight
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 20
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
+    let in_flight = || {
         b.counters
             .in_flight
-            .load(std::sync::atomic::Ordering::Relaxed),
-        20
-    );
-    assert!(lb.process.signal(libc::SIGTERM));
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    wait::until(
+        "20 requests in flight",
+        Duration::from_secs(5),
+        async || in_flight() == 20,
+    )
+    .await;
+    assert!(rig.lb.signal(libc::SIGTERM));
 
     // New connections are refused once the listener closes.
-    let mut refused = false;
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let refused = wait::holds_within(Duration::from_secs(1), async || {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     assert!(refused, "new connections still accepted after SIGTERM");
 
     for r in requests {
@@ -428,36 +376,19 @@ async fn sigterm_finishes_requests_in_flight_and_exits_0() {
         // Answered during the drain: the client is told not to reuse the connection.
         assert_eq!(r.headers["connection"], "close");
     }
-    let status =
-        tokio::task::spawn_blocking(move || lb.process.wait_timeout(Duration::from_secs(10)))
-            .await
-            .unwrap()
-            .expect("unstick exits after the drain");
+    let status = rig
+        .lb
+        .exit_within(Duration::from_secs(10))
+        .await
+        .expect("unstick exits after the drain");
     assert_eq!(status.code(), Some(0));
-}
-
-fn unstick(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "unstick-serve-test-{}-{name}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 #[test]
 fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/unstick.toml");
-    let (code, out, err) = unstick(&["check", "--config", example]);
+    let out = run(&["check", "--config", example], &[]);
+    let (code, err, out) = (out.code, out.stderr, out.stdout);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("[timeouts]") && out.contains("connect = \"1s\""),
@@ -518,9 +449,11 @@ fn config_mistakes_name_file_line_and_key() {
             "not a header name",
         ),
     ];
+    let files = Files::new();
     for (name, text, location, message) in cases {
-        let path = temp_config(name, text);
-        let (code, _, err) = unstick(&["check", "--config", path.to_str().unwrap()]);
+        let path = files.write(&format!("{name}.toml"), text);
+        let check = run(&["check", "--config", path.to_str().unwrap()], &[]);
+        let (code, err) = (check.code, check.stderr);
         assert_eq!(code, 2, "{name}: {err}");
         assert!(
             err.contains(&format!("{}{location}", path.display())),
@@ -528,50 +461,55 @@ fn config_mistakes_name_file_line_and_key() {
         );
         assert!(err.contains(message), "{name}: {err}");
         // serve refuses the same file the same way.
-        let (code, _, err2) = unstick(&["serve", "--config", path.to_str().unwrap()]);
+        let serve = run(&["serve", "--config", path.to_str().unwrap()], &[]);
+        let (code, err2) = (serve.code, serve.stderr);
         assert_eq!(code, 2, "{name}: {err2}");
         assert!(err2.contains(message), "{name}: {err2}");
-        std::fs::remove_file(path).unwrap();
     }
 }
 
 #[test]
 fn env_and_flags_override_the_file_and_name_their_origin() {
-    let path = temp_config("env", "listen = \"127.0.0.1:1000\"\n");
-    let out = Command::new(BIN)
-        .args([
+    let files = Files::new();
+    let path = files.write("env.toml", "listen = \"127.0.0.1:1000\"\n");
+    let path = path.to_str().unwrap();
+    let out = run(
+        &[
             "check",
             "--config",
-            path.to_str().unwrap(),
+            path,
             "--algorithm",
             "least-connections",
-        ])
-        .env("UNSTICK_LISTEN", "127.0.0.1:2000")
-        .env("UNSTICK_BACKENDS", "127.0.0.1:3001,127.0.0.1:3002=2")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success());
+        ],
+        &[
+            ("UNSTICK_LISTEN", "127.0.0.1:2000"),
+            ("UNSTICK_BACKENDS", "127.0.0.1:3001,127.0.0.1:3002=2"),
+        ],
+    );
+    let text = out.stdout;
+    assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(text.contains("listen = \"127.0.0.1:2000\""), "{text}");
     assert!(text.contains("algorithm = \"least-connections\""), "{text}");
     assert!(text.contains("127.0.0.1:3002=2"), "{text}");
 
-    let out = Command::new(BIN)
-        .args(["check", "--config", path.to_str().unwrap()])
-        .env("UNSTICK_TIMEOUTS_CONNECT", "fast")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    let out = run(
+        &["check", "--config", path],
+        &[("UNSTICK_TIMEOUTS_CONNECT", "fast")],
+    );
+    let err = out.stderr;
+    assert_eq!(out.code, 2);
     assert!(
         err.contains("environment variable UNSTICK_TIMEOUTS_CONNECT"),
         "{err}"
     );
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn bad_arguments_exit_2_with_usage() {
+    let unstick = |args: &[&str]| {
+        let out = run(args, &[]);
+        (out.code, out.stdout, out.stderr)
+    };
     let (code, _, err) = unstick(&["serve", "--no-such-flag"]);
     assert_eq!(code, 2);
     assert!(err.contains("Usage"), "{err}");
@@ -593,25 +531,10 @@ fn child_process_helper_is_killed_on_drop() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
 
-/// Reads until the peer closes (or `limit` passes); true if it closed.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_request_head_is_cut_off() {
-    let b = backends(1, Duration::ZERO).await;
-    let mut config = test_config(&addrs(&b));
-    config.timeouts.client_header = Duration::from_millis(300);
-    let app = App::start(config).await.unwrap();
+    let u = Local::start_with(1, |c| c.timeouts.client_header = Duration::from_millis(300)).await;
+    let (app, b) = (&u.app, &u.backends);
     // Half a request head, then nothing (slowloris).
     let mut s = TcpStream::connect(app.proxy_addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -623,18 +546,19 @@ async fn a_slow_request_head_is_cut_off() {
     assert!(started.elapsed() >= Duration::from_millis(250));
     assert_eq!(b[0].requests(), 0);
     // A whole head in time is served.
-    let line = raw_status(app.proxy_addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let line = status_line(app.proxy_addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(line.contains(" 200 "), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed() {
-    let b = backends(1, Duration::ZERO).await;
-    let mut config = test_config(&addrs(&b));
-    config.timeouts.client_idle = Duration::from_millis(400);
-    // The head timeout must not be what closes the idle connection.
-    config.timeouts.client_header = Duration::from_secs(10);
-    let app = App::start(config).await.unwrap();
+    let u = Local::start_with(1, |c| {
+        c.timeouts.client_idle = Duration::from_millis(400);
+        // The head timeout must not be what closes the idle connection.
+        c.timeouts.client_header = Duration::from_secs(10);
+    })
+    .await;
+    let (app, b) = (&u.app, &u.backends);
     let mut s = TcpStream::connect(app.proxy_addr).await.unwrap();
     let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut buf = [0u8; 4096];
@@ -662,10 +586,8 @@ async fn idle_keep_alive_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_wait_for_a_free_slot() {
-    let b = backends(1, Duration::ZERO).await;
-    let mut config = test_config(&addrs(&b));
-    config.limits.max_connections = 2;
-    let app = App::start(config).await.unwrap();
+    let u = Local::start_with(1, |c| c.limits.max_connections = 2).await;
+    let (app, b) = (&u.app, &u.backends);
     let mut first = Conn::open(app.proxy_addr).await.unwrap();
     let mut second = Conn::open(app.proxy_addr).await.unwrap();
     assert_eq!(first.get("/").await.unwrap().status, StatusCode::OK);
@@ -691,11 +613,12 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_connections_are_reused_until_idle_too_long() {
-    let b = backends(1, Duration::ZERO).await;
-    let mut config = test_config(&addrs(&b));
-    config.timeouts.upstream_idle = Duration::from_millis(300);
-    config.workers = 1;
-    let app = App::start(config).await.unwrap();
+    let u = Local::start_with(1, |c| {
+        c.timeouts.upstream_idle = Duration::from_millis(300);
+        c.workers = 1;
+    })
+    .await;
+    let (app, b) = (&u.app, &u.backends);
     let mut c = Conn::open(app.proxy_addr).await.unwrap();
     for _ in 0..5 {
         assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
@@ -713,8 +636,8 @@ async fn backend_connections_are_reused_until_idle_too_long() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_header_is_opt_in() {
-    let b = backends(2, Duration::ZERO).await;
-    let app = App::start(test_config(&addrs(&b))).await.unwrap();
+    let b = fakes(2).await;
+    let app = local::start(test_config(&addrs(&b))).await;
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert!(
         r.headers.get("x-unstick-backend").is_none(),
@@ -723,7 +646,7 @@ async fn the_backend_header_is_opt_in() {
 
     let mut config = test_config(&addrs(&b));
     config.backend_header = Some("x-unstick-backend".into());
-    let app = App::start(config).await.unwrap();
+    let app = local::start(config).await;
     for _ in 0..4 {
         let r = client::get(app.proxy_addr, "/").await.unwrap();
         let named = r.headers["x-unstick-backend"].to_str().unwrap().to_owned();
@@ -743,21 +666,9 @@ async fn the_backend_header_is_opt_in() {
 
 /// Open client connections on each worker, from the `unstick_worker_connections` gauge.
 fn worker_connections(app: &App, workers: usize) -> Vec<f64> {
-    let text = app.proxy.metrics.encode();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let scrape = Scrape::of(app);
     (0..workers)
-        .map(|w| {
-            scrape
-                .samples
-                .iter()
-                .filter(|s| s.metric == "unstick_worker_connections")
-                .filter(|s| s.labels.get("worker") == Some(w.to_string().as_str()))
-                .map(|s| match s.value {
-                    prometheus_parse::Value::Gauge(v) => v,
-                    _ => 0.0,
-                })
-                .sum()
-        })
+        .map(|w| scrape.sum("unstick_worker_connections", &[("worker", &w.to_string())]))
         .collect()
 }
 
@@ -766,10 +677,8 @@ fn worker_connections(app: &App, workers: usize) -> Vec<f64> {
 // client were split 40/25 without this).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_evenly_over_the_workers() {
-    let b = backends(1, Duration::ZERO).await;
-    let mut config = test_config(&[b[0].addr]);
-    config.workers = 2;
-    let app = App::start(config).await.unwrap();
+    let u = Local::start_with(1, |c| c.workers = 2).await;
+    let app = &u.app;
     let mut open = Vec::new();
     for _ in 0..64 {
         let mut s = TcpStream::connect(app.proxy_addr).await.unwrap();
@@ -795,16 +704,15 @@ async fn connections_are_spread_evenly_over_the_workers() {
         open.push(s);
     }
     // One at a time, each goes to the worker with fewer: exactly even.
-    assert_eq!(worker_connections(&app, 2), [32.0, 32.0]);
+    assert_eq!(worker_connections(app, 2), [32.0, 32.0]);
     drop(open);
-    for _ in 0..100 {
-        if worker_connections(&app, 2) == [0.0, 0.0] {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
+    let closed = wait::holds_within(Duration::from_secs(2), async || {
+        worker_connections(app, 2) == [0.0, 0.0]
+    })
+    .await;
+    assert!(
+        closed,
         "connections still counted: {:?}",
-        worker_connections(&app, 2)
+        worker_connections(app, 2)
     );
 }

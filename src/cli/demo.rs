@@ -13,7 +13,7 @@ use crate::demo::app::{serve, DemoApp, DrainOptions};
 use crate::demo::store::{Store, StoreSpec};
 use crate::demo::supervisor::Event;
 use crate::demo::{Demo, DemoOptions, DemoStore};
-use crate::server::Phase;
+use crate::shutdown::Phase;
 
 /// `unstick demo` flags.
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::app::{App, StartOptions};
 use crate::config::{env_overrides, Config, ConfigError, Origin, Override, RawConfig};
 use crate::reload::{Trigger, WatchedFile};
-use crate::server::Phase;
+use crate::shutdown::Phase;
 
 /// Flags that override the config file (which env vars override in turn).
 #[derive(Debug, Clone, Args, Default)]

@@ -148,6 +148,18 @@ pub const KEYS: &[KeySpec] = &[
         "idle client keep-alive connections close after this",
     ),
     key(
+        "timeouts.client_stall",
+        Text,
+        "30s",
+        "a client that sends no byte of its request body, or takes no byte of its response, for this long is cut off (408 if no response began)",
+    ),
+    key(
+        "timeouts.upstream_stall",
+        Text,
+        "60s",
+        "a backend that sends no byte of its response body for this long is cut off (the client's response ends short)",
+    ),
+    key(
         "timeouts.upstream_idle",
         Text,
         "30s",
@@ -381,7 +393,7 @@ pub const KEYS: &[KeySpec] = &[
 ];
 
 /// [`KEYS`] as a Markdown table (key, environment variable, default,
-/// meaning): the README's environment table is this text.
+/// meaning): the key table in docs/configuration.md is this text.
 pub fn markdown_table() -> String {
     let mut out =
         String::from("| key | environment variable | default | meaning |\n|---|---|---|---|\n");

@@ -78,6 +78,8 @@ pub struct RawTimeouts {
     pub response_header: RawDuration,
     pub client_header: RawDuration,
     pub client_idle: RawDuration,
+    pub client_stall: RawDuration,
+    pub upstream_stall: RawDuration,
     pub upstream_idle: RawDuration,
     pub drain: RawDuration,
 }
@@ -89,6 +91,8 @@ impl Default for RawTimeouts {
             response_header: "30s".into(),
             client_header: "10s".into(),
             client_idle: "60s".into(),
+            client_stall: "30s".into(),
+            upstream_stall: "60s".into(),
             upstream_idle: "30s".into(),
             drain: "30s".into(),
         }
@@ -511,6 +515,8 @@ impl RawConfig {
             response_header: positive_dur(l, "timeouts.response_header", &t.response_header)?,
             client_header: positive_dur(l, "timeouts.client_header", &t.client_header)?,
             client_idle: positive_dur(l, "timeouts.client_idle", &t.client_idle)?,
+            client_stall: positive_dur(l, "timeouts.client_stall", &t.client_stall)?,
+            upstream_stall: positive_dur(l, "timeouts.upstream_stall", &t.upstream_stall)?,
             upstream_idle: positive_dur(l, "timeouts.upstream_idle", &t.upstream_idle)?,
             drain: dur(l, "timeouts.drain", &t.drain)?,
         };

@@ -501,7 +501,9 @@ async fn user_loop<W: Workload>(
     let wants_body = w.wants_body();
     // The fast path, when the run and the workload allow it: then `raw_conn`
     // is the connection and `conn` stays empty.
-    let raw = RawRequest::for_run(w, settings, &ctx.connector);
+    let raw = RawRequest::for_run(w, &ctx.connector, settings.http2, |req| {
+        prepare(req, settings)
+    });
     let mut raw_conn: Option<RawConn> = None;
 
     // Connect before the clock starts, so the first slots are not spent on
@@ -639,7 +641,7 @@ enum Next<'a> {
 }
 
 /// Adds what the protocol needs and the workload left out.
-pub(super) fn prepare(req: &mut Request<Bytes>, settings: &Settings) {
+fn prepare(req: &mut Request<Bytes>, settings: &Settings) {
     let target = &settings.target;
     if settings.http2 {
         if req.uri().scheme().is_none() {

@@ -18,7 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::client::{Connector, ErrorClass, RequestError};
-use super::engine::Settings;
 use super::workload::Workload;
 use crate::http1::{self, write_request_head, ChunkedScanner};
 
@@ -45,16 +44,15 @@ pub(crate) struct RawRequest {
 impl RawRequest {
     /// The request to send for `workload` on the fast path, or `None` when
     /// the run needs hyper (TLS, HTTP/2, a workload that changes its
-    /// requests or reads response headers or bodies, CONNECT).
+    /// requests or reads response headers or bodies, CONNECT). `prepare`
+    /// adds what the run's settings ask for (`Host`, `Connection: close`).
     pub fn for_run<W: Workload>(
         workload: &W,
-        settings: &Settings,
         connector: &Connector,
+        http2: bool,
+        prepare: impl FnOnce(&mut Request<Bytes>),
     ) -> Option<RawRequest> {
-        if !connector.is_plain_http1()
-            || workload.needs_headers()
-            || workload.wants_body()
-            || settings.http2
+        if !connector.is_plain_http1() || workload.needs_headers() || workload.wants_body() || http2
         {
             return None;
         }
@@ -62,7 +60,7 @@ impl RawRequest {
         if req.method() == Method::CONNECT {
             return None;
         }
-        super::engine::prepare(&mut req, settings);
+        prepare(&mut req);
         Some(RawRequest::new(req))
     }
 

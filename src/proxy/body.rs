@@ -8,6 +8,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -16,7 +17,9 @@ use tokio::time::Instant;
 use super::access_log::Entry;
 use super::{headers, Proxy};
 use crate::metrics::{ClientErrorKind, CodeClass, UpstreamErrorKind};
-use crate::upstream::{Backend, BodyFault, BodyWatch, Conn, InFlight};
+use crate::upstream::{
+    poll_timed, Backend, BodyError, BodyFault, BodyWatch, Conn, InFlight, Stall,
+};
 
 /// What happened to the upstream body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +104,7 @@ impl Completion {
             return Some(match fault {
                 BodyFault::Malformed => ClientErrorKind::BadRequest,
                 BodyFault::Gone => ClientErrorKind::Aborted,
-                BodyFault::TimedOut => ClientErrorKind::Timeout,
+                BodyFault::TimedOut(_) => ClientErrorKind::Timeout,
                 BodyFault::TooLarge(_) => ClientErrorKind::BodyTooLarge,
             });
         }
@@ -176,7 +179,8 @@ impl Completion {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    /// A backend's body, on the upstream stall clock.
+    Upstream(Incoming, Stall),
 }
 
 /// A response body: bytes made by unstick, or a backend's body streamed through.
@@ -205,9 +209,10 @@ impl ResponseBody {
         }
     }
 
-    pub(crate) fn upstream(body: Incoming, done: Completion) -> ResponseBody {
+    /// A backend's body: one that sends nothing for `stall` fails.
+    pub(crate) fn upstream(body: Incoming, stall: Duration, done: Completion) -> ResponseBody {
         ResponseBody {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(body, Stall::new(stall)),
             done: Some(done),
             trailers: false,
         }
@@ -247,16 +252,16 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let mut polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Kind::Upstream(b, stall) => poll_timed(b, stall, cx),
         };
         // Trailers (the last frame): scrubbed, or dropped for a client
         // that did not ask for them.
@@ -288,14 +293,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Upstream(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Upstream(b, _) => b.size_hint(),
         }
     }
 }

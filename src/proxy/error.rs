@@ -46,8 +46,8 @@ pub enum Kind {
     BadRequest(String),
     /// The request body is over `limits.max_request_body` (bytes).
     BodyTooLarge(u64),
-    /// The client did not send its request in time.
-    ClientTimeout,
+    /// The client sent no byte of its request body for this long.
+    ClientTimeout(Duration),
     /// The client closed or reset its connection (or stream) before its
     /// response: nothing can be sent to it.
     ClientGone,
@@ -121,7 +121,7 @@ impl ProxyError {
             Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Kind::BadRequest(_) | Kind::ClientGone => StatusCode::BAD_REQUEST,
             Kind::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Kind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Kind::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Kind::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -136,7 +136,7 @@ impl ProxyError {
             Kind::NoBackends | Kind::Connect(_) | Kind::Reset(_) | Kind::AffinityRejected(_) => {
                 GrpcStatus::Unavailable
             }
-            Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) | Kind::ClientTimeout => {
+            Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) | Kind::ClientTimeout(_) => {
                 GrpcStatus::DeadlineExceeded
             }
             Kind::BadRequest(_)
@@ -152,7 +152,7 @@ impl ProxyError {
         match self.kind {
             Kind::BadRequest(_) => Some(ClientErrorKind::BadRequest),
             Kind::BodyTooLarge(_) => Some(ClientErrorKind::BodyTooLarge),
-            Kind::ClientTimeout => Some(ClientErrorKind::Timeout),
+            Kind::ClientTimeout(_) => Some(ClientErrorKind::Timeout),
             Kind::ClientGone => Some(ClientErrorKind::Aborted),
             Kind::NotImplemented(_) => Some(ClientErrorKind::NotImplemented),
             _ => None,
@@ -180,7 +180,7 @@ impl ProxyError {
             Kind::AffinityRejected(_) => "affinity_rejected",
             Kind::BadRequest(_) => "bad_request",
             Kind::BodyTooLarge(_) => "body_too_large",
-            Kind::ClientTimeout => "client_timeout",
+            Kind::ClientTimeout(_) => "client_timeout",
             Kind::ClientGone => "client_closed",
             Kind::NotImplemented(_) => "not_implemented",
             Kind::Internal(_) => "internal",
@@ -237,7 +237,9 @@ impl fmt::Display for ProxyError {
                 f,
                 "payload too large: the request body is over {limit} bytes (limits.max_request_body)"
             ),
-            Kind::ClientTimeout => write!(f, "request timeout: the request was not sent in time"),
+            Kind::ClientTimeout(d) => {
+                write!(f, "request timeout: no byte of the request body for {d:?}")
+            }
             Kind::ClientGone => write!(f, "the client closed the connection"),
             Kind::NotImplemented(what) => write!(f, "not implemented: {what}"),
             Kind::Internal(e) => write!(f, "internal error: {e}"),

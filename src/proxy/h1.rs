@@ -37,7 +37,7 @@ use super::request_head::{self, Forwarding, Scan};
 use super::{retry, Attempts, Entry, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
-use crate::server::{Phase, Shutdown};
+use crate::shutdown::{Phase, Shutdown};
 use crate::upstream::raw::RawConn;
 use crate::upstream::{Backend, InFlight};
 
@@ -270,10 +270,11 @@ impl Proxy {
             // A response to HEAD has no body, not even an error message.
             head_request: p.method == Method::HEAD,
         };
-        let scratch = &mut reuse.scratch;
+        let Reuse { scratch, timer, .. } = reuse;
         let next = match forwarded {
             Some(Ok(answered)) => {
-                self.relay(answered, done, p.reply, &settings, io, scratch, to)
+                let out = (&mut *io, &mut *scratch, timer);
+                self.relay(answered, done, p.reply, &settings, out, to)
                     .await
             }
             Some(Err(failed)) => {
@@ -512,8 +513,7 @@ impl Proxy {
         mut done: Completion,
         reply: ReplyTo,
         settings: &Settings,
-        out: &mut W,
-        scratch: &mut Vec<u8>,
+        (out, scratch, timer): (&mut W, &mut Vec<u8>, &mut LazyTimer),
         to: To,
     ) -> Next
     where
@@ -549,7 +549,8 @@ impl Proxy {
         done.in_flight = Some(in_flight);
         let body = BodyCopy::new(framing, trailers);
         let upstream = (conn, reusable, backend);
-        self.relay_body(body, upstream, done, reply, out, scratch, to, keep_alive)
+        let out = (out, scratch, timer, settings.timeouts.upstream_stall);
+        self.relay_body(body, upstream, done, reply, out, to, keep_alive)
             .await
     }
 
@@ -563,8 +564,7 @@ impl Proxy {
         (mut conn, reusable, backend): (RawConn, bool, Arc<Backend>),
         mut done: Completion,
         reply: ReplyTo,
-        out: &mut W,
-        scratch: &mut Vec<u8>,
+        (out, scratch, timer, stall): (&mut W, &mut Vec<u8>, &mut LazyTimer, Duration),
         to: To,
         keep_alive: bool,
     ) -> Next
@@ -599,7 +599,8 @@ impl Proxy {
             out.write_all(scratch).await.is_ok() && out.flush().await.is_ok()
         } else {
             let sent = (copied, first.consumed);
-            match stream_body(&mut body, &mut conn, sent, out, scratch, &mut done).await {
+            let upstream = (&mut conn, timer, stall);
+            match stream_body(&mut body, upstream, sent, out, scratch, &mut done).await {
                 Ok(()) => {
                     end_body(done, conn, reusable, &backend);
                     true
@@ -695,10 +696,11 @@ enum Cut {
 
 /// Streams the rest of a response body after its head (`scratch` holds
 /// what is still to be written; `sent` says whether the `first` bytes of
-/// `conn.buf` are in it, or still to go as they are).
+/// `conn.buf` are in it, or still to go as they are). A backend that sends
+/// nothing for `stall` has cut it.
 async fn stream_body<W>(
     body: &mut BodyCopy,
-    conn: &mut RawConn,
+    (conn, timer, stall): (&mut RawConn, &mut LazyTimer, Duration),
     (sent, first): (bool, usize),
     out: &mut W,
     scratch: &mut Vec<u8>,
@@ -717,7 +719,7 @@ where
     }
     while !body.is_done() {
         out.flush().await.map_err(|_| Cut::Client)?;
-        match conn.read_more().await {
+        match read_within(conn, timer, stall).await {
             Ok(0) if body.framing == Framing::Close => break,
             Ok(0) | Err(_) => return Err(Cut::Backend),
             Ok(_) => {}
@@ -919,6 +921,27 @@ async fn read_head(conn: &mut RawConn) -> Result<http1::ResponseHead, Kind> {
             Err(e) => return Err(Kind::Reset(format!("connection error: {e}"))),
         }
     }
+}
+
+/// Reads more of a response body: a backend that sends nothing for
+/// `stall` fails the read (`TimedOut`).
+async fn read_within(
+    conn: &mut RawConn,
+    timer: &mut LazyTimer,
+    stall: Duration,
+) -> std::io::Result<usize> {
+    timer.set(Instant::now() + stall);
+    let read = conn.read_more();
+    tokio::pin!(read);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = read.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        timer
+            .poll_expired(cx)
+            .map(|()| Err(std::io::ErrorKind::TimedOut.into()))
+    })
+    .await
 }
 
 /// Bytes a client may send ahead (pipelined) while its request is served.

@@ -18,9 +18,10 @@ use http::{Method, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::clock::SendClock;
 use super::{Phase, Reached, ServerOptions, Shutdown, Speak};
 use crate::http1;
-use crate::metrics::ClientErrorKind;
+use crate::metrics::{ClientErrorKind, Metrics};
 use crate::proxy::h1::{LazyTimer, Next, Request, Reuse};
 use crate::proxy::request_head::Scan;
 use crate::proxy::{ClientInfo, Proxy, Settings};
@@ -36,7 +37,8 @@ pub enum Outcome {
     /// Closed (or to be closed): nothing more to serve.
     Closed,
     /// Serve the rest with hyper, starting with these bytes already read.
-    Handover(Bytes),
+    /// `served`: the fast path answered requests on it before.
+    Handover { input: Bytes, served: bool },
 }
 
 /// True if the fast path may serve connections with these options.
@@ -52,68 +54,78 @@ enum Wait {
     Draining,
 }
 
-/// Why the fast path stops serving a connection.
-enum Stop {
-    /// Close it: the client left, idled out, or the server drains.
-    Close,
-    /// Hand it to hyper with every byte read so far.
+/// One connection on the fast path: what it keeps between requests.
+struct FastConn<'a> {
+    opts: &'a ServerOptions,
+    /// Client faults are counted here.
+    metrics: &'a Metrics,
+    shutdown: &'a Shutdown,
+    reuse: Reuse,
+    /// Client read deadlines, made once per connection, not per request.
+    timer: LazyTimer,
+    drain: Reached,
+    /// When the first request head is due (the header timeout from the
+    /// accept); None once a request was served.
+    first_due: Option<Instant>,
+}
+
+/// What to do with a request head the fast path has read. (Returned once
+/// per request and moved at once: boxing the request would cost an
+/// allocation per request.)
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Serve(Request, Arc<Settings>, bool),
+    /// Leave it (and the rest of the connection) to hyper.
     Handover,
-    /// Answer the client's fault with its status, count it, and close.
-    Refuse(ClientErrorKind),
+    /// The client's fault: answered (unless it left), counted, and closed.
+    Reject(ClientErrorKind),
 }
 
-/// A request ready for `Proxy::serve_h1`.
-struct Ready {
-    request: Request,
-    settings: Arc<Settings>,
-    keep_alive: bool,
-}
-
-/// Serves requests on `io` until it closes or a request needs hyper.
+/// Serves requests on `io`, accepted at `accepted`, until it closes or a
+/// request needs hyper.
 pub async fn serve<I>(
     io: &mut I,
     client: &ClientInfo,
     proxy: &Arc<Proxy>,
     opts: &ServerOptions,
     shutdown: &Shutdown,
+    accepted: Instant,
 ) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut reuse = Reuse::new(shutdown.clone());
-    // Timers (client reads, backend response heads) and a drain watch made
-    // once per connection, not per request.
-    let mut timer = LazyTimer::new();
-    let mut drain = shutdown.reached(Phase::Drain);
+    let mut io = SendClock::new(io, opts.client_stall);
+    let mut conn = FastConn {
+        opts,
+        metrics: &proxy.metrics,
+        shutdown,
+        reuse: Reuse::new(shutdown.clone()),
+        timer: LazyTimer::new(),
+        drain: shutdown.reached(Phase::Drain),
+        first_due: Some(accepted + opts.client_header),
+    };
     loop {
-        let next = match read_request(io, &mut reuse, &mut timer, &mut drain, proxy, opts).await {
-            Ok(ready) => {
-                proxy
-                    .serve_h1(
-                        ready.request,
-                        ready.settings,
-                        client,
-                        io,
-                        &mut reuse,
-                        ready.keep_alive,
-                    )
-                    .await
-            }
-            Err(Stop::Close) => Next::Close,
-            Err(Stop::Handover) => {
-                // Not a byte of the request consumed: hyper reads it afresh.
-                return Outcome::Handover(std::mem::take(&mut reuse.input).freeze());
-            }
-            Err(Stop::Refuse(kind)) => {
-                proxy.metrics.client_error(kind);
-                reject(io, kind).await;
+        let head = match conn.read_head(&mut io).await {
+            Ok(head) => head,
+            Err(outcome) => return outcome,
+        };
+        let (request, settings, keep_alive) = match conn.prepare(&mut io, head, proxy).await {
+            Step::Serve(request, settings, keep_alive) => (request, settings, keep_alive),
+            Step::Handover => return conn.handover(),
+            Step::Reject(kind) => {
+                conn.reject(&mut io, kind).await;
                 return Outcome::Closed;
             }
         };
+        let reuse = &mut conn.reuse;
+        let next = proxy
+            .serve_h1(request, settings, client, &mut io, reuse, keep_alive)
+            .await;
         if next == Next::Close || shutdown.phase() != Phase::Running {
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
+        conn.first_due = None;
         // Give back a large buffer grown by one big request.
         if reuse.scratch.capacity() > 64 * 1024 {
             reuse.scratch = Vec::new();
@@ -121,171 +133,179 @@ where
     }
 }
 
-/// Reads the next request the fast path serves: its head, then a body that
-/// fits the replay buffer (read whole: it may be sent again). Heads that
-/// go to the backend as they are stay in `reuse.input`; others are made
-/// into `http` parts (see `proxy::request_head`).
-async fn read_request<I>(
-    io: &mut I,
-    reuse: &mut Reuse,
-    timer: &mut LazyTimer,
-    drain: &mut Reached,
-    proxy: &Proxy,
-    opts: &ServerOptions,
-) -> Result<Ready, Stop>
-where
-    I: AsyncRead + Unpin,
-{
-    let head = read_head(io, reuse, timer, drain, opts).await?;
-    let settings = proxy.settings();
-    let bytes = &reuse.input[..head.len];
-    let scan = Scan::of(
-        bytes,
-        &reuse.fields,
-        &settings.affinity,
-        settings.underscores_in_headers,
-    );
-    let body_len = body_len(&head, &scan, &reuse.fields, reuse, opts, proxy, &settings)?;
+// === impl FastConn ===
 
-    // Most heads go to the backend from where they lie; the rest are
-    // rewritten over a `HeaderMap` (see `proxy::request_head`).
-    let in_place = !scan.needs_map(bytes, &head);
-    let mut parts = None;
-    if !in_place {
-        let bytes = reuse.input.split_to(head.len).freeze();
-        let p = http1::request_parts(&bytes, &head, &reuse.fields, &mut reuse.headers);
-        parts = Some(p.map_err(|_| Stop::Refuse(ClientErrorKind::BadRequest))?);
-    }
-    // The body follows the head (still in `input` if passed on in place).
-    let body_at = if in_place { head.len } else { 0 };
-    read_body(io, reuse, timer, body_at + body_len.unwrap_or(0), opts).await?;
-    let keep_alive = !scan.close && reuse.shutdown.phase() == Phase::Running;
-    let request = match parts {
-        None => Request::InPlace {
-            head,
-            scan,
-            body_len,
-        },
-        Some(parts) => Request::Parts {
-            parts,
-            body: body_len.map(|n| reuse.input.split_to(n).freeze()),
-        },
-    };
-    Ok(Ready {
-        request,
-        settings,
-        keep_alive,
-    })
-}
-
-/// Reads a request head into `reuse.input` (its fields in `reuse.fields`):
-/// the idle timeout runs until its first byte, the header timeout from
-/// then on.
-async fn read_head<I>(
-    io: &mut I,
-    reuse: &mut Reuse,
-    timer: &mut LazyTimer,
-    drain: &mut Reached,
-    opts: &ServerOptions,
-) -> Result<http1::RequestHead, Stop>
-where
-    I: AsyncRead + Unpin,
-{
-    let mut head_deadline: Option<Instant> = None;
-    loop {
-        match http1::parse_request_head(&reuse.input, opts.max_header_bytes, &mut reuse.fields) {
-            Ok(Some(head)) => return Ok(head),
-            Ok(None) => {}
-            // HTTP/2 with prior knowledge: hyper serves it, or (with
-            // HTTP/2 off) turns it away, as it did before the fast path.
-            Err(_) if reuse.input.starts_with(H2_PREFACE) => return Err(Stop::Handover),
-            // The start of an HTTP/2 preface that arrived in pieces: wait for the rest.
-            Err(_) if H2_PREFACE.starts_with(&reuse.input) => {}
-            Err(e) => return Err(refusal(e)),
+impl FastConn<'_> {
+    /// Reads the next request head. The first is due the header timeout
+    /// after the accept; a later one may wait the idle timeout for its
+    /// first byte, then the header timeout. A head that does not come in
+    /// time is answered 408 if it had begun.
+    async fn read_head<I>(&mut self, io: &mut I) -> Result<http1::RequestHead, Outcome>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut head_due = self.first_due;
+        loop {
+            let parsed = http1::parse_request_head(
+                &self.reuse.input,
+                self.opts.max_header_bytes,
+                &mut self.reuse.fields,
+            );
+            let input = &self.reuse.input;
+            match parsed {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                // HTTP/2 with prior knowledge: hyper serves it, or (with
+                // HTTP/2 off) turns it away.
+                Err(_) if input.starts_with(H2_PREFACE) => return Err(self.handover()),
+                // The start of an HTTP/2 preface that arrived in pieces: wait for the rest.
+                Err(_) if H2_PREFACE.starts_with(input) => {}
+                Err(e) => {
+                    self.reject(io, refusal(e)).await;
+                    return Err(Outcome::Closed);
+                }
+            }
+            let empty = self.reuse.input.is_empty();
+            // The header timeout is armed only if a head has to wait for
+            // more bytes, a few microseconds after its first ones came: a
+            // head that came whole reads no clock.
+            let deadline = if empty && head_due.is_none() {
+                Instant::now() + self.opts.client_idle
+            } else {
+                *head_due.get_or_insert_with(|| Instant::now() + self.opts.client_header)
+            };
+            let draining = empty.then_some(&mut self.drain);
+            match read_more(
+                io,
+                &mut self.reuse.input,
+                &mut self.timer,
+                deadline,
+                draining,
+            )
+            .await
+            {
+                Wait::Data => {}
+                Wait::TimedOut if self.begun_http1() => {
+                    self.reject(io, ClientErrorKind::Timeout).await;
+                    return Err(Outcome::Closed);
+                }
+                Wait::Closed | Wait::TimedOut | Wait::Draining => return Err(Outcome::Closed),
+            }
         }
-        let idle = reuse.input.is_empty();
-        let deadline = if idle {
-            Instant::now() + opts.client_idle
-        } else {
-            *head_deadline.get_or_insert_with(|| Instant::now() + opts.client_header)
+    }
+
+    /// True if part of an HTTP/1 request head has arrived.
+    fn begun_http1(&self) -> bool {
+        let input = &self.reuse.input;
+        !input.is_empty() && !H2_PREFACE.starts_with(input)
+    }
+
+    /// Decides what to do with `head`, and reads its body if it is served here.
+    async fn prepare<I>(&mut self, io: &mut I, head: http1::RequestHead, proxy: &Proxy) -> Step
+    where
+        I: AsyncRead + Unpin,
+    {
+        let settings = proxy.settings();
+        let reuse = &mut self.reuse;
+        let bytes = &reuse.input[..head.len];
+        let underscores = settings.underscores_in_headers;
+        let scan = Scan::of(bytes, &reuse.fields, &settings.affinity, underscores);
+        let framing = match scan.framing(bytes, &reuse.fields) {
+            Ok(framing) => framing,
+            Err(e) => return Step::Reject(refusal(e)),
         };
-        let draining = if idle { Some(&mut *drain) } else { None };
-        // The header timeout is armed (above) only if a head has to wait
-        // for more bytes, a few microseconds after its first ones came: a
-        // head that came whole reads no clock.
-        match read_more(io, &mut reuse.input, timer, deadline, draining).await {
-            Wait::Data => {}
-            // A head begun and not finished in time is answered 408.
-            Wait::TimedOut if !idle => return Err(Stop::Refuse(ClientErrorKind::Timeout)),
-            Wait::Closed | Wait::TimedOut | Wait::Draining => return Err(Stop::Close),
+        if let http1::Framing::Length(n) = framing {
+            let limit = settings.max_request_body;
+            if limit != 0 && n > limit {
+                return Step::Reject(ClientErrorKind::BodyTooLarge);
+            }
         }
+        // A body is read whole before the request goes on, so only one that
+        // fits the replay buffer (and so can be retried) is served here.
+        let body_len = match framing {
+            http1::Framing::None => Some(None),
+            http1::Framing::Length(n) if n <= proxy.replay_limit() as u64 => Some(Some(n as usize)),
+            _ => None,
+        };
+        let body_len = match body_len {
+            Some(len) if servable(&head, &scan, reuse.fields.len(), self.opts, proxy) => len,
+            // Not a byte of it consumed: hyper reads the request afresh.
+            _ => return Step::Handover,
+        };
+        // Most heads go to the backend from where they lie; the rest are
+        // rewritten over a `HeaderMap` (see `proxy::request_head`).
+        let in_place = !scan.needs_map(bytes, &head);
+        let mut parts = None;
+        if !in_place {
+            let bytes = reuse.input.split_to(head.len).freeze();
+            match http1::request_parts(&bytes, &head, &reuse.fields, &mut reuse.headers) {
+                Ok(p) => parts = Some(p),
+                Err(_) => return Step::Reject(ClientErrorKind::BadRequest),
+            }
+        }
+        // The body follows the head (still in `input` if passed on in place).
+        let body_at = if in_place { head.len } else { 0 };
+        if let Err(kind) = self.read_body(io, body_at + body_len.unwrap_or(0)).await {
+            return Step::Reject(kind);
+        }
+        let keep_alive = !scan.close && self.shutdown.phase() == Phase::Running;
+        let request = match parts {
+            None => Request::InPlace {
+                head,
+                scan,
+                body_len,
+            },
+            Some(parts) => Request::Parts {
+                parts,
+                body: body_len.map(|n| self.reuse.input.split_to(n).freeze()),
+            },
+        };
+        Step::Serve(request, settings, keep_alive)
     }
-}
 
-/// The length of the body the fast path reads for this request (None: no
-/// body), or why it does not serve it: hyper serves what the fast path
-/// does not (`Stop::Handover`), and a client's broken framing or a body
-/// over the limit is refused.
-fn body_len(
-    head: &http1::RequestHead,
-    scan: &Scan,
-    fields: &[http1::HeaderIndices],
-    reuse: &Reuse,
-    opts: &ServerOptions,
-    proxy: &Proxy,
-    settings: &Settings,
-) -> Result<Option<usize>, Stop> {
-    let bytes = &reuse.input[..head.len];
-    let framing = scan.framing(bytes, fields).map_err(refusal)?;
-    if let http1::Framing::Length(n) = framing {
-        if settings.max_request_body != 0 && n > settings.max_request_body {
-            return Err(Stop::Refuse(ClientErrorKind::BodyTooLarge));
+    /// Reads until `input` holds `len` bytes: a client that sends none of
+    /// them for the stall timeout gets a 408; one that leaves is gone.
+    async fn read_body<I>(&mut self, io: &mut I, len: usize) -> Result<(), ClientErrorKind>
+    where
+        I: AsyncRead + Unpin,
+    {
+        while self.reuse.input.len() < len {
+            let deadline = Instant::now() + self.opts.client_stall;
+            match read_more(io, &mut self.reuse.input, &mut self.timer, deadline, None).await {
+                Wait::Data => {}
+                Wait::TimedOut => return Err(ClientErrorKind::Timeout),
+                Wait::Closed | Wait::Draining => return Err(ClientErrorKind::Aborted),
+            }
         }
+        Ok(())
     }
-    // A body is read whole before the request goes on, so only one that
-    // fits the replay buffer (and so can be retried) is served here.
-    let len = match framing {
-        http1::Framing::None => None,
-        http1::Framing::Length(n) if n <= proxy.replay_limit() as u64 => Some(n as usize),
-        _ => return Err(Stop::Handover),
-    };
-    if !servable(head, scan, fields.len(), opts, proxy) {
-        return Err(Stop::Handover);
-    }
-    Ok(len)
-}
 
-/// Reads until `reuse.input` holds `len` bytes: a client that stops
-/// sending for the idle timeout is answered 408, one that leaves is gone.
-async fn read_body<I>(
-    io: &mut I,
-    reuse: &mut Reuse,
-    timer: &mut LazyTimer,
-    len: usize,
-    opts: &ServerOptions,
-) -> Result<(), Stop>
-where
-    I: AsyncRead + Unpin,
-{
-    while reuse.input.len() < len {
-        let deadline = Instant::now() + opts.client_idle;
-        match read_more(io, &mut reuse.input, timer, deadline, None).await {
-            Wait::Data => {}
-            Wait::TimedOut => return Err(Stop::Refuse(ClientErrorKind::Timeout)),
-            Wait::Closed | Wait::Draining => return Err(Stop::Refuse(ClientErrorKind::Aborted)),
+    /// Answers a request the client got wrong, counts it, and closes.
+    async fn reject<I>(&self, io: &mut I, kind: ClientErrorKind)
+    where
+        I: AsyncWrite + Unpin,
+    {
+        self.metrics.client_error(kind);
+        reject(io, kind).await;
+    }
+
+    /// Hands the connection, and the bytes read from it, to hyper.
+    fn handover(&mut self) -> Outcome {
+        Outcome::Handover {
+            input: std::mem::take(&mut self.reuse.input).freeze(),
+            served: self.first_due.is_none(),
         }
     }
-    Ok(())
 }
 
 /// The answer to a request head the client got wrong.
-fn refusal(e: http1::HeadError) -> Stop {
-    Stop::Refuse(match e {
+fn refusal(e: http1::HeadError) -> ClientErrorKind {
+    match e {
         http1::HeadError::TooLarge => ClientErrorKind::HeaderTooLarge,
         http1::HeadError::LineTooLong => ClientErrorKind::UriTooLong,
         http1::HeadError::UnknownCoding => ClientErrorKind::NotImplemented,
         http1::HeadError::Malformed(_) => ClientErrorKind::BadRequest,
-    })
+    }
 }
 
 /// True if the fast path serves this request (given a small body) with

@@ -1,16 +1,88 @@
-//! The body of a request on its way to a backend: streamed, or held for replay; a streamed body notes when the client, not the backend, made it fail.
+//! The body of a request on its way to a backend: streamed, or held for replay; the stall clock every streamed body runs on; and which side a streamed body's failure belongs to.
 
 use std::error::Error as _;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
-/// The error a request body yields to the connection sending it.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// An inactivity deadline for a streamed body: armed when the body's
+/// sender makes it wait, disarmed when a frame comes. The timer is made
+/// (and the clock read) only when a body has to wait.
+pub struct Stall {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Stall {
+    pub fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// After the body returned `Pending`: ready once it has waited `limit`
+    /// since it last moved.
+    pub fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = Instant::now() + self.limit;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx)
+    }
+
+    /// The body moved (a frame, or its end).
+    pub fn moved(&mut self) {
+        self.armed = false;
+    }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
+/// Why a streamed body ended before its end.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Its connection failed.
+    Read(hyper::Error),
+    /// Its sender sent nothing for this long.
+    Stalled(Duration),
+    /// It grew past this many bytes (`limits.max_request_body`).
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Read(e) => write!(f, "{e}"),
+            BodyError::Stalled(d) => write!(f, "no byte of the body for {d:?}"),
+            BodyError::TooLarge(n) => write!(f, "the body is over {n} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Read(e) => Some(e),
+            BodyError::Stalled(_) | BodyError::TooLarge(_) => None,
+        }
+    }
+}
 
 /// How a client's request body failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +91,20 @@ pub enum BodyFault {
     Malformed,
     /// The client closed or reset its connection (or stream) before the end.
     Gone,
-    /// The client stopped sending.
-    TimedOut,
+    /// The client sent nothing for this long.
+    TimedOut(Duration),
     /// It grew past this many bytes (`limits.max_request_body`).
     TooLarge(u64),
+}
+
+impl BodyFault {
+    fn of(e: &BodyError) -> BodyFault {
+        match e {
+            BodyError::Read(e) => fault_of(e),
+            BodyError::Stalled(d) => BodyFault::TimedOut(*d),
+            BodyError::TooLarge(n) => BodyFault::TooLarge(*n),
+        }
+    }
 }
 
 /// What became of a client's streamed body, shared between the body (which
@@ -42,87 +124,15 @@ impl BodyWatch {
     }
 }
 
-/// A client's request body as it streams to a backend: counted against a
-/// limit, and every failure noted in its [`BodyWatch`] (a failure here is
-/// always the client's: its bytes are read from the client).
-pub struct ClientBody {
-    inner: Incoming,
-    read: u64,
-    /// Most bytes allowed (0: no limit).
-    limit: u64,
-    watch: Arc<BodyWatch>,
-}
-
-impl ClientBody {
-    pub fn new(inner: Incoming, limit: u64, watch: Arc<BodyWatch>) -> ClientBody {
-        ClientBody {
-            inner,
-            read: 0,
-            limit,
-            watch,
-        }
-    }
-
-    /// True if the body says up front (its length) that it is over the limit.
-    pub fn announced_too_large(&self) -> bool {
-        self.limit != 0 && self.inner.size_hint().lower() > self.limit
-    }
-
-    pub fn watch(&self) -> &Arc<BodyWatch> {
-        &self.watch
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.read += data.len() as u64;
-                    if this.limit != 0 && this.read > this.limit {
-                        this.watch.note(BodyFault::TooLarge(this.limit));
-                        return Poll::Ready(Some(Err("the request body is over the limit".into())));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.watch.note(fault_of(&e));
-                Poll::Ready(Some(Err(e.into())))
-            }
-            other => other.map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Which client fault a body error from hyper is: broken framing (hyper's
 /// decoders report it as invalid data or input, HTTP/2 as a protocol error
 /// it found itself), a timeout, or else a client that left.
 pub fn fault_of(e: &hyper::Error) -> BodyFault {
-    if e.is_timeout() {
-        return BodyFault::TimedOut;
-    }
     let mut cause = e.source();
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<io::Error>() {
             return match io.kind() {
                 io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => BodyFault::Malformed,
-                io::ErrorKind::TimedOut => BodyFault::TimedOut,
                 _ => BodyFault::Gone,
             };
         }
@@ -140,6 +150,90 @@ pub fn fault_of(e: &hyper::Error) -> BodyFault {
         BodyFault::Malformed
     } else {
         BodyFault::Gone
+    }
+}
+
+/// Polls `body` for a frame on the clock `stall`: a body that keeps its
+/// reader waiting `stall.limit()` fails with [`BodyError::Stalled`].
+pub fn poll_timed(
+    body: &mut Incoming,
+    stall: &mut Stall,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    match Pin::new(body).poll_frame(cx) {
+        Poll::Ready(r) => {
+            stall.moved();
+            Poll::Ready(r.map(|f| f.map_err(BodyError::Read)))
+        }
+        Poll::Pending => match stall.poll_waiting(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled(stall.limit())))),
+            Poll::Pending => Poll::Pending,
+        },
+    }
+}
+
+/// A client's request body, read on the clock (a client that sends no
+/// byte of it for the client stall timeout fails it) and counted against
+/// `limits.max_request_body`; every failure is noted in its [`BodyWatch`]
+/// (a failure here is always the client's: its bytes come from the client).
+pub struct ClientBody {
+    body: Incoming,
+    stall: Stall,
+    read: u64,
+    /// Most bytes taken (0: no limit).
+    limit: u64,
+    watch: Arc<BodyWatch>,
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming, stall: Duration, limit: u64) -> ClientBody {
+        ClientBody {
+            body,
+            stall: Stall::new(stall),
+            read: 0,
+            limit,
+            watch: Arc::default(),
+        }
+    }
+
+    /// True if the body says up front (its length) that it is over the limit.
+    pub fn announced_too_large(&self) -> bool {
+        self.limit != 0 && self.body.size_hint().lower() > self.limit
+    }
+
+    pub fn watch(&self) -> &Arc<BodyWatch> {
+        &self.watch
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let mut polled = poll_timed(&mut this.body, &mut this.stall, cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            this.read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if this.limit != 0 && this.read > this.limit {
+                polled = Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+            }
+        }
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            this.watch.note(BodyFault::of(e));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -174,12 +268,12 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         // Every variant is Unpin (ClientBody is), so no projection is needed.
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),

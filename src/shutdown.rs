@@ -1,4 +1,4 @@
-//! The server's phase (running, draining, closing), and futures that wait for one.
+//! The server's phase (running, draining, closing), futures that wait for one, and the hold an upgraded tunnel keeps on its connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -217,5 +217,24 @@ mod tests {
         }
         let len = shutdown.inner.waiters.lock().unwrap().len();
         assert!(len <= 64, "{len} waiters listed");
+    }
+}
+
+/// Put on an upgrade request by the server: the tunnel that the upgrade
+/// becomes holds it, so the client connection counts as open until the
+/// tunnel closes, and the tunnel learns when shutdown reaches `Close`.
+#[derive(Clone)]
+pub struct TunnelHold {
+    _open: tokio::sync::mpsc::Sender<()>,
+    pub shutdown: Shutdown,
+}
+
+impl TunnelHold {
+    /// A hold that keeps `open` (the connection's count of open tunnels) alive.
+    pub fn new(open: tokio::sync::mpsc::Sender<()>, shutdown: Shutdown) -> TunnelHold {
+        TunnelHold {
+            _open: open,
+            shutdown,
+        }
     }
 }

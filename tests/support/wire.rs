@@ -1,6 +1,4 @@
-//! A raw HTTP/1 client for tests that send bytes no well-behaved client would, and read the answer strictly (unstick's own parser and framing rules).
-
-#![allow(dead_code)]
+//! A raw HTTP/1 client for tests that send bytes no well-behaved client would, and read the answer strictly (unstick's own parser and framing rules), never panicking on what comes back.
 
 use std::net::SocketAddr;
 use std::time::Duration;
