@@ -27,7 +27,8 @@ use tokio::sync::watch;
 use crate::app::{AccessLoggerChoice, App};
 use crate::config::{AccessLog, BackendSpec, Config, UpstreamProtocol};
 use crate::demo::supervisor::{
-    CommandSpec, Event, Readiness, RestartPolicy, StartError, Supervisor, SupervisorOptions,
+    CommandSpec, Event, Instance, Readiness, RestartPolicy, StartError, Supervisor,
+    SupervisorOptions,
 };
 use crate::load::{Engine, Settings, Target};
 use crate::metrics::Metrics;
@@ -229,8 +230,48 @@ async fn run_inner(
         opts.instances,
         opts.app.display
     ));
+    let supervisor = start_instances(opts, events.clone(), started_pids).await?;
+    let guard = SupervisorGuard(Some(supervisor.clone()));
+    let instances = supervisor.instances();
+    let app = start_balancer(opts, &instances).await?;
+    let mut load = start_load(opts, &app)?;
+    let t0 = load.clock_start().await?;
+    let observed = run_faults(opts, &plan, t0, supervisor, events.clone(), &app, load.task).await?;
 
-    // 1. The instances.
+    say("chaos: run over; stopping the balancer and the instances");
+    app.drain();
+    let _ = tokio::time::timeout(Duration::from_secs(3), app.wait()).await;
+    guard.stop().await;
+
+    let run = Finished {
+        opts,
+        plan: &plan,
+        wall_start,
+        t0,
+        instances: &instances,
+        events: lock(&events).clone(),
+        observed,
+    };
+    let document = run.document(&std::mem::take(&mut *lock(&load.sink)));
+    let written =
+        report::write(&document, &opts.report_dir).map_err(|source| ChaosError::Report {
+            dir: opts.report_dir.clone(),
+            source,
+        })?;
+    let summary = report::summary(&document, Some(&written));
+    Ok(RunOutcome {
+        document,
+        written,
+        summary,
+    })
+}
+
+/// Step 1: the app's instances, each ready; every start is logged as an event.
+async fn start_instances(
+    opts: &ChaosOptions,
+    events: EventLog,
+    started_pids: Arc<Mutex<Vec<u32>>>,
+) -> Result<Arc<Supervisor>, ChaosError> {
     let spec = CommandSpec {
         name: "app".into(),
         program: opts.app.program.clone(),
@@ -253,14 +294,12 @@ async fn run_inner(
         echo_output: opts.app_logs,
         ..SupervisorOptions::default()
     };
-    let ev = events.clone();
-    let pids = started_pids.clone();
     let on_event = move |e: &Event| {
         if let Event::Started { pid, .. } = e {
-            lock(&pids).push(*pid);
+            lock(&started_pids).push(*pid);
         }
         say(&event_line(e));
-        lock(&ev).push(TimedEvent {
+        lock(&events).push(TimedEvent {
             at: Instant::now(),
             event: e.clone(),
         });
@@ -270,11 +309,12 @@ async fn run_inner(
             .await
             .map_err(|e| ChaosError::Balancer(format!("the supervisor thread failed: {e}")))?
             .map_err(|source| ChaosError::App { source })?;
-    let supervisor = Arc::new(supervisor);
-    let guard = SupervisorGuard(Some(supervisor.clone()));
-    let instances = supervisor.instances();
+    Ok(Arc::new(supervisor))
+}
 
-    // 2. The balancer.
+/// Step 2: the balancer in this process, on loopback ports, in front of the
+/// instances; it warns about instances not in rotation after 5 s.
+async fn start_balancer(opts: &ChaosOptions, instances: &[Instance]) -> Result<App, ChaosError> {
     let mut config = opts.balancer.clone();
     config.listen = "127.0.0.1:0".parse().expect("an address");
     config.admin = Some("127.0.0.1:0".parse().expect("an address"));
@@ -289,7 +329,6 @@ async fn run_inner(
             protocol: UpstreamProtocol::Http1,
         })
         .collect();
-    let tls = config.tls.is_some();
     let app = App::start_with(
         config,
         Metrics::new_unregistered(),
@@ -297,9 +336,11 @@ async fn run_inner(
     )
     .await
     .map_err(|e| ChaosError::Balancer(e.to_string()))?;
-    let admin_addr = app.admin_addr.expect("the admin listener was asked for");
-    let mut admin = AdminClient::new(admin_addr);
-    if let Ok(rows) = admin.wait_all_healthy(Duration::from_secs(5)).await {
+    let admin_addr = admin_of(&app);
+    if let Ok(rows) = AdminClient::new(admin_addr)
+        .wait_all_healthy(Duration::from_secs(5))
+        .await
+    {
         let out: Vec<&str> = rows
             .iter()
             .filter(|r| !r.healthy)
@@ -319,9 +360,29 @@ async fn run_inner(
         opts.rate,
         schedule::human(opts.plan.phases.total())
     ));
+    Ok(app)
+}
 
-    // 3. The load.
-    let scheme = if tls { "https" } else { "http" };
+fn admin_of(app: &App) -> std::net::SocketAddr {
+    app.admin_addr.expect("the admin listener was asked for")
+}
+
+/// The load engine running the scenario, and what it records.
+struct LoadRun {
+    task: tokio::task::JoinHandle<Result<crate::load::Report, crate::load::LoadError>>,
+    live: Arc<crate::load::Live>,
+    sink: traffic::Sink,
+    /// Stops the engine if the run is dropped (interrupted).
+    _stop: StopOnDrop,
+}
+
+/// Step 3: the load, through the balancer's listener.
+fn start_load(opts: &ChaosOptions, app: &App) -> Result<LoadRun, ChaosError> {
+    let scheme = if opts.balancer.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let target = Target::parse(&format!("{scheme}://{}/", app.proxy_addr))
         .map_err(|e| ChaosError::Load(e.reason))?;
     let workload = ScenarioLoad::new(
@@ -344,35 +405,64 @@ async fn run_inner(
     settings.timeout = opts.timeout;
     settings.insecure = true;
     let engine = Engine::new(settings, workload).map_err(|e| ChaosError::Load(e.to_string()))?;
-    let live = engine.live();
-    let _stop_guard = StopOnDrop(engine.stopper());
-    let load = tokio::spawn(engine.run());
-    // The engine's clock starts once every user is connected.
-    let t0 = loop {
-        let snap = live.snapshot();
-        if !snap.elapsed.is_zero() {
-            break Instant::now() - snap.elapsed;
-        }
-        if load.is_finished() {
-            let r = load.await;
-            return Err(ChaosError::Load(match r {
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(_)) => "the run ended before it started".into(),
-                Err(e) => e.to_string(),
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
+    Ok(LoadRun {
+        live: engine.live(),
+        _stop: StopOnDrop(engine.stopper()),
+        task: tokio::spawn(engine.run()),
+        sink,
+    })
+}
 
-    // 4. Watchers and faults.
+impl LoadRun {
+    /// When the engine's clock started: once every user is connected. An
+    /// engine that ends before then is an error.
+    async fn clock_start(&mut self) -> Result<Instant, ChaosError> {
+        loop {
+            let snap = self.live.snapshot();
+            if !snap.elapsed.is_zero() {
+                return Ok(Instant::now() - snap.elapsed);
+            }
+            if self.task.is_finished() {
+                return Err(ChaosError::Load(match (&mut self.task).await {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "the run ended before it started".into(),
+                    Err(e) => e.to_string(),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// What the run saw while the load ran.
+struct Observed {
+    runs: Vec<faults::FaultRun>,
+    transitions: Vec<observe::Transition>,
+    crashes: Vec<faults::Crash>,
+    final_rows: Vec<observe::BackendRow>,
+    affinity: serde_json::Value,
+}
+
+/// Steps 4 and 5: the fault plan, the backend watcher and the crash watcher,
+/// until the load ends.
+async fn run_faults(
+    opts: &ChaosOptions,
+    plan: &Plan,
+    t0: Instant,
+    supervisor: Arc<Supervisor>,
+    events: EventLog,
+    app: &App,
+    load: tokio::task::JoinHandle<Result<crate::load::Report, crate::load::LoadError>>,
+) -> Result<Observed, ChaosError> {
+    let admin_addr = admin_of(app);
     let (stop_tx, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(observe::watch_backends(
         AdminClient::new(admin_addr),
         stop_rx.clone(),
     ));
     let executor = Arc::new(Executor::new(
-        supervisor.clone(),
-        events.clone(),
+        supervisor,
+        events,
         opts.instances,
         ExecOptions {
             allow_total_outage: opts.plan.allow_total_outage,
@@ -380,7 +470,7 @@ async fn run_inner(
             ready_timeout: opts.ready_timeout,
         },
     ));
-    let crash_watch = tokio::spawn(executor.clone().watch_crashes(stop_rx.clone()));
+    let crash_watch = tokio::spawn(executor.clone().watch_crashes(stop_rx));
     let fault_tasks: Vec<_> = plan
         .faults
         .iter()
@@ -388,7 +478,6 @@ async fn run_inner(
         .collect();
     let phase_lines = tokio::spawn(announce_phases(t0, plan.phases));
 
-    // 5. Until the load ends.
     let load_result = load.await;
     phase_lines.abort();
     executor.close();
@@ -408,79 +497,138 @@ async fn run_inner(
         Ok(Err(e)) => return Err(ChaosError::Load(e.to_string())),
         Err(e) => return Err(ChaosError::Load(e.to_string())),
     }
-    let final_rows = admin.backends().await.unwrap_or_default();
-    let affinity = admin.affinity().await.unwrap_or(serde_json::Value::Null);
-    let crashes = executor.crashes();
-    drop(executor);
+    let mut admin = AdminClient::new(admin_addr);
+    runs.sort_by_key(|r| r.planned.n);
+    Ok(Observed {
+        runs,
+        transitions,
+        crashes: executor.crashes(),
+        final_rows: admin.backends().await.unwrap_or_default(),
+        affinity: admin.affinity().await.unwrap_or(serde_json::Value::Null),
+    })
+}
 
-    // 6. Stop everything.
-    say("chaos: run over; stopping the balancer and the instances");
-    app.drain();
-    let _ = tokio::time::timeout(Duration::from_secs(3), app.wait()).await;
-    guard.stop().await;
+/// A run whose load has ended: everything step 7 (the verdict and the
+/// report) is drawn from.
+struct Finished<'a> {
+    opts: &'a ChaosOptions,
+    plan: &'a Plan,
+    wall_start: SystemTime,
+    t0: Instant,
+    instances: &'a [Instance],
+    events: Vec<TimedEvent>,
+    observed: Observed,
+}
 
-    // 7. The verdict.
-    let logs = std::mem::take(&mut *lock(&sink));
-    let secs = |t: Instant| round3(t.saturating_duration_since(t0).as_secs_f64());
-    let event_list = lock(&events).clone();
-    let mut identities: HashMap<String, Incarnation> = HashMap::new();
-    let mut pids_by_slot: Vec<Vec<u32>> = vec![Vec::new(); opts.instances];
-    for e in &event_list {
-        if let Event::Started {
-            index,
-            addr,
-            pid,
-            identity,
-            ..
-        } = &e.event
-        {
-            pids_by_slot[*index].push(*pid);
-            // The balancer's backend header names the instance by address
-            // (for apps that send no instance header): the latest process
-            // there.
-            identities.insert(
-                addr.to_string(),
-                Incarnation {
-                    index: *index,
-                    pid: *pid,
-                },
-            );
-            if let Some(id) = identity {
-                identities.insert(
-                    id.clone(),
-                    Incarnation {
-                        index: *index,
-                        pid: *pid,
-                    },
-                );
-            }
+impl Finished<'_> {
+    /// Seconds since the engine's clock started, to the millisecond.
+    fn secs(&self, t: Instant) -> f64 {
+        round3(t.saturating_duration_since(self.t0).as_secs_f64())
+    }
+
+    /// The verdict on `logs` and the report document.
+    fn document(self, logs: &[traffic::UserLog]) -> Document {
+        let opts = self.opts;
+        let (identities, pids_by_slot) = self.incarnations();
+        let timeline = self.timeline();
+        let served = self.served();
+        let affinity_seen = affinity_seen(&self.observed.affinity);
+        let identity_header = opts
+            .identity_headers
+            .first()
+            .map(|h| h.as_str().to_owned())
+            .unwrap_or_default();
+        let analysis = checks::analyze(&checks::Input {
+            t0: self.t0,
+            phases: self.plan.phases,
+            logs,
+            scenario: &opts.scenario,
+            faults: &timeline,
+            identities: &identities,
+            identity_header: &identity_header,
+            served: &served,
+            affinity: &affinity_seen,
+            target_rate: opts.rate,
+            thresholds: opts.thresholds,
+        });
+        Document {
+            verdict: analysis.outcome,
+            exit_code: analysis.outcome.exit_code(),
+            label: opts.label.clone(),
+            unstick_version: env!("CARGO_PKG_VERSION"),
+            started_at: crate::timefmt::Rfc3339(self.wall_start).to_string(),
+            seed: opts.plan.seed,
+            command_line: opts.command_line.clone(),
+            app: app_info(opts),
+            load: load_info(opts),
+            faults: faults_info(opts),
+            thresholds: thresholds_info(opts),
+            phases: self.plan.phases,
+            plan: self.plan.faults.clone(),
+            plan_skipped: self.plan.skipped.clone(),
+            timeline,
+            unplanned_exits: self.unplanned_exits(),
+            instances: self
+                .instances
+                .iter()
+                .map(|i| report::InstanceInfo {
+                    index: i.index,
+                    address: i.addr.to_string(),
+                    pids: pids_by_slot[i.index].clone(),
+                })
+                .collect(),
+            analysis,
         }
     }
-    let end_s = opts.plan.phases.total().as_secs_f64();
-    let mut timeline: Vec<FaultRecord> = Vec::new();
-    runs.sort_by_key(|r| r.planned.n);
-    for r in &runs {
-        let address = instances[r.planned.instance].addr.to_string();
+
+    /// Which instance (slot and pid) each identity names, and every pid each
+    /// slot had. The balancer's backend header names the instance by
+    /// address (for apps that send no instance header): the latest process
+    /// there.
+    fn incarnations(&self) -> (HashMap<String, Incarnation>, Vec<Vec<u32>>) {
+        let mut identities: HashMap<String, Incarnation> = HashMap::new();
+        let mut pids_by_slot: Vec<Vec<u32>> = vec![Vec::new(); self.opts.instances];
+        for e in &self.events {
+            let Event::Started {
+                index,
+                addr,
+                pid,
+                identity,
+                ..
+            } = &e.event
+            else {
+                continue;
+            };
+            pids_by_slot[*index].push(*pid);
+            let who = Incarnation {
+                index: *index,
+                pid: *pid,
+            };
+            identities.insert(addr.to_string(), who);
+            if let Some(id) = identity {
+                identities.insert(id.clone(), who);
+            }
+        }
+        (identities, pids_by_slot)
+    }
+
+    /// Every planned fault as it happened, with the balancer's view of it.
+    fn timeline(&self) -> Vec<FaultRecord> {
+        self.observed
+            .runs
+            .iter()
+            .map(|r| self.fault_record(r))
+            .collect()
+    }
+
+    fn fault_record(&self, r: &faults::FaultRun) -> FaultRecord {
+        let address = self.instances[r.planned.instance].addr.to_string();
         let (ejected, readmitted) = match r.at {
-            Some(at) => observe::eject_and_readmit(&transitions, &address, at),
+            Some(at) => observe::eject_and_readmit(&self.observed.transitions, &address, at),
             None => (None, None),
         };
-        let ms = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-            (Some(a), Some(b)) => Some(round3(
-                b.saturating_duration_since(a).as_secs_f64() * 1000.0,
-            )),
-            _ => None,
-        };
-        let window = r.at.map(|at| {
-            let start = secs(at);
-            let end = match (readmitted, r.back) {
-                (Some(t), _) => secs(t),
-                (None, Some(b)) => secs(b) + 1.0,
-                (None, None) => start + r.planned.back_after.as_secs_f64() + 2.0,
-            };
-            (start, end.min(end_s).max(start))
-        });
-        timeline.push(FaultRecord {
+        let secs = |t: Instant| self.secs(t);
+        FaultRecord {
             n: r.planned.n,
             kind: r.planned.kind,
             signal: r.planned.kind.signal_name(),
@@ -495,27 +643,83 @@ async fn run_inner(
             new_pid: r.new_pid,
             ejected_at_s: ejected.map(secs),
             readmitted_at_s: readmitted.map(secs),
-            time_to_eject_ms: ms(r.at, ejected),
+            time_to_eject_ms: millis_between(r.at, ejected),
             // From the restart (or SIGCONT), so the app's own start-up counts:
             // the balancer's checks often see it before the runner's readiness poll.
-            time_to_readmit_ms: ms(r.restart_requested.or(r.back), readmitted),
-            out_of_rotation_ms: ms(ejected, readmitted),
-            window_s: window,
+            time_to_readmit_ms: millis_between(r.restart_requested.or(r.back), readmitted),
+            out_of_rotation_ms: millis_between(ejected, readmitted),
+            window_s: self.fault_window(r, readmitted),
             note: r.note.clone(),
-        });
+        }
     }
-    let served: Vec<(String, u64)> = instances
-        .iter()
-        .map(|i| {
-            let a = i.addr.to_string();
-            let n = final_rows
-                .iter()
-                .find(|r| r.address == a)
-                .map_or(0, |r| r.requests);
-            (a, n)
+
+    /// The seconds in which requests may feel a fault: from the signal until
+    /// the instance is back in rotation (or a guess when it never was seen
+    /// back), within the run.
+    fn fault_window(
+        &self,
+        r: &faults::FaultRun,
+        readmitted: Option<Instant>,
+    ) -> Option<(f64, f64)> {
+        let end_s = self.opts.plan.phases.total().as_secs_f64();
+        r.at.map(|at| {
+            let start = self.secs(at);
+            let end = match (readmitted, r.back) {
+                (Some(t), _) => self.secs(t),
+                (None, Some(b)) => self.secs(b) + 1.0,
+                (None, None) => start + r.planned.back_after.as_secs_f64() + 2.0,
+            };
+            (start, end.min(end_s).max(start))
         })
-        .collect();
-    let affinity_seen: Vec<(String, String, u64)> = affinity["backends"]
+    }
+
+    /// Requests each instance served, by address, from the admin API.
+    fn served(&self) -> Vec<(String, u64)> {
+        self.instances
+            .iter()
+            .map(|i| {
+                let a = i.addr.to_string();
+                let n = self
+                    .observed
+                    .final_rows
+                    .iter()
+                    .find(|r| r.address == a)
+                    .map_or(0, |r| r.requests);
+                (a, n)
+            })
+            .collect()
+    }
+
+    fn unplanned_exits(&self) -> Vec<report::UnplannedExit> {
+        self.observed
+            .crashes
+            .iter()
+            .map(|c| report::UnplannedExit {
+                instance: c.instance,
+                pid: c.pid,
+                at_s: self.secs(c.at),
+                status: c.status.clone(),
+                back_at_s: c.back.map(|t| self.secs(t)),
+                new_pid: c.new_pid,
+            })
+            .collect()
+    }
+}
+
+/// Milliseconds from `a` to `b`, when both happened.
+fn millis_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(round3(
+            b.saturating_duration_since(a).as_secs_f64() * 1000.0,
+        )),
+        _ => None,
+    }
+}
+
+/// (backend, cookie, count) for every affinity cookie `/api/affinity` saw
+/// a backend set.
+fn affinity_seen(affinity: &serde_json::Value) -> Vec<(String, String, u64)> {
+    affinity["backends"]
         .as_array()
         .map(|list| {
             list.iter()
@@ -532,98 +736,48 @@ async fn run_inner(
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    let identity_header = opts
-        .identity_headers
-        .first()
-        .map(|h| h.as_str().to_owned())
-        .unwrap_or_default();
-    let analysis = checks::analyze(&checks::Input {
-        t0,
-        phases: plan.phases,
-        logs: &logs,
-        scenario: &opts.scenario,
-        faults: &timeline,
-        identities: &identities,
-        identity_header: &identity_header,
-        served: &served,
-        affinity: &affinity_seen,
-        target_rate: opts.rate,
-        thresholds: opts.thresholds,
-    });
-    let document = Document {
-        verdict: analysis.outcome,
-        exit_code: analysis.outcome.exit_code(),
-        label: opts.label.clone(),
-        unstick_version: env!("CARGO_PKG_VERSION"),
-        started_at: crate::timefmt::Rfc3339(wall_start).to_string(),
-        seed: opts.plan.seed,
-        command_line: opts.command_line.clone(),
-        app: report::AppInfo {
-            command: opts.app.display.clone(),
-            instances: opts.instances,
-            ready_path: opts.ready_path.clone(),
-            identity_headers: opts
-                .identity_headers
-                .iter()
-                .map(|h| h.to_string())
-                .collect(),
-        },
-        load: report::LoadInfo {
-            users: opts.users,
-            rate: opts.rate,
-            timeout_s: opts.timeout.as_secs_f64(),
-            scenario: opts.scenario.source.clone(),
-            read_only: opts.scenario.is_read_only(),
-        },
-        faults: report::FaultsInfo {
-            kinds: opts.plan.kinds.clone(),
-            every_s: opts.plan.every.as_secs_f64(),
-            restart_after_s: opts.plan.restart_after.as_secs_f64(),
-            pause_s: opts.plan.pause.as_secs_f64(),
-            allow_total_outage: opts.plan.allow_total_outage,
-        },
-        thresholds: report::ThresholdsInfo {
-            min_success: opts.thresholds.min_success,
-            max_p99_ratio: opts.thresholds.max_p99_ratio,
-            p99_floor_ms: checks::P99_FLOOR.as_secs_f64() * 1000.0,
-        },
-        phases: plan.phases,
-        plan: plan.faults.clone(),
-        plan_skipped: plan.skipped.clone(),
-        timeline,
-        unplanned_exits: crashes
+        .unwrap_or_default()
+}
+
+fn app_info(opts: &ChaosOptions) -> report::AppInfo {
+    report::AppInfo {
+        command: opts.app.display.clone(),
+        instances: opts.instances,
+        ready_path: opts.ready_path.clone(),
+        identity_headers: opts
+            .identity_headers
             .iter()
-            .map(|c| report::UnplannedExit {
-                instance: c.instance,
-                pid: c.pid,
-                at_s: secs(c.at),
-                status: c.status.clone(),
-                back_at_s: c.back.map(secs),
-                new_pid: c.new_pid,
-            })
+            .map(|h| h.to_string())
             .collect(),
-        instances: instances
-            .iter()
-            .map(|i| report::InstanceInfo {
-                index: i.index,
-                address: i.addr.to_string(),
-                pids: pids_by_slot[i.index].clone(),
-            })
-            .collect(),
-        analysis,
-    };
-    let written =
-        report::write(&document, &opts.report_dir).map_err(|source| ChaosError::Report {
-            dir: opts.report_dir.clone(),
-            source,
-        })?;
-    let summary = report::summary(&document, Some(&written));
-    Ok(RunOutcome {
-        document,
-        written,
-        summary,
-    })
+    }
+}
+
+fn load_info(opts: &ChaosOptions) -> report::LoadInfo {
+    report::LoadInfo {
+        users: opts.users,
+        rate: opts.rate,
+        timeout_s: opts.timeout.as_secs_f64(),
+        scenario: opts.scenario.source.clone(),
+        read_only: opts.scenario.is_read_only(),
+    }
+}
+
+fn faults_info(opts: &ChaosOptions) -> report::FaultsInfo {
+    report::FaultsInfo {
+        kinds: opts.plan.kinds.clone(),
+        every_s: opts.plan.every.as_secs_f64(),
+        restart_after_s: opts.plan.restart_after.as_secs_f64(),
+        pause_s: opts.plan.pause.as_secs_f64(),
+        allow_total_outage: opts.plan.allow_total_outage,
+    }
+}
+
+fn thresholds_info(opts: &ChaosOptions) -> report::ThresholdsInfo {
+    report::ThresholdsInfo {
+        min_success: opts.thresholds.min_success,
+        max_p99_ratio: opts.thresholds.max_p99_ratio,
+        p99_floor_ms: checks::P99_FLOOR.as_secs_f64() * 1000.0,
+    }
 }
 
 fn round3(x: f64) -> f64 {

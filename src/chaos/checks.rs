@@ -344,17 +344,46 @@ fn windows(faults: &[FaultRecord]) -> Vec<(f64, f64)> {
     merged
 }
 
-/// Counts requests and failures of an iterator of samples.
-fn success(samples: &[&Sample]) -> (u64, u64, BTreeMap<String, u64>) {
-    let mut failed = 0;
-    let mut by = BTreeMap::new();
-    for s in samples {
-        if let Verdict::Failed(f) = s.verdict {
-            failed += 1;
-            *by.entry(f.class()).or_insert(0) += 1;
+/// Requests and failures among some samples.
+struct Tally {
+    requests: u64,
+    failed: u64,
+    by_class: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn of(samples: &[&Sample]) -> Tally {
+        let mut failed = 0;
+        let mut by_class = BTreeMap::new();
+        for s in samples {
+            if let Verdict::Failed(f) = s.verdict {
+                failed += 1;
+                *by_class.entry(f.class()).or_insert(0) += 1;
+            }
+        }
+        Tally {
+            requests: samples.len() as u64,
+            failed,
+            by_class,
         }
     }
-    (samples.len() as u64, failed, by)
+
+    /// The share that succeeded (1 with no requests).
+    fn ratio(&self) -> f64 {
+        if self.requests == 0 {
+            1.0
+        } else {
+            (self.requests - self.failed) as f64 / self.requests as f64
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({ "ratio": self.ratio(), "requests": self.requests, "failed": self.failed, "by_class": self.by_class })
+    }
+
+    fn detail(&self) -> Option<String> {
+        (self.failed > 0).then(|| format!("failed requests by class: {}", classes(&self.by_class)))
+    }
 }
 
 fn classes(by: &BTreeMap<String, u64>) -> String {
@@ -364,92 +393,82 @@ fn classes(by: &BTreeMap<String, u64>) -> String {
 
 /// Draws the verdict.
 pub fn analyze(input: &Input<'_>) -> Analysis {
-    let th = input.thresholds;
-    let spans = input.phases;
-    let duration = spans[3].end.as_secs_f64();
+    let duration = input.phases[3].end.as_secs_f64();
     let all: Vec<&Sample> = input.samples().collect();
     let kill_windows = windows(input.faults);
-    let mut checks = Vec::new();
-
-    // --- broken expectations
-    let broken: Vec<&Sample> = all
-        .iter()
-        .copied()
-        .filter(|s| s.verdict == Verdict::Broken)
-        .collect();
-    let mut broken_by_step: BTreeMap<String, u64> = BTreeMap::new();
-    for s in &broken {
-        *broken_by_step.entry(input.label(s.step)).or_insert(0) += 1;
-    }
-    let examples = examples(input);
-    checks.push(Check {
-        name: "broken_expectations",
-        kind: Kind::Check,
-        passed: broken.is_empty(),
-        observed: format!("{}", broken.len()),
-        threshold: "0".into(),
-        value: json!({ "count": broken.len(), "by_step": broken_by_step }),
-        detail: (!broken.is_empty()).then(|| {
-            let mut d = format!(
-                "responses that did not meet their step's expectation: {}",
-                broken_by_step
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            if let Some(e) = examples.first() {
-                d.push_str(&format!("; e.g. {}", e.message));
-            }
-            d
-        }),
-    });
-
-    // --- success ratio, overall and in kill windows
-    let (n, failed, by) = success(&all);
-    let ratio = if n == 0 {
-        1.0
-    } else {
-        (n - failed) as f64 / n as f64
-    };
-    let ok_ratio = |r: f64| r + 1e-12 >= th.min_success;
-    checks.push(Check {
-        name: "success_ratio",
-        kind: Kind::Check,
-        passed: n > 0 && ok_ratio(ratio),
-        observed: format!("{} ({failed} of {n} failed)", pct(ratio)),
-        threshold: format!(">= {}", pct(th.min_success)),
-        value: json!({ "ratio": ratio, "requests": n, "failed": failed, "by_class": by }),
-        detail: (failed > 0).then(|| format!("failed requests by class: {}", classes(&by))),
-    });
     let windowed: Vec<&Sample> = all
         .iter()
         .copied()
         .filter(|s| in_windows(input, s, &kill_windows))
         .collect();
-    let (wn, wfailed, wby) = success(&windowed);
-    let wratio = if wn == 0 {
-        1.0
+    let examples = examples(input);
+    let overall = Tally::of(&all);
+    let base_p99 = baseline_p99(input, &all);
+    let win_p99 = p_ms(
+        &mut windowed.iter().map(|s| s.latency_us).collect::<Vec<_>>(),
+        0.99,
+    );
+    let achieved = if duration > 0.0 {
+        overall.requests as f64 / duration
     } else {
-        (wn - wfailed) as f64 / wn as f64
+        0.0
     };
-    checks.push(Check {
-        name: "success_ratio_in_kill_windows",
-        kind: Kind::Check,
-        passed: ok_ratio(wratio),
-        observed: if wn == 0 {
-            "no requests in kill windows".into()
-        } else {
-            format!("{} ({wfailed} of {wn} failed)", pct(wratio))
+    let executed: Vec<&FaultRecord> = input.faults.iter().filter(|f| f.at_s.is_some()).collect();
+    let th = input.thresholds;
+    let checks = vec![
+        broken_expectations(input, &all, &examples),
+        success_ratio(th, &overall),
+        success_ratio_in_kill_windows(th, &Tally::of(&windowed)),
+        p99_latency(th, base_p99, win_p99),
+        affinity_cookies_seen(input),
+        time_to_eject(&executed),
+        time_to_readmit(&executed),
+        faults_executed(input, &executed),
+        cross_instance_pairs(input),
+        every_instance_served(input),
+        achieved_rate(input, achieved),
+    ];
+    Analysis {
+        outcome: outcome(&checks),
+        checks,
+        totals: Totals {
+            requests: overall.requests,
+            ok: all.iter().filter(|s| s.verdict == Verdict::Ok).count() as u64,
+            broken: all.iter().filter(|s| s.verdict == Verdict::Broken).count() as u64,
+            failed: overall.failed,
+            failed_by_class: overall.by_class,
+            duration_s: duration,
+            achieved_rate: round(achieved, 2),
+            target_rate: input.target_rate,
+            baseline_p99_ms: base_p99,
+            kill_window_p99_ms: win_p99,
         },
-        threshold: format!(">= {}", pct(th.min_success)),
-        value: json!({ "ratio": wratio, "requests": wn, "failed": wfailed, "by_class": wby }),
-        detail: (wfailed > 0).then(|| format!("failed requests by class: {}", classes(&wby))),
-    });
+        steps: step_stats(input),
+        broken_examples: examples,
+        series: series(input, duration),
+        kill_windows: kill_windows
+            .iter()
+            .map(|&(a, b)| (round(a, 3), round(b, 3)))
+            .collect(),
+    }
+}
 
-    // --- p99 in kill windows against the baseline
-    let (b0, b1) = (spans[1].start.as_secs_f64(), spans[1].end.as_secs_f64());
-    let mut base_lat: Vec<u64> = all
+/// A failed check is a FAIL; else a failed validity check is INCONCLUSIVE.
+fn outcome(checks: &[Check]) -> Outcome {
+    if checks.iter().any(|c| c.kind == Kind::Check && !c.passed) {
+        Outcome::Fail
+    } else if checks.iter().any(|c| c.kind == Kind::Validity && !c.passed) {
+        Outcome::Inconclusive
+    } else {
+        Outcome::Pass
+    }
+}
+
+/// The p99 of requests sent in the baseline phase.
+fn baseline_p99(input: &Input<'_>, all: &[&Sample]) -> Option<f64> {
+    let span = input.phases[1];
+    let (b0, b1) = (span.start.as_secs_f64(), span.end.as_secs_f64());
+    let mut lat: Vec<u64> = all
         .iter()
         .filter(|s| {
             let t = input.secs(s.sent);
@@ -457,9 +476,70 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         })
         .map(|s| s.latency_us)
         .collect();
-    let mut win_lat: Vec<u64> = windowed.iter().map(|s| s.latency_us).collect();
-    let base_p99 = p_ms(&mut base_lat, 0.99);
-    let win_p99 = p_ms(&mut win_lat, 0.99);
+    p_ms(&mut lat, 0.99)
+}
+
+fn broken_expectations(input: &Input<'_>, all: &[&Sample], examples: &[BrokenExample]) -> Check {
+    let mut by_step: BTreeMap<String, u64> = BTreeMap::new();
+    for s in all.iter().filter(|s| s.verdict == Verdict::Broken) {
+        *by_step.entry(input.label(s.step)).or_insert(0) += 1;
+    }
+    let count: u64 = by_step.values().sum();
+    Check {
+        name: "broken_expectations",
+        kind: Kind::Check,
+        passed: count == 0,
+        observed: format!("{count}"),
+        threshold: "0".into(),
+        value: json!({ "count": count, "by_step": by_step }),
+        detail: (count > 0).then(|| {
+            let mut d = format!(
+                "responses that did not meet their step's expectation: {}",
+                classes(&by_step)
+            );
+            if let Some(e) = examples.first() {
+                d.push_str(&format!("; e.g. {}", e.message));
+            }
+            d
+        }),
+    }
+}
+
+/// Whether a success ratio meets the bar (allowing float error).
+fn meets(ratio: f64, th: Thresholds) -> bool {
+    ratio + 1e-12 >= th.min_success
+}
+
+fn success_ratio(th: Thresholds, t: &Tally) -> Check {
+    Check {
+        name: "success_ratio",
+        kind: Kind::Check,
+        passed: t.requests > 0 && meets(t.ratio(), th),
+        observed: format!("{} ({} of {} failed)", pct(t.ratio()), t.failed, t.requests),
+        threshold: format!(">= {}", pct(th.min_success)),
+        value: t.json(),
+        detail: t.detail(),
+    }
+}
+
+fn success_ratio_in_kill_windows(th: Thresholds, t: &Tally) -> Check {
+    Check {
+        name: "success_ratio_in_kill_windows",
+        kind: Kind::Check,
+        passed: meets(t.ratio(), th),
+        observed: if t.requests == 0 {
+            "no requests in kill windows".into()
+        } else {
+            format!("{} ({} of {} failed)", pct(t.ratio()), t.failed, t.requests)
+        },
+        threshold: format!(">= {}", pct(th.min_success)),
+        value: t.json(),
+        detail: t.detail(),
+    }
+}
+
+/// The p99 in kill windows against the baseline's (raised to [`P99_FLOOR`]).
+fn p99_latency(th: Thresholds, base_p99: Option<f64>, win_p99: Option<f64>) -> Check {
     let floor_ms = P99_FLOOR.as_secs_f64() * 1000.0;
     let (passed, observed, threshold, ratio_v) = match (base_p99, win_p99) {
         (Some(b), Some(w)) => {
@@ -490,7 +570,7 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
             None,
         ),
     };
-    checks.push(Check {
+    Check {
         name: "p99_latency",
         kind: Kind::Check,
         passed,
@@ -503,21 +583,22 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
              timeouts.response_header in --config shorten the wait"
                 .to_owned()
         }),
-    });
+    }
+}
 
-    // --- affinity cookies
-    let aff_total: u64 = input.affinity.iter().map(|a| a.2).sum();
-    checks.push(Check {
+fn affinity_cookies_seen(input: &Input<'_>) -> Check {
+    let total: u64 = input.affinity.iter().map(|a| a.2).sum();
+    Check {
         name: "affinity_cookies_seen",
         kind: Kind::Check,
-        passed: aff_total == 0,
-        observed: format!("{aff_total}"),
+        passed: total == 0,
+        observed: format!("{total}"),
         threshold: "0".into(),
         value: json!({
-            "count": aff_total,
+            "count": total,
             "cookies": input.affinity.iter().map(|(b, c, n)| json!({"backend": b, "cookie": c, "count": n})).collect::<Vec<_>>(),
         }),
-        detail: (aff_total > 0).then(|| {
+        detail: (total > 0).then(|| {
             let list: Vec<String> = input
                 .affinity
                 .iter()
@@ -528,34 +609,32 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
                 list.join(", ")
             )
         }),
-    });
+    }
+}
 
-    // --- eject and readmit
-    let executed: Vec<&FaultRecord> = input.faults.iter().filter(|f| f.at_s.is_some()).collect();
+/// "median X ms, max Y ms" of some durations, or "none".
+fn median_and_max(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    format!(
+        "median {:.0} ms, max {:.0} ms",
+        s[s.len() / 2],
+        s[s.len() - 1]
+    )
+}
+
+fn time_to_eject(executed: &[&FaultRecord]) -> Check {
     let ejects: Vec<f64> = executed.iter().filter_map(|f| f.time_to_eject_ms).collect();
-    let readmits: Vec<f64> = executed
-        .iter()
-        .filter_map(|f| f.time_to_readmit_ms)
-        .collect();
-    let summary = |v: &[f64]| -> String {
-        if v.is_empty() {
-            return "none".into();
-        }
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        format!(
-            "median {:.0} ms, max {:.0} ms",
-            s[s.len() / 2],
-            s[s.len() - 1]
-        )
-    };
-    checks.push(Check {
+    Check {
         name: "time_to_eject",
         kind: Kind::Info,
         passed: true,
         observed: format!(
             "{} ({} of {} faults seen out of rotation)",
-            summary(&ejects),
+            median_and_max(&ejects),
             ejects.len(),
             executed.len()
         ),
@@ -565,17 +644,24 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
             .map(|f| json!({"fault": f.n, "ms": f.time_to_eject_ms}))
             .collect::<Vec<_>>()),
         detail: None,
-    });
+    }
+}
+
+fn time_to_readmit(executed: &[&FaultRecord]) -> Check {
+    let readmits: Vec<f64> = executed
+        .iter()
+        .filter_map(|f| f.time_to_readmit_ms)
+        .collect();
     let missing: Vec<String> = executed
         .iter()
         .filter(|f| f.readmitted_at_s.is_none() && f.ejected_at_s.is_some())
         .map(|f| format!("fault {} (instance #{})", f.n, f.instance))
         .collect();
-    checks.push(Check {
+    Check {
         name: "time_to_readmit",
         kind: Kind::Check,
         passed: missing.is_empty(),
-        observed: summary(&readmits),
+        observed: median_and_max(&readmits),
         threshold: "every instance taken out is back in rotation before the end".into(),
         value: json!(executed
             .iter()
@@ -583,11 +669,12 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
             .collect::<Vec<_>>()),
         detail: (!missing.is_empty())
             .then(|| format!("never back in rotation: {}", missing.join(", "))),
-    });
+    }
+}
 
-    // --- validity
+fn faults_executed(input: &Input<'_>, executed: &[&FaultRecord]) -> Check {
     let skipped = input.faults.len() - executed.len();
-    checks.push(Check {
+    Check {
         name: "faults_executed",
         kind: Kind::Validity,
         passed: !executed.is_empty(),
@@ -597,7 +684,10 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         detail: executed.is_empty().then(|| {
             "no fault was carried out, so nothing was proven (with one instance, faults need --allow-total-outage)".to_owned()
         }),
-    });
+    }
+}
+
+fn cross_instance_pairs(input: &Input<'_>) -> Check {
     let (pairs, cross, seen_ids) = cross_pairs(input);
     let share = if pairs == 0 {
         0.0
@@ -605,12 +695,15 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         cross as f64 / pairs as f64
     };
     let need = MIN_CROSS_PAIRS.max((MIN_CROSS_SHARE * pairs as f64).ceil() as u64);
-    checks.push(Check {
+    Check {
         name: "cross_instance_pairs",
         kind: Kind::Validity,
         passed: cross >= need,
         observed: format!("{cross} of {pairs} consecutive step pairs ({})", pct(share)),
-        threshold: format!(">= {MIN_CROSS_PAIRS} and >= {}% of pairs", MIN_CROSS_SHARE * 100.0),
+        threshold: format!(
+            ">= {MIN_CROSS_PAIRS} and >= {}% of pairs",
+            MIN_CROSS_SHARE * 100.0
+        ),
         value: json!({ "cross": cross, "pairs": pairs, "share": share }),
         detail: if seen_ids == 0 {
             Some(format!(
@@ -623,7 +716,10 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         } else {
             None
         },
-    });
+    }
+}
+
+fn every_instance_served(input: &Input<'_>) -> Check {
     let idle: Vec<String> = input
         .served
         .iter()
@@ -631,7 +727,7 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         .filter(|(_, (_, n))| *n == 0)
         .map(|(i, (a, _))| format!("#{i} ({a})"))
         .collect();
-    checks.push(Check {
+    Check {
         name: "every_instance_served",
         kind: Kind::Validity,
         passed: idle.is_empty() && !input.served.is_empty(),
@@ -649,59 +745,26 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
             .map(|(a, n)| json!({"address": a, "requests": n}))
             .collect::<Vec<_>>()),
         detail: (!idle.is_empty()).then(|| format!("never sent a request: {}", idle.join(", "))),
-    });
-    let achieved = if duration > 0.0 {
-        n as f64 / duration
-    } else {
-        0.0
-    };
-    checks.push(Check {
+    }
+}
+
+fn achieved_rate(input: &Input<'_>, achieved: f64) -> Check {
+    let floor = MIN_RATE_SHARE * input.target_rate;
+    Check {
         name: "achieved_rate",
         kind: Kind::Validity,
-        passed: achieved >= MIN_RATE_SHARE * input.target_rate,
+        passed: achieved >= floor,
         observed: format!("{achieved:.1}/s"),
         threshold: format!(
             ">= {:.1}/s ({}% of {}/s)",
-            MIN_RATE_SHARE * input.target_rate,
+            floor,
             MIN_RATE_SHARE * 100.0,
             input.target_rate
         ),
         value: json!({ "achieved": achieved, "target": input.target_rate }),
-        detail: (achieved < MIN_RATE_SHARE * input.target_rate).then(|| {
+        detail: (achieved < floor).then(|| {
             "the load fell short of the target: more --users, or a lower --rate".to_owned()
         }),
-    });
-
-    let outcome = if checks.iter().any(|c| c.kind == Kind::Check && !c.passed) {
-        Outcome::Fail
-    } else if checks.iter().any(|c| c.kind == Kind::Validity && !c.passed) {
-        Outcome::Inconclusive
-    } else {
-        Outcome::Pass
-    };
-
-    Analysis {
-        outcome,
-        checks,
-        totals: Totals {
-            requests: n,
-            ok: all.iter().filter(|s| s.verdict == Verdict::Ok).count() as u64,
-            broken: broken.len() as u64,
-            failed,
-            failed_by_class: by,
-            duration_s: duration,
-            achieved_rate: round(achieved, 2),
-            target_rate: input.target_rate,
-            baseline_p99_ms: base_p99,
-            kill_window_p99_ms: win_p99,
-        },
-        steps: step_stats(input),
-        broken_examples: examples,
-        series: series(input, duration),
-        kill_windows: kill_windows
-            .iter()
-            .map(|&(a, b)| (round(a, 3), round(b, 3)))
-            .collect(),
     }
 }
 

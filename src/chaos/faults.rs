@@ -136,49 +136,14 @@ impl Executor {
             note: None,
         };
         tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + f.at)).await;
-        let i = f.instance;
-        let signalled = {
-            let mut st = lock(&self.state);
-            let instances = self.sup.instances();
-            let running =
-                |j: usize| !st.down[j] && instances.get(j).is_some_and(|x| x.pid.is_some());
-            let others_up = (0..st.down.len()).filter(|&j| j != i && running(j)).count();
-            if st.closed {
-                Err("the run was ending".to_owned())
-            } else if !running(i) {
-                Err(format!(
-                    "instance #{i} was not up (still coming back from an earlier fault)"
-                ))
-            } else if others_up == 0 && !self.opts.allow_total_outage {
-                Err(
-                    "it would have left no instance up (--allow-total-outage allows that)"
-                        .to_owned(),
-                )
-            } else {
-                st.expecting_exit[i] = f.kind != FaultKind::Stop;
-                // Taken before the signal: the instance's exit (recorded by
-                // the supervisor's thread) can come before this thread runs
-                // again, and must not look older than the fault.
-                let at = Instant::now();
-                match self.sup.signal(i, f.kind.signal()) {
-                    Some(pid) => {
-                        st.down[i] = true;
-                        Ok((pid, at))
-                    }
-                    None => {
-                        st.expecting_exit[i] = false;
-                        Err(format!("instance #{i} was not running"))
-                    }
-                }
-            }
-        };
-        let (pid, at) = match signalled {
+        let (pid, at) = match self.send_fault(&f) {
             Ok(x) => x,
             Err(reason) => {
                 say(&format!(
-                    "chaos: fault {} ({} instance #{i}) skipped: {reason}",
+                    "chaos: fault {} ({} instance #{}) skipped: {reason}",
                     f.n,
-                    f.kind.signal_name()
+                    f.kind.signal_name(),
+                    f.instance
                 ));
                 run.skipped = Some(reason);
                 return run;
@@ -187,75 +152,132 @@ impl Executor {
         run.at = Some(at);
         run.pid = Some(pid);
         say(&format!(
-            "chaos: fault {}: {} instance #{i} (pid {pid}) at {:.2}s",
+            "chaos: fault {}: {} instance #{} (pid {pid}) at {:.2}s",
             f.n,
             f.kind.signal_name(),
+            f.instance,
             at.saturating_duration_since(t0).as_secs_f64()
         ));
         tokio::time::sleep_until(tokio::time::Instant::from_std(at + f.back_after)).await;
         match f.kind {
             FaultKind::Stop => {
                 // The pid is still ours: a stopped process cannot exit.
-                self.sup.signal(i, libc::SIGCONT);
+                self.sup.signal(f.instance, libc::SIGCONT);
                 run.back = Some(Instant::now());
-                lock(&self.state).down[i] = false;
+                lock(&self.state).down[f.instance] = false;
             }
             FaultKind::Kill | FaultKind::Term => {
-                let exited = |e: &Event| matches!(e, Event::Exited { index, pid: p, .. } if *index == i && *p == pid);
-                let mut exit = self.find_event(at, exited);
-                if exit.is_none() {
-                    exit = self.wait_event(at, TERM_GRACE, exited).await;
-                    if exit.is_none() {
-                        self.sup.signal(i, libc::SIGKILL);
-                        run.note = Some(format!(
-                            "still running {} after {}; sent SIGKILL",
-                            super::schedule::human(f.back_after + TERM_GRACE),
-                            f.kind.signal_name()
-                        ));
-                        exit = self.wait_event(at, Duration::from_secs(5), exited).await;
-                    }
-                }
-                run.exit = exit.map(|e| match e.event {
-                    Event::Exited { status, .. } => status,
-                    _ => String::new(),
-                });
-                let asked = Instant::now();
-                run.restart_requested = Some(asked);
-                self.sup.restart(i);
-                let started = self
-                    .wait_event(
-                        asked,
-                        self.opts.ready_timeout + Duration::from_secs(5),
-                        |e| matches!(e, Event::Started { index, .. } if *index == i),
-                    )
-                    .await;
-                let mut st = lock(&self.state);
-                match started {
-                    Some(TimedEvent {
-                        at,
-                        event: Event::Started { pid, .. },
-                    }) => {
-                        run.back = Some(at);
-                        run.new_pid = Some(pid);
-                        st.down[i] = false;
-                    }
-                    _ => {
-                        let note = format!(
-                            "instance #{i} did not come back within {}",
-                            super::schedule::human(
-                                self.opts.ready_timeout + Duration::from_secs(5)
-                            )
-                        );
-                        run.note = Some(match run.note.take() {
-                            Some(n) => format!("{n}; {note}"),
-                            None => note,
-                        });
-                    }
-                }
-                st.expecting_exit[i] = false;
+                run.exit = self.wait_exit(&f, pid, at, &mut run.note).await;
+                self.restart(f.instance, &mut run).await;
             }
         }
         run
+    }
+
+    /// Sends `f`'s signal if the instance is up, the run goes on, and (unless
+    /// allowed) another instance stays up: the pid and when; else why not.
+    fn send_fault(&self, f: &PlannedFault) -> Result<(u32, Instant), String> {
+        let i = f.instance;
+        let mut st = lock(&self.state);
+        let instances = self.sup.instances();
+        let running = |j: usize| !st.down[j] && instances.get(j).is_some_and(|x| x.pid.is_some());
+        let others_up = (0..st.down.len()).filter(|&j| j != i && running(j)).count();
+        if st.closed {
+            return Err("the run was ending".to_owned());
+        }
+        if !running(i) {
+            return Err(format!(
+                "instance #{i} was not up (still coming back from an earlier fault)"
+            ));
+        }
+        if others_up == 0 && !self.opts.allow_total_outage {
+            return Err(
+                "it would have left no instance up (--allow-total-outage allows that)".to_owned(),
+            );
+        }
+        st.expecting_exit[i] = f.kind != FaultKind::Stop;
+        // Taken before the signal: the instance's exit (recorded by the
+        // supervisor's thread) can come before this thread runs again, and
+        // must not look older than the fault.
+        let at = Instant::now();
+        match self.sup.signal(i, f.kind.signal()) {
+            Some(pid) => {
+                st.down[i] = true;
+                Ok((pid, at))
+            }
+            None => {
+                st.expecting_exit[i] = false;
+                Err(format!("instance #{i} was not running"))
+            }
+        }
+    }
+
+    /// How process `pid`, signalled at `at`, exited. One that outlives the
+    /// grace gets a SIGKILL (said in `note`).
+    async fn wait_exit(
+        &self,
+        f: &PlannedFault,
+        pid: u32,
+        at: Instant,
+        note: &mut Option<String>,
+    ) -> Option<String> {
+        let i = f.instance;
+        let exited = |e: &Event| matches!(e, Event::Exited { index, pid: p, .. } if *index == i && *p == pid);
+        let mut exit = self.find_event(at, exited);
+        if exit.is_none() {
+            exit = self.wait_event(at, TERM_GRACE, exited).await;
+            if exit.is_none() {
+                self.sup.signal(i, libc::SIGKILL);
+                *note = Some(format!(
+                    "still running {} after {}; sent SIGKILL",
+                    super::schedule::human(f.back_after + TERM_GRACE),
+                    f.kind.signal_name()
+                ));
+                exit = self.wait_event(at, Duration::from_secs(5), exited).await;
+            }
+        }
+        exit.map(|e| match e.event {
+            Event::Exited { status, .. } => status,
+            _ => String::new(),
+        })
+    }
+
+    /// Restarts instance `i` and waits for it to be ready; `run` records when
+    /// and the new pid, or a note that it did not come back.
+    async fn restart(&self, i: usize, run: &mut FaultRun) {
+        let asked = Instant::now();
+        run.restart_requested = Some(asked);
+        self.sup.restart(i);
+        let limit = self.opts.ready_timeout + Duration::from_secs(5);
+        let started = self
+            .wait_event(
+                asked,
+                limit,
+                |e| matches!(e, Event::Started { index, .. } if *index == i),
+            )
+            .await;
+        let mut st = lock(&self.state);
+        match started {
+            Some(TimedEvent {
+                at,
+                event: Event::Started { pid, .. },
+            }) => {
+                run.back = Some(at);
+                run.new_pid = Some(pid);
+                st.down[i] = false;
+            }
+            _ => {
+                let note = format!(
+                    "instance #{i} did not come back within {}",
+                    super::schedule::human(limit)
+                );
+                run.note = Some(match run.note.take() {
+                    Some(n) => format!("{n}; {note}"),
+                    None => note,
+                });
+            }
+        }
+        st.expecting_exit[i] = false;
     }
 
     /// The first event since `since` that `want` matches.

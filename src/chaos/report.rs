@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::checks::{Analysis, Check, FaultRecord, Kind, Outcome};
+use super::checks::{
+    Analysis, BrokenExample, Check, FaultRecord, Kind, Outcome, Series, StepStats,
+};
 use super::schedule::{FaultKind, PhaseSpan, PlannedFault, SkippedTick};
 
 /// Everything `verdict.json` holds.
@@ -204,8 +206,30 @@ pub fn junit(doc: &Document) -> String {
 
 /// The short summary for people (stdout).
 pub fn summary(doc: &Document, written: Option<&Written>) -> String {
-    let a = &doc.analysis;
     let mut s = String::new();
+    summary_head(&mut s, doc);
+    summary_checks(&mut s, &doc.analysis);
+    let why = match doc.verdict {
+        Outcome::Pass => "the app lost no session and no request beyond the thresholds while instances died",
+        Outcome::Fail => "a check failed: see above",
+        Outcome::Inconclusive => "the checks held, but the run did not exercise enough to prove anything (see INVALID above)",
+    };
+    let _ = writeln!(s, "  verdict: {} ({why})", doc.verdict.name());
+    if let Some(w) = written {
+        let _ = writeln!(
+            s,
+            "  report: {} (also {} and {})",
+            w.html.display(),
+            w.verdict.display(),
+            w.junit.display()
+        );
+    }
+    s
+}
+
+/// The title line, the run's shape, and the faults and requests counted.
+fn summary_head(s: &mut String, doc: &Document) {
+    let a = &doc.analysis;
     let title = match &doc.label {
         Some(l) => format!("unstick chaos ({l})"),
         None => "unstick chaos".into(),
@@ -250,6 +274,11 @@ pub fn summary(doc: &Document, written: Option<&Written>) -> String {
             doc.unplanned_exits.len()
         );
     }
+}
+
+/// One line a check (and its detail when it failed), then a few broken
+/// expectations.
+fn summary_checks(s: &mut String, a: &Analysis) {
     for c in &a.checks {
         let _ = writeln!(
             s,
@@ -271,22 +300,6 @@ pub fn summary(doc: &Document, written: Option<&Written>) -> String {
             let _ = writeln!(s, "    {}", e.message);
         }
     }
-    let why = match doc.verdict {
-        Outcome::Pass => "the app lost no session and no request beyond the thresholds while instances died",
-        Outcome::Fail => "a check failed: see above",
-        Outcome::Inconclusive => "the checks held, but the run did not exercise enough to prove anything (see INVALID above)",
-    };
-    let _ = writeln!(s, "  verdict: {} ({why})", doc.verdict.name());
-    if let Some(w) = written {
-        let _ = writeln!(
-            s,
-            "  report: {} (also {} and {})",
-            w.html.display(),
-            w.verdict.display(),
-            w.junit.display()
-        );
-    }
-    s
 }
 
 // === the HTML page ===
@@ -324,139 +337,202 @@ fn nice(x: f64) -> f64 {
 /// per second), p99 (right axis, ms), phases shaded, kill windows and
 /// faults marked.
 pub fn chart(doc: &Document) -> String {
-    let a = &doc.analysis;
-    let dur = a.totals.duration_s.max(0.001);
-    let bw = a.series.bucket_s;
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let x = |t: f64| LEFT + (t / dur).clamp(0.0, 1.0) * pw;
-    let max_rate = a.series.buckets.iter().map(|b| b.rate).fold(0.0, f64::max);
-    let top_rate = nice(max_rate * 1.1);
-    let max_p99 = a
-        .series
-        .buckets
-        .iter()
-        .filter_map(|b| b.p99_ms)
-        .fold(0.0, f64::max);
-    let top_p99 = nice(max_p99 * 1.1);
-    let yl = |v: f64| TOP + ph - (v / top_rate).clamp(0.0, 1.0) * ph;
-    let yr = |v: f64| TOP + ph - (v / top_p99).clamp(0.0, 1.0) * ph;
+    let c = Chart::new(&doc.analysis);
     let mut s = String::new();
     let _ = write!(
         s,
         r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="requests per second, failures and p99 latency over time, faults marked" font-family="sans-serif" font-size="11">"##
     );
-    let phase_fill = ["#f3f4f6", "#ecfdf5", "#fef2f2", "#eff6ff"];
-    for (p, fill) in doc.phases.iter().zip(phase_fill) {
-        let (x0, x1) = (x(p.start.as_secs_f64()), x(p.end.as_secs_f64()));
-        let _ = write!(
-            s,
-            r##"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="{fill}"/><text x="{:.1}" y="{:.1}" fill="#6b7280" text-anchor="middle">{}</text>"##,
-            (x1 - x0).max(0.0),
-            (x0 + x1) / 2.0,
-            TOP - 8.0,
-            p.name
-        );
-    }
-    for &(w0, w1) in &a.kill_windows {
-        let _ = write!(
-            s,
-            r##"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="#fca5a5" fill-opacity="0.35"><title>kill window {w0:.2}s to {w1:.2}s</title></rect>"##,
-            x(w0),
-            (x(w1) - x(w0)).max(1.0)
-        );
-    }
-    // Axes and grid.
-    // Five intervals: every round top (1, 2, 2.5, 5 x 10^n) divides evenly.
-    for i in 0..=5 {
-        let f = i as f64 / 5.0;
-        let y = TOP + ph - f * ph;
-        let _ = write!(
-            s,
-            r##"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#e5e7eb"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#1d4ed8">{}</text><text x="{:.1}" y="{:.1}" fill="#6d28d9">{}</text>"##,
-            LEFT + pw,
-            LEFT - 6.0,
-            y + 4.0,
-            trim(top_rate * f),
-            LEFT + pw + 6.0,
-            y + 4.0,
-            trim(top_p99 * f)
-        );
+    c.phases(&mut s, &doc.phases);
+    c.kill_windows(&mut s, &doc.analysis.kill_windows);
+    c.axes(&mut s);
+    c.failure_bars(&mut s, &doc.analysis.series);
+    c.lines(&mut s, &doc.analysis.series);
+    for f in &doc.timeline {
+        c.fault(&mut s, f);
     }
     let _ = write!(
         s,
-        r##"<text x="12" y="{:.1}" fill="#1d4ed8" transform="rotate(-90 12 {:.1})" text-anchor="middle">requests/s</text><text x="{:.1}" y="{:.1}" fill="#6d28d9" transform="rotate(90 {:.1} {:.1})" text-anchor="middle">p99 ms</text>"##,
-        TOP + ph / 2.0,
-        TOP + ph / 2.0,
-        W - 12.0,
-        TOP + ph / 2.0,
-        W - 12.0,
-        TOP + ph / 2.0
+        r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#9ca3af"/></svg>"##,
+        c.pw, c.ph
     );
-    let step = nice(dur / 10.0);
-    let mut t = 0.0;
-    while t <= dur + 1e-9 {
-        let _ = write!(
-            s,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#374151">{}s</text>"##,
-            x(t),
-            TOP + ph + 16.0,
-            trim(t)
-        );
-        t += step;
+    s
+}
+
+/// The chart's scales: seconds across, requests per second up the left
+/// axis, p99 milliseconds up the right.
+struct Chart {
+    dur: f64,
+    /// Plot width and height.
+    pw: f64,
+    ph: f64,
+    top_rate: f64,
+    top_p99: f64,
+}
+
+impl Chart {
+    fn new(a: &Analysis) -> Chart {
+        let max_rate = a.series.buckets.iter().map(|b| b.rate).fold(0.0, f64::max);
+        let max_p99 = a
+            .series
+            .buckets
+            .iter()
+            .filter_map(|b| b.p99_ms)
+            .fold(0.0, f64::max);
+        Chart {
+            dur: a.totals.duration_s.max(0.001),
+            pw: W - LEFT - RIGHT,
+            ph: H - TOP - BOTTOM,
+            top_rate: nice(max_rate * 1.1),
+            top_p99: nice(max_p99 * 1.1),
+        }
     }
-    // Failures and broken expectations, as bars per second.
-    for b in &a.series.buckets {
-        let x0 = x(b.t) + 1.0;
-        let bwpx = (x(b.t + bw) - x(b.t) - 2.0).max(1.0);
-        let mut base = TOP + ph;
-        for (count, color, what) in [
-            (b.failed, "#dc2626", "failed"),
-            (b.broken, "#ea580c", "broken"),
-        ] {
-            if count == 0 {
-                continue;
-            }
-            let hgt = (TOP + ph - yl(count as f64 / bw)).max(2.0);
-            base -= hgt;
+
+    fn x(&self, t: f64) -> f64 {
+        LEFT + (t / self.dur).clamp(0.0, 1.0) * self.pw
+    }
+
+    /// The left axis (requests per second).
+    fn yl(&self, v: f64) -> f64 {
+        TOP + self.ph - (v / self.top_rate).clamp(0.0, 1.0) * self.ph
+    }
+
+    /// The right axis (p99 ms).
+    fn yr(&self, v: f64) -> f64 {
+        TOP + self.ph - (v / self.top_p99).clamp(0.0, 1.0) * self.ph
+    }
+
+    /// The phases, shaded and named.
+    fn phases(&self, s: &mut String, phases: &[PhaseSpan; 4]) {
+        let ph = self.ph;
+        let phase_fill = ["#f3f4f6", "#ecfdf5", "#fef2f2", "#eff6ff"];
+        for (p, fill) in phases.iter().zip(phase_fill) {
+            let (x0, x1) = (self.x(p.start.as_secs_f64()), self.x(p.end.as_secs_f64()));
             let _ = write!(
                 s,
-                r#"<rect x="{x0:.1}" y="{base:.1}" width="{bwpx:.1}" height="{hgt:.1}" fill="{color}"><title>{:.1}s: {count} {what}</title></rect>"#,
-                b.t
+                r##"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="{fill}"/><text x="{:.1}" y="{:.1}" fill="#6b7280" text-anchor="middle">{}</text>"##,
+                (x1 - x0).max(0.0),
+                (x0 + x1) / 2.0,
+                TOP - 8.0,
+                p.name
             );
         }
     }
-    // Rate and p99 lines.
-    let rate: Vec<String> = a
-        .series
-        .buckets
-        .iter()
-        .map(|b| format!("{:.1},{:.1}", x(b.t + bw / 2.0), yl(b.rate)))
-        .collect();
-    let _ = write!(
-        s,
-        r##"<polyline points="{}" fill="none" stroke="#2563eb" stroke-width="2"/>"##,
-        rate.join(" ")
-    );
-    let p99: Vec<String> = a
-        .series
-        .buckets
-        .iter()
-        .filter_map(|b| {
-            b.p99_ms
-                .map(|p| format!("{:.1},{:.1}", x(b.t + bw / 2.0), yr(p)))
-        })
-        .collect();
-    let _ = write!(
-        s,
-        r##"<polyline points="{}" fill="none" stroke="#7c3aed" stroke-width="1.5" stroke-dasharray="4 3"/>"##,
-        p99.join(" ")
-    );
-    // Faults.
-    for f in &doc.timeline {
-        let Some(at) = f.at_s else { continue };
+
+    fn kill_windows(&self, s: &mut String, windows: &[(f64, f64)]) {
+        let ph = self.ph;
+        for &(w0, w1) in windows {
+            let _ = write!(
+                s,
+                r##"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="#fca5a5" fill-opacity="0.35"><title>kill window {w0:.2}s to {w1:.2}s</title></rect>"##,
+                self.x(w0),
+                (self.x(w1) - self.x(w0)).max(1.0)
+            );
+        }
+    }
+
+    /// Grid lines with both axes' values, the axis titles, the time ticks.
+    fn axes(&self, s: &mut String) {
+        let (pw, ph) = (self.pw, self.ph);
+        // Five intervals: every round top (1, 2, 2.5, 5 x 10^n) divides evenly.
+        for i in 0..=5 {
+            let f = i as f64 / 5.0;
+            let y = TOP + ph - f * ph;
+            let _ = write!(
+                s,
+                r##"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#e5e7eb"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#1d4ed8">{}</text><text x="{:.1}" y="{:.1}" fill="#6d28d9">{}</text>"##,
+                LEFT + pw,
+                LEFT - 6.0,
+                y + 4.0,
+                trim(self.top_rate * f),
+                LEFT + pw + 6.0,
+                y + 4.0,
+                trim(self.top_p99 * f)
+            );
+        }
+        let _ = write!(
+            s,
+            r##"<text x="12" y="{:.1}" fill="#1d4ed8" transform="rotate(-90 12 {:.1})" text-anchor="middle">requests/s</text><text x="{:.1}" y="{:.1}" fill="#6d28d9" transform="rotate(90 {:.1} {:.1})" text-anchor="middle">p99 ms</text>"##,
+            TOP + ph / 2.0,
+            TOP + ph / 2.0,
+            W - 12.0,
+            TOP + ph / 2.0,
+            W - 12.0,
+            TOP + ph / 2.0
+        );
+        let step = nice(self.dur / 10.0);
+        let mut t = 0.0;
+        while t <= self.dur + 1e-9 {
+            let _ = write!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#374151">{}s</text>"##,
+                self.x(t),
+                TOP + ph + 16.0,
+                trim(t)
+            );
+            t += step;
+        }
+    }
+
+    /// Failures and broken expectations, as stacked bars per second.
+    fn failure_bars(&self, s: &mut String, series: &Series) {
+        let bw = series.bucket_s;
+        for b in &series.buckets {
+            let x0 = self.x(b.t) + 1.0;
+            let bwpx = (self.x(b.t + bw) - self.x(b.t) - 2.0).max(1.0);
+            let mut base = TOP + self.ph;
+            for (count, color, what) in [
+                (b.failed, "#dc2626", "failed"),
+                (b.broken, "#ea580c", "broken"),
+            ] {
+                if count == 0 {
+                    continue;
+                }
+                let hgt = (TOP + self.ph - self.yl(count as f64 / bw)).max(2.0);
+                base -= hgt;
+                let _ = write!(
+                    s,
+                    r#"<rect x="{x0:.1}" y="{base:.1}" width="{bwpx:.1}" height="{hgt:.1}" fill="{color}"><title>{:.1}s: {count} {what}</title></rect>"#,
+                    b.t
+                );
+            }
+        }
+    }
+
+    /// The rate (solid) and p99 (dashed) lines.
+    fn lines(&self, s: &mut String, series: &Series) {
+        let bw = series.bucket_s;
+        let rate: Vec<String> = series
+            .buckets
+            .iter()
+            .map(|b| format!("{:.1},{:.1}", self.x(b.t + bw / 2.0), self.yl(b.rate)))
+            .collect();
+        let _ = write!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="#2563eb" stroke-width="2"/>"##,
+            rate.join(" ")
+        );
+        let p99: Vec<String> = series
+            .buckets
+            .iter()
+            .filter_map(|b| {
+                b.p99_ms
+                    .map(|p| format!("{:.1},{:.1}", self.x(b.t + bw / 2.0), self.yr(p)))
+            })
+            .collect();
+        let _ = write!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="#7c3aed" stroke-width="1.5" stroke-dasharray="4 3"/>"##,
+            p99.join(" ")
+        );
+    }
+
+    /// A carried-out fault: a line at its signal, labelled, and a green
+    /// tick when the instance was up again.
+    fn fault(&self, s: &mut String, f: &FaultRecord) {
+        let Some(at) = f.at_s else { return };
         let color = kind_color(f.kind);
-        let xf = x(at);
+        let xf = self.x(at);
         let mut title = format!(
             "fault {}: {} instance #{} (pid {}) at {at:.2}s",
             f.n,
@@ -474,29 +550,24 @@ pub fn chart(doc: &Document) -> String {
             s,
             r#"<g><title>{}</title><line x1="{xf:.1}" x2="{xf:.1}" y1="{TOP}" y2="{:.1}" stroke="{color}" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="{color}" font-size="10">{}{}</text></g>"#,
             escape(&title),
-            TOP + ph,
+            TOP + self.ph,
             xf + 2.0,
             TOP + 11.0 + (f.n % 2) as f64 * 11.0,
             &f.kind.name()[..1].to_uppercase(),
             f.n
         );
         if let Some(b) = f.back_at_s {
-            let xb = x(b);
+            let xb = self.x(b);
             let _ = write!(
                 s,
                 r##"<line x1="{xb:.1}" x2="{xb:.1}" y1="{:.1}" y2="{:.1}" stroke="#16a34a" stroke-width="1.5"><title>fault {}: instance #{} up again at {b:.2}s</title></line>"##,
-                TOP + ph - 10.0,
-                TOP + ph,
+                TOP + self.ph - 10.0,
+                TOP + self.ph,
                 f.n,
                 f.instance
             );
         }
     }
-    let _ = write!(
-        s,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#9ca3af"/></svg>"##
-    );
-    s
 }
 
 /// A number without needless decimals.
@@ -523,7 +594,20 @@ fn opt_s(v: Option<f64>) -> String {
 
 /// The whole page: no scripts, no external resources.
 pub fn html(doc: &Document) -> String {
-    let a = &doc.analysis;
+    let mut h = String::new();
+    page_head(&mut h, doc);
+    page_intro(&mut h, doc);
+    checks_table(&mut h, &doc.analysis.checks);
+    broken_list(&mut h, &doc.analysis.broken_examples);
+    faults_table(&mut h, &doc.timeline);
+    unplanned_list(&mut h, &doc.unplanned_exits);
+    steps_table(&mut h, &doc.analysis.steps);
+    phases_and_instances(&mut h, doc);
+    h
+}
+
+/// The HTML head (title, style), the heading and the run's line.
+fn page_head(h: &mut String, doc: &Document) {
     let verdict_color = match doc.verdict {
         Outcome::Pass => "#15803d",
         Outcome::Fail => "#b91c1c",
@@ -533,7 +617,6 @@ pub fn html(doc: &Document) -> String {
         Some(l) => format!("unstick chaos ({l}): {}", doc.verdict.name()),
         None => format!("unstick chaos: {}", doc.verdict.name()),
     };
-    let mut h = String::new();
     let _ = write!(
         h,
         r##"<!DOCTYPE html>
@@ -573,6 +656,10 @@ pre{{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}
         escape(&doc.load.scenario),
         escape(&doc.command_line)
     );
+}
+
+/// What the verdict means, the chart and its legend.
+fn page_intro(h: &mut String, doc: &Document) {
     let explain = match doc.verdict {
         Outcome::Pass => "Every check held while instances were killed, and the run was valid: users' consecutive requests landed on different instances, every instance served, the load met its target.",
         Outcome::Fail => "At least one check failed: the app lost requests or sessions (or took too long) when instances died. The examples below name the step and the instances.",
@@ -584,8 +671,11 @@ pre{{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}
         r##"<p class="legend"><span style="color:#2563eb">&#9644; requests/s</span><span style="color:#dc2626">&#9632; failed/s</span><span style="color:#ea580c">&#9632; broken/s</span><span style="color:#7c3aed">- - p99 ms (right axis)</span><span style="color:#b91c1c">| K kill</span><span style="color:#c2410c">| T term</span><span style="color:#4b5563">| S stop</span><span style="color:#16a34a">| up again</span><span style="background:#fca5a5">&nbsp;kill window&nbsp;</span></p>
 "##,
     );
+}
+
+fn checks_table(h: &mut String, checks: &[Check]) {
     h.push_str("<h2>Checks</h2>\n<table><tr><th>check</th><th>result</th><th>observed</th><th>threshold</th><th>detail</th></tr>\n");
-    for c in &a.checks {
+    for c in checks {
         let st = status(c);
         let _ = writeln!(
             h,
@@ -602,15 +692,21 @@ pre{{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}
         );
     }
     h.push_str("</table>\n");
-    if !a.broken_examples.is_empty() {
+}
+
+fn broken_list(h: &mut String, examples: &[BrokenExample]) {
+    if !examples.is_empty() {
         h.push_str("<h2>Broken expectations (examples)</h2>\n<ul>\n");
-        for e in &a.broken_examples {
+        for e in examples {
             let _ = writeln!(h, "<li>at {:.2}s: {}</li>", e.at_s, escape(&e.message));
         }
         h.push_str("</ul>\n");
     }
+}
+
+fn faults_table(h: &mut String, timeline: &[FaultRecord]) {
     h.push_str("<h2>Faults</h2>\n<table><tr><th>#</th><th>fault</th><th>instance</th><th>pid</th><th>at</th><th>exit</th><th>up again</th><th>new pid</th><th>out of rotation after</th><th>back in rotation after</th><th>note</th></tr>\n");
-    for f in &doc.timeline {
+    for f in timeline {
         let note = f
             .skipped
             .as_ref()
@@ -634,9 +730,12 @@ pre{{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}
         );
     }
     h.push_str("</table>\n");
-    if !doc.unplanned_exits.is_empty() {
+}
+
+fn unplanned_list(h: &mut String, exits: &[UnplannedExit]) {
+    if !exits.is_empty() {
         h.push_str("<h2>Instances that exited on their own</h2>\n<ul>\n");
-        for u in &doc.unplanned_exits {
+        for u in exits {
             let _ = writeln!(
                 h,
                 "<li>#{} (pid {}) at {:.2}s: {}; up again {}</li>",
@@ -649,8 +748,11 @@ pre{{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}
         }
         h.push_str("</ul>\n");
     }
+}
+
+fn steps_table(h: &mut String, steps: &[StepStats]) {
     h.push_str("<h2>Steps</h2>\n<table><tr><th>step</th><th>requests</th><th>ok</th><th>broken</th><th>failed</th><th>p50</th><th>p99</th></tr>\n");
-    for s in &a.steps {
+    for s in steps {
         let _ = writeln!(
             h,
             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -663,7 +765,12 @@ pre{{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}
             s.p99_ms.map_or("-".into(), |v| format!("{v:.1} ms"))
         );
     }
-    h.push_str("</table>\n<h2>Phases and instances</h2>\n<ul>\n");
+    h.push_str("</table>\n");
+}
+
+/// The phases, every process of each instance, and how to replay the run.
+fn phases_and_instances(h: &mut String, doc: &Document) {
+    h.push_str("<h2>Phases and instances</h2>\n<ul>\n");
     for p in &doc.phases {
         let _ = writeln!(
             h,
@@ -687,7 +794,6 @@ pre{{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}
         h,
         "</ul>\n<p class=\"muted\">Same seed, same plan: rerun the command above to replay these faults. Full figures in <code>verdict.json</code>; CI results in <code>junit.xml</code>.</p>\n</body></html>\n"
     );
-    h
 }
 
 #[cfg(test)]
@@ -701,6 +807,214 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
         );
         assert_eq!(escape("a\u{1}b\nc"), "a?b\nc");
+    }
+
+    use std::time::Duration;
+
+    use crate::chaos::checks::{BrokenExample, Bucket, Series, StepStats, Totals};
+
+    fn span(name: &'static str, start: u64, end: u64) -> PhaseSpan {
+        PhaseSpan {
+            name,
+            start: Duration::from_secs(start),
+            end: Duration::from_secs(end),
+        }
+    }
+
+    fn check(name: &'static str, kind: Kind, passed: bool) -> Check {
+        Check {
+            name,
+            kind,
+            passed,
+            observed: format!("{name} <observed>"),
+            threshold: ">= 99.9%".into(),
+            value: serde_json::Value::Null,
+            detail: (!passed).then(|| format!("{name} & why")),
+        }
+    }
+
+    fn fault(n: usize, kind: FaultKind, executed: bool) -> FaultRecord {
+        FaultRecord {
+            n,
+            kind,
+            signal: kind.signal_name(),
+            instance: n % 2,
+            address: format!("127.0.0.1:{}", 4000 + n),
+            planned_at_s: 4.0 + n as f64,
+            at_s: executed.then_some(4.1 + n as f64),
+            pid: executed.then_some(100 + n as u32),
+            skipped: (!executed).then(|| "would leave no instance <up>".to_owned()),
+            exit: executed.then(|| "signal 9".to_owned()),
+            back_at_s: executed.then_some(5.3 + n as f64),
+            new_pid: executed.then_some(200 + n as u32),
+            ejected_at_s: executed.then_some(4.2 + n as f64),
+            readmitted_at_s: executed.then_some(5.5 + n as f64),
+            time_to_eject_ms: executed.then_some(120.0),
+            time_to_readmit_ms: executed.then_some(240.0),
+            out_of_rotation_ms: executed.then_some(1300.0),
+            window_s: executed.then_some((4.1 + n as f64, 5.5 + n as f64)),
+            note: None,
+        }
+    }
+
+    /// A document with something in every section.
+    fn sample_document() -> Document {
+        let buckets = (0..20)
+            .map(|i| Bucket {
+                t: i as f64 * 0.5,
+                rate: 90.0 + i as f64,
+                failed: (i % 7 == 3) as u64,
+                broken: (i % 5 == 4) as u64 * 2,
+                p99_ms: (i != 2).then_some(3.0 + i as f64 / 4.0),
+            })
+            .collect();
+        let analysis = Analysis {
+            outcome: Outcome::Fail,
+            checks: vec![
+                check("broken_expectations", Kind::Check, false),
+                check("success_ratio", Kind::Check, true),
+                check("time_to_eject", Kind::Info, true),
+                check("cross_instance_pairs", Kind::Validity, false),
+            ],
+            totals: Totals {
+                requests: 1000,
+                ok: 990,
+                broken: 6,
+                failed: 4,
+                failed_by_class: [("reset".to_owned(), 4)].into(),
+                duration_s: 10.0,
+                achieved_rate: 100.0,
+                target_rate: 100.0,
+                baseline_p99_ms: Some(3.5),
+                kill_window_p99_ms: Some(7.25),
+            },
+            steps: vec![StepStats {
+                step: "GET /whoami".into(),
+                setup: false,
+                requests: 500,
+                ok: 494,
+                broken: 6,
+                failed: 0,
+                p50_ms: Some(1.25),
+                p99_ms: None,
+            }],
+            broken_examples: vec![BrokenExample {
+                message: "GET /whoami expected status 200, got 401 <on #1>".into(),
+                step: "GET /whoami".into(),
+                user: 3,
+                iteration: 7,
+                at_s: 5.25,
+                instance: Some("b".into()),
+                setup_instance: Some("a".into()),
+                previous_instance: None,
+            }],
+            series: Series {
+                bucket_s: 0.5,
+                buckets,
+            },
+            kill_windows: vec![(5.1, 6.5), (6.1, 7.5)],
+        };
+        Document {
+            verdict: Outcome::Fail,
+            exit_code: 1,
+            label: Some("memory & co".into()),
+            unstick_version: "0.1.0",
+            started_at: "2025-01-02T03:04:05.678Z".into(),
+            seed: 42,
+            command_line: "unstick chaos --app './app --port {port}' --seed 42".into(),
+            app: AppInfo {
+                command: "./app --port {port}".into(),
+                instances: 2,
+                ready_path: "/healthz".into(),
+                identity_headers: vec!["x-instance-id".into()],
+            },
+            load: LoadInfo {
+                users: 4,
+                rate: 100.0,
+                timeout_s: 2.0,
+                scenario: "demo".into(),
+                read_only: false,
+            },
+            faults: FaultsInfo {
+                kinds: vec![FaultKind::Kill, FaultKind::Stop],
+                every_s: 2.0,
+                restart_after_s: 1.0,
+                pause_s: 1.0,
+                allow_total_outage: false,
+            },
+            thresholds: ThresholdsInfo {
+                min_success: 0.999,
+                max_p99_ratio: 10.0,
+                p99_floor_ms: 50.0,
+            },
+            phases: [
+                span("warm-up", 0, 2),
+                span("baseline", 2, 4),
+                span("chaos", 4, 8),
+                span("recovery", 8, 10),
+            ],
+            plan: vec![],
+            plan_skipped: vec![],
+            timeline: vec![
+                fault(1, FaultKind::Kill, true),
+                fault(2, FaultKind::Stop, true),
+                fault(3, FaultKind::Term, false),
+            ],
+            unplanned_exits: vec![UnplannedExit {
+                instance: 1,
+                pid: 77,
+                at_s: 6.75,
+                status: "exit status: 3 <crash>".into(),
+                back_at_s: None,
+                new_pid: None,
+            }],
+            instances: vec![
+                InstanceInfo {
+                    index: 0,
+                    address: "127.0.0.1:4001".into(),
+                    pids: vec![100, 201],
+                },
+                InstanceInfo {
+                    index: 1,
+                    address: "127.0.0.1:4002".into(),
+                    pids: vec![101],
+                },
+            ],
+            analysis,
+        }
+    }
+
+    #[test]
+    fn every_section_is_rendered_and_escaped() {
+        let doc = sample_document();
+        let page = html(&doc);
+        for part in [
+            "<title>unstick chaos (memory &amp; co): FAIL</title>",
+            "broken_expectations &amp; why",
+            "<td class=\"INVALID\">INVALID</td>",
+            "at 5.25s: GET /whoami expected status 200, got 401 &lt;on #1&gt;",
+            "skipped: would leave no instance &lt;up&gt;",
+            "#1 (pid 77) at 6.75s: exit status: 3 &lt;crash&gt;; up again -",
+            "<td><code>GET /whoami</code></td><td>500</td><td>494</td><td>6</td><td>0</td><td>1.2 ms</td><td>-</td>",
+            "instance #0 on 127.0.0.1:4001: pids 100, 201",
+            "kill window 5.10s to 6.50s",
+            ">K1</text>",
+            ">S2</text>",
+        ] {
+            assert!(page.contains(part), "{part} not in\n{page}");
+        }
+        assert!(!page.contains("<crash>") && !page.contains("<script"));
+        let text = summary(&doc, None);
+        assert!(
+            text.starts_with("unstick chaos (memory & co): FAIL  (seed 42)\n"),
+            "{text}"
+        );
+        assert!(text.contains("faults: 2 carried out (1 SIGKILL, 1 SIGSTOP), 1 skipped; requests: 1000, failed 4, broken 6"), "{text}");
+        assert!(text.contains("1 instance(s) exited on their own"), "{text}");
+        assert!(
+            text.contains("  verdict: FAIL (a check failed: see above)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::{HeaderName, HeaderValue, Request};
 
 use super::scenario::{Scenario, Step};
-use crate::load::{ErrorClass, Outcome, Record, Workload};
+use crate::load::{ErrorClass, Outcome, Record, Reply, Workload};
 
 /// Which step a request was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -221,6 +221,31 @@ impl ScenarioLoad {
         user.known.push(k.clone());
         Some(k)
     }
+
+    /// Where `user` goes after the step at `pos`: the next step when it
+    /// succeeded; after a failed setup step, the setup again with an empty
+    /// jar; after the last step or a failed one, the next iteration.
+    fn advance(&self, user: &mut User, pos: Pos, ok: bool, instance: Option<Arc<str>>) {
+        user.pos = match pos {
+            Pos::Setup(i) if ok => {
+                user.setup_instance = instance;
+                if i + 1 < self.scenario.setup.len() {
+                    Pos::Setup(i + 1)
+                } else {
+                    Pos::Loop(0)
+                }
+            }
+            Pos::Setup(_) => {
+                user.jar.clear();
+                Pos::Setup(0)
+            }
+            Pos::Loop(i) if ok && i + 1 < self.scenario.steps.len() => Pos::Loop(i + 1),
+            Pos::Loop(_) => {
+                user.iter += 1;
+                Pos::Loop(0)
+            }
+        };
+    }
 }
 
 impl Workload for ScenarioLoad {
@@ -299,38 +324,19 @@ impl Workload for ScenarioLoad {
         };
         let step = self.step(pos);
         let vu = user.vu;
-        let mut instance = None;
-        let mut broken: Option<(String, String)> = None;
-        let verdict = match &record.outcome {
-            Outcome::Error(e) => Verdict::Failed(Failure::Transport(e.class.into())),
+        let (verdict, broken, instance) = match &record.outcome {
+            Outcome::Error(e) => (
+                Verdict::Failed(Failure::Transport(e.class.into())),
+                None,
+                None,
+            ),
             Outcome::Response(r) => {
                 for v in r.headers.get_all(SET_COOKIE) {
                     user.jar.store(v.as_bytes());
                 }
-                instance = self.identity(r.headers, user);
-                let status = r.status.as_u16();
-                if status >= 500 && !step.names_status(status) {
-                    Verdict::Failed(Failure::Status(status))
-                } else if !step.accepts(status) {
-                    broken = Some((
-                        format!("status {}", step.expected_status_text()),
-                        format!("status {status}{}", excerpt(r.body)),
-                    ));
-                    Verdict::Broken
-                } else if let Some(want) = &step.expect_body_contains {
-                    let want = want.render(vu, iter);
-                    if contains(r.body, want.as_bytes()) {
-                        Verdict::Ok
-                    } else {
-                        broken = Some((
-                            format!("a body containing {want:?}"),
-                            format!("status {status}{}", excerpt(r.body)),
-                        ));
-                        Verdict::Broken
-                    }
-                } else {
-                    Verdict::Ok
-                }
+                let instance = self.identity(r.headers, user);
+                let (verdict, broken) = judge(step, r, vu, iter);
+                (verdict, broken, instance)
             }
         };
         let step_ref = match pos {
@@ -364,28 +370,37 @@ impl Workload for ScenarioLoad {
         if instance.is_some() {
             user.previous_instance = instance.clone();
         }
-        // Where next.
-        let ok = verdict == Verdict::Ok;
-        user.pos = match pos {
-            Pos::Setup(i) if ok => {
-                user.setup_instance = instance;
-                if i + 1 < self.scenario.setup.len() {
-                    Pos::Setup(i + 1)
-                } else {
-                    Pos::Loop(0)
-                }
-            }
-            Pos::Setup(_) => {
-                user.jar.clear();
-                Pos::Setup(0)
-            }
-            Pos::Loop(i) if ok && i + 1 < self.scenario.steps.len() => Pos::Loop(i + 1),
-            Pos::Loop(_) => {
-                user.iter += 1;
-                Pos::Loop(0)
-            }
-        };
+        self.advance(user, pos, verdict == Verdict::Ok, instance);
     }
+}
+
+/// A response against its step's expectations: a 5xx the step does not name
+/// is a failure; another unexpected status, or a body without what the step
+/// wants, is a broken expectation (what was expected, what came).
+fn judge(step: &Step, r: &Reply<'_>, vu: usize, iter: u64) -> (Verdict, Option<(String, String)>) {
+    let status = r.status.as_u16();
+    if status >= 500 && !step.names_status(status) {
+        return (Verdict::Failed(Failure::Status(status)), None);
+    }
+    if !step.accepts(status) {
+        let broken = (
+            format!("status {}", step.expected_status_text()),
+            format!("status {status}{}", excerpt(r.body)),
+        );
+        return (Verdict::Broken, Some(broken));
+    }
+    let Some(want) = &step.expect_body_contains else {
+        return (Verdict::Ok, None);
+    };
+    let want = want.render(vu, iter);
+    if contains(r.body, want.as_bytes()) {
+        return (Verdict::Ok, None);
+    }
+    let broken = (
+        format!("a body containing {want:?}"),
+        format!("status {status}{}", excerpt(r.body)),
+    );
+    (Verdict::Broken, Some(broken))
 }
 
 /// Whether `needle` occurs in `hay`.

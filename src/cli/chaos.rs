@@ -284,49 +284,18 @@ fn options(
         report_dir,
     } = which;
     let phases = Phases::split(duration, args.warmup, args.baseline, args.recovery)?;
-    // Chaos keeps a record of every request and every planned fault.
-    if args.rate * duration.as_secs_f64() > MAX_REQUESTS {
-        return Err(format!(
-            "{}/s for {} is over {MAX_REQUESTS} requests, more than chaos keeps records of: \
-             shorten --duration or lower --rate",
-            args.rate,
-            schedule::human(duration)
-        ));
-    }
-    if phases.chaos.as_secs_f64() / every.as_secs_f64() > MAX_TICKS {
-        return Err(format!(
-            "--every {} over a chaos phase of {} is over {MAX_TICKS} faults",
-            schedule::human(every),
-            schedule::human(phases.chaos)
-        ));
-    }
-    if every > phases.chaos {
-        return Err(format!(
-            "--every {} is longer than the chaos phase ({}): no fault would happen",
-            schedule::human(every),
-            schedule::human(phases.chaos)
-        ));
-    }
+    check_size(args, &phases, duration, every)?;
     let kinds = args.faults.0.clone();
     let min_success = args
         .min_success
         .unwrap_or_else(|| Thresholds::default_min_success(&scenario, &kinds));
-    let identity_headers = if args.instance_headers.is_empty() {
-        vec![
-            HeaderName::from_static("x-instance-id"),
-            HeaderName::from_static("x-backend-id"),
-            HeaderName::from_static(crate::chaos::BACKEND_HEADER),
-        ]
-    } else {
-        args.instance_headers.clone()
-    };
     Ok(ChaosOptions {
         label,
         app,
         instances: usize::from(args.instances),
         ready_path: args.ready_path.clone(),
         ready_timeout: args.ready_timeout,
-        identity_headers,
+        identity_headers: identity_headers(args),
         users: args.users as usize,
         rate: args.rate,
         timeout: args.timeout,
@@ -350,6 +319,54 @@ fn options(
         app_logs: args.app_logs,
         command_line: command_line(),
     })
+}
+
+/// Refuses runs larger than chaos keeps records of, and a fault interval
+/// that does not fit the chaos phase.
+fn check_size(
+    args: &ChaosArgs,
+    phases: &Phases,
+    duration: Duration,
+    every: Duration,
+) -> Result<(), String> {
+    // Chaos keeps a record of every request and every planned fault.
+    if args.rate * duration.as_secs_f64() > MAX_REQUESTS {
+        return Err(format!(
+            "{}/s for {} is over {MAX_REQUESTS} requests, more than chaos keeps records of: \
+             shorten --duration or lower --rate",
+            args.rate,
+            schedule::human(duration)
+        ));
+    }
+    if phases.chaos.as_secs_f64() / every.as_secs_f64() > MAX_TICKS {
+        return Err(format!(
+            "--every {} over a chaos phase of {} is over {MAX_TICKS} faults",
+            schedule::human(every),
+            schedule::human(phases.chaos)
+        ));
+    }
+    if every > phases.chaos {
+        return Err(format!(
+            "--every {} is longer than the chaos phase ({}): no fault would happen",
+            schedule::human(every),
+            schedule::human(phases.chaos)
+        ));
+    }
+    Ok(())
+}
+
+/// The response headers that name the instance: as given, or the usual ones
+/// and the balancer's own.
+fn identity_headers(args: &ChaosArgs) -> Vec<HeaderName> {
+    if args.instance_headers.is_empty() {
+        vec![
+            HeaderName::from_static("x-instance-id"),
+            HeaderName::from_static("x-backend-id"),
+            HeaderName::from_static(crate::chaos::BACKEND_HEADER),
+        ]
+    } else {
+        args.instance_headers.clone()
+    }
 }
 
 fn usage(message: &str) -> ExitCode {
@@ -445,6 +462,14 @@ pub fn run(args: ChaosArgs) -> ExitCode {
         print!("{}", schedule::plan(&opts.plan).describe());
         return ExitCode::SUCCESS;
     }
+    with_interrupt(async |interrupt| match run_one(&opts, interrupt).await {
+        Ok(o) => ExitCode::from(o.exit_code()),
+        Err(code) => code,
+    })
+}
+
+/// Runs `f` on a two-worker runtime with SIGINT and SIGTERM caught.
+fn with_interrupt(f: impl AsyncFnOnce(&mut Interrupt) -> ExitCode) -> ExitCode {
     let runtime = match super::runtime(super::Runtime::Workers(2)) {
         Ok(r) => r,
         Err(code) => return code,
@@ -457,12 +482,12 @@ pub fn run(args: ChaosArgs) -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
-        match run_one(&opts, &mut interrupt).await {
-            Ok(o) => ExitCode::from(o.exit_code()),
-            Err(code) => code,
-        }
+        f(&mut interrupt).await
     })
 }
+
+/// The two runs of `--demo`: a label, the demo app's store, the verdict expected.
+const DEMO_RUNS: [(&str, Outcome); 2] = [("sqlite", Outcome::Pass), ("memory", Outcome::Fail)];
 
 /// `unstick chaos --demo`: the demo app with SQLite (expect PASS), then with
 /// memory (expect FAIL). Exit 0 when both went as expected.
@@ -491,34 +516,15 @@ fn run_demo(args: &ChaosArgs, scenario: Arc<Scenario>, seed: u64) -> ExitCode {
     }
     let duration = args.duration.unwrap_or(Duration::from_secs(20));
     let every = args.every.unwrap_or(Duration::from_secs(2));
-    let demo_app = |store: String| {
-        let exe = program.display().to_string();
-        AppCommand {
-            display: format!(
-                "{} demo-app --port {{port}} --store {store}",
-                shlex::try_quote(&exe)
-                    .map(|q| q.into_owned())
-                    .unwrap_or(exe)
-            ),
-            program: program.clone(),
-            args: vec![
-                "demo-app".into(),
-                "--port".into(),
-                "{port}".into(),
-                "--store".into(),
-                store,
-            ],
-        }
-    };
-    let runs = [
-        ("sqlite", format!("sqlite:{}", db.display()), Outcome::Pass),
-        ("memory", "memory".to_owned(), Outcome::Fail),
-    ];
     let mut all = Vec::new();
-    for (label, store, _) in &runs {
+    for (label, _) in DEMO_RUNS {
+        let store = match label {
+            "sqlite" => format!("sqlite:{}", db.display()),
+            _ => "memory".to_owned(),
+        };
         let which = Which {
-            app: demo_app(store.clone()),
-            label: Some((*label).to_owned()),
+            app: demo_app(&program, store),
+            label: Some(label.to_owned()),
             report_dir: args.report_dir.join(label),
         };
         match options(args, which, scenario.clone(), seed, duration, every) {
@@ -530,56 +536,69 @@ fn run_demo(args: &ChaosArgs, scenario: Arc<Scenario>, seed: u64) -> ExitCode {
         print!("{}", schedule::plan(&all[0].plan).describe());
         return ExitCode::SUCCESS;
     }
-    let runtime = match super::runtime(super::Runtime::Workers(2)) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let code = runtime.block_on(async {
-        let mut interrupt = match Interrupt::new() {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("error: cannot handle signals: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        };
-        println!(
-            "unstick chaos --demo: the same proof twice, on the demo app with sessions in SQLite \
-             (shared by every instance), then in each instance's memory.\n"
-        );
-        let mut got = Vec::new();
-        for (opts, (label, _, _)) in all.iter().zip(&runs) {
-            eprintln!("chaos: --- demo run `{label}` ---");
-            match run_one(opts, &mut interrupt).await {
-                Ok(o) => got.push(o),
-                Err(code) => return code,
-            }
-            println!();
-        }
-        let expected = runs.iter().map(|r| r.2).collect::<Vec<_>>() == got;
-        println!(
-            "sqlite: {} (expected PASS); memory: {} (expected FAIL)",
-            got[0].name(),
-            got[1].name()
-        );
-        if expected {
-            println!(
-                "As expected: with sessions in a shared store the app survives any instance dying; \
-                 with sessions in memory, users are logged out whenever another instance answers. \
-                 Sticky sessions would have hidden that until the day an instance died. \
-                 Reports: {}",
-                report_paths(&args.report_dir)
-            );
-            ExitCode::SUCCESS
-        } else {
-            println!(
-                "Not as expected: see the reports in {}",
-                report_paths(&args.report_dir)
-            );
-            ExitCode::from(EXIT_FAILURE)
-        }
-    });
+    let code = with_interrupt(async |interrupt| run_both(&all, &args.report_dir, interrupt).await);
     drop(dir);
     code
+}
+
+/// `unstick demo-app` with `store`, as chaos runs it.
+fn demo_app(program: &Path, store: String) -> AppCommand {
+    let exe = program.display().to_string();
+    AppCommand {
+        display: format!(
+            "{} demo-app --port {{port}} --store {store}",
+            shlex::try_quote(&exe)
+                .map(|q| q.into_owned())
+                .unwrap_or(exe)
+        ),
+        program: program.to_owned(),
+        args: vec![
+            "demo-app".into(),
+            "--port".into(),
+            "{port}".into(),
+            "--store".into(),
+            store,
+        ],
+    }
+}
+
+/// Runs both demo proofs and says whether each verdict was the expected one.
+async fn run_both(all: &[ChaosOptions], report_dir: &Path, interrupt: &mut Interrupt) -> ExitCode {
+    println!(
+        "unstick chaos --demo: the same proof twice, on the demo app with sessions in SQLite \
+         (shared by every instance), then in each instance's memory.\n"
+    );
+    let mut got = Vec::new();
+    for (opts, (label, _)) in all.iter().zip(DEMO_RUNS) {
+        eprintln!("chaos: --- demo run `{label}` ---");
+        match run_one(opts, interrupt).await {
+            Ok(o) => got.push(o),
+            Err(code) => return code,
+        }
+        println!();
+    }
+    let expected = DEMO_RUNS.iter().map(|r| r.1).collect::<Vec<_>>() == got;
+    println!(
+        "sqlite: {} (expected PASS); memory: {} (expected FAIL)",
+        got[0].name(),
+        got[1].name()
+    );
+    if expected {
+        println!(
+            "As expected: with sessions in a shared store the app survives any instance dying; \
+             with sessions in memory, users are logged out whenever another instance answers. \
+             Sticky sessions would have hidden that until the day an instance died. \
+             Reports: {}",
+            report_paths(report_dir)
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "Not as expected: see the reports in {}",
+            report_paths(report_dir)
+        );
+        ExitCode::from(EXIT_FAILURE)
+    }
 }
 
 fn report_paths(dir: &Path) -> String {
