@@ -7,6 +7,7 @@
 //! - `GET /metrics`: Prometheus text exposition.
 //! - `GET /api/backends`: every backend as JSON.
 //! - `GET /api/affinity`: which backends tried to set affinity cookies.
+//! - `GET /api/statelessness`: session hops between backends, kept and broken.
 //! - `POST /api/backends/{address}/drain` and `.../undrain`: take a backend out
 //!   of rotation for new requests (in-flight ones finish), and back.
 //! - `POST /api/reload`: re-read the configuration and apply it (as SIGHUP does).
@@ -130,6 +131,10 @@ impl Admin {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", Some("GET, HEAD"))
             }
             "/api/affinity" => self.affinity(),
+            "/api/statelessness" if !get => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", Some("GET, HEAD"))
+            }
+            "/api/statelessness" => json(StatusCode::OK, &self.proxy.hops.report()),
             _ => match parse_action(path) {
                 Some((_, _)) if method != Method::POST => {
                     json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST", Some("POST"))
@@ -178,6 +183,8 @@ impl Admin {
                 .dropped()
                 .saturating_sub(dropped.get()),
         );
+        let tracked = i64::try_from(self.proxy.hops.tracked()).unwrap_or(i64::MAX);
+        self.proxy.metrics.sessions_tracked.set(tracked);
         let mut r = Response::new(ResponseBody::full(self.proxy.metrics.encode()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -138,6 +138,7 @@ pub struct Config {
     pub upstream_tls: UpstreamTls,
     pub discovery: Discovery,
     pub reload: Reload,
+    pub session_watch: SessionWatch,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -270,6 +271,26 @@ pub struct Discovery {
 pub struct Reload {
     /// Re-read the config file when it changes (SIGHUP and the admin API always work).
     pub watch: bool,
+}
+
+/// Watching session cookies for hops between instances (`[session_watch]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionWatch {
+    pub enabled: bool,
+    /// At most this many session values (as keyed hashes) are remembered.
+    pub entries: usize,
+    /// Cookie names always watched, whatever their values look like.
+    pub names: Vec<String>,
+    /// Cookie names (or `prefix*` patterns) never watched.
+    pub ignore: Vec<String>,
+    /// A hop is judged only if its session was issued or answered within this.
+    pub recent: Duration,
+    /// A warning is logged when this share of a cookie's judged hops broke...
+    pub warn_share: f64,
+    /// ... over this window ...
+    pub warn_window: Duration,
+    /// ... with at least this many judged hops in it.
+    pub warn_min_hops: u64,
 }
 
 // === impl Config ===

@@ -9,6 +9,7 @@
 //! - [`server`]: accept loop, connection limits, client timeouts, HTTP/1 (fast path, else hyper) and HTTP/2, graceful drain.
 //! - [`shutdown`]: the server's phase (running, draining, closing), shared by the server, the proxy and the admin listener.
 //! - [`affinity`]: refuses load-balancer affinity cookies in both directions, and reports who set them.
+//! - [`hops`]: session hops between instances watched in live traffic: learned session cookies, kept and broken hops, `/api/statelessness`.
 //! - [`proxy`]: the request path: scrub headers, pick, forward, retry when safe, respond (hyper, or the HTTP/1 fast path in `proxy::h1`).
 //! - [`balancer`]: `pick(&self, healthy)`; never sees a request. One file per algorithm.
 //! - [`http1`]: HTTP/1.1 heads parsed and written with httparse, framing, chunked scanning (fast path, load).
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod hops;
 pub mod html;
 pub mod http1;
 pub mod load;

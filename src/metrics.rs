@@ -136,6 +136,10 @@ pub struct Metrics {
     pub discovery_backends: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub session_hops: IntCounterVec,
+    pub session_same_instance: IntCounterVec,
+    /// Synced from the session watch's map at scrape time.
+    pub sessions_tracked: IntGauge,
     /// Client-view durations by code class, pre-resolved.
     pub request_duration_by_class: [Histogram; 6],
 }
@@ -301,6 +305,27 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let session_hops = counter_vec(
+            r,
+            "unstick_session_hops_total",
+            "Requests carrying a session value (by its cookie name) that a backend other than \
+             the one that issued it answered, by outcome: kept, broken (answered as if the \
+             session were unknown), unjudged.",
+            &["cookie", "outcome"],
+        );
+        let session_same_instance = counter_vec(
+            r,
+            "unstick_session_same_instance_total",
+            "Requests carrying a session value answered by the backend that issued it, by cookie name.",
+            &["cookie"],
+        );
+        let sessions_tracked = IntGauge::new(
+            "unstick_sessions_tracked",
+            "Session values remembered (as keyed hashes) to watch their hops.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(sessions_tracked.clone()))
+            .expect("registered once");
         let request_duration_by_class =
             CODE_CLASSES.map(|c| request_duration.with_label_values(&[c]));
         Metrics {
@@ -325,6 +350,9 @@ impl Metrics {
             discovery_backends,
             config_reloads,
             build_info,
+            session_hops,
+            session_same_instance,
+            sessions_tracked,
             request_duration_by_class,
         }
     }

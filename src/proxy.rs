@@ -20,9 +20,11 @@ use crate::affinity::{Rules as AffinityRules, Tracker as AffinityTracker};
 use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
+use crate::hops::{self, Watch};
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::shutdown::{Phase, TunnelHold};
+use crate::upstream::raw::RawConn;
 use crate::upstream::{
     Backend, BodyFault, BodyWatch, ClientBody, Conn, ConnectError, InFlight, RequestBody, State,
     Upstreams,
@@ -80,6 +82,8 @@ pub struct Settings {
     pub underscores_in_headers: bool,
     /// The largest request body taken (0: no limit).
     pub max_request_body: u64,
+    /// `[session_watch]`, applied to the proxy's [`Watch`] when swapped in.
+    pub session_watch: crate::config::SessionWatch,
 }
 
 impl Settings {
@@ -101,6 +105,7 @@ impl Settings {
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
             underscores_in_headers: config.underscores_in_headers,
             max_request_body: config.limits.max_request_body,
+            session_watch: config.session_watch.clone(),
         }
     }
 }
@@ -113,6 +118,8 @@ pub struct Proxy {
     pub health: Arc<Health>,
     /// Refused affinity cookies (kept across reloads, for `/api/affinity`).
     pub affinity: AffinityTracker,
+    /// Session hops between backends (kept across reloads, for `/api/statelessness`).
+    pub hops: Watch,
     settings: ArcSwap<Settings>,
     ids: RequestIds,
 }
@@ -138,6 +145,8 @@ struct ReplyTo {
     /// An HTTP/1.0 client asked to keep its connection (`Connection:
     /// keep-alive`): the response says it is kept.
     keep_alive_10: bool,
+    /// Known session values the request carried, for the session watch.
+    session: Option<Box<hops::Carried>>,
 }
 
 /// A request begun: its answer's needs, its log line, and why it is
@@ -214,6 +223,13 @@ impl Proxy {
         Proxy {
             upstreams,
             affinity: AffinityTracker::new(metrics.affinity_refused.clone()),
+            hops: Watch::new(
+                &settings.session_watch,
+                hops::Families {
+                    hops: metrics.session_hops.clone(),
+                    same_instance: metrics.session_same_instance.clone(),
+                },
+            ),
             metrics,
             access_log,
             health,
@@ -224,6 +240,7 @@ impl Proxy {
 
     /// Swaps in new settings (hot reload); requests in flight keep the old ones.
     pub fn set_settings(&self, settings: Settings) {
+        self.hops.configure(&settings.session_watch);
         self.settings.store(Arc::new(settings));
     }
 
@@ -297,7 +314,7 @@ impl Proxy {
             let path = path.as_bytes();
             self.log_entry(client, &parts.method, parts.version, path, &request_id)
         });
-        let reply = ReplyTo {
+        let mut reply = ReplyTo {
             request_id,
             // The client's version (the backend's is set below).
             version: parts.version,
@@ -305,6 +322,7 @@ impl Proxy {
             trailers: headers::wants_trailers(&parts.headers) || headers::is_grpc(&parts.headers),
             keep_alive_10: parts.version == Version::HTTP_10
                 && headers::has_token(&parts.headers, &header::CONNECTION, "keep-alive"),
+            session: None,
         };
         let checked = target::check_codings(&parts.headers).and_then(|()| match parts.version {
             Version::HTTP_2 => target::check_h2(parts),
@@ -326,6 +344,10 @@ impl Proxy {
             .affinity
             .on_request(&mut parts.headers, &self.affinity);
         headers::join_cookies(&mut parts.headers);
+        if let Some(cookie) = parts.headers.get(header::COOKIE) {
+            let path = parts.uri.path().as_bytes();
+            reply.session = self.hops.on_request(cookie.as_bytes(), &parts.method, path);
+        }
         let refused = None;
         Begun {
             reply,
@@ -336,13 +358,14 @@ impl Proxy {
 
     /// [`Proxy::begin`] for a request head the fast path passes on from
     /// where it lies (`request_head`): its id (`id`: the client's
-    /// `X-Request-Id`, if any) and its access-log line. The head itself is
-    /// written for the backend by `request_head::write`.
+    /// `X-Request-Id`, if any), its access-log line and its session
+    /// values (`cookie`: its `Cookie` field). The head itself is written
+    /// for the backend by `request_head::write`.
     fn begin_in_place(
         &self,
         head: &[u8],
         parsed: &http1::RequestHead,
-        id: Option<&[u8]>,
+        (id, cookie): (Option<&[u8]>, Option<&[u8]>),
         grpc: bool,
         client: &ClientInfo,
     ) -> (ReplyTo, Option<Box<Entry>>) {
@@ -354,6 +377,8 @@ impl Proxy {
             let path = parsed.target(head);
             self.log_entry(client, &parsed.method, parsed.version, path, &request_id)
         });
+        let session =
+            cookie.and_then(|c| self.hops.on_request(c, &parsed.method, parsed.target(head)));
         let reply = ReplyTo {
             request_id,
             version: parsed.version,
@@ -362,6 +387,7 @@ impl Proxy {
             trailers: grpc,
             // HTTP/1.0 is served by hyper.
             keep_alive_10: false,
+            session,
         };
         (reply, log)
     }
@@ -682,10 +708,10 @@ impl Proxy {
 
     /// The response's side of the work, shared by both request paths: a
     /// backend asking to drain leaves rotation; affinity cookies are refused
-    /// (`Err` names one when the policy is `reject`); hop-by-hop headers go
-    /// (`Trailer` stays for a client that takes trailers, naming only those
-    /// passed on); the request id (and, if asked for, the backend's name)
-    /// are added.
+    /// (`Err` names one when the policy is `reject`); the session watch
+    /// sees the response; hop-by-hop headers go (`Trailer` stays for a
+    /// client that takes trailers, naming only those passed on); the
+    /// request id (and, if asked for, the backend's name) are added.
     fn scrub_response(
         &self,
         parts: &mut http::response::Parts,
@@ -704,6 +730,10 @@ impl Proxy {
         if let Some(cookie) = rules.on_response(&mut parts.headers, &backend.name, tracker) {
             return Err(cookie);
         }
+        let status = parts.status.as_u16();
+        let session = reply.session.as_deref();
+        let is_affinity = |name: &[u8]| rules.matches(name).is_some();
+        (self.hops).on_response(session, &backend.name, status, &parts.headers, is_affinity);
         let announced = reply
             .trailers
             .then(|| headers::announced_trailers(&parts.headers));
@@ -724,6 +754,20 @@ impl Proxy {
             }
         }
         Ok(())
+    }
+
+    /// The session watch's look at a response head passed on in place by
+    /// the fast path (it has no `Set-Cookie`: those heads go through
+    /// [`Proxy::scrub_response`]): its status, and `Location` if it redirects.
+    fn watch_plain(&self, reply: &ReplyTo, backend: &Backend, status: StatusCode, conn: &RawConn) {
+        let Some(session) = reply.session.as_deref() else {
+            return;
+        };
+        let location = status
+            .is_redirection()
+            .then(|| conn.field(b"location"))
+            .flatten();
+        (self.hops).on_plain_response(session, &backend.name, status.as_u16(), location);
     }
 
     /// A response the client does not get: the backend set an affinity

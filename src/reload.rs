@@ -256,6 +256,20 @@ const FIELDS: &[(&str, Field)] = &[
     ("discovery.interval", |c| d(c.discovery.interval)),
     ("discovery.min_interval", |c| d(c.discovery.min_interval)),
     ("reload.watch", |c| d(c.reload.watch)),
+    ("session_watch.enabled", |c| d(c.session_watch.enabled)),
+    ("session_watch.entries", |c| d(c.session_watch.entries)),
+    ("session_watch.names", |c| d(&c.session_watch.names)),
+    ("session_watch.ignore", |c| d(&c.session_watch.ignore)),
+    ("session_watch.recent", |c| d(c.session_watch.recent)),
+    ("session_watch.warn_share", |c| {
+        d(c.session_watch.warn_share)
+    }),
+    ("session_watch.warn_window", |c| {
+        d(c.session_watch.warn_window)
+    }),
+    ("session_watch.warn_min_hops", |c| {
+        d(c.session_watch.warn_min_hops)
+    }),
 ];
 
 /// The keys whose values differ, in [`KEYS`](crate::config::KEYS) order.
@@ -598,6 +612,11 @@ mod tests {
             "upstream_tls.client_key" => "c.key",
             "discovery.interval" => "9s",
             "discovery.min_interval" => "2s",
+            "session_watch.enabled" => "false",
+            "session_watch.entries" | "session_watch.warn_min_hops" => "99",
+            "session_watch.names" | "session_watch.ignore" => "x",
+            "session_watch.recent" | "session_watch.warn_window" => "7s",
+            "session_watch.warn_share" => "0.5",
             _ => return None,
         })
     }

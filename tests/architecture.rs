@@ -36,7 +36,7 @@ const LAYERS: &[&[&str]] = &[
     &["server", "admin"],
     &["reload"],
     &["proxy"],
-    &["balancer", "upstream", "health", "affinity"],
+    &["balancer", "upstream", "health", "affinity", "hops"],
     &["tls", "dns"],
     &["http1", "config", "metrics", "shutdown", "html", "timefmt"],
 ];

@@ -390,6 +390,54 @@ pub const KEYS: &[KeySpec] = &[
         "true",
         "re-read the config file when it changes (SIGHUP and `POST /api/reload` always work)",
     ),
+    key(
+        "session_watch.enabled",
+        Bool,
+        "true",
+        "watch session cookies for hops between instances (`GET /api/statelessness`)",
+    ),
+    key(
+        "session_watch.entries",
+        Number,
+        "100000",
+        "session values remembered at most (keyed hashes, least recently used dropped first)",
+    ),
+    key(
+        "session_watch.names",
+        List,
+        "",
+        "cookie names always watched (others are learned from backends' `Set-Cookie`)",
+    ),
+    key(
+        "session_watch.ignore",
+        List,
+        "",
+        "cookie names or `prefix*` patterns never watched",
+    ),
+    key(
+        "session_watch.recent",
+        Text,
+        "10m",
+        "a hop is judged only if its session was issued or answered within this",
+    ),
+    key(
+        "session_watch.warn_share",
+        Number,
+        "0.05",
+        "log a warning when this share of a cookie's judged hops broke...",
+    ),
+    key(
+        "session_watch.warn_window",
+        Text,
+        "60s",
+        "...over this window (at most one warning per cookie per window)...",
+    ),
+    key(
+        "session_watch.warn_min_hops",
+        Number,
+        "20",
+        "...with at least this many judged hops in it",
+    ),
 ];
 
 /// [`KEYS`] as a Markdown table (key, environment variable, default,

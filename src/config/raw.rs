@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::value::{RawDuration, RawSize, MAX_WEIGHT};
 use super::{
     invalid, AccessLog, ActiveHealth, Affinity, AffinityPolicy, Algorithm, BackendSpec, Config,
-    ConfigError, Discovery, Health, Http2, Limits, Locator, Reload, Retries, SniCert, StatusRange,
-    Timeouts, Tls, UpstreamProtocol, UpstreamTls,
+    ConfigError, Discovery, Health, Http2, Limits, Locator, Reload, Retries, SessionWatch, SniCert,
+    StatusRange, Timeouts, Tls, UpstreamProtocol, UpstreamTls,
 };
 
 /// The configuration as written: every key optional, with its default.
@@ -43,6 +43,7 @@ pub struct RawConfig {
     pub upstream_tls: RawUpstreamTls,
     pub discovery: RawDiscovery,
     pub reload: RawReload,
+    pub session_watch: RawSessionWatch,
 }
 
 impl Default for RawConfig {
@@ -67,6 +68,7 @@ impl Default for RawConfig {
             upstream_tls: RawUpstreamTls::default(),
             discovery: RawDiscovery::default(),
             reload: RawReload::default(),
+            session_watch: RawSessionWatch::default(),
         }
     }
 }
@@ -294,6 +296,70 @@ pub struct RawReload {
 impl Default for RawReload {
     fn default() -> Self {
         RawReload { watch: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSessionWatch {
+    pub enabled: bool,
+    pub entries: u64,
+    pub names: Vec<String>,
+    pub ignore: Vec<String>,
+    pub recent: RawDuration,
+    pub warn_share: f64,
+    pub warn_window: RawDuration,
+    pub warn_min_hops: u64,
+}
+
+impl Default for RawSessionWatch {
+    fn default() -> Self {
+        RawSessionWatch {
+            enabled: true,
+            entries: 100_000,
+            names: Vec::new(),
+            ignore: Vec::new(),
+            recent: "10m".into(),
+            warn_share: 0.05,
+            warn_window: "60s".into(),
+            warn_min_hops: 20,
+        }
+    }
+}
+
+impl RawSessionWatch {
+    fn validate(&self, l: &Locator) -> Result<SessionWatch, ConfigError> {
+        let names = check_cookie_names(l, "session_watch.names", &self.names)?;
+        if let Some(i) = names.iter().position(|n| n.ends_with('*')) {
+            return Err(invalid(
+                l,
+                &format!("session_watch.names[{i}]"),
+                "names to watch are exact cookie names (patterns go in `ignore`)",
+            ));
+        }
+        if !(self.warn_share > 0.0 && self.warn_share <= 1.0) {
+            return Err(invalid(
+                l,
+                "session_watch.warn_share",
+                format!("must be above 0 and at most 1, got {}", self.warn_share),
+            ));
+        }
+        Ok(SessionWatch {
+            enabled: self.enabled,
+            entries: range(l, "session_watch.entries", self.entries, 16, 100_000_000)? as usize,
+            names,
+            ignore: check_cookie_names(l, "session_watch.ignore", &self.ignore)?,
+            recent: positive_dur(l, "session_watch.recent", &self.recent)?,
+            warn_share: self.warn_share,
+            warn_window: positive_dur(l, "session_watch.warn_window", &self.warn_window)?,
+            warn_min_hops: range(
+                l,
+                "session_watch.warn_min_hops",
+                self.warn_min_hops,
+                1,
+                1 << 32,
+            )?,
+        })
     }
 }
 
@@ -719,6 +785,7 @@ impl RawConfig {
         let reload = Reload {
             watch: self.reload.watch,
         };
+        let session_watch = self.session_watch.validate(l)?;
 
         Ok(Config {
             listen,
@@ -740,6 +807,7 @@ impl RawConfig {
             upstream_tls,
             discovery,
             reload,
+            session_watch,
         })
     }
 }

@@ -311,8 +311,8 @@ impl Proxy {
             ..
         } = reuse;
         let bytes = &input[..head.len];
-        let id = scan.request_id(bytes, fields);
-        let (reply, log) = self.begin_in_place(bytes, &head, id, scan.grpc, client);
+        let found = (scan.request_id(bytes, fields), scan.cookie(bytes, fields));
+        let (reply, log) = self.begin_in_place(bytes, &head, found, scan.grpc, client);
         scratch.clear();
         let ours = Forwarding {
             client_ip: client.ip.as_bytes(),
@@ -647,6 +647,7 @@ impl Proxy {
             trailers: reply.trailers,
         };
         if write_plain_head(scratch, h, conn, ours) {
+            self.watch_plain(reply, backend, h.head.status, conn);
             conn.buf.advance(h.head.len);
             return Ok(None);
         }

@@ -45,10 +45,11 @@ pub struct Scan {
     pub grpc: bool,
     /// Transfer-Encoding or Content-Length fields: the framing needs a look.
     framed: bool,
-    /// The first `Host`, `X-Forwarded-For` and `X-Request-Id` fields.
+    /// The first `Host`, `X-Forwarded-For`, `X-Request-Id` and `Cookie` fields.
     host: Option<usize>,
     forwarded_for: Option<usize>,
     request_id: Option<usize>,
+    cookie: Option<usize>,
     /// `Host` and `Cookie` fields so far, and whether a `Content-Type` was.
     hosts: u8,
     cookies: u8,
@@ -111,6 +112,7 @@ impl Scan {
             }
             6 if is(b"cookie") => {
                 self.cookies += 1;
+                self.cookie.get_or_insert(i);
                 // Several are joined into one, affinity cookies taken
                 // out and counted: the map path does both.
                 self.needs_map |= self.cookies > 1 || affinity.names_any(value);
@@ -188,6 +190,11 @@ impl Scan {
             return Ok(Framing::None);
         }
         http1::request_framing_fields(fields.iter().map(|f| f.field(head)))
+    }
+
+    /// The client's `Cookie` field (a head passed on in place has one at most).
+    pub fn cookie<'a>(&self, head: &'a [u8], fields: &[HeaderIndices]) -> Option<&'a [u8]> {
+        self.cookie.map(|i| fields[i].field(head).1)
     }
 
     /// The client's `X-Request-Id`, if it sent one.

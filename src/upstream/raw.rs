@@ -64,6 +64,14 @@ impl RawConn {
         Ok(())
     }
 
+    /// The value of the response head's first field named `name` (any case).
+    pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields.iter().find_map(|f| {
+            let (n, v) = f.field(&self.buf);
+            n.eq_ignore_ascii_case(name).then_some(v)
+        })
+    }
+
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
     pub async fn read_more(&mut self) -> io::Result<usize> {
         use tokio::io::AsyncReadExt;
