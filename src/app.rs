@@ -107,6 +107,22 @@ impl App {
     /// not resolve yet starts with no backends and is retried), and starts
     /// serving, discovery, health checks and the file watcher.
     pub async fn start_opts(config: Config, opts: StartOptions) -> Result<App, StartError> {
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // Pools are sharded per worker: set before any backend is made.
+        worker::set_count(workers);
+        let listeners = Listeners::bind(&config, workers)?;
+        let certs = match &config.tls {
+            Some(t) => Some(Arc::new(ServerCerts::load(t)?)),
+            None => None,
+        };
+        let redirect = bind_redirect(&config)?;
+        let mut server_options = ServerOptions::from_config(&config);
+        if let Some(certs) = &certs {
+            server_options.tls = Some(certs.server_config(config.http2.enabled)?);
+        }
         let StartOptions {
             metrics,
             log,
@@ -114,64 +130,7 @@ impl App {
             source,
             watch,
         } = opts;
-        let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        // Pools are sharded per worker: set before any backend is made.
-        worker::set_count(workers);
-        let bind_error = |source| StartError::Bind {
-            addr: config.listen,
-            source,
-        };
-        let listeners = server::bind_workers(config.listen, workers).map_err(bind_error)?;
-        let proxy_addr = listeners[0].local_addr().map_err(bind_error)?;
-        let admin_listener = match config.admin {
-            Some(addr) => {
-                Some(server::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
-            }
-            None => None,
-        };
-        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let certs = match &config.tls {
-            Some(t) => Some(Arc::new(ServerCerts::load(t)?)),
-            None => None,
-        };
-        let redirect_listener = match config.tls.as_ref().and_then(|t| t.redirect_listen) {
-            Some(addr) => {
-                Some(server::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
-            }
-            None => None,
-        };
-        let redirect_addr = redirect_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let mut server_options = ServerOptions::from_config(&config);
-        if let Some(certs) = &certs {
-            server_options.tls = Some(certs.server_config(config.http2.enabled)?);
-        }
-
-        let upstreams = Arc::new(Upstreams::new(Vec::new()));
-        let discovery = Discovery::new(
-            upstreams.clone(),
-            metrics.clone(),
-            resolver,
-            upstream::backend_factory(&config, &metrics)?,
-            config.discovery.clone(),
-        );
-        discovery
-            .apply(config.backends.clone(), None, config.discovery.clone())
-            .await;
-        let health = Arc::new(Health::new(upstreams.clone(), config.health.clone()));
-        let access_log = match log {
-            AccessLoggerChoice::Stdout => AccessLogger::stdout(config.access_log),
-            AccessLoggerChoice::Custom(l) => l,
-        };
-        let proxy = Arc::new(Proxy::new(
-            upstreams.clone(),
-            Settings::from_config(&config),
-            metrics,
-            access_log,
-            health.clone(),
-        ));
+        let (proxy, discovery, health) = build_proxy(&config, metrics, log, resolver).await?;
         let shutdown = Shutdown::new();
         let reloader = Arc::new(Reloader::new(
             proxy.clone(),
@@ -179,13 +138,14 @@ impl App {
             config.clone(),
             source,
         ));
-        let mut background = Vec::new();
-        background.push(tokio::spawn(health.clone().run_active()));
-        background.push(tokio::spawn(discovery.clone().run()));
+        let mut background = vec![
+            tokio::spawn(health.run_active()),
+            tokio::spawn(discovery.clone().run()),
+        ];
         if let Some(path) = watch {
             background.push(tokio::spawn(reload::watch_file(reloader.clone(), path)));
         }
-        if let Some(listener) = admin_listener {
+        if let Some(listener) = listeners.admin {
             let admin = Arc::new(Admin {
                 proxy: proxy.clone(),
                 shutdown: shutdown.clone(),
@@ -199,10 +159,11 @@ impl App {
                 proxy.metrics.clone(),
             )));
         }
-        if let Some(listener) = redirect_listener {
+        let redirect_addr = redirect.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = redirect {
             let redirect = server::serve_redirect(
                 listener,
-                proxy_addr.port(),
+                listeners.proxy_addr.port(),
                 server_options.clone(),
                 shutdown.clone(),
             );
@@ -214,24 +175,15 @@ impl App {
             shutdown.clone(),
             config.timeouts.drain,
         )));
-        let limit = Arc::new(Semaphore::new(server_options.max_connections));
-        let mut server = Vec::new();
-        let seats = server::balance::seats(listeners.len());
-        for ((i, listener), seat) in listeners.into_iter().enumerate().zip(seats) {
-            let (proxy, options, shutdown, limit) = (
-                proxy.clone(),
-                server_options.clone(),
-                shutdown.clone(),
-                limit.clone(),
-            );
-            let spawned = std::thread::Builder::new()
-                .name(format!("unstick-worker-{i}"))
-                .spawn(move || run_worker(i, seat, listener, proxy, options, shutdown, limit));
-            server.push(spawned.map_err(bind_error)?);
-        }
+        let server = spawn_workers(listeners.proxy, &proxy, &server_options, &shutdown).map_err(
+            |source| StartError::Bind {
+                addr: config.listen,
+                source,
+            },
+        )?;
         Ok(App {
-            proxy_addr,
-            admin_addr,
+            proxy_addr: listeners.proxy_addr,
+            admin_addr: listeners.admin_addr,
             redirect_addr,
             tls: certs,
             proxy,
@@ -278,6 +230,107 @@ impl App {
         }
         result
     }
+}
+
+/// The proxy's listeners (one per worker) and the admin listener, bound.
+struct Listeners {
+    proxy: Vec<std::net::TcpListener>,
+    proxy_addr: SocketAddr,
+    admin: Option<tokio::net::TcpListener>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl Listeners {
+    fn bind(config: &Config, workers: usize) -> Result<Listeners, StartError> {
+        let bind_error = |source| StartError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let proxy = server::bind_workers(config.listen, workers).map_err(bind_error)?;
+        let proxy_addr = proxy[0].local_addr().map_err(bind_error)?;
+        let admin = match config.admin {
+            Some(addr) => {
+                Some(server::bind(addr).map_err(|source| StartError::Bind { addr, source })?)
+            }
+            None => None,
+        };
+        Ok(Listeners {
+            proxy,
+            proxy_addr,
+            admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
+            admin,
+        })
+    }
+}
+
+/// The HTTP->HTTPS redirect listener, if `tls.redirect_listen` asks for one.
+fn bind_redirect(config: &Config) -> Result<Option<tokio::net::TcpListener>, StartError> {
+    match config.tls.as_ref().and_then(|t| t.redirect_listen) {
+        Some(addr) => Ok(Some(
+            server::bind(addr).map_err(|source| StartError::Bind { addr, source })?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The request path: the backends (names resolved once), health checks and
+/// the proxy with its access log.
+async fn build_proxy(
+    config: &Config,
+    metrics: Metrics,
+    log: AccessLoggerChoice,
+    resolver: Arc<dyn Resolve>,
+) -> Result<(Arc<Proxy>, Arc<Discovery>, Arc<Health>), StartError> {
+    let upstreams = Arc::new(Upstreams::new(Vec::new()));
+    let discovery = Discovery::new(
+        upstreams.clone(),
+        metrics.clone(),
+        resolver,
+        upstream::backend_factory(config, &metrics)?,
+        config.discovery.clone(),
+    );
+    discovery
+        .apply(config.backends.clone(), None, config.discovery.clone())
+        .await;
+    let health = Arc::new(Health::new(upstreams.clone(), config.health.clone()));
+    let access_log = match log {
+        AccessLoggerChoice::Stdout => AccessLogger::stdout(config.access_log),
+        AccessLoggerChoice::Custom(l) => l,
+    };
+    let proxy = Arc::new(Proxy::new(
+        upstreams,
+        Settings::from_config(config),
+        metrics,
+        access_log,
+        health.clone(),
+    ));
+    Ok((proxy, discovery, health))
+}
+
+/// One thread per listener, each serving it ([`run_worker`]), with one
+/// connection limit shared by all.
+fn spawn_workers(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: &Arc<Proxy>,
+    options: &ServerOptions,
+    shutdown: &Shutdown,
+) -> io::Result<Vec<std::thread::JoinHandle<io::Result<()>>>> {
+    let limit = Arc::new(Semaphore::new(options.max_connections));
+    let seats = server::balance::seats(listeners.len());
+    let mut server = Vec::new();
+    for ((i, listener), seat) in listeners.into_iter().enumerate().zip(seats) {
+        let (proxy, options, shutdown, limit) = (
+            proxy.clone(),
+            options.clone(),
+            shutdown.clone(),
+            limit.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("unstick-worker-{i}"))
+            .spawn(move || run_worker(i, seat, listener, proxy, options, shutdown, limit));
+        server.push(spawned?);
+    }
+    Ok(server)
 }
 
 /// Reloads the listener's certificates if their files changed: logs and

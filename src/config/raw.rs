@@ -501,31 +501,10 @@ fn one_of<T: Copy>(
 }
 
 impl RawConfig {
-    /// Checks every value and builds the typed [`Config`].
+    /// Checks every value and builds the typed [`Config`]. Sections are
+    /// checked in the file's order, so the first mistake is the one named.
     pub(crate) fn validate(&self, l: &Locator) -> Result<Config, ConfigError> {
-        let algorithm = match self.algorithm.as_str() {
-            "ip-hash" | "ip_hash" | "hash" | "consistent-hash" | "sticky" | "cookie"
-            | "uri-hash" => {
-                return Err(invalid(
-                    l,
-                    "algorithm",
-                    format!(
-                        "`{}` routes by client identity, which is refused. {}",
-                        self.algorithm,
-                        super::STICKY_EXPLANATION
-                    ),
-                ))
-            }
-            other => one_of(
-                l,
-                "algorithm",
-                other,
-                &[
-                    ("round-robin", Algorithm::RoundRobin),
-                    ("least-connections", Algorithm::LeastConnections),
-                ],
-            )?,
-        };
+        let algorithm = self.algorithm(l)?;
         let access_log = one_of(
             l,
             "access_log",
@@ -536,6 +515,73 @@ impl RawConfig {
                 ("json", AccessLog::Json),
             ],
         )?;
+        let (listen, admin) = self.listeners(l)?;
+        let backends = self.backends(l, listen)?;
+        let timeouts = self.timeouts.validate(l)?;
+        let limits = self.limits.validate(l)?;
+        let retries = self.retries.validate(l)?;
+        let health = self.health.validate(l)?;
+        let affinity = self.affinity_cookies.validate(l)?;
+        let tls = self.tls.as_ref().map(|t| t.validate(l)).transpose()?;
+        let http2 = self.http2.validate(l)?;
+        let upstream_tls = self.upstream_tls.validate(l)?;
+        let discovery = self.discovery.validate(l)?;
+        let workers = range(l, "workers", self.workers, 0, 256)? as usize;
+        let backend_header = backend_header(l, &self.backend_header)?;
+        let session_watch = self.session_watch.validate(l)?;
+        Ok(Config {
+            listen,
+            workers,
+            backend_header,
+            http1_fast_path: self.http1_fast_path,
+            underscores_in_headers: self.underscores_in_headers,
+            admin,
+            algorithm,
+            access_log,
+            backends,
+            timeouts,
+            limits,
+            retries,
+            health,
+            affinity,
+            tls,
+            http2,
+            upstream_tls,
+            discovery,
+            reload: Reload {
+                watch: self.reload.watch,
+            },
+            session_watch,
+        })
+    }
+
+    /// The balancing algorithm; one that routes by client identity is refused.
+    fn algorithm(&self, l: &Locator) -> Result<Algorithm, ConfigError> {
+        match self.algorithm.as_str() {
+            "ip-hash" | "ip_hash" | "hash" | "consistent-hash" | "sticky" | "cookie"
+            | "uri-hash" => Err(invalid(
+                l,
+                "algorithm",
+                format!(
+                    "`{}` routes by client identity, which is refused. {}",
+                    self.algorithm,
+                    super::STICKY_EXPLANATION
+                ),
+            )),
+            other => one_of(
+                l,
+                "algorithm",
+                other,
+                &[
+                    ("round-robin", Algorithm::RoundRobin),
+                    ("least-connections", Algorithm::LeastConnections),
+                ],
+            ),
+        }
+    }
+
+    /// The proxy and admin listeners (`admin` off: None), not on one address.
+    fn listeners(&self, l: &Locator) -> Result<(SocketAddr, Option<SocketAddr>), ConfigError> {
         let admin = match self.admin.trim() {
             "off" | "" => None,
             a => Some(addr(l, "admin", a)?),
@@ -549,6 +595,11 @@ impl RawConfig {
                 "the admin listener must not share the proxy's address",
             ));
         }
+        Ok((listen, admin))
+    }
+
+    /// The backends, none listed twice and none that is unstick's own listener.
+    fn backends(&self, l: &Locator, listen: SocketAddr) -> Result<Vec<BackendSpec>, ConfigError> {
         let backends = self
             .backends
             .iter()
@@ -574,65 +625,84 @@ impl RawConfig {
                 ));
             }
         }
+        Ok(backends)
+    }
+}
 
-        let t = &self.timeouts;
-        let timeouts = Timeouts {
-            connect: positive_dur(l, "timeouts.connect", &t.connect)?,
-            response_header: positive_dur(l, "timeouts.response_header", &t.response_header)?,
-            client_header: positive_dur(l, "timeouts.client_header", &t.client_header)?,
-            client_idle: positive_dur(l, "timeouts.client_idle", &t.client_idle)?,
-            client_stall: positive_dur(l, "timeouts.client_stall", &t.client_stall)?,
-            upstream_stall: positive_dur(l, "timeouts.upstream_stall", &t.upstream_stall)?,
-            upstream_idle: positive_dur(l, "timeouts.upstream_idle", &t.upstream_idle)?,
-            drain: dur(l, "timeouts.drain", &t.drain)?,
-        };
+impl RawTimeouts {
+    fn validate(&self, l: &Locator) -> Result<Timeouts, ConfigError> {
+        Ok(Timeouts {
+            connect: positive_dur(l, "timeouts.connect", &self.connect)?,
+            response_header: positive_dur(l, "timeouts.response_header", &self.response_header)?,
+            client_header: positive_dur(l, "timeouts.client_header", &self.client_header)?,
+            client_idle: positive_dur(l, "timeouts.client_idle", &self.client_idle)?,
+            client_stall: positive_dur(l, "timeouts.client_stall", &self.client_stall)?,
+            upstream_stall: positive_dur(l, "timeouts.upstream_stall", &self.upstream_stall)?,
+            upstream_idle: positive_dur(l, "timeouts.upstream_idle", &self.upstream_idle)?,
+            drain: dur(l, "timeouts.drain", &self.drain)?,
+        })
+    }
+}
 
-        let m = &self.limits;
-        let limits = Limits {
-            max_connections: range(l, "limits.max_connections", m.max_connections, 1, 1 << 20)?
-                as usize,
+impl RawLimits {
+    fn validate(&self, l: &Locator) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            max_connections: range(
+                l,
+                "limits.max_connections",
+                self.max_connections,
+                1,
+                1 << 20,
+            )? as usize,
             max_header_bytes: {
-                let v = size(l, "limits.max_header_bytes", &m.max_header_bytes)?;
+                let v = size(l, "limits.max_header_bytes", &self.max_header_bytes)?;
                 range(l, "limits.max_header_bytes", v as u64, 8192, 1 << 20)? as usize
             },
-            max_headers: range(l, "limits.max_headers", m.max_headers, 8, 1000)? as usize,
-            max_request_body: size(l, "limits.max_request_body", &m.max_request_body)? as u64,
+            max_headers: range(l, "limits.max_headers", self.max_headers, 8, 1000)? as usize,
+            max_request_body: size(l, "limits.max_request_body", &self.max_request_body)? as u64,
             upstream_idle_per_backend: range(
                 l,
                 "limits.upstream_idle_per_backend",
-                m.upstream_idle_per_backend,
+                self.upstream_idle_per_backend,
                 0,
                 65536,
             )? as usize,
-        };
+        })
+    }
+}
 
-        let r = &self.retries;
-        if !(0.0..=1.0).contains(&r.budget_ratio) {
+impl RawRetries {
+    fn validate(&self, l: &Locator) -> Result<Retries, ConfigError> {
+        if !(0.0..=1.0).contains(&self.budget_ratio) {
             return Err(invalid(
                 l,
                 "retries.budget_ratio",
-                format!("must be between 0.0 and 1.0, got {}", r.budget_ratio),
+                format!("must be between 0.0 and 1.0, got {}", self.budget_ratio),
             ));
         }
-        let retries = Retries {
-            enabled: r.enabled,
-            max_per_request: range(l, "retries.max_per_request", r.max_per_request, 0, 10)? as u32,
-            budget_ratio: r.budget_ratio,
+        Ok(Retries {
+            enabled: self.enabled,
+            max_per_request: range(l, "retries.max_per_request", self.max_per_request, 0, 10)?
+                as u32,
+            budget_ratio: self.budget_ratio,
             budget_min_per_second: range(
                 l,
                 "retries.budget_min_per_second",
-                r.budget_min_per_second,
+                self.budget_min_per_second,
                 0,
                 1_000_000,
             )? as u32,
             replay_buffer: {
-                let v = size(l, "retries.replay_buffer", &r.replay_buffer)?;
+                let v = size(l, "retries.replay_buffer", &self.replay_buffer)?;
                 range(l, "retries.replay_buffer", v as u64, 0, 16 << 20)? as usize
             },
-        };
+        })
+    }
+}
 
-        let h = &self.health;
-        let a = &h.active;
+impl RawHealth {
+    fn validate(&self, l: &Locator) -> Result<Health, ConfigError> {
+        let a = &self.active;
         if !a.path.starts_with('/') {
             return Err(invalid(
                 l,
@@ -640,16 +710,16 @@ impl RawConfig {
                 format!("`{}` must start with `/`", a.path),
             ));
         }
-        let health = Health {
+        Ok(Health {
             eject_after_failures: range(
                 l,
                 "health.eject_after_failures",
-                h.eject_after_failures,
+                self.eject_after_failures,
                 1,
                 1000,
             )? as u32,
-            backoff: positive_dur(l, "health.backoff", &h.backoff)?,
-            slow_start: dur(l, "health.slow_start", &h.slow_start)?,
+            backoff: positive_dur(l, "health.backoff", &self.backoff)?,
+            slow_start: dur(l, "health.slow_start", &self.slow_start)?,
             active: ActiveHealth {
                 enabled: a.enabled,
                 path: a.path.clone(),
@@ -660,104 +730,116 @@ impl RawConfig {
                 expect_status: StatusRange::parse(&a.expect_status)
                     .map_err(|m| invalid(l, "health.active.expect_status", m))?,
             },
-        };
+        })
+    }
+}
 
-        let af = &self.affinity_cookies;
-        let affinity = Affinity {
+impl RawAffinity {
+    fn validate(&self, l: &Locator) -> Result<Affinity, ConfigError> {
+        Ok(Affinity {
             policy: one_of(
                 l,
                 "affinity_cookies.policy",
-                &af.policy,
+                &self.policy,
                 &[
                     ("strip", AffinityPolicy::Strip),
                     ("reject", AffinityPolicy::Reject),
                     ("log", AffinityPolicy::Log),
                 ],
             )?,
-            names: check_cookie_names(l, "affinity_cookies.names", &af.names)?,
-            exempt: check_cookie_names(l, "affinity_cookies.exempt", &af.exempt)?,
-        };
+            names: check_cookie_names(l, "affinity_cookies.names", &self.names)?,
+            exempt: check_cookie_names(l, "affinity_cookies.exempt", &self.exempt)?,
+        })
+    }
+}
 
-        let tls = match &self.tls {
-            None => None,
-            Some(t) => {
-                if t.cert.is_empty() || t.key.is_empty() {
-                    return Err(invalid(l, "tls", "needs both `cert` and `key` (PEM files)"));
+impl RawTls {
+    fn validate(&self, l: &Locator) -> Result<Tls, ConfigError> {
+        if self.cert.is_empty() || self.key.is_empty() {
+            return Err(invalid(l, "tls", "needs both `cert` and `key` (PEM files)"));
+        }
+        let sni = self
+            .sni
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.names.is_empty() {
+                    return Err(invalid(
+                        l,
+                        &format!("tls.sni[{i}].names"),
+                        "must list at least one server name",
+                    ));
                 }
-                Some(Tls {
-                    cert: PathBuf::from(&t.cert),
-                    key: PathBuf::from(&t.key),
-                    sni: t
-                        .sni
-                        .iter()
-                        .enumerate()
-                        .map(|(i, s)| {
-                            if s.names.is_empty() {
-                                return Err(invalid(
-                                    l,
-                                    &format!("tls.sni[{i}].names"),
-                                    "must list at least one server name",
-                                ));
-                            }
-                            Ok(SniCert {
-                                names: s.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
-                                cert: PathBuf::from(&s.cert),
-                                key: PathBuf::from(&s.key),
-                            })
-                        })
-                        .collect::<Result<_, _>>()?,
-                    reload_interval: positive_dur(l, "tls.reload_interval", &t.reload_interval)?,
-                    redirect_listen: t
-                        .redirect_listen
-                        .as_deref()
-                        .map(|a| addr(l, "tls.redirect_listen", a))
-                        .transpose()?,
+                Ok(SniCert {
+                    names: s.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                    cert: PathBuf::from(&s.cert),
+                    key: PathBuf::from(&s.key),
                 })
-            }
-        };
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Tls {
+            cert: PathBuf::from(&self.cert),
+            key: PathBuf::from(&self.key),
+            sni,
+            reload_interval: positive_dur(l, "tls.reload_interval", &self.reload_interval)?,
+            redirect_listen: self
+                .redirect_listen
+                .as_deref()
+                .map(|a| addr(l, "tls.redirect_listen", a))
+                .transpose()?,
+        })
+    }
+}
 
-        let h2 = &self.http2;
+impl RawHttp2 {
+    fn validate(&self, l: &Locator) -> Result<Http2, ConfigError> {
         let window = |key: &str, s: &RawSize| -> Result<u32, ConfigError> {
             let v = size(l, key, s)?;
             Ok(range(l, key, v as u64, 65_535, (1 << 31) - 1)? as u32)
         };
-        let http2 = Http2 {
-            enabled: h2.enabled,
+        Ok(Http2 {
+            enabled: self.enabled,
             max_concurrent_streams: range(
                 l,
                 "http2.max_concurrent_streams",
-                h2.max_concurrent_streams,
+                self.max_concurrent_streams,
                 1,
                 100_000,
             )? as u32,
             initial_stream_window: window(
                 "http2.initial_stream_window",
-                &h2.initial_stream_window,
+                &self.initial_stream_window,
             )?,
             initial_connection_window: window(
                 "http2.initial_connection_window",
-                &h2.initial_connection_window,
+                &self.initial_connection_window,
             )?,
-        };
+        })
+    }
+}
 
-        let u = &self.upstream_tls;
-        if u.client_cert.is_some() != u.client_key.is_some() {
+impl RawUpstreamTls {
+    fn validate(&self, l: &Locator) -> Result<UpstreamTls, ConfigError> {
+        if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(invalid(
                 l,
                 "upstream_tls",
                 "`client_cert` and `client_key` go together",
             ));
         }
-        let upstream_tls = UpstreamTls {
-            ca_file: u.ca_file.as_ref().map(PathBuf::from),
-            client_cert: u.client_cert.as_ref().map(PathBuf::from),
-            client_key: u.client_key.as_ref().map(PathBuf::from),
-        };
+        Ok(UpstreamTls {
+            ca_file: self.ca_file.as_ref().map(PathBuf::from),
+            client_cert: self.client_cert.as_ref().map(PathBuf::from),
+            client_key: self.client_key.as_ref().map(PathBuf::from),
+        })
+    }
+}
 
-        let d = &self.discovery;
+impl RawDiscovery {
+    fn validate(&self, l: &Locator) -> Result<Discovery, ConfigError> {
         let discovery = Discovery {
-            interval: positive_dur(l, "discovery.interval", &d.interval)?,
-            min_interval: positive_dur(l, "discovery.min_interval", &d.min_interval)?,
+            interval: positive_dur(l, "discovery.interval", &self.interval)?,
+            min_interval: positive_dur(l, "discovery.min_interval", &self.min_interval)?,
         };
         if discovery.interval < discovery.min_interval {
             return Err(invalid(
@@ -766,49 +848,25 @@ impl RawConfig {
                 "must not be shorter than `discovery.min_interval`",
             ));
         }
+        Ok(discovery)
+    }
+}
 
-        let workers = range(l, "workers", self.workers, 0, 256)? as usize;
-        let backend_header = match self.backend_header.trim() {
-            "" => None,
-            name => {
-                let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-                if !name.chars().all(token) {
-                    return Err(invalid(
-                        l,
-                        "backend_header",
-                        format!("`{name}` is not a header name"),
-                    ));
-                }
-                Some(name.to_ascii_lowercase())
+/// The opt-in header naming the backend that answered: a header name, lower-cased.
+fn backend_header(l: &Locator, text: &str) -> Result<Option<String>, ConfigError> {
+    match text.trim() {
+        "" => Ok(None),
+        name => {
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if !name.chars().all(token) {
+                return Err(invalid(
+                    l,
+                    "backend_header",
+                    format!("`{name}` is not a header name"),
+                ));
             }
-        };
-        let reload = Reload {
-            watch: self.reload.watch,
-        };
-        let session_watch = self.session_watch.validate(l)?;
-
-        Ok(Config {
-            listen,
-            workers,
-            backend_header,
-            http1_fast_path: self.http1_fast_path,
-            underscores_in_headers: self.underscores_in_headers,
-            admin,
-            algorithm,
-            access_log,
-            backends,
-            timeouts,
-            limits,
-            retries,
-            health,
-            affinity,
-            tls,
-            http2,
-            upstream_tls,
-            discovery,
-            reload,
-            session_watch,
-        })
+            Ok(Some(name.to_ascii_lowercase()))
+        }
     }
 }
 
