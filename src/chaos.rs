@@ -9,7 +9,8 @@
 //!    while [`observe`] reads the admin API's backend states every 50 ms;
 //! 3. carries out the seeded fault plan ([`schedule`], [`faults`]) in the
 //!    chaos phase, only on processes it started, by pid;
-//! 4. draws the verdict ([`checks`]) and writes the report ([`report`]).
+//! 4. draws the verdict ([`checks`], with the balancer's own view of
+//!    session hops: [`session_hops`]) and writes the report ([`report`]).
 //!
 //! Traffic and observation reach the balancer through sockets only, as a
 //! user's would. Every app process is stopped when the run ends, fails or is
@@ -40,6 +41,7 @@ pub mod observe;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod session_hops;
 pub mod traffic;
 
 use checks::{FaultRecord, Incarnation, Thresholds};
@@ -48,6 +50,7 @@ use observe::AdminClient;
 use report::Document;
 use scenario::Scenario;
 use schedule::{Plan, PlanSpec};
+use session_hops::SessionHops;
 use traffic::ScenarioLoad;
 
 /// The app to run.
@@ -441,6 +444,8 @@ struct Observed {
     crashes: Vec<faults::Crash>,
     final_rows: Vec<observe::BackendRow>,
     affinity: serde_json::Value,
+    /// `/api/statelessness` at the end, or why it could not be read.
+    statelessness: Result<crate::hops::Report, String>,
 }
 
 /// Steps 4 and 5: the fault plan, the backend watcher and the crash watcher,
@@ -505,6 +510,7 @@ async fn run_faults(
         crashes: executor.crashes(),
         final_rows: admin.backends().await.unwrap_or_default(),
         affinity: admin.affinity().await.unwrap_or(serde_json::Value::Null),
+        statelessness: admin.statelessness().await,
     })
 }
 
@@ -533,6 +539,7 @@ impl Finished<'_> {
         let timeline = self.timeline();
         let served = self.served();
         let affinity_seen = affinity_seen(&self.observed.affinity);
+        let session_hops = self.session_hops();
         let identity_header = opts
             .identity_headers
             .first()
@@ -548,6 +555,7 @@ impl Finished<'_> {
             identity_header: &identity_header,
             served: &served,
             affinity: &affinity_seen,
+            session_hops: &session_hops,
             target_rate: opts.rate,
             thresholds: opts.thresholds,
         });
@@ -577,7 +585,17 @@ impl Finished<'_> {
                     pids: pids_by_slot[i.index].clone(),
                 })
                 .collect(),
+            session_hops,
             analysis,
+        }
+    }
+
+    /// The session hops the balancer saw, its instances named by slot.
+    fn session_hops(&self) -> SessionHops {
+        let addresses: Vec<String> = self.instances.iter().map(|i| i.addr.to_string()).collect();
+        match &self.observed.statelessness {
+            Ok(report) => SessionHops::from_report(report, &addresses),
+            Err(e) => SessionHops::missing(format!("the balancer's report could not be read: {e}")),
         }
     }
 

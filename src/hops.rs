@@ -45,7 +45,7 @@ mod report;
 pub mod sessions;
 
 pub use names::Families;
-pub use report::{CookieReport, ExampleReport, Report};
+pub use report::{CookieReport, ExampleReport, Report, SessionsReport, Unjudged, WarnReport};
 
 use cookies::PathKind;
 use judge::{Facts, Signal, Verdict};

@@ -189,6 +189,13 @@ fn the_sqlite_demo_passes_with_a_sigkill_every_2s_over_20s() {
             > 100
     );
     assert_eq!(check(&v, "broken_expectations")["value"]["count"], 0);
+    // The balancer saw the same from its side: the session cookie it
+    // learned hopped between instances, and no hop broke.
+    let sid = &v["session_hops"]["cookies"][0];
+    assert_eq!(sid["name"], "sid", "{}", v["session_hops"]);
+    assert!(sid["hops"].as_u64().unwrap() > 100, "{sid}");
+    assert_eq!(sid["broken"], 0, "{sid}");
+    assert_eq!(check(&v, "session_hops")["value"]["broken"], 0);
     // The plan is the one --dry-run prints for the same seed.
     let mut dry_args = args.to_vec();
     dry_args.push("--dry-run");
@@ -221,6 +228,9 @@ fn the_sqlite_demo_passes_with_a_sigkill_every_2s_over_20s() {
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("</svg>") && html.contains("PASS"));
     assert!(html.contains("cross_instance_pairs"));
+    assert!(
+        html.contains("Session hops seen by the balancer") && html.contains("<code>sid</code>")
+    );
     for outside in ["<script", "<link", "@import", "url(", "src=\"http"] {
         assert!(!html.contains(outside), "report.html has {outside}");
     }
@@ -287,6 +297,23 @@ fn the_memory_store_fails_on_broken_expectations_naming_step_and_instances() {
     assert!(run.stdout.contains(msg), "{}", run.stdout);
     let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
     assert!(junit.contains("<failure type=\"check\""), "{junit}");
+    // The balancer's own evidence agrees, naming the requests and instances.
+    let hops = check(&v, "session_hops");
+    assert_eq!(hops["passed"], false, "{hops}");
+    let detail = hops["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("cookie `sid`") && detail.contains(" -> 401 (denied) on instance #"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(", session issued by instance #"),
+        "{detail}"
+    );
+    assert!(
+        run.stdout.contains("FAIL    session_hops"),
+        "{}",
+        run.stdout
+    );
     for pid in all_pids(&v) {
         assert!(!alive(pid), "pid {pid} survived the run");
     }
@@ -688,4 +715,63 @@ fn an_app_that_sets_an_affinity_cookie_fails_and_is_named() {
     );
     assert_eq!(check(&v, "broken_expectations")["passed"], true);
     assert_eq!(check(&v, "cross_instance_pairs")["passed"], true);
+}
+
+#[test]
+fn sessions_the_scenario_does_not_check_are_caught_by_the_balancer() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    // A scenario that takes a 401 for an answer, as one that only looks for
+    // server errors would: the users see nothing wrong.
+    let scenario = dir.path().join("lax.toml");
+    std::fs::write(
+        &scenario,
+        "[[setup]]\nmethod = \"POST\"\npath = \"/login\"\nbody = \"user=vu{{vu}}\"\nexpect_status = 200\n\n\
+         [[steps]]\npath = \"/whoami\"\nexpect_status = [200, 401]\n",
+    )
+    .unwrap();
+    let app = demo_app("memory");
+    let run = chaos(
+        &[
+            "--app",
+            &app,
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--every",
+            "2s",
+            "--duration",
+            "6s",
+            "--seed",
+            "9",
+            "--report-dir",
+            report.to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let v = verdict(&report);
+    assert_eq!(check(&v, "broken_expectations")["passed"], true);
+    let hops = check(&v, "session_hops");
+    assert_eq!(hops["passed"], false, "{hops}");
+    assert_eq!(hops["value"]["failing"][0], "sid");
+    let sid = &v["session_hops"]["cookies"][0];
+    assert!(sid["broken_share"].as_f64().unwrap() > 0.5, "{sid}");
+    let example = &sid["examples"][0];
+    assert_eq!(example["path"], "/whoami", "{sid}");
+    assert_eq!(example["status"], 401);
+    assert_ne!(
+        example["from_instance"], example["to_instance"],
+        "{example}"
+    );
+    assert!(
+        run.stdout
+            .contains("broken session hops seen by the balancer, e.g.:"),
+        "{}",
+        run.stdout
+    );
+    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("GET /whoami -&gt; 401 (denied) on instance #"),
+        "{junit}"
+    );
 }

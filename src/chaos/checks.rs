@@ -2,8 +2,11 @@
 //!
 //! - Checks: `broken_expectations` (must be 0), `success_ratio` overall and
 //!   `success_ratio_in_kill_windows`, `p99_latency` (kill windows against
-//!   the baseline), `affinity_cookies_seen` (must be 0), `time_to_readmit`
-//!   (every instance taken down is back in rotation before the end).
+//!   the baseline), `affinity_cookies_seen` (must be 0), `session_hops`
+//!   (the balancer's own evidence: no session cookie's hops between
+//!   instances broke by the rule `unstick serve` warns by),
+//!   `time_to_readmit` (every instance taken down is back in rotation
+//!   before the end).
 //! - Validity: `faults_executed`, `cross_instance_pairs`,
 //!   `every_instance_served`, `achieved_rate`.
 //! - Reported: `time_to_eject`.
@@ -19,6 +22,7 @@ use serde_json::json;
 
 use super::scenario::Scenario;
 use super::schedule::{FaultKind, PhaseSpan};
+use super::session_hops::SessionHops;
 use super::traffic::{Broken, Sample, StepRef, UserLog, Verdict};
 
 /// Below this, a baseline p99 is raised to it before the ratio applies, so
@@ -172,6 +176,8 @@ pub struct Input<'a> {
     pub served: &'a [(String, u64)],
     /// Affinity cookies the balancer saw backends set: `(backend, cookie, count)`.
     pub affinity: &'a [(String, String, u64)],
+    /// Session hops between instances as the balancer judged them.
+    pub session_hops: &'a SessionHops,
     pub target_rate: f64,
     pub thresholds: Thresholds,
 }
@@ -421,6 +427,7 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         success_ratio_in_kill_windows(th, &Tally::of(&windowed)),
         p99_latency(th, base_p99, win_p99),
         affinity_cookies_seen(input),
+        session_hops(input.session_hops),
         time_to_eject(&executed),
         time_to_readmit(&executed),
         faults_executed(input, &executed),
@@ -609,6 +616,54 @@ fn affinity_cookies_seen(input: &Input<'_>) -> Check {
                 list.join(", ")
             )
         }),
+    }
+}
+
+/// The balancer's view: each session cookie's hops between instances, held
+/// to the share of broken hops `unstick serve` warns at.
+fn session_hops(h: &SessionHops) -> Check {
+    let sum = |f: fn(&super::session_hops::CookieHops) -> u64| h.cookies.iter().map(f).sum::<u64>();
+    let (hops, kept, broken) = (sum(|c| c.hops), sum(|c| c.kept), sum(|c| c.broken));
+    let failing: Vec<String> = h.failing().map(|c| c.name.clone()).collect();
+    let observed = match (&h.missing, h.cookies.is_empty()) {
+        (Some(why), _) => format!("no evidence: {why}"),
+        (None, true) => "no session cookie seen (none of the app's cookies looked like one)".into(),
+        (None, false) => format!(
+            "{broken} of {} judged hops broke; {hops} hops, {} same-instance requests ({})",
+            kept + broken,
+            sum(|c| c.same_instance),
+            h.cookies
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Check {
+        name: "session_hops",
+        kind: Kind::Check,
+        passed: failing.is_empty(),
+        observed,
+        threshold: format!(
+            "per cookie, < {} of its judged hops broken (judged once >= {})",
+            pct(h.rule.share),
+            h.rule.min_hops
+        ),
+        value: json!({ "hops": hops, "kept": kept, "broken": broken, "failing": failing }),
+        detail: h
+            .failing()
+            .next()
+            .map(|c| {
+                let e = c.examples.last().map(|e| format!(", e.g. {}", e.message));
+                format!(
+                    "the balancer saw sessions break when another instance answered: cookie `{}`: {} of {} judged hops{}",
+                    c.name,
+                    c.broken,
+                    c.judged(),
+                    e.unwrap_or_default()
+                )
+            })
+            .or(h.missing.clone()),
     }
 }
 
@@ -927,6 +982,7 @@ mod tests {
         scenario: Scenario,
         ids: HashMap<String, Incarnation>,
         faults: Vec<FaultRecord>,
+        session_hops: SessionHops,
     }
 
     fn sample(t0: Instant, ms: u64, lat_ms: u64, step: u16, id: &str, verdict: Verdict) -> Sample {
@@ -994,6 +1050,7 @@ mod tests {
             scenario,
             ids,
             faults,
+            session_hops: SessionHops::default(),
         }
     }
 
@@ -1010,6 +1067,7 @@ mod tests {
             identity_header: "x-instance-id",
             served,
             affinity,
+            session_hops: &f.session_hops,
             target_rate: 20.0,
             thresholds: Thresholds {
                 min_success: 0.999,
@@ -1110,6 +1168,69 @@ mod tests {
         assert!(p.threshold.starts_with("<= 500.0 ms"), "{}", p.threshold);
         let c = check(&a, "affinity_cookies_seen");
         assert!(!c.passed && c.detail.as_ref().unwrap().contains("SERVERID"));
+    }
+
+    #[test]
+    fn sessions_the_balancer_saw_break_fail_the_run() {
+        use crate::chaos::session_hops::{CookieHops, HopExample, Rule};
+        let mut f = fixture();
+        f.session_hops.rule = Rule {
+            share: 0.05,
+            min_hops: 20,
+        };
+        let mut sid = CookieHops {
+            name: "sid".into(),
+            source: "learned".into(),
+            issued: 8,
+            same_instance: 40,
+            hops: 100,
+            kept: 100,
+            broken: 0,
+            unjudged: 0,
+            broken_share: Some(0.0),
+            broken_by: BTreeMap::new(),
+            failed: false,
+            examples: vec![],
+        };
+        f.session_hops.cookies.push(sid.clone());
+        let a = run(&f, &served(), &[]);
+        let c = check(&a, "session_hops");
+        assert!(c.passed, "{c:?}");
+        assert_eq!(
+            c.observed,
+            "0 of 100 judged hops broke; 100 hops, 40 same-instance requests (sid)"
+        );
+        assert_eq!(
+            c.threshold,
+            "per cookie, < 5% of its judged hops broken (judged once >= 20)"
+        );
+        (sid.kept, sid.broken, sid.failed) = (40, 60, true);
+        sid.examples.push(HopExample {
+            time: String::new(),
+            method: "GET".into(),
+            path: "/dashboard".into(),
+            status: 302,
+            reason: "login_redirect".into(),
+            from_instance: Some(0),
+            to_instance: Some(1),
+            message: "GET /dashboard -> 302 (login_redirect) on instance #1, session issued by instance #0".into(),
+        });
+        f.session_hops.cookies[0] = sid;
+        let a = run(&f, &served(), &[]);
+        assert_eq!(a.outcome, Outcome::Fail);
+        let c = check(&a, "session_hops");
+        assert!(!c.passed);
+        assert_eq!(c.value["failing"][0], "sid");
+        let d = c.detail.as_deref().unwrap();
+        assert!(
+            d.contains("cookie `sid`: 60 of 100 judged hops, e.g. GET /dashboard -> 302"),
+            "{d}"
+        );
+        // No evidence is said, and fails nothing.
+        f.session_hops = SessionHops::missing("the balancer's session watch is off");
+        let a = run(&f, &served(), &[]);
+        let c = check(&a, "session_hops");
+        assert!(c.passed && c.observed.starts_with("no evidence: "), "{c:?}");
     }
 
     #[test]

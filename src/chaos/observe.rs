@@ -1,4 +1,4 @@
-//! Watches the balancer through its admin listener: backend states every 50 ms, the affinity report at the end.
+//! Watches the balancer through its admin listener: backend states every 50 ms, the affinity and session-hop reports at the end.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -117,6 +117,15 @@ impl AdminClient {
             return Err(format!("/api/affinity answered {status}"));
         }
         serde_json::from_slice(&body).map_err(|e| format!("/api/affinity: {e}"))
+    }
+
+    /// `GET /api/statelessness`: the session hops the balancer saw.
+    pub async fn statelessness(&mut self) -> Result<crate::hops::Report, String> {
+        let (status, body) = self.get("/api/statelessness").await?;
+        if status != StatusCode::OK {
+            return Err(format!("/api/statelessness answered {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("/api/statelessness: {e}"))
     }
 
     /// Waits until every backend is in rotation, up to `limit`; returns the

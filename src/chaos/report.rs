@@ -9,6 +9,7 @@ use super::checks::{
     Analysis, BrokenExample, Check, FaultRecord, Kind, Outcome, Series, StepStats,
 };
 use super::schedule::{FaultKind, PhaseSpan, PlannedFault, SkippedTick};
+use super::session_hops::SessionHops;
 
 /// Everything `verdict.json` holds.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +37,9 @@ pub struct Document {
     /// Instances that exited without a fault.
     pub unplanned_exits: Vec<UnplannedExit>,
     pub instances: Vec<InstanceInfo>,
+    /// Session hops between instances as the balancer saw them (the
+    /// `session_hops` check's evidence).
+    pub session_hops: SessionHops,
     #[serde(flatten)]
     pub analysis: Analysis,
 }
@@ -191,11 +195,19 @@ pub fn junit(doc: &Document) -> String {
             out.push('\n');
             out.push_str(d);
         }
-        if c.name == "broken_expectations" {
-            for e in &doc.analysis.broken_examples {
-                out.push('\n');
-                out.push_str(&e.message);
-            }
+        let examples: Vec<&str> = match c.name {
+            "broken_expectations" => doc
+                .analysis
+                .broken_examples
+                .iter()
+                .map(|e| &*e.message)
+                .collect(),
+            "session_hops" => hop_examples(&doc.session_hops).collect(),
+            _ => vec![],
+        };
+        for e in examples {
+            out.push('\n');
+            out.push_str(e);
         }
         let _ = writeln!(x, "      <system-out>{}</system-out>", escape(&out));
         x.push_str("    </testcase>\n");
@@ -204,11 +216,18 @@ pub fn junit(doc: &Document) -> String {
     x
 }
 
+/// The broken hops of the cookies that fail the `session_hops` check.
+fn hop_examples(h: &SessionHops) -> impl Iterator<Item = &str> {
+    h.failing()
+        .flat_map(|c| c.examples.iter().map(|e| &*e.message))
+}
+
 /// The short summary for people (stdout).
 pub fn summary(doc: &Document, written: Option<&Written>) -> String {
     let mut s = String::new();
     summary_head(&mut s, doc);
     summary_checks(&mut s, &doc.analysis);
+    summary_hops(&mut s, &doc.session_hops);
     let why = match doc.verdict {
         Outcome::Pass => "the app lost no session and no request beyond the thresholds while instances died",
         Outcome::Fail => "a check failed: see above",
@@ -298,6 +317,17 @@ fn summary_checks(s: &mut String, a: &Analysis) {
         let _ = writeln!(s, "  broken expectations, e.g.:");
         for e in a.broken_examples.iter().take(3) {
             let _ = writeln!(s, "    {}", e.message);
+        }
+    }
+}
+
+/// A few broken session hops the balancer saw, when they fail the run.
+fn summary_hops(s: &mut String, h: &SessionHops) {
+    let examples: Vec<&str> = hop_examples(h).collect();
+    if !examples.is_empty() {
+        let _ = writeln!(s, "  broken session hops seen by the balancer, e.g.:");
+        for e in examples.iter().rev().take(3) {
+            let _ = writeln!(s, "    {e}");
         }
     }
 }
@@ -599,6 +629,7 @@ pub fn html(doc: &Document) -> String {
     page_intro(&mut h, doc);
     checks_table(&mut h, &doc.analysis.checks);
     broken_list(&mut h, &doc.analysis.broken_examples);
+    hops_section(&mut h, &doc.session_hops);
     faults_table(&mut h, &doc.timeline);
     unplanned_list(&mut h, &doc.unplanned_exits);
     steps_table(&mut h, &doc.analysis.steps);
@@ -699,6 +730,51 @@ fn broken_list(h: &mut String, examples: &[BrokenExample]) {
         h.push_str("<h2>Broken expectations (examples)</h2>\n<ul>\n");
         for e in examples {
             let _ = writeln!(h, "<li>at {:.2}s: {}</li>", e.at_s, escape(&e.message));
+        }
+        h.push_str("</ul>\n");
+    }
+}
+
+/// Each session cookie's hops between instances as the balancer judged
+/// them, and its last broken hops.
+fn hops_section(h: &mut String, hops: &SessionHops) {
+    h.push_str("<h2>Session hops seen by the balancer</h2>\n");
+    if let Some(why) = &hops.missing {
+        let _ = writeln!(h, "<p class=\"muted\">No evidence: {}</p>", escape(why));
+        return;
+    }
+    if hops.cookies.is_empty() {
+        h.push_str("<p class=\"muted\">No session cookie seen: no backend set a cookie that looked like one.</p>\n");
+        return;
+    }
+    h.push_str("<table><tr><th>cookie</th><th>same instance</th><th>hops</th><th>kept</th><th>broken</th><th>unjudged</th><th>broken share</th></tr>\n");
+    for c in &hops.cookies {
+        let share = c
+            .broken_share
+            .map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
+        let class = if c.failed { "FAIL" } else { "PASS" };
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code> <span class=\"muted\">{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{share}</td></tr>",
+            escape(&c.name),
+            escape(&c.source),
+            c.same_instance,
+            c.hops,
+            c.kept,
+            c.broken,
+            c.unjudged
+        );
+    }
+    h.push_str("</table>\n");
+    let examples: Vec<(&str, &str)> = hops
+        .cookies
+        .iter()
+        .flat_map(|c| c.examples.iter().map(|e| (&*e.time, &*e.message)))
+        .collect();
+    if !examples.is_empty() {
+        h.push_str("<p>Broken hops (the last few per cookie):</p>\n<ul>\n");
+        for (time, message) in examples {
+            let _ = writeln!(h, "<li>{}: {}</li>", escape(time), escape(message));
         }
         h.push_str("</ul>\n");
     }
@@ -873,6 +949,7 @@ mod tests {
             checks: vec![
                 check("broken_expectations", Kind::Check, false),
                 check("success_ratio", Kind::Check, true),
+                check("session_hops", Kind::Check, false),
                 check("time_to_eject", Kind::Info, true),
                 check("cross_instance_pairs", Kind::Validity, false),
             ],
@@ -980,7 +1057,44 @@ mod tests {
                     pids: vec![101],
                 },
             ],
+            session_hops: sample_hops(),
             analysis,
+        }
+    }
+
+    fn sample_hops() -> SessionHops {
+        use crate::chaos::session_hops::{CookieHops, HopExample, Rule};
+        let example = HopExample {
+            time: "2025-01-02T03:04:09Z".into(),
+            method: "GET".into(),
+            path: "/whoami".into(),
+            status: 401,
+            reason: "denied".into(),
+            from_instance: Some(0),
+            to_instance: Some(1),
+            message: "GET /whoami -> 401 (denied) on instance #1, session issued by <instance #0>"
+                .into(),
+        };
+        SessionHops {
+            missing: None,
+            rule: Rule {
+                share: 0.05,
+                min_hops: 20,
+            },
+            cookies: vec![CookieHops {
+                name: "sid".into(),
+                source: "learned".into(),
+                issued: 4,
+                same_instance: 30,
+                hops: 62,
+                kept: 20,
+                broken: 40,
+                unjudged: 2,
+                broken_share: Some(40.0 / 60.0),
+                broken_by: [("denied".to_owned(), 40)].into(),
+                failed: true,
+                examples: vec![example],
+            }],
         }
     }
 
@@ -1000,6 +1114,9 @@ mod tests {
             "kill window 5.10s to 6.50s",
             ">K1</text>",
             ">S2</text>",
+            "<h2>Session hops seen by the balancer</h2>",
+            "<td><code>sid</code> <span class=\"muted\">learned</span></td><td>30</td><td>62</td><td>20</td><td>40</td><td>2</td><td class=\"FAIL\">66.7%</td>",
+            "2025-01-02T03:04:09Z: GET /whoami -&gt; 401 (denied) on instance #1, session issued by &lt;instance #0&gt;",
         ] {
             assert!(page.contains(part), "{part} not in\n{page}");
         }
@@ -1011,6 +1128,9 @@ mod tests {
         );
         assert!(text.contains("faults: 2 carried out (1 SIGKILL, 1 SIGSTOP), 1 skipped; requests: 1000, failed 4, broken 6"), "{text}");
         assert!(text.contains("1 instance(s) exited on their own"), "{text}");
+        assert!(text.contains("  broken session hops seen by the balancer, e.g.:\n    GET /whoami -> 401 (denied) on instance #1"), "{text}");
+        let xml = junit(&doc);
+        assert!(xml.contains("session_hops &amp; why\nGET /whoami -&gt; 401 (denied) on instance #1, session issued by &lt;instance #0&gt;</system-out>"), "{xml}");
         assert!(
             text.contains("  verdict: FAIL (a check failed: see above)"),
             "{text}"
