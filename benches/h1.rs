@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
             let head = http1::parse_request_head(request, 64 * 1024, &mut fields)
                 .unwrap()
                 .unwrap();
-            let scan = Scan::of(request, &fields, &rules);
+            let scan = Scan::of(request, &fields, &rules, false);
             assert!(!scan.needs_map(request, &head));
             head_out.clear();
             request_head::write(&mut head_out, request, &head, &fields, &scan, &ours);

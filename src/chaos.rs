@@ -793,6 +793,7 @@ fn faults_info(opts: &ChaosOptions) -> report::FaultsInfo {
 fn thresholds_info(opts: &ChaosOptions) -> report::ThresholdsInfo {
     report::ThresholdsInfo {
         min_success: opts.thresholds.min_success,
+        strict: opts.thresholds.strict,
         max_p99_ratio: opts.thresholds.max_p99_ratio,
         p99_floor_ms: checks::P99_FLOOR.as_secs_f64() * 1000.0,
     }

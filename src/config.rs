@@ -123,6 +123,10 @@ pub struct Config {
     /// dispatchers (`server::fast`, `proxy::h1`). On by default; off sends
     /// every request through hyper.
     pub http1_fast_path: bool,
+    /// Request header fields whose names hold `_` are passed on (off: they
+    /// are dropped, as nginx does, since a backend may read `X_Forwarded_For`
+    /// and `X-Forwarded-For` as one header).
+    pub underscores_in_headers: bool,
     pub backends: Vec<BackendSpec>,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -165,6 +169,8 @@ pub struct Limits {
     /// Request head larger than this gets a 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// A request body larger than this gets a 413 (0: no limit).
+    pub max_request_body: u64,
     /// Idle keep-alive connections kept per backend.
     pub upstream_idle_per_backend: usize,
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`app`]: the web app (`unstick demo-app`): login, cart and counter per session.
 //! - [`store`]: where sessions live: SQLite or Redis (shared), or process memory (the wrong twin).
+//! - [`idempotency`]: `Idempotency-Key`: a keyed change stored with its response, replayed on a repeat.
 //! - [`supervisor`]: runs N copies of a command on their own ports and restarts them.
 //!
 //! [`Demo::start`] is `unstick demo`: it starts the app instances as child
@@ -17,6 +18,7 @@ use crate::app::{self as balancer, App};
 use crate::config::{AccessLog, BackendSpec, Config, UpstreamProtocol};
 
 pub mod app;
+pub mod idempotency;
 pub mod store;
 pub mod supervisor;
 

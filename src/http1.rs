@@ -23,6 +23,12 @@ pub enum HeadError {
     /// Head longer than the limit, or more than MAX_HEADERS headers: 431 (request) / 502 (response).
     #[error("head too large")]
     TooLarge,
+    /// A request line longer than the head limit by itself: 414.
+    #[error("request line too long")]
+    LineTooLong,
+    /// A transfer coding other than `chunked`: 501 (request) / 502 (response).
+    #[error("transfer coding not implemented")]
+    UnknownCoding,
 }
 
 /// Fields a proxy typically adds to a parsed head (see `build_headers`).
@@ -196,6 +202,10 @@ pub fn parse_request_head(
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(window, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
+        // No line end in the whole window: the request line alone is too long.
+        Ok(httparse::Status::Partial) if buf.len() >= max_head && !window.contains(&b'\n') => {
+            return Err(HeadError::LineTooLong)
+        }
         Ok(httparse::Status::Partial) => return too_large_or_incomplete(buf.len(), max_head),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Malformed("request head")),
@@ -383,18 +393,40 @@ fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|e| !e.is_empty())
 }
 
-/// What the Transfer-Encoding headers say: None when absent, Some(true) when
-/// `chunked` is the last coding and appears only there, Some(false) otherwise
-/// (another last coding, chunked applied twice, or an empty value).
-fn transfer_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<bool> {
+/// What the Transfer-Encoding fields of a message say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codings {
+    /// No Transfer-Encoding field.
+    Absent,
+    /// `chunked`, alone: the only coding unstick frames and passes on.
+    Chunked,
+    /// `chunked` twice (RFC 9112 7: never), or no coding at all.
+    Broken,
+    /// Another coding (`gzip`, `gzip, chunked`...): a body unstick could
+    /// frame but not label for the next hop, since Transfer-Encoding is
+    /// hop-by-hop.
+    Other,
+}
+
+/// The [`Codings`] of a message's Transfer-Encoding field values.
+pub fn transfer_codings<'a>(values: impl Iterator<Item = &'a [u8]>) -> Codings {
     let mut values = values.peekable();
-    values.peek()?;
-    let (mut last_chunked, mut chunked_before) = (false, false);
-    for coding in values.flat_map(list_elements) {
-        chunked_before |= last_chunked;
-        last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+    if values.peek().is_none() {
+        return Codings::Absent;
     }
-    Some(last_chunked && !chunked_before)
+    let (mut chunked, mut other) = (0u32, false);
+    for coding in values.flat_map(list_elements) {
+        if coding.eq_ignore_ascii_case(b"chunked") {
+            chunked += 1;
+        } else {
+            other = true;
+        }
+    }
+    match (chunked, other) {
+        (0, false) | (2.., _) => Codings::Broken,
+        (_, true) => Codings::Other,
+        (1, false) => Codings::Chunked,
+    }
 }
 
 /// Parses a decimal length: digits only (no sign, no whitespace), no overflow.
@@ -436,19 +468,23 @@ where
 {
     let named = |name| values_named(fields.clone(), name);
     let mut content_length_values = named(b"content-length").peekable();
-    match transfer_chunked(named(b"transfer-encoding")) {
-        Some(_) if content_length_values.peek().is_some() => Err(HeadError::Malformed("framing")),
-        Some(true) => Ok(Framing::Chunked),
-        Some(false) => Err(HeadError::Malformed("transfer-encoding")),
-        None => Ok(content_length(content_length_values)?.map_or(Framing::None, Framing::Length)),
+    match transfer_codings(named(b"transfer-encoding")) {
+        Codings::Absent => {
+            Ok(content_length(content_length_values)?.map_or(Framing::None, Framing::Length))
+        }
+        _ if content_length_values.peek().is_some() => Err(HeadError::Malformed("framing")),
+        Codings::Chunked => Ok(Framing::Chunked),
+        Codings::Broken => Err(HeadError::Malformed("transfer-encoding")),
+        Codings::Other => Err(HeadError::UnknownCoding),
     }
 }
 
 /// A response's framing, given the request method (RFC 9112 section 6.3): HEAD requests, 1xx,
 /// 204, 304 and a 2xx answer to CONNECT (the connection becomes a tunnel) → None, whatever the
-/// headers say; TE chunked (last coding) → Chunked (TE present but not chunked → Close); CL →
-/// Length (same validation as requests; when both TE and CL are present, TE wins and CL is not
-/// even validated); neither → Close.
+/// headers say; TE `chunked` alone → Chunked (chunked twice → Malformed; any other coding →
+/// UnknownCoding: unstick could not label it for the client, TE being hop-by-hop); CL → Length
+/// (same validation as requests; when both TE and CL are present, TE wins and CL is not even
+/// validated); neither → Close.
 ///
 /// Over raw header fields (name, value; names in any case): the fast path
 /// and the load generator read response heads without a `HeaderMap`.
@@ -509,10 +545,13 @@ fn framing_of_response<'a>(
     if bodiless {
         return Ok(Framing::None);
     }
-    match transfer_chunked(transfer_encoding) {
-        Some(true) => Ok(Framing::Chunked),
-        Some(false) => Ok(Framing::Close),
-        None => Ok(content_length(content_length_values)?.map_or(Framing::Close, Framing::Length)),
+    match transfer_codings(transfer_encoding) {
+        Codings::Chunked => Ok(Framing::Chunked),
+        Codings::Broken => Err(HeadError::Malformed("transfer-encoding")),
+        Codings::Other => Err(HeadError::UnknownCoding),
+        Codings::Absent => {
+            Ok(content_length(content_length_values)?.map_or(Framing::Close, Framing::Length))
+        }
     }
 }
 
@@ -718,7 +757,7 @@ const MAX_TRAILERS: usize = 64 * 1024;
 #[error("malformed chunked body: {0}")]
 pub struct ChunkError(pub &'static str);
 
-/// Where the scanner is in the chunked grammar.
+/// Where the scanner is in the chunked grammar (RFC 9112 7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum State {
     /// At the start of a chunk-size line: a hex digit must come.
@@ -726,10 +765,25 @@ enum State {
     SizeStart,
     /// Inside the hex size.
     Size,
-    /// Whitespace after the size (hyper accepts it): only more whitespace, `;` or CR may follow.
+    /// Whitespace after the size: only more of it, or `;`, may follow.
     SizeWs,
-    /// Inside chunk extensions, up to the CR.
-    Ext,
+    /// After a `;`: whitespace, then an extension name.
+    ExtStart,
+    /// Inside an extension name (a token).
+    ExtName,
+    /// Whitespace after an extension name: `=`, or `;` may follow.
+    ExtAfterName,
+    /// After `=`: whitespace, then a token or a quoted string.
+    ExtValueStart,
+    /// Inside a token value.
+    ExtToken,
+    /// Inside a quoted-string value, after a backslash in one, and after
+    /// its closing quote.
+    ExtQuoted,
+    ExtQuotedPair,
+    ExtQuoteEnd,
+    /// Whitespace after a value: only `;` may follow.
+    ExtAfterValue,
     /// After the size line's CR.
     SizeLf,
     /// Inside chunk data; `remaining` counts down.
@@ -752,13 +806,13 @@ enum State {
     Failed(&'static str),
 }
 
-/// Finds where a chunked body ends while it is passed through unchanged (the proxy forwards the
-/// raw chunked bytes, trailers included, and must know when the message is complete so the
-/// connection can be reused). Feed it consecutive slices of the body bytes.
-///
-/// Line endings must be CRLF everywhere, like hyper's decoder; unlike hyper, a bare LF inside a
-/// trailer field is rejected too (hyper takes it as part of the field), since the bytes are
-/// forwarded and the next parser might split lines there.
+/// Reads a chunked body by the grammar of RFC 9112 7.1, strictly: CRLF
+/// line ends everywhere; after the size only extensions (`;` name, and
+/// `=` token or quoted string, whitespace only around `;` and `=`); no
+/// control bytes. It finds where the body ends (so a connection can be
+/// reused), where its data lies ([`ChunkedScanner::scan_data`]), and keeps
+/// its trailer section if asked ([`ChunkedScanner::keeping_trailers`]).
+/// Feed it consecutive slices of the body bytes.
 #[derive(Debug, Default)]
 pub struct ChunkedScanner {
     state: State,
@@ -770,6 +824,8 @@ pub struct ChunkedScanner {
     trailers: usize,
     /// Chunk data bytes so far (the decoded body's length).
     data: u64,
+    /// The trailer section's bytes (fields and their CRLFs), if kept.
+    kept: Option<Vec<u8>>,
 }
 
 // === impl ChunkedScanner ===
@@ -778,6 +834,15 @@ impl ChunkedScanner {
     /// A scanner at the start of a chunked body.
     pub fn new() -> ChunkedScanner {
         ChunkedScanner::default()
+    }
+
+    /// A scanner that keeps the trailer section's bytes (see
+    /// [`ChunkedScanner::trailer_section`]).
+    pub fn keeping_trailers() -> ChunkedScanner {
+        ChunkedScanner {
+            kept: Some(Vec::new()),
+            ..ChunkedScanner::default()
+        }
     }
 
     /// Whether the whole body (last chunk, trailers, final CRLF) has been seen.
@@ -790,13 +855,29 @@ impl ChunkedScanner {
         self.data
     }
 
+    /// The trailer section seen so far (each field line with its CRLF), if
+    /// the scanner keeps it.
+    pub fn trailer_section(&self) -> Option<&[u8]> {
+        self.kept.as_deref()
+    }
+
     /// Scans the next bytes of the body. Returns how many bytes of `data` belong to this body
     /// (all of them, unless the body ends inside `data`: then the count up to and including the
     /// final CRLF after the last chunk / trailers) and whether the body is complete.
-    /// Errors: bad hex size, size overflow (> u64), missing CRLF after chunk data or a line, a
-    /// chunk-size line (with extensions) longer than 4096 bytes, trailers longer than 64 KiB in
-    /// total. After an error, every call returns the same error.
+    /// Errors: a size line or extension off the grammar, size overflow (> u64), missing CRLF
+    /// after chunk data or a line, a chunk-size line (with extensions) longer than 4096 bytes,
+    /// trailers longer than 64 KiB in total. After an error, every call returns the same error.
     pub fn scan(&mut self, data: &[u8]) -> Result<(usize, bool), ChunkError> {
+        self.scan_data(data, |_| {})
+    }
+
+    /// [`ChunkedScanner::scan`], telling `on_data` where each run of chunk
+    /// data lies in `data`.
+    pub fn scan_data(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(Range<usize>),
+    ) -> Result<(usize, bool), ChunkError> {
         let mut at = 0;
         while at < data.len() {
             match self.state {
@@ -808,6 +889,7 @@ impl ChunkedScanner {
                     let skip = self.remaining.min(available);
                     self.remaining -= skip;
                     self.data += skip;
+                    on_data(at..at + skip as usize);
                     at += skip as usize;
                     if self.remaining == 0 {
                         self.state = State::DataCr;
@@ -830,7 +912,7 @@ impl ChunkedScanner {
 
     /// Advances over one byte outside chunk data.
     fn step(&mut self, byte: u8) -> Result<(), &'static str> {
-        if matches!(self.state, State::Size | State::SizeWs | State::Ext) && byte != b'\r' {
+        if self.in_size_line() && byte != b'\r' {
             self.count_line()?;
         }
         self.state = match self.state {
@@ -839,33 +921,25 @@ impl ChunkedScanner {
                 self.remaining = u64::from(hex_digit(byte).ok_or("bad chunk size")?);
                 State::Size
             }
-            State::Size => {
-                match (hex_digit(byte), byte) {
-                    (Some(d), _) => {
-                        // After `* 16` the low nibble is zero: OR adds without overflow.
-                        self.remaining = self
-                            .remaining
-                            .checked_mul(16)
-                            .ok_or("chunk size overflow")?
-                            | u64::from(d);
-                        State::Size
-                    }
-                    (None, b' ' | b'\t') => State::SizeWs,
-                    (None, b';') => State::Ext,
-                    (None, b'\r') => State::SizeLf,
-                    (None, _) => return Err("bad chunk size"),
+            State::Size => match (hex_digit(byte), byte) {
+                (Some(d), _) => {
+                    // After `* 16` the low nibble is zero: OR adds without overflow.
+                    self.remaining = self
+                        .remaining
+                        .checked_mul(16)
+                        .ok_or("chunk size overflow")?
+                        | u64::from(d);
+                    State::Size
                 }
-            }
+                (None, b' ' | b'\t') => State::SizeWs,
+                (None, b';') => State::ExtStart,
+                (None, b'\r') => State::SizeLf,
+                (None, _) => return Err("bad chunk size"),
+            },
             State::SizeWs => match byte {
                 b' ' | b'\t' => State::SizeWs,
-                b';' => State::Ext,
-                b'\r' => State::SizeLf,
+                b';' => State::ExtStart,
                 _ => return Err("bad chunk size"),
-            },
-            State::Ext => match byte {
-                b'\r' => State::SizeLf,
-                b'\n' => return Err("bare LF in chunk extension"),
-                _ => State::Ext,
             },
             State::SizeLf => match byte {
                 b'\n' if self.remaining == 0 => State::TrailerStart,
@@ -888,6 +962,7 @@ impl ChunkedScanner {
             State::TrailerLf => match byte {
                 b'\n' => {
                     self.count_trailer()?;
+                    self.keep(byte);
                     State::TrailerStart
                 }
                 _ => return Err("missing LF after trailer"),
@@ -898,17 +973,46 @@ impl ChunkedScanner {
             },
             // `scan` handles these without stepping.
             State::Data | State::Done | State::Failed(_) => self.state,
+            ext => extension_step(ext, byte)?,
         };
         Ok(())
     }
 
-    /// One byte of a trailer field (not at the start of the final empty line).
+    /// True inside a chunk-size line, after its first byte.
+    fn in_size_line(&self) -> bool {
+        !matches!(
+            self.state,
+            State::SizeStart
+                | State::SizeLf
+                | State::Data
+                | State::DataCr
+                | State::DataLf
+                | State::TrailerStart
+                | State::Trailer
+                | State::TrailerLf
+                | State::EndLf
+                | State::Done
+                | State::Failed(_)
+        )
+    }
+
+    /// One byte of a trailer field (not at the start of the final empty
+    /// line): a bare LF or a control byte is refused.
     fn trailer_byte(&mut self, byte: u8) -> Result<State, &'static str> {
         self.count_trailer()?;
+        self.keep(byte);
         match byte {
             b'\r' => Ok(State::TrailerLf),
             b'\n' => Err("bare LF in trailer"),
+            b'\t' => Ok(State::Trailer),
+            0..=0x1f | 0x7f => Err("control byte in trailer"),
             _ => Ok(State::Trailer),
+        }
+    }
+
+    fn keep(&mut self, byte: u8) {
+        if let Some(kept) = &mut self.kept {
+            kept.push(byte);
         }
     }
 
@@ -929,6 +1033,148 @@ impl ChunkedScanner {
         }
         Ok(())
     }
+}
+
+/// One byte of a chunk extension: `;` BWS name [ BWS `=` BWS ( token /
+/// quoted-string ) ] (RFC 9112 7.1.1), ending at the line's CR.
+fn extension_step(state: State, byte: u8) -> Result<State, &'static str> {
+    const BAD: &str = "bad chunk extension";
+    let ws = matches!(byte, b' ' | b'\t');
+    Ok(match state {
+        State::ExtStart if ws => State::ExtStart,
+        State::ExtStart if is_tchar(byte) => State::ExtName,
+        State::ExtName if is_tchar(byte) => State::ExtName,
+        State::ExtName | State::ExtAfterName if ws => State::ExtAfterName,
+        State::ExtName | State::ExtAfterName if byte == b'=' => State::ExtValueStart,
+        State::ExtValueStart if ws => State::ExtValueStart,
+        State::ExtValueStart if byte == b'"' => State::ExtQuoted,
+        State::ExtValueStart if is_tchar(byte) => State::ExtToken,
+        State::ExtToken if is_tchar(byte) => State::ExtToken,
+        State::ExtQuoted => match byte {
+            b'"' => State::ExtQuoteEnd,
+            b'\\' => State::ExtQuotedPair,
+            b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => State::ExtQuoted,
+            _ => return Err(BAD),
+        },
+        State::ExtQuotedPair => match byte {
+            b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => State::ExtQuoted,
+            _ => return Err(BAD),
+        },
+        State::ExtToken | State::ExtQuoteEnd | State::ExtAfterValue if ws => State::ExtAfterValue,
+        State::ExtName
+        | State::ExtAfterName
+        | State::ExtToken
+        | State::ExtQuoteEnd
+        | State::ExtAfterValue
+            if byte == b';' =>
+        {
+            State::ExtStart
+        }
+        // Whitespace may not end the line (it is only allowed around `;`
+        // and `=`).
+        State::ExtName | State::ExtToken | State::ExtQuoteEnd if byte == b'\r' => State::SizeLf,
+        _ if byte == b'\n' => return Err("bare LF in chunk extension"),
+        _ => return Err(BAD),
+    })
+}
+
+/// A `tchar` of RFC 9110 5.6.2: the bytes of a token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A field's name and value, as they lie in the bytes read.
+pub type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// A chunked body decoded and framed again: its data goes out in chunks of
+/// unstick's own (extensions dropped), its trailer section is kept for the
+/// caller to judge, field by field.
+///
+/// Why not pass the backend's chunks on: a proxy that relays framing
+/// bytes it did not write relays every ambiguity in them too (a size line
+/// the next parser reads otherwise, an extension with control bytes).
+#[derive(Debug, Default)]
+pub struct Rechunker {
+    scanner: ChunkedScanner,
+    /// Where the data of the last input lay (kept for its allocation).
+    runs: Vec<Range<usize>>,
+}
+
+impl Rechunker {
+    pub fn new() -> Rechunker {
+        Rechunker {
+            scanner: ChunkedScanner::keeping_trailers(),
+            runs: Vec::new(),
+        }
+    }
+
+    /// Reads the next bytes of the body, and appends the data they hold to
+    /// `out` as one chunk (nothing if they hold none). Returns how many
+    /// bytes of `input` belong to the body and whether it ended; then
+    /// [`Rechunker::trailers`] has the trailer fields, and the caller ends
+    /// the body with [`write_last_chunk`].
+    pub fn rechunk(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, bool), ChunkError> {
+        self.runs.clear();
+        let runs = &mut self.runs;
+        let scanned = self.scanner.scan_data(input, |r| runs.push(r))?;
+        let len: usize = self.runs.iter().map(|r| r.len()).sum();
+        if len > 0 {
+            out.reserve(len + 20);
+            out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+            for r in &self.runs {
+                out.extend_from_slice(&input[r.clone()]);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(scanned)
+    }
+
+    /// The trailer fields, once the body ended: every line must be a field
+    /// (`name: value`; obs-fold and lines without a colon are refused, as
+    /// in a head).
+    pub fn trailers(&self) -> Result<Vec<Field<'_>>, ChunkError> {
+        let section = self.scanner.trailer_section().unwrap_or_default();
+        trailer_fields(section)
+    }
+}
+
+/// The fields of a trailer section (field lines with their CRLFs), parsed
+/// as a head's fields are.
+pub fn trailer_fields(section: &[u8]) -> Result<Vec<Field<'_>>, ChunkError> {
+    if section.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut buf = section.to_vec();
+    buf.extend_from_slice(b"\r\n");
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(&buf, &mut headers) {
+        Ok(httparse::Status::Complete((_, fields))) => Ok(fields
+            .iter()
+            .map(|h| {
+                let name = range_in(&buf, h.name.as_bytes());
+                let value = range_in(&buf, h.value);
+                (&section[name], &section[value])
+            })
+            .collect()),
+        _ => Err(ChunkError("malformed trailer field")),
+    }
+}
+
+/// Ends a chunked body: the last chunk, `fields` as its trailers, the
+/// empty line.
+pub fn write_last_chunk<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in fields {
+        let at = out.len();
+        out.extend_from_slice(name);
+        lowercase_ascii(&mut out[at..]);
+        put_field_value(out, value);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The value of a hex digit.
@@ -1109,9 +1355,26 @@ mod tests {
             outcome(parse_request(&mut buf, 20)),
             Err(HeadError::TooLarge)
         );
-        // A huge flood without CRLF is refused without reading it all.
+        // A huge flood without CRLF is refused without reading it all: a
+        // request line that long is a 414, not a 431.
         let mut buf = BytesMut::from(&vec![b'A'; 1 << 20][..]);
-        assert!(parse_request(&mut buf, 8192).is_err());
+        assert_eq!(
+            outcome(parse_request(&mut buf, 8192)),
+            Err(HeadError::LineTooLong)
+        );
+        let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+        let mut buf = BytesMut::from(long_target.as_bytes());
+        assert_eq!(
+            outcome(parse_request(&mut buf, 8192)),
+            Err(HeadError::LineTooLong)
+        );
+        // A long field after a short request line is the head's size.
+        let long_field = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(9000));
+        let mut buf = BytesMut::from(long_field.as_bytes());
+        assert_eq!(
+            outcome(parse_request(&mut buf, 8192)),
+            Err(HeadError::TooLarge)
+        );
     }
 
     #[test]
@@ -1255,26 +1518,37 @@ mod tests {
             ),
             (&[("transfer-encoding", "chunked")], Ok(Framing::Chunked)),
             (&[("transfer-encoding", "Chunked")], Ok(Framing::Chunked)),
+            // A coding unstick could not label for the backend: 501.
             (
                 &[("transfer-encoding", "gzip, chunked")],
-                Ok(Framing::Chunked),
+                Err(HeadError::UnknownCoding),
             ),
             (
                 &[
                     ("transfer-encoding", "gzip"),
                     ("transfer-encoding", "chunked"),
                 ],
-                Ok(Framing::Chunked),
+                Err(HeadError::UnknownCoding),
             ),
             (
                 &[("transfer-encoding", "chunked, gzip")],
-                m("transfer-encoding"),
+                Err(HeadError::UnknownCoding),
             ),
             (
                 &[("transfer-encoding", "chunked, chunked")],
                 m("transfer-encoding"),
             ),
-            (&[("transfer-encoding", "gzip")], m("transfer-encoding")),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                m("transfer-encoding"),
+            ),
+            (
+                &[("transfer-encoding", "gzip")],
+                Err(HeadError::UnknownCoding),
+            ),
             (&[("transfer-encoding", "")], m("transfer-encoding")),
             (
                 &[("transfer-encoding", "chunked"), ("content-length", "5")],
@@ -1322,7 +1596,13 @@ mod tests {
                 &get,
                 200,
                 &[("transfer-encoding", "gzip")],
-                Ok(Framing::Close),
+                Err(HeadError::UnknownCoding),
+            ),
+            (
+                &get,
+                200,
+                &[("transfer-encoding", "chunked, chunked")],
+                Err(HeadError::Malformed("transfer-encoding")),
             ),
             (
                 &get,
@@ -1379,16 +1659,16 @@ mod tests {
                     ("transfer-encoding", "gzip"),
                     ("Transfer-Encoding", "chunked"),
                 ],
-                Ok(Framing::Chunked),
+                Err(HeadError::UnknownCoding),
             ),
             (
                 &get,
                 200,
                 &[
                     ("transfer-encoding", "chunked"),
-                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked"),
                 ],
-                Ok(Framing::Close),
+                Err(HeadError::Malformed("transfer-encoding")),
             ),
         ];
         for (method, code, pairs, want) in cases {
@@ -1627,6 +1907,40 @@ mod tests {
         assert_eq!(scanner.remaining, 0xFFFF_FFFF_FFFF - 16 * (1 << 16));
     }
 
+    /// A chunked body framed again reads as the same data, split anywhere,
+    /// with its trailer fields kept apart.
+    #[test]
+    fn rechunked_bodies_carry_the_same_data() {
+        for split in 0..=SAMPLE.len() {
+            let mut r = Rechunker::new();
+            let mut out = Vec::new();
+            let (a, _) = r.rechunk(&SAMPLE[..split], &mut out).unwrap();
+            let (b, done) = r.rechunk(&SAMPLE[split..], &mut out).unwrap();
+            assert_eq!((a + b, done), (SAMPLE.len(), true));
+            let trailers = r.trailers().unwrap();
+            assert_eq!(
+                trailers,
+                vec![(&b"Expires"[..], &b"never"[..]), (b"X-Trailer", b"1")]
+            );
+            write_last_chunk(&mut out, trailers.into_iter().skip(1));
+            let mut check = ChunkedScanner::new();
+            let mut data = Vec::new();
+            let scanned = check.scan_data(&out, |r| data.extend_from_slice(&out[r]));
+            assert_eq!(scanned, Ok((out.len(), true)), "{split}");
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz");
+            let text = String::from_utf8_lossy(&out);
+            assert!(!text.contains("name=value"), "{text}");
+            assert!(text.ends_with("0\r\nx-trailer: 1\r\n\r\n"), "{text}");
+        }
+        // Lines that are no fields are refused.
+        for bad in [&b"0\r\nnocolon\r\n\r\n"[..], b"0\r\nX: a\r\n b\r\n\r\n"] {
+            let mut r = Rechunker::new();
+            let (_, done) = r.rechunk(bad, &mut Vec::new()).unwrap();
+            assert!(done);
+            assert!(r.trailers().is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn chunked_errors() {
         let long_ext = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_SIZE_LINE));
@@ -1651,6 +1965,14 @@ mod tests {
             (b"0\r\n\rx", "missing LF at end of chunked body"),
             (b"0\r\n\n", "bare LF in trailer"),
             (long_ext.as_bytes(), "chunk size line too long"),
+            // Whitespace only around `;` and `=`; extensions by the grammar.
+            (b"2  \r\nok\r\n", "bad chunk size"),
+            (b"2;a \r\n", "bad chunk extension"),
+            (b"2;a=\x01b\r\n", "bad chunk extension"),
+            (b"2;\r\n", "bad chunk extension"),
+            (b"2;a=\"b\x7f\"\r\n", "bad chunk extension"),
+            (b"2;a=b c\r\n", "bad chunk extension"),
+            (b"0\r\nx: \x01\r\n\r\n", "control byte in trailer"),
             (big_trailers.as_bytes(), "trailers too large"),
         ];
         for (body, why) in cases {
@@ -1667,6 +1989,15 @@ mod tests {
                 "errors stick"
             );
             assert!(!scanner.is_done());
+        }
+        // Extensions by the grammar are fine.
+        for body in [
+            &b"2;a\r\nok\r\n0\r\n\r\n"[..],
+            b"2 ; a = b ; c\r\nok\r\n0\r\n\r\n",
+            b"2;a=\"b \\\" c\"\r\nok\r\n0;z=\"\"\r\n\r\n",
+        ] {
+            let mut scanner = ChunkedScanner::new();
+            assert_eq!(scanner.scan(body), Ok((body.len(), true)), "{body:?}");
         }
         // Just under the line limit is fine.
         let mut scanner = ChunkedScanner::new();

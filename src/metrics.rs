@@ -63,6 +63,43 @@ impl UpstreamErrorKind {
     }
 }
 
+/// What a client did wrong (or how it left): the `kind` label of
+/// `unstick_client_errors_total`. None of these counts against a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// A request unstick could not read or refuses by the protocol: 400.
+    BadRequest = 0,
+    /// The client did not send its request (head or body) in time: 408.
+    Timeout = 1,
+    /// A request body over `limits.max_request_body`: 413.
+    BodyTooLarge = 2,
+    /// A request line over `limits.max_header_bytes`: 414.
+    UriTooLong = 3,
+    /// A request head over the header limits: 431.
+    HeaderTooLarge = 4,
+    /// A method unstick does not serve (CONNECT: it is no forward proxy): 501.
+    NotImplemented = 5,
+    /// The client closed or reset its connection (or stream) before its
+    /// response was complete.
+    Aborted = 6,
+}
+
+pub const CLIENT_ERROR_KINDS: [&str; 7] = [
+    "bad_request",
+    "timeout",
+    "body_too_large",
+    "uri_too_long",
+    "header_too_large",
+    "not_implemented",
+    "aborted",
+];
+
+impl ClientErrorKind {
+    pub fn as_str(self) -> &'static str {
+        CLIENT_ERROR_KINDS[self as usize]
+    }
+}
+
 /// Why a backend left rotation: the `reason` label of `unstick_ejections_total`.
 pub const EJECTION_REASONS: [&str; 5] = [
     "connect_refused",
@@ -80,6 +117,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
+    /// Client faults by kind, pre-resolved (see [`ClientErrorKind`]).
+    pub client_errors: [IntCounter; 7],
     pub retries: IntCounterVec,
     pub retry_budget_exhausted: IntCounter,
     pub backend_healthy: IntGaugeVec,
@@ -165,6 +204,16 @@ impl Metrics {
             "Failed attempts on backends, by kind: connect, reset, timeout, after_head.",
             &["backend", "kind"],
         );
+        let client_errors = counter_vec(
+            r,
+            "unstick_client_errors_total",
+            "Requests that failed by the client's doing, by kind: bad_request (400), timeout \
+             (408), body_too_large (413), uri_too_long (414), header_too_large (431), \
+             not_implemented (501), aborted (the client left before its response was complete). \
+             Never counted against a backend.",
+            &["kind"],
+        );
+        let client_errors = CLIENT_ERROR_KINDS.map(|k| client_errors.with_label_values(&[k]));
         let retries = counter_vec(
             r,
             "unstick_retries_total",
@@ -285,6 +334,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_errors,
+            client_errors,
             retries,
             retry_budget_exhausted,
             backend_healthy,
@@ -342,6 +392,11 @@ impl Metrics {
         for r in EJECTION_REASONS {
             let _ = self.ejections.remove_label_values(&[name, r]);
         }
+    }
+
+    /// Counts a client fault.
+    pub fn client_error(&self, kind: ClientErrorKind) {
+        self.client_errors[kind as usize].inc();
     }
 
     /// Counts a request answered without any backend (e.g. none healthy).

@@ -26,7 +26,8 @@ use crate::metrics::Metrics;
 use crate::shutdown::{Phase, TunnelHold};
 use crate::upstream::raw::RawConn;
 use crate::upstream::{
-    Backend, BodyError, ClientBody, Conn, ConnectError, InFlight, RequestBody, State, Upstreams,
+    Backend, BodyFault, BodyWatch, ClientBody, Conn, ConnectError, InFlight, RequestBody, State,
+    Upstreams,
 };
 
 pub mod access_log;
@@ -36,6 +37,7 @@ pub mod h1;
 pub mod headers;
 pub mod request_head;
 pub mod retry;
+pub mod target;
 
 pub use access_log::{AccessLogger, Entry};
 pub use body::ResponseBody;
@@ -76,6 +78,10 @@ pub struct Settings {
     pub affinity: AffinityRules,
     /// The response header naming the backend that answered, if asked for.
     pub backend_header: Option<http::HeaderName>,
+    /// Request header fields whose names hold `_` are passed on.
+    pub underscores_in_headers: bool,
+    /// The largest request body taken (0: no limit).
+    pub max_request_body: u64,
     /// `[session_watch]`, applied to the proxy's [`Watch`] when swapped in.
     pub session_watch: crate::config::SessionWatch,
 }
@@ -97,6 +103,8 @@ impl Settings {
                 .backend_header
                 .as_deref()
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            underscores_in_headers: config.underscores_in_headers,
+            max_request_body: config.limits.max_request_body,
             session_watch: config.session_watch.clone(),
         }
     }
@@ -131,8 +139,22 @@ struct ReplyTo {
     version: Version,
     /// The client speaks gRPC: failures become `grpc-status`.
     grpc: bool,
+    /// The client takes trailers (`TE: trailers`, or gRPC): the response's
+    /// are passed on (those allowed), others' dropped.
+    trailers: bool,
+    /// An HTTP/1.0 client asked to keep its connection (`Connection:
+    /// keep-alive`): the response says it is kept.
+    keep_alive_10: bool,
     /// Known session values the request carried, for the session watch.
     session: Option<Box<hops::Carried>>,
+}
+
+/// A request begun: its answer's needs, its log line, and why it is
+/// refused, if it is.
+struct Begun {
+    reply: ReplyTo,
+    log: Option<Box<Entry>>,
+    refused: Option<ProxyError>,
 }
 
 /// A failed forward: the error, and the backend that failed last.
@@ -239,15 +261,27 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let settings = self.settings.load_full();
-        let upgrade = headers::is_upgrade(req.headers());
+        // RFC 9110 7.8: an `Upgrade` on HTTP/1.0 is ignored (and h2c is
+        // never an upgrade here: see `headers::is_upgrade`).
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let hold = req.extensions_mut().remove::<TunnelHold>();
         let (mut parts, body) = req.into_parts();
-        let body = ClientBody::new(body, settings.timeouts.client_stall);
-        let (reply, log) = self.begin(&mut parts, &client, &settings, upgrade);
+        let Begun {
+            reply,
+            log,
+            refused,
+        } = self.begin(&mut parts, &client, &settings, upgrade);
 
         let mut done = Completion::new(self.clone(), start, 0);
         done.log = log;
+        if let Some(error) = refused {
+            let failed = Failed {
+                error,
+                backend: None,
+            };
+            return self.fail(failed, done, reply);
+        }
         // Boxed: the forward future (the backend's checkout, send and
         // response wait) is kilobytes; inline, every move of this request's
         // future (into hyper's per-stream task, into the task's cell) copied
@@ -263,15 +297,17 @@ impl Proxy {
     }
 
     /// The request's side of the work, shared by both request paths: its id,
-    /// its access-log line, and its head rewritten for the backend
-    /// (hop-by-hop and affinity cookies removed, forwarding headers added).
+    /// its access-log line, and, unless its target or `Host` is refused
+    /// (see `target`), its head rewritten for the backend (hop-by-hop
+    /// fields, affinity cookies and, unless configured, names with `_`
+    /// removed; forwarding headers added).
     fn begin(
         &self,
         parts: &mut http::request::Parts,
         client: &ClientInfo,
         settings: &Settings,
         upgrade: bool,
-    ) -> (ReplyTo, Option<Box<Entry>>) {
+    ) -> Begun {
         let request_id = headers::request_id(&parts.headers, &self.ids);
         let log = self.access_log.enabled().then(|| {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -283,8 +319,26 @@ impl Proxy {
             // The client's version (the backend's is set below).
             version: parts.version,
             grpc: headers::is_grpc(&parts.headers),
+            trailers: headers::wants_trailers(&parts.headers) || headers::is_grpc(&parts.headers),
+            keep_alive_10: parts.version == Version::HTTP_10
+                && headers::has_token(&parts.headers, &header::CONNECTION, "keep-alive"),
             session: None,
         };
+        let checked = target::check_codings(&parts.headers).and_then(|()| match parts.version {
+            Version::HTTP_2 => target::check_h2(parts),
+            _ => target::check_h1(parts),
+        });
+        if let Err(error) = checked {
+            let refused = Some(error);
+            return Begun {
+                reply,
+                log,
+                refused,
+            };
+        }
+        if !settings.underscores_in_headers {
+            headers::remove_underscored(&mut parts.headers);
+        }
         prepare_request(parts, client, &reply.request_id, upgrade);
         settings
             .affinity
@@ -294,7 +348,12 @@ impl Proxy {
             let path = parts.uri.path().as_bytes();
             reply.session = self.hops.on_request(cookie.as_bytes(), &parts.method, path);
         }
-        (reply, log)
+        let refused = None;
+        Begun {
+            reply,
+            log,
+            refused,
+        }
     }
 
     /// [`Proxy::begin`] for a request head the fast path passes on from
@@ -324,6 +383,10 @@ impl Proxy {
             request_id,
             version: parsed.version,
             grpc,
+            // `TE` sends a request to the map path: only gRPC's here.
+            trailers: grpc,
+            // HTTP/1.0 is served by hyper.
+            keep_alive_10: false,
             session,
         };
         (reply, log)
@@ -345,32 +408,27 @@ impl Proxy {
     async fn forward(
         &self,
         parts: http::request::Parts,
-        body: ClientBody,
+        body: Incoming,
         s: &Settings,
         done: &mut Completion,
     ) -> Result<Forwarded, Failed> {
         let replay_allowed =
             s.retries.enabled && retry::replay_allowed(&parts.method, &parts.headers);
-        let body = if body.is_end_stream() {
-            RequestBody::Empty
-        } else if replay_allowed && s.retries.max_per_request > 0 {
-            buffer_for_replay(body, s.retries.replay_buffer)
-                .await
-                .map_err(|error| Failed {
-                    error,
-                    backend: None,
-                })?
-        } else {
-            RequestBody::Stream(body)
-        };
+        let replay = replay_allowed && s.retries.max_per_request > 0;
+        let body = request_body(body, s, replay, done)
+            .await
+            .map_err(|error| Failed {
+                error,
+                backend: None,
+            })?;
+        let watch = done.client_body.clone();
         if s.retries.enabled {
             s.budget.record_request();
         }
         // A copy is kept only when a request that was already sent may be
         // sent again; otherwise the request is moved, and comes back from
         // hyper only if none of it was written.
-        let keep_copy =
-            replay_allowed && s.retries.max_per_request > 0 && body.try_clone().is_some();
+        let keep_copy = replay && body.try_clone().is_some();
         let mut request = Some(Request::from_parts(parts, body));
         let mut attempts = Attempts::default();
         for attempt in 0..=s.retries.max_per_request {
@@ -386,8 +444,17 @@ impl Proxy {
                 (false, Some(r)) => r,
                 (_, None) => break,
             };
-            match self.attempt(&backend, to_send, &s.timeouts).await {
+            match self
+                .attempt(&backend, to_send, &s.timeouts, watch.as_deref())
+                .await
+            {
                 Ok(fwd) => return Ok(fwd),
+                Err((error, _)) if error.source == Source::Client => {
+                    return Err(Failed {
+                        error,
+                        backend: None,
+                    })
+                }
                 Err((error, returned)) => {
                     if returned.is_some() {
                         request = returned;
@@ -469,12 +536,14 @@ impl Proxy {
     }
 
     /// One attempt on one backend. On failure, returns the request if none of
-    /// it was sent.
+    /// it was sent. `watch` is the client's streamed body, if any: a failure
+    /// it caused is the client's, not the backend's.
     async fn attempt(
         &self,
         backend: &Arc<Backend>,
         req: Request<RequestBody>,
         timeouts: &Timeouts,
+        watch: Option<&BodyWatch>,
     ) -> Result<Forwarded, (ProxyError, Option<Request<RequestBody>>)> {
         let in_flight = backend.start_request();
         let (mut conn, _reused) = match backend.pool.checkout().await {
@@ -512,19 +581,7 @@ impl Proxy {
                     ),
                     Some(req),
                 )),
-                None => {
-                    // The client's body failing mid-send is the client's fault.
-                    if let Some(err) = client_body_fault(e.error()) {
-                        return Err((err, None));
-                    }
-                    let err = ProxyError::new(
-                        Source::Upstream,
-                        Kind::Reset(describe_hyper_error(e.error())),
-                        Retry::IfIdempotent,
-                    );
-                    self.upstream_failed(backend, &err, false);
-                    Err((err, None))
-                }
+                None => Err((self.send_failed(backend, e.error(), watch), None)),
             },
             Err(_elapsed) => {
                 let err = ProxyError::new(
@@ -536,6 +593,28 @@ impl Proxy {
                 Err((err, None))
             }
         }
+    }
+
+    /// A request that was (perhaps partly) sent got no response head: the
+    /// client's fault if its body failed (the backend's connection, holding
+    /// half a request, is closed by hyper and not blamed), else the
+    /// backend's, counted and told to health.
+    fn send_failed(
+        &self,
+        backend: &Arc<Backend>,
+        e: &hyper::Error,
+        watch: Option<&BodyWatch>,
+    ) -> ProxyError {
+        if let Some(fault) = watch.and_then(BodyWatch::fault) {
+            return body_fault_error(fault);
+        }
+        let err = ProxyError::new(
+            Source::Upstream,
+            Kind::Reset(describe_hyper_error(e)),
+            Retry::IfIdempotent,
+        );
+        self.upstream_failed(backend, &err, false);
+        err
     }
 
     /// No connection to `backend` could be made (nothing of the request was
@@ -578,14 +657,39 @@ impl Proxy {
         } = fwd;
         let backend = in_flight.backend().clone();
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && client_upgrade.is_none() {
+            let kind = Kind::Reset("the backend switched protocols unasked".into());
+            return self.reject_response(
+                kind,
+                (response.into_body(), conn, in_flight),
+                done,
+                reply,
+            );
+        }
         let backend_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, body) = response.into_parts();
+        // Both framings: `Transfer-Encoding` framed the body (hyper read it
+        // so), the length goes, and so does the connection (RFC 9112 6.3).
+        let reusable = !(parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && parts.headers.remove(header::CONTENT_LENGTH).is_some());
 
         if let Err(cookie) = self.scrub_response(&mut parts, &backend, settings, &reply, switching)
         {
-            return self.reject_affinity(cookie, (body, conn, in_flight), done, reply);
+            let kind = Kind::AffinityRejected(cookie);
+            return self.reject_response(kind, (body, conn, in_flight), done, reply);
         }
-        parts.version = reply.version;
+        // An HTTP/1.0 client gets its answer in HTTP/1.0 from hyper, which
+        // keeps the connection open when the client asked to
+        // (`Connection: keep-alive`) only for a response given as HTTP/1.1.
+        parts.version = match reply.version {
+            Version::HTTP_10 => Version::HTTP_11,
+            v => v,
+        };
+        // Kept only for a body of known length: HTTP/1.0 has no chunks.
+        if reply.keep_alive_10 && body.size_hint().exact().is_some() {
+            let keep = HeaderValue::from_static("keep-alive");
+            parts.headers.insert(header::CONNECTION, keep);
+        }
 
         done.status = parts.status.as_u16();
         if let (Some((client, hold)), Some(upstream)) = (client_upgrade, backend_upgrade) {
@@ -596,16 +700,18 @@ impl Proxy {
             return Response::from_parts(parts, ResponseBody::empty().with_completion(done));
         }
         done.in_flight = Some(in_flight);
-        done.conn = Some(conn);
+        done.conn = reusable.then_some(conn);
         let stall = settings.timeouts.upstream_stall;
-        Response::from_parts(parts, ResponseBody::upstream(body, stall, done))
+        let body = ResponseBody::upstream(body, stall, done).with_trailers(reply.trailers);
+        Response::from_parts(parts, body)
     }
 
     /// The response's side of the work, shared by both request paths: a
     /// backend asking to drain leaves rotation; affinity cookies are refused
     /// (`Err` names one when the policy is `reject`); the session watch
-    /// sees the response; hop-by-hop headers go; the request id (and, if
-    /// asked for, the backend's name) are added.
+    /// sees the response; hop-by-hop headers go (`Trailer` stays for a
+    /// client that takes trailers, naming only those passed on); the
+    /// request id (and, if asked for, the backend's name) are added.
     fn scrub_response(
         &self,
         parts: &mut http::response::Parts,
@@ -628,7 +734,16 @@ impl Proxy {
         let session = reply.session.as_deref();
         let is_affinity = |name: &[u8]| rules.matches(name).is_some();
         (self.hops).on_response(session, &backend.name, status, &parts.headers, is_affinity);
+        let announced = reply
+            .trailers
+            .then(|| headers::announced_trailers(&parts.headers));
         headers::remove_hop_by_hop(&mut parts.headers, switching);
+        if let Some(names) = announced.filter(|n| !n.is_empty()) {
+            let names: Vec<&str> = names.iter().map(http::HeaderName::as_str).collect();
+            if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+                parts.headers.insert(header::TRAILER, v);
+            }
+        }
         parts.headers.insert(
             X_REQUEST_ID.clone(),
             never_indexed(reply.request_id.to_header()),
@@ -655,12 +770,14 @@ impl Proxy {
         (self.hops).on_plain_response(session, &backend.name, status.as_u16(), location);
     }
 
-    /// A backend set an affinity cookie under policy `reject`: its response
-    /// becomes a 502 naming the cookie. The backend's body and connection are
-    /// dropped (not pooled: the body was not read) and its in-flight count released.
-    fn reject_affinity(
+    /// A response the client does not get: the backend set an affinity
+    /// cookie under policy `reject`, or answered what was not asked (a
+    /// `101`, counted against it). It becomes a 502; the backend's body and
+    /// connection are dropped (not pooled: the body was not read) and its
+    /// in-flight count released.
+    fn reject_response(
         &self,
-        cookie: String,
+        kind: Kind,
         upstream: (Incoming, Conn, InFlight),
         done: Completion,
         reply: ReplyTo,
@@ -668,9 +785,12 @@ impl Proxy {
         let (body, conn, in_flight) = upstream;
         let backend = in_flight.backend().clone();
         drop((body, conn, in_flight));
-        let kind = Kind::AffinityRejected(cookie);
+        let invalid = matches!(kind, Kind::Reset(_));
         let error =
             ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
+        if invalid {
+            self.upstream_failed(&backend, &error, false);
+        }
         let backend = Some(backend);
         self.fail(Failed { error, backend }, done, reply)
     }
@@ -684,8 +804,13 @@ impl Proxy {
         let Failed { error, backend } = failed;
         tracing::debug!(error = %error, "request failed");
         let status = error.status();
-        done.status = status.as_u16();
+        // A client that left gets nothing: logged as `client_closed`.
+        done.status = match error.kind {
+            Kind::ClientGone => 0,
+            _ => status.as_u16(),
+        };
         done.backend = backend;
+        done.client_error = error.client_kind();
         let mut response = if reply.grpc {
             grpc_error_response(error.grpc_status(), &error.to_string())
         } else {
@@ -695,6 +820,12 @@ impl Proxy {
             X_REQUEST_ID.clone(),
             never_indexed(reply.request_id.to_header()),
         );
+        // A request refused for what the client sent ends its HTTP/1
+        // connection (whose next bytes can no longer be trusted).
+        if error.source == Source::Client && reply.version != Version::HTTP_2 {
+            let close = HeaderValue::from_static("close");
+            response.headers_mut().insert(header::CONNECTION, close);
+        }
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.with_completion(done))
     }
@@ -757,6 +888,7 @@ fn prepare_request(
     upgrade: bool,
 ) {
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::one_content_length(&mut parts.headers);
     // Room for the four headers added below, so the map grows once, not
     // once per insert (hyper sizes it to the headers the client sent).
     parts.headers.reserve(4);
@@ -801,6 +933,41 @@ fn clone_request(r: &Request<RequestBody>) -> Request<RequestBody> {
     copy
 }
 
+/// The request body as it goes to a backend: none, held whole for a replay
+/// (`replay`), or streamed; a body announced over `limits.max_request_body`
+/// is refused before any backend sees the request. A streamed body's watch
+/// goes in `done`, so a response it cuts short is the client's doing.
+async fn request_body(
+    body: Incoming,
+    s: &Settings,
+    replay: bool,
+    done: &mut Completion,
+) -> Result<RequestBody, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(RequestBody::Empty);
+    }
+    let body = ClientBody::new(body, s.timeouts.client_stall, s.max_request_body);
+    if body.announced_too_large() {
+        return Err(ProxyError::client(Kind::BodyTooLarge(s.max_request_body)));
+    }
+    done.client_body = Some(body.watch().clone());
+    if replay {
+        buffer_for_replay(body, s.retries.replay_buffer).await
+    } else {
+        Ok(RequestBody::Stream(body))
+    }
+}
+
+/// The client's error for a body fault.
+fn body_fault_error(fault: BodyFault) -> ProxyError {
+    ProxyError::client(match fault {
+        BodyFault::Malformed => Kind::BadRequest("the request body is malformed".into()),
+        BodyFault::Gone => Kind::ClientGone,
+        BodyFault::TimedOut(d) => Kind::ClientTimeout(d),
+        BodyFault::TooLarge(limit) => Kind::BodyTooLarge(limit),
+    })
+}
+
 /// Reads up to `limit` bytes of the body so the request can be replayed.
 /// A larger body is streamed on (with the part already read in front) and
 /// cannot be replayed.
@@ -810,7 +977,10 @@ async fn buffer_for_replay(mut body: ClientBody, limit: usize) -> Result<Request
     }
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| client_body_error(&e))?;
+        let Ok(frame) = frame else {
+            let fault = body.watch().fault().unwrap_or(BodyFault::Gone);
+            return Err(body_fault_error(fault));
+        };
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > limit {
@@ -825,28 +995,6 @@ async fn buffer_for_replay(mut body: ClientBody, limit: usize) -> Result<Request
         }
     }
     Ok(RequestBody::Full(Some(buf.freeze())))
-}
-
-/// The client's failure to deliver its request body.
-fn client_body_error(e: &BodyError) -> ProxyError {
-    let kind = match e {
-        BodyError::Stalled(d) => Kind::ClientTimeout(*d),
-        BodyError::Read(e) => Kind::BadRequest(format!("could not read the request body: {e}")),
-    };
-    ProxyError::new(Source::Client, kind, Retry::Never)
-}
-
-/// The client's fault, if a failed send to a backend failed on the
-/// client's request body.
-fn client_body_fault(e: &hyper::Error) -> Option<ProxyError> {
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        if let Some(body) = c.downcast_ref::<BodyError>() {
-            return Some(client_body_error(body));
-        }
-        cause = c.source();
-    }
-    None
 }
 
 fn asks_to_drain(h: &http::HeaderMap) -> bool {

@@ -183,6 +183,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("workers", |c| d(c.workers)),
     ("backend_header", |c| d(&c.backend_header)),
     ("http1_fast_path", |c| d(c.http1_fast_path)),
+    ("underscores_in_headers", |c| d(c.underscores_in_headers)),
     ("admin", |c| d(c.admin)),
     ("algorithm", |c| d(c.algorithm)),
     ("access_log", |c| d(c.access_log)),
@@ -200,6 +201,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("limits.max_connections", |c| d(c.limits.max_connections)),
     ("limits.max_header_bytes", |c| d(c.limits.max_header_bytes)),
     ("limits.max_headers", |c| d(c.limits.max_headers)),
+    ("limits.max_request_body", |c| d(c.limits.max_request_body)),
     ("limits.upstream_idle_per_backend", |c| {
         d(c.limits.upstream_idle_per_backend)
     }),
@@ -580,7 +582,10 @@ mod tests {
             "limits.max_connections"
             | "limits.max_headers"
             | "limits.upstream_idle_per_backend" => "9",
-            "limits.max_header_bytes" | "retries.replay_buffer" => "9KiB",
+            "limits.max_header_bytes" | "retries.replay_buffer" | "limits.max_request_body" => {
+                "9KiB"
+            }
+            "underscores_in_headers" => "true",
             "retries.enabled" | "http2.enabled" | "reload.watch" | "http1_fast_path" => "false",
             "health.active.enabled" => "true",
             "retries.max_per_request" => "5",

@@ -20,11 +20,12 @@ use crate::tls::TlsError;
 use discovery::MakeBackend;
 
 mod body;
+mod checked;
 pub mod discovery;
 mod pool;
 pub mod raw;
 
-pub use body::{poll_timed, BodyError, ClientBody, RequestBody, Stall};
+pub use body::{poll_timed, BodyError, BodyFault, BodyWatch, ClientBody, RequestBody, Stall};
 pub use pool::{worker, Conn, ConnectError, Pool, PoolSettings};
 
 /// The pool settings a config asks for, with the client configs for TLS
@@ -197,6 +198,11 @@ impl Backend {
             self.on_state_change(to);
         }
         moved
+    }
+
+    /// Failed requests in a row (passive health ejects at a threshold).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
     }
 
     /// Sets the state whatever it was. Returns the previous state.

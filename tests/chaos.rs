@@ -587,6 +587,75 @@ fn term_and_stop_faults_restart_and_continue_the_same_instances() {
     }
 }
 
+/// POSTs without a key and GETs, each 800 ms on an instance, with a SIGKILL
+/// every 1.5 s: the POSTs the kills catch are explained as
+/// `in_flight_not_replayable`, the GETs are replayed (nothing is lost), and
+/// `--strict` fails the run on the POSTs alone.
+#[test]
+fn unkeyed_posts_caught_by_a_kill_are_explained_and_fail_only_under_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let scenario = dir.path().join("slow.toml");
+    std::fs::write(
+        &scenario,
+        "[[steps]]\nmethod = \"POST\"\npath = \"/slow/800\"\nbody = \"x=1\"\n\
+         [[steps]]\npath = \"/slow/800\"\n",
+    )
+    .unwrap();
+    let app = format!("{BIN} testkit-backend --listen 127.0.0.1:{{port}} --id b{{port}}");
+    let run = chaos(
+        &[
+            "--app",
+            &app,
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--faults",
+            "kill",
+            "--every",
+            "1500ms",
+            "--duration",
+            "12s",
+            "--users",
+            "16",
+            "--rate",
+            "16",
+            "--seed",
+            "5",
+            "--strict",
+            "--report-dir",
+            report.to_str().unwrap(),
+        ],
+        Duration::from_secs(45),
+    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let v = verdict(&report);
+    let failures = &v["totals"]["failures"];
+    assert_eq!(failures["lost"], 0, "{}", run.stdout);
+    assert_eq!(failures["broken"], 0, "{}", run.stdout);
+    let in_flight = failures["in_flight_not_replayable"].as_u64().unwrap();
+    assert!(in_flight >= 1, "{}", run.stdout);
+    assert_eq!(v["totals"]["failed"].as_u64().unwrap(), in_flight);
+    let c = check(&v, "in_flight_not_replayable");
+    assert_eq!(
+        (c["kind"].as_str(), c["passed"].as_bool()),
+        (Some("check"), Some(false))
+    );
+    assert_eq!(c["value"]["by_step"]["POST /slow/800"], in_flight);
+    assert!(run.stdout.contains("Idempotency-Key"), "{}", run.stdout);
+    let steps = v["steps"].as_array().unwrap();
+    let get = steps.iter().find(|s| s["step"] == "GET /slow/800").unwrap();
+    assert_eq!(
+        (get["replayable"].as_bool(), get["failed"].as_u64()),
+        (Some(true), Some(0))
+    );
+    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    assert!(junit.contains(&format!(
+        "<property name=\"failures.in_flight_not_replayable\" value=\"{in_flight}\"/>"
+    )));
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("Failures by class"), "report.html");
+}
+
 #[test]
 fn mistakes_in_arguments_and_scenarios_exit_2() {
     let dir = tempfile::tempdir().unwrap();

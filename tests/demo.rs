@@ -148,6 +148,49 @@ async fn redis_keeps_the_session_across_instances() {
     assert_shared(&cross_instances(&url).await);
 }
 
+/// A keyed POST sent to A, then again to B (as a balancer replays it when A
+/// died before answering): B answers with A's response and changes nothing.
+async fn keyed_posts_across_instances(store: &str) {
+    let (a, b) = (spawn_app(store), spawn_app(store));
+    let mut jar = Jar::default();
+    let r = call(a.addr, &mut jar, Method::POST, "/login", "user=ada").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let key = format!("k-{}", std::process::id());
+    let mut headers = jar.headers();
+    headers.push(("idempotency-key", key.as_str()));
+    let keyed = |addr: SocketAddr, body: &str| {
+        client::request(addr, Method::POST, "/cart", &headers, body.to_owned())
+    };
+    let first = keyed(a.addr, "item=tea").await.unwrap();
+    let again = keyed(b.addr, "item=tea").await.unwrap();
+    assert_eq!(first.text(), "added tea; 1 in the cart\n");
+    assert_eq!((again.status, again.text()), (first.status, first.text()));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_ne!(instance(&first), instance(&again));
+    let other = keyed(b.addr, "item=milk").await.unwrap();
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = call(b.addr, &mut jar, Method::GET, "/cart", "").await;
+    assert_eq!(r.text(), "tea\n");
+}
+
+#[tokio::test]
+async fn sqlite_makes_a_keyed_post_once_across_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    keyed_posts_across_instances(&format!("sqlite:{}", dir.path().join("s.db").display())).await;
+}
+
+#[tokio::test]
+async fn redis_makes_a_keyed_post_once_across_instances() {
+    let Some(url) = std::env::var("UNSTICK_TEST_REDIS")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("skipped: needs redis-server (.ci/run starts one and sets UNSTICK_TEST_REDIS)");
+        return;
+    };
+    keyed_posts_across_instances(&url).await;
+}
+
 #[tokio::test]
 async fn memory_loses_the_session_on_another_instance() {
     let out = cross_instances("memory").await;

@@ -1,15 +1,22 @@
 //! The verdict: checks that pass or fail, validity checks (without which the run proves nothing), and figures only reported.
 //!
 //! - Checks: `broken_expectations` (must be 0), `success_ratio` overall and
-//!   `success_ratio_in_kill_windows`, `p99_latency` (kill windows against
-//!   the baseline), `affinity_cookies_seen` (must be 0), `session_hops`
-//!   (the balancer's own evidence: no session cookie's hops between
-//!   instances broke by the rule `unstick serve` warns by),
+//!   `success_ratio_in_kill_windows` (of requests not lost), `p99_latency`
+//!   (kill windows against the baseline), `affinity_cookies_seen` (must be
+//!   0), `session_hops` (the balancer's own evidence: no session cookie's
+//!   hops between instances broke by the rule `unstick serve` warns by),
 //!   `time_to_readmit` (every instance taken down is back in rotation
 //!   before the end).
 //! - Validity: `faults_executed`, `cross_instance_pairs`,
 //!   `every_instance_served`, `achieved_rate`.
-//! - Reported: `time_to_eject`.
+//! - Reported: `time_to_eject`, `in_flight_not_replayable` (a check under
+//!   `--strict`).
+//!
+//! Every request that did not succeed has one [`FailureClass`]:
+//! `in_flight_not_replayable` (a request the balancer must not send twice,
+//! in flight when an instance died), `lost` (any other failure: the
+//! balancer should have hidden it) or `broken` (the app answered, but not as
+//! the step expected).
 //!
 //! A failed check is a FAIL whatever the validity (the failure was seen);
 //! otherwise a failed validity check makes the run INCONCLUSIVE; otherwise PASS.
@@ -20,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use super::scenario::Scenario;
+use super::scenario::{Scenario, Step};
 use super::schedule::{FaultKind, PhaseSpan};
 use super::session_hops::SessionHops;
 use super::traffic::{Broken, Sample, StepRef, UserLog, Verdict};
@@ -104,6 +111,76 @@ pub struct Thresholds {
     pub min_success: f64,
     /// Kill-window p99 over baseline p99 (raised to [`P99_FLOOR`]).
     pub max_p99_ratio: f64,
+    /// In-flight requests that could not be replayed count as failures too.
+    pub strict: bool,
+}
+
+/// Why a request did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// A request the balancer must not send twice (a non-idempotent method
+    /// without an `Idempotency-Key`) failed while an instance was down: it
+    /// was in flight on the instance that died, and replaying it could have
+    /// made its change twice.
+    InFlightNotReplayable,
+    /// Any other failed request: the balancer should have hidden it.
+    Lost,
+    /// The app answered, but not as the step expected.
+    Broken,
+}
+
+impl FailureClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::InFlightNotReplayable => "in_flight_not_replayable",
+            FailureClass::Lost => "lost",
+            FailureClass::Broken => "broken",
+        }
+    }
+
+    /// What the class means, for reports.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            FailureClass::InFlightNotReplayable => {
+                "a non-idempotent request without an Idempotency-Key was in flight on an instance                  that died; unstick rightly did not send it again"
+            }
+            FailureClass::Lost => {
+                "a request failed that the balancer could have sent elsewhere, or that failed                  while no instance died"
+            }
+            FailureClass::Broken => "the app answered, but not as the step expected",
+        }
+    }
+}
+
+/// Requests by [`FailureClass`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FailureCounts {
+    pub in_flight_not_replayable: u64,
+    pub lost: u64,
+    pub broken: u64,
+}
+
+impl FailureCounts {
+    fn add(&mut self, class: FailureClass) {
+        match class {
+            FailureClass::InFlightNotReplayable => self.in_flight_not_replayable += 1,
+            FailureClass::Lost => self.lost += 1,
+            FailureClass::Broken => self.broken += 1,
+        }
+    }
+
+    /// `(class, count)` for each class, in report order.
+    pub fn each(&self) -> [(FailureClass, u64); 3] {
+        [
+            (FailureClass::Lost, self.lost),
+            (FailureClass::Broken, self.broken),
+            (
+                FailureClass::InFlightNotReplayable,
+                self.in_flight_not_replayable,
+            ),
+        ]
+    }
 }
 
 impl Thresholds {
@@ -201,6 +278,8 @@ pub struct Totals {
     pub ok: u64,
     pub broken: u64,
     pub failed: u64,
+    /// Every request that did not succeed, by class.
+    pub failures: FailureCounts,
     /// Failed requests by class: `refused`, `reset`, `timeout`, `other`, `http_502`...
     pub failed_by_class: BTreeMap<String, u64>,
     pub duration_s: f64,
@@ -214,10 +293,13 @@ pub struct Totals {
 pub struct StepStats {
     pub step: String,
     pub setup: bool,
+    /// Whether the balancer may send it again (idempotent, or keyed).
+    pub replayable: bool,
     pub requests: u64,
     pub ok: u64,
     pub broken: u64,
     pub failed: u64,
+    pub failures: FailureCounts,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
 }
@@ -328,6 +410,46 @@ impl Input<'_> {
     fn samples(&self) -> impl Iterator<Item = &Sample> {
         self.logs.iter().flat_map(|l| l.samples.iter())
     }
+
+    fn step(&self, step: StepRef) -> Option<&Step> {
+        match step {
+            StepRef::Setup(i) => self.scenario.setup.get(i as usize),
+            StepRef::Loop(i) => self.scenario.steps.get(i as usize),
+        }
+    }
+
+    /// Why a request did not succeed (`None`: it did). A failed request
+    /// the balancer must not replay is in flight on a dying instance when
+    /// it meets a kill window (from the fault until the instance is back).
+    fn classify(&self, s: &Sample, kill_windows: &[(f64, f64)]) -> Option<FailureClass> {
+        match s.verdict {
+            Verdict::Ok => None,
+            Verdict::Broken => Some(FailureClass::Broken),
+            Verdict::Failed(_) => {
+                let replayable = self.step(s.step).is_none_or(Step::replayable);
+                if !replayable && in_windows(self, s, kill_windows) {
+                    Some(FailureClass::InFlightNotReplayable)
+                } else {
+                    Some(FailureClass::Lost)
+                }
+            }
+        }
+    }
+
+    /// Every sample's class, counted.
+    fn failures<'a>(
+        &self,
+        samples: impl Iterator<Item = &'a Sample>,
+        kill_windows: &[(f64, f64)],
+    ) -> FailureCounts {
+        let mut counts = FailureCounts::default();
+        for s in samples {
+            if let Some(c) = self.classify(s, kill_windows) {
+                counts.add(c);
+            }
+        }
+        counts
+    }
 }
 
 /// Whether a sample's [sent, done] meets a window.
@@ -353,25 +475,59 @@ fn windows(faults: &[FaultRecord]) -> Vec<(f64, f64)> {
 /// Requests and failures among some samples.
 struct Tally {
     requests: u64,
+    /// Failures held against the bar: the lost ones, and under `--strict`
+    /// the in-flight ones too.
     failed: u64,
+    /// Failed requests in flight on a dying instance, not replayable.
+    in_flight: u64,
+    strict: bool,
+    /// `failed` by transport class or status.
     by_class: BTreeMap<String, u64>,
 }
 
 impl Tally {
-    fn of(samples: &[&Sample]) -> Tally {
-        let mut failed = 0;
+    fn of(input: &Input<'_>, samples: &[&Sample], kill_windows: &[(f64, f64)]) -> Tally {
+        let strict = input.thresholds.strict;
+        let (mut failed, mut in_flight) = (0, 0);
         let mut by_class = BTreeMap::new();
         for s in samples {
-            if let Verdict::Failed(f) = s.verdict {
-                failed += 1;
-                *by_class.entry(f.class()).or_insert(0) += 1;
+            let Verdict::Failed(f) = s.verdict else {
+                continue;
+            };
+            if input.classify(s, kill_windows) == Some(FailureClass::InFlightNotReplayable) {
+                in_flight += 1;
+                if !strict {
+                    continue;
+                }
             }
+            failed += 1;
+            *by_class.entry(f.class()).or_insert(0) += 1;
         }
         Tally {
             requests: samples.len() as u64,
             failed,
+            in_flight,
+            strict,
             by_class,
         }
+    }
+
+    /// `99.75% (1 of 400 failed)`, saying what was left out.
+    fn observed(&self) -> String {
+        let left_out = if self.in_flight > 0 && !self.strict {
+            format!(
+                "; {} in flight, not replayable: not counted",
+                self.in_flight
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{} ({} of {} failed{left_out})",
+            pct(self.ratio()),
+            self.failed,
+            self.requests
+        )
     }
 
     /// The share that succeeded (1 with no requests).
@@ -384,7 +540,7 @@ impl Tally {
     }
 
     fn json(&self) -> serde_json::Value {
-        json!({ "ratio": self.ratio(), "requests": self.requests, "failed": self.failed, "by_class": self.by_class })
+        json!({ "ratio": self.ratio(), "requests": self.requests, "failed": self.failed, "in_flight_not_replayable": self.in_flight, "by_class": self.by_class })
     }
 
     fn detail(&self) -> Option<String> {
@@ -408,23 +564,21 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         .filter(|s| in_windows(input, s, &kill_windows))
         .collect();
     let examples = examples(input);
-    let overall = Tally::of(&all);
+    let overall = Tally::of(input, &all, &kill_windows);
     let base_p99 = baseline_p99(input, &all);
     let win_p99 = p_ms(
         &mut windowed.iter().map(|s| s.latency_us).collect::<Vec<_>>(),
         0.99,
     );
-    let achieved = if duration > 0.0 {
-        overall.requests as f64 / duration
-    } else {
-        0.0
-    };
+    let mut totals = totals(input, &all, &kill_windows, duration);
+    (totals.baseline_p99_ms, totals.kill_window_p99_ms) = (base_p99, win_p99);
     let executed: Vec<&FaultRecord> = input.faults.iter().filter(|f| f.at_s.is_some()).collect();
     let th = input.thresholds;
     let checks = vec![
         broken_expectations(input, &all, &examples),
         success_ratio(th, &overall),
-        success_ratio_in_kill_windows(th, &Tally::of(&windowed)),
+        success_ratio_in_kill_windows(th, &Tally::of(input, &windowed, &kill_windows)),
+        in_flight_not_replayable(input, &all, &kill_windows),
         p99_latency(th, base_p99, win_p99),
         affinity_cookies_seen(input),
         session_hops(input.session_hops),
@@ -433,30 +587,53 @@ pub fn analyze(input: &Input<'_>) -> Analysis {
         faults_executed(input, &executed),
         cross_instance_pairs(input),
         every_instance_served(input),
-        achieved_rate(input, achieved),
+        achieved_rate(input, totals.achieved_rate),
     ];
     Analysis {
         outcome: outcome(&checks),
         checks,
-        totals: Totals {
-            requests: overall.requests,
-            ok: all.iter().filter(|s| s.verdict == Verdict::Ok).count() as u64,
-            broken: all.iter().filter(|s| s.verdict == Verdict::Broken).count() as u64,
-            failed: overall.failed,
-            failed_by_class: overall.by_class,
-            duration_s: duration,
-            achieved_rate: round(achieved, 2),
-            target_rate: input.target_rate,
-            baseline_p99_ms: base_p99,
-            kill_window_p99_ms: win_p99,
-        },
-        steps: step_stats(input),
+        totals,
+        steps: step_stats(input, &kill_windows),
         broken_examples: examples,
         series: series(input, duration),
         kill_windows: kill_windows
             .iter()
             .map(|&(a, b)| (round(a, 3), round(b, 3)))
             .collect(),
+    }
+}
+
+/// The run's counts (latencies are filled in by the caller).
+fn totals(
+    input: &Input<'_>,
+    all: &[&Sample],
+    kill_windows: &[(f64, f64)],
+    duration: f64,
+) -> Totals {
+    let mut failed_by_class = BTreeMap::new();
+    for s in all {
+        if let Verdict::Failed(f) = s.verdict {
+            *failed_by_class.entry(f.class()).or_insert(0) += 1;
+        }
+    }
+    let requests = all.len() as u64;
+    let achieved = if duration > 0.0 {
+        requests as f64 / duration
+    } else {
+        0.0
+    };
+    Totals {
+        requests,
+        ok: all.iter().filter(|s| s.verdict == Verdict::Ok).count() as u64,
+        broken: all.iter().filter(|s| s.verdict == Verdict::Broken).count() as u64,
+        failed: failed_by_class.values().sum(),
+        failures: input.failures(all.iter().copied(), kill_windows),
+        failed_by_class,
+        duration_s: duration,
+        achieved_rate: round(achieved, 2),
+        target_rate: input.target_rate,
+        baseline_p99_ms: None,
+        kill_window_p99_ms: None,
     }
 }
 
@@ -522,7 +699,7 @@ fn success_ratio(th: Thresholds, t: &Tally) -> Check {
         name: "success_ratio",
         kind: Kind::Check,
         passed: t.requests > 0 && meets(t.ratio(), th),
-        observed: format!("{} ({} of {} failed)", pct(t.ratio()), t.failed, t.requests),
+        observed: t.observed(),
         threshold: format!(">= {}", pct(th.min_success)),
         value: t.json(),
         detail: t.detail(),
@@ -537,7 +714,7 @@ fn success_ratio_in_kill_windows(th: Thresholds, t: &Tally) -> Check {
         observed: if t.requests == 0 {
             "no requests in kill windows".into()
         } else {
-            format!("{} ({} of {} failed)", pct(t.ratio()), t.failed, t.requests)
+            t.observed()
         },
         threshold: format!(">= {}", pct(th.min_success)),
         value: t.json(),
@@ -589,6 +766,45 @@ fn p99_latency(th: Thresholds, base_p99: Option<f64>, win_p99: Option<f64>) -> C
              or it came back: quicker health checks ([health.active] interval, fall) or a shorter \
              timeouts.response_header in --config shorten the wait"
                 .to_owned()
+        }),
+    }
+}
+
+/// Reported (a check under `--strict`): failed requests the balancer must
+/// not replay that were in flight on a dying instance, with the fix.
+fn in_flight_not_replayable(
+    input: &Input<'_>,
+    all: &[&Sample],
+    kill_windows: &[(f64, f64)],
+) -> Check {
+    let mut by_step: BTreeMap<String, u64> = BTreeMap::new();
+    for s in all {
+        if input.classify(s, kill_windows) == Some(FailureClass::InFlightNotReplayable) {
+            *by_step.entry(input.label(s.step)).or_insert(0) += 1;
+        }
+    }
+    let count: u64 = by_step.values().sum();
+    let strict = input.thresholds.strict;
+    Check {
+        name: "in_flight_not_replayable",
+        kind: if strict { Kind::Check } else { Kind::Info },
+        passed: !strict || count == 0,
+        observed: format!("{count}"),
+        threshold: if strict {
+            "0 (--strict)".into()
+        } else {
+            "reported (must be 0 with --strict)".into()
+        },
+        value: json!({ "count": count, "by_step": by_step, "strict": strict }),
+        detail: (count > 0).then(|| {
+            format!(
+                "requests that must not be sent twice (POST or PATCH without an Idempotency-Key) \
+                 were in flight on an instance that died, so unstick did not replay them: {}. \
+                 Send an Idempotency-Key header with them (a new key per request: {{{{uuid}}}} \
+                 in a scenario) and have the app store each key's response: unstick then replays \
+                 them on another instance, which answers a repeat with the stored response",
+                classes(&by_step)
+            )
         }),
     }
 }
@@ -849,8 +1065,8 @@ fn cross_pairs(input: &Input<'_>) -> (u64, u64, u64) {
     (pairs, cross, seen)
 }
 
-fn step_stats(input: &Input<'_>) -> Vec<StepStats> {
-    let mut by: BTreeMap<StepRef, (u64, u64, u64, Vec<u64>)> = BTreeMap::new();
+fn step_stats(input: &Input<'_>, kill_windows: &[(f64, f64)]) -> Vec<StepStats> {
+    let mut by: BTreeMap<StepRef, (u64, u64, u64, FailureCounts, Vec<u64>)> = BTreeMap::new();
     for s in input.samples() {
         let e = by.entry(s.step).or_default();
         match s.verdict {
@@ -858,19 +1074,26 @@ fn step_stats(input: &Input<'_>) -> Vec<StepStats> {
             Verdict::Broken => e.1 += 1,
             Verdict::Failed(_) => e.2 += 1,
         }
-        e.3.push(s.latency_us);
+        if let Some(c) = input.classify(s, kill_windows) {
+            e.3.add(c);
+        }
+        e.4.push(s.latency_us);
     }
     by.into_iter()
-        .map(|(step, (ok, broken, failed, mut lat))| StepStats {
-            step: input.label(step),
-            setup: matches!(step, StepRef::Setup(_)),
-            requests: ok + broken + failed,
-            ok,
-            broken,
-            failed,
-            p50_ms: p_ms(&mut lat, 0.50),
-            p99_ms: p_ms(&mut lat, 0.99),
-        })
+        .map(
+            |(step, (ok, broken, failed, failures, mut lat))| StepStats {
+                step: input.label(step),
+                setup: matches!(step, StepRef::Setup(_)),
+                replayable: input.step(step).is_none_or(Step::replayable),
+                requests: ok + broken + failed,
+                ok,
+                broken,
+                failed,
+                failures,
+                p50_ms: p_ms(&mut lat, 0.50),
+                p99_ms: p_ms(&mut lat, 0.99),
+            },
+        )
         .collect()
 }
 
@@ -1055,7 +1278,15 @@ mod tests {
     }
 
     fn run(f: &Fixture, served: &[(String, u64)], affinity: &[(String, String, u64)]) -> Analysis {
-        analyze(&Input {
+        analyze(&input(f, served, affinity))
+    }
+
+    fn input<'a>(
+        f: &'a Fixture,
+        served: &'a [(String, u64)],
+        affinity: &'a [(String, String, u64)],
+    ) -> Input<'a> {
+        Input {
             t0: f.t0,
             phases: Phases::split(Duration::from_secs(20), None, None, None)
                 .unwrap()
@@ -1072,8 +1303,9 @@ mod tests {
             thresholds: Thresholds {
                 min_success: 0.999,
                 max_p99_ratio: 10.0,
+                strict: false,
             },
-        })
+        }
     }
 
     fn check<'a>(a: &'a Analysis, name: &str) -> &'a Check {
@@ -1146,6 +1378,68 @@ mod tests {
         f.logs[1].samples[101].verdict = Verdict::Failed(Failure::Transport(ErrorClassKey::Reset));
         let a = run(&f, &served(), &[]);
         assert_eq!(check(&a, "success_ratio").value["by_class"]["reset"], 1);
+    }
+
+    #[test]
+    fn failures_are_classified_and_only_lost_ones_count_unless_strict() {
+        let mut f = fixture();
+        // The second loop step becomes a POST without a key; one with a key
+        // stays replayable.
+        f.scenario = Scenario::parse(
+            "[[setup]]\nmethod='POST'\npath='/login'\n[[steps]]\npath='/whoami'\n\
+             [[steps]]\nmethod='POST'\npath='/cart'\n",
+            "t",
+        )
+        .unwrap();
+        // User 2's requests 101 (10.1 s, in the kill window) and 11 (1.1 s,
+        // none) are POSTs; request 102 (10.2 s) is a GET.
+        let fail = Verdict::Failed(Failure::Transport(ErrorClassKey::Reset));
+        f.logs[1].samples[101].verdict = fail;
+        let a = run(&f, &served(), &[]);
+        assert_eq!(a.outcome, Outcome::Pass, "{:#?}", a.checks);
+        let c = check(&a, "in_flight_not_replayable");
+        assert_eq!(
+            (c.kind, c.passed, c.value["count"].as_u64()),
+            (Kind::Info, true, Some(1))
+        );
+        assert!(
+            c.detail.as_ref().unwrap().contains("Idempotency-Key"),
+            "{c:?}"
+        );
+        let c = check(&a, "success_ratio");
+        assert_eq!(
+            c.observed,
+            "100% (0 of 400 failed; 1 in flight, not replayable: not counted)"
+        );
+        assert_eq!(a.totals.failures.in_flight_not_replayable, 1);
+        assert_eq!(a.totals.failed, 1);
+        let post = a.steps.iter().find(|s| s.step == "POST /cart").unwrap();
+        assert!(!post.replayable && post.failures.in_flight_not_replayable == 1);
+
+        // Under --strict it fails the run.
+        let strict = analyze(&Input {
+            thresholds: Thresholds {
+                min_success: 0.999,
+                max_p99_ratio: 10.0,
+                strict: true,
+            },
+            ..input(&f, &served(), &[])
+        });
+        assert_eq!(strict.outcome, Outcome::Fail);
+        assert!(!check(&strict, "in_flight_not_replayable").passed);
+
+        // Outside a kill window, or a GET, or a broken answer: not excused.
+        f.logs[1].samples[11].verdict = fail;
+        f.logs[1].samples[102].verdict = fail;
+        f.logs[1].samples[103].verdict = Verdict::Broken;
+        let a = run(&f, &served(), &[]);
+        let counts = a.totals.failures;
+        assert_eq!(
+            (counts.in_flight_not_replayable, counts.lost, counts.broken),
+            (1, 2, 1)
+        );
+        assert_eq!(a.outcome, Outcome::Fail);
+        assert_eq!(check(&a, "success_ratio").value["failed"], 2);
     }
 
     #[test]

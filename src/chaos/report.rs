@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::checks::{
-    Analysis, BrokenExample, Check, FaultRecord, Kind, Outcome, Series, StepStats,
+    Analysis, BrokenExample, Check, FailureCounts, FaultRecord, Kind, Outcome, Series, StepStats,
 };
 use super::schedule::{FaultKind, PhaseSpan, PlannedFault, SkippedTick};
 use super::session_hops::SessionHops;
@@ -73,6 +73,8 @@ pub struct FaultsInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct ThresholdsInfo {
     pub min_success: f64,
+    /// In-flight requests that could not be replayed fail the run.
+    pub strict: bool,
     pub max_p99_ratio: f64,
     pub p99_floor_ms: f64,
 }
@@ -167,6 +169,13 @@ pub fn junit(doc: &Document) -> String {
         ("command", doc.command_line.clone()),
     ] {
         let _ = writeln!(x, "      <property name=\"{k}\" value=\"{}\"/>", escape(&v));
+    }
+    for (class, n) in doc.analysis.totals.failures.each() {
+        let _ = writeln!(
+            x,
+            "      <property name=\"failures.{}\" value=\"{n}\"/>",
+            class.name()
+        );
     }
     x.push_str("    </properties>\n");
     for c in checks {
@@ -272,9 +281,11 @@ fn summary_head(s: &mut String, doc: &Document) {
             kinds.push(format!("{n} {}", k.signal_name()));
         }
     }
+    let f = a.totals.failures;
     let _ = writeln!(
         s,
-        "  faults: {} carried out ({}), {} skipped; requests: {}, failed {}, broken {}",
+        "  faults: {} carried out ({}), {} skipped; requests: {}, failed {}, broken {} \
+         (lost {}, in flight not replayable {})",
         executed.len(),
         if kinds.is_empty() {
             "none".into()
@@ -284,7 +295,9 @@ fn summary_head(s: &mut String, doc: &Document) {
         doc.timeline.len() - executed.len(),
         a.totals.requests,
         a.totals.failed,
-        a.totals.broken
+        a.totals.broken,
+        f.lost,
+        f.in_flight_not_replayable
     );
     if !doc.unplanned_exits.is_empty() {
         let _ = writeln!(
@@ -295,8 +308,8 @@ fn summary_head(s: &mut String, doc: &Document) {
     }
 }
 
-/// One line a check (and its detail when it failed), then a few broken
-/// expectations.
+/// One line a check (and its detail when it failed or is only reported),
+/// then a few broken expectations.
 fn summary_checks(s: &mut String, a: &Analysis) {
     for c in &a.checks {
         let _ = writeln!(
@@ -307,7 +320,7 @@ fn summary_checks(s: &mut String, a: &Analysis) {
             c.observed,
             c.threshold
         );
-        if !c.passed {
+        if !c.passed || c.kind == Kind::Info {
             if let Some(d) = &c.detail {
                 let _ = writeln!(s, "          {d}");
             }
@@ -628,6 +641,7 @@ pub fn html(doc: &Document) -> String {
     page_head(&mut h, doc);
     page_intro(&mut h, doc);
     checks_table(&mut h, &doc.analysis.checks);
+    failures_table(&mut h, &doc.analysis.totals.failures);
     broken_list(&mut h, &doc.analysis.broken_examples);
     hops_section(&mut h, &doc.session_hops);
     faults_table(&mut h, &doc.timeline);
@@ -720,6 +734,20 @@ fn checks_table(h: &mut String, checks: &[Check]) {
             escape(&c.observed),
             escape(&c.threshold),
             escape(c.detail.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+/// Every request that did not succeed, by class, with what the class means.
+fn failures_table(h: &mut String, failures: &FailureCounts) {
+    h.push_str("<h2>Failures by class</h2>\n<table><tr><th>class</th><th>requests</th><th>meaning</th></tr>\n");
+    for (class, n) in failures.each() {
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code></td><td>{n}</td><td>{}</td></tr>",
+            class.name(),
+            escape(class.meaning())
         );
     }
     h.push_str("</table>\n");
@@ -827,16 +855,19 @@ fn unplanned_list(h: &mut String, exits: &[UnplannedExit]) {
 }
 
 fn steps_table(h: &mut String, steps: &[StepStats]) {
-    h.push_str("<h2>Steps</h2>\n<table><tr><th>step</th><th>requests</th><th>ok</th><th>broken</th><th>failed</th><th>p50</th><th>p99</th></tr>\n");
+    h.push_str("<h2>Steps</h2>\n<table><tr><th>step</th><th>requests</th><th>ok</th><th>broken</th><th>failed</th><th>lost</th><th>in flight, not replayable</th><th>p50</th><th>p99</th></tr>\n");
     for s in steps {
         let _ = writeln!(
             h,
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code><br><span class=\"muted\">{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&s.step),
+            if s.replayable { "replayable" } else { "not replayable" },
             s.requests,
             s.ok,
             s.broken,
             s.failed,
+            s.failures.lost,
+            s.failures.in_flight_not_replayable,
             s.p50_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
             s.p99_ms.map_or("-".into(), |v| format!("{v:.1} ms"))
         );
@@ -958,6 +989,11 @@ mod tests {
                 ok: 990,
                 broken: 6,
                 failed: 4,
+                failures: FailureCounts {
+                    in_flight_not_replayable: 3,
+                    lost: 1,
+                    broken: 6,
+                },
                 failed_by_class: [("reset".to_owned(), 4)].into(),
                 duration_s: 10.0,
                 achieved_rate: 100.0,
@@ -968,10 +1004,15 @@ mod tests {
             steps: vec![StepStats {
                 step: "GET /whoami".into(),
                 setup: false,
+                replayable: true,
                 requests: 500,
                 ok: 494,
                 broken: 6,
                 failed: 0,
+                failures: FailureCounts {
+                    broken: 6,
+                    ..FailureCounts::default()
+                },
                 p50_ms: Some(1.25),
                 p99_ms: None,
             }],
@@ -1021,6 +1062,7 @@ mod tests {
             },
             thresholds: ThresholdsInfo {
                 min_success: 0.999,
+                strict: false,
                 max_p99_ratio: 10.0,
                 p99_floor_ms: 50.0,
             },
@@ -1109,7 +1151,9 @@ mod tests {
             "at 5.25s: GET /whoami expected status 200, got 401 &lt;on #1&gt;",
             "skipped: would leave no instance &lt;up&gt;",
             "#1 (pid 77) at 6.75s: exit status: 3 &lt;crash&gt;; up again -",
-            "<td><code>GET /whoami</code></td><td>500</td><td>494</td><td>6</td><td>0</td><td>1.2 ms</td><td>-</td>",
+            "<td><code>GET /whoami</code><br><span class=\"muted\">replayable</span></td><td>500</td><td>494</td><td>6</td><td>0</td><td>0</td><td>0</td><td>1.2 ms</td><td>-</td>",
+            "<tr><td><code>in_flight_not_replayable</code></td><td>3</td><td>a non-idempotent request",
+            "<tr><td><code>lost</code></td><td>1</td>",
             "instance #0 on 127.0.0.1:4001: pids 100, 201",
             "kill window 5.10s to 6.50s",
             ">K1</text>",
@@ -1126,7 +1170,13 @@ mod tests {
             text.starts_with("unstick chaos (memory & co): FAIL  (seed 42)\n"),
             "{text}"
         );
-        assert!(text.contains("faults: 2 carried out (1 SIGKILL, 1 SIGSTOP), 1 skipped; requests: 1000, failed 4, broken 6"), "{text}");
+        assert!(text.contains("faults: 2 carried out (1 SIGKILL, 1 SIGSTOP), 1 skipped; requests: 1000, failed 4, broken 6 (lost 1, in flight not replayable 3)"), "{text}");
+        let x = junit(&doc);
+        assert!(
+            x.contains("<property name=\"failures.in_flight_not_replayable\" value=\"3\"/>"),
+            "{x}"
+        );
+        assert!(x.contains("<property name=\"failures.lost\" value=\"1\"/>"));
         assert!(text.contains("1 instance(s) exited on their own"), "{text}");
         assert!(text.contains("  broken session hops seen by the balancer, e.g.:\n    GET /whoami -> 401 (denied) on instance #1"), "{text}");
         let xml = junit(&doc);

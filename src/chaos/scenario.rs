@@ -16,8 +16,10 @@
 //!
 //! `{{vu}}` is the user's number (from 1) and `{{iter}}` the loop count
 //! (from 0; setup steps see 0). They may appear in the path, the body, header
-//! values and `expect_body_contains`. A step with a body and no
-//! `content-type` header is sent as `application/x-www-form-urlencoded`.
+//! values and `expect_body_contains`. `{{uuid}}` is a new random UUID for
+//! every request (an `Idempotency-Key`, say); it cannot be expected in a
+//! body. A step with a body and no `content-type` header is sent as
+//! `application/x-www-form-urlencoded`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -93,7 +95,7 @@ pub struct Step {
     pub expect_body_contains: Option<Template>,
 }
 
-/// Text with `{{vu}}` and `{{iter}}` holes.
+/// Text with `{{vu}}`, `{{iter}}` and `{{uuid}}` holes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
@@ -104,12 +106,13 @@ enum Part {
     Text(String),
     Vu,
     Iter,
+    Uuid,
 }
 
 // === impl Template ===
 
 impl Template {
-    /// Parses `text`; any `{{...}}` other than `{{vu}}` and `{{iter}}` is an error.
+    /// Parses `text`; any `{{...}}` other than `{{vu}}`, `{{iter}}` and `{{uuid}}` is an error.
     pub fn parse(text: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut rest = text;
@@ -124,9 +127,10 @@ impl Template {
             parts.push(match after[..close].trim() {
                 "vu" => Part::Vu,
                 "iter" => Part::Iter,
+                "uuid" => Part::Uuid,
                 other => {
                     return Err(format!(
-                        "unknown placeholder `{{{{{other}}}}}` in `{text}`: use {{{{vu}}}} or {{{{iter}}}}"
+                        "unknown placeholder `{{{{{other}}}}}` in `{text}`: use {{{{vu}}}}, {{{{iter}}}} or {{{{uuid}}}}"
                     ))
                 }
             });
@@ -138,7 +142,8 @@ impl Template {
         Ok(Template { parts })
     }
 
-    /// Appends the text for user `vu` in iteration `iter` to `out`.
+    /// Appends the text for user `vu` in iteration `iter` to `out` (a
+    /// `{{uuid}}` is drawn anew).
     pub fn render_into(&self, vu: usize, iter: u64, out: &mut String) {
         use std::fmt::Write;
         for p in &self.parts {
@@ -150,8 +155,29 @@ impl Template {
                 Part::Iter => {
                     let _ = write!(out, "{iter}");
                 }
+                Part::Uuid => {
+                    // Random, version 4, variant 10 (RFC 9562).
+                    let r = rand::random::<u128>();
+                    let r = (r & !(0xf << 76)) | (0x4 << 76);
+                    let r = (r & !(0x3 << 62)) | (0x2 << 62);
+                    let h = format!("{r:032x}");
+                    let _ = write!(
+                        out,
+                        "{}-{}-{}-{}-{}",
+                        &h[..8],
+                        &h[8..12],
+                        &h[12..16],
+                        &h[16..20],
+                        &h[20..]
+                    );
+                }
             }
         }
+    }
+
+    /// Whether it holds a `{{uuid}}` (new on every render).
+    pub fn has_uuid(&self) -> bool {
+        self.parts.contains(&Part::Uuid)
     }
 
     /// The text for user `vu` in iteration `iter`.
@@ -175,6 +201,7 @@ impl fmt::Display for Template {
                 Part::Text(t) => f.write_str(t)?,
                 Part::Vu => f.write_str("{{vu}}")?,
                 Part::Iter => f.write_str("{{iter}}")?,
+                Part::Uuid => f.write_str("{{uuid}}")?,
             }
         }
         Ok(())
@@ -197,6 +224,17 @@ impl Step {
         self.expect_status
             .as_ref()
             .is_some_and(|l| l.contains(&status))
+    }
+
+    /// Whether the balancer may send the request again after the instance
+    /// that had it died: an idempotent method, or a POST or PATCH with an
+    /// `Idempotency-Key` (the balancer's own rule).
+    pub fn replayable(&self) -> bool {
+        let key = self
+            .headers
+            .iter()
+            .any(|(n, _)| *n == crate::proxy::retry::IDEMPOTENCY_KEY);
+        crate::proxy::retry::replay_allowed_with(&self.method, key)
     }
 
     /// The accepted statuses, for messages: `200`, `200 or 302`, `a 2xx`.
@@ -369,6 +407,14 @@ fn step(raw: &RawStep, common: &[(HeaderName, Template)]) -> Result<Step, String
         .as_deref()
         .map(Template::parse)
         .transpose()?;
+    if expect_body_contains
+        .as_ref()
+        .is_some_and(Template::has_uuid)
+    {
+        return Err(
+            "`{{uuid}}` is new for every request: `expect_body_contains` cannot expect it".into(),
+        );
+    }
     Ok(Step {
         label: raw
             .name
@@ -405,6 +451,14 @@ mod tests {
             .unwrap_err()
             .contains("{{user}}"));
         assert!(Template::parse("a {{vu").unwrap_err().contains("without"));
+        let u = Template::parse("{{uuid}}").unwrap();
+        let (a, b) = (u.render(1, 0), u.render(1, 0));
+        assert_ne!(a, b, "new for every request");
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4", "{a}");
+        assert!("89ab".contains(&a[19..20]), "{a}");
+        assert_eq!(a.matches('-').count(), 4);
+        assert!(u.has_uuid() && !u.is_fixed());
     }
 
     #[test]
@@ -458,6 +512,7 @@ expect_status = [200, 201]
         assert_eq!(s.steps[1].expected_status_text(), "200 or 201");
         assert!(!s.is_read_only());
         assert!(s.reads_bodies());
+        assert!(!s.setup[0].replayable() && s.steps[0].replayable());
         assert!(Scenario::default_get().is_read_only());
     }
 
@@ -476,6 +531,10 @@ expect_status = [200, 201]
         assert!(e("[[steps]]\npath = \"/\"\nexpect_status = 700").contains("`700`"));
         assert!(e("[[steps]]\npath = \"/\"\nexpect_status = []").contains("empty"));
         assert!(e("[[steps]]\npath = \"/{{who}}\"").contains("unknown placeholder"));
+        assert!(
+            e("[[steps]]\npath = \"/\"\nexpect_body_contains = \"{{uuid}}\"")
+                .contains("cannot expect")
+        );
         assert!(e("[[steps]]\npath = \"/\"\nheaders = { cookie = \"a=b\" }")
             .contains("set by the runner"));
         assert!(e("[[steps]]\npath = \"/\"\nheaders = { x = \"a\\nb\" }").contains("cannot carry"));

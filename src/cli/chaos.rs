@@ -97,6 +97,11 @@ pub struct ChaosArgs {
     /// read-only scenarios under term alone, else 99.9]
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
     min_success: Option<f64>,
+    /// Fail the run when a request that must not be sent twice (a POST or
+    /// PATCH without an Idempotency-Key) was in flight on an instance that
+    /// died (by default it is reported, with a hint, and does not fail it)
+    #[arg(long)]
+    strict: bool,
     /// Kill-window p99 latency may be at most this times the baseline p99
     /// (a baseline under 50 ms counts as 50 ms)
     #[arg(long, value_name = "X", default_value = "10", value_parser = parse_ratio)]
@@ -313,6 +318,7 @@ fn options(
         thresholds: Thresholds {
             min_success,
             max_p99_ratio: args.max_p99_ratio,
+            strict: args.strict,
         },
         balancer: balancer_config(args)?,
         report_dir,

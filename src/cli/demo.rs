@@ -54,6 +54,10 @@ pub struct DemoAppArgs {
     /// before closing the listener; at most 1.5s so the exit stays within 5s.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_grace)]
     drain_grace: Duration,
+    /// How long a POST's `Idempotency-Key` and its stored response are kept
+    /// (a repeat within it gets the stored response and changes nothing).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
+    idempotency_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +87,13 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` is too long: at most 1.5s"));
     }
     Ok(d)
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d < Duration::from_secs(1) => Err(format!("`{text}` is too short: at least 1s")),
+        d => Ok(d),
+    }
 }
 
 /// SIGTERM and SIGINT, registered up front so none is missed.
@@ -146,7 +157,7 @@ pub fn run_app(args: DemoAppArgs) -> ExitCode {
             let _ = writeln!(out, "listening {bound}");
             let _ = out.flush();
         }
-        let app = DemoApp::new(store);
+        let app = DemoApp::with_idempotency_ttl(store, args.idempotency_ttl);
         tracing::info!(instance = app.instance_id(), store = %args.store, "demo-app serving");
         if let Err(e) = app.store().ping().await {
             tracing::warn!(error = %e, "answering 503 until the store is reachable");

@@ -99,6 +99,12 @@ pub const KEYS: &[KeySpec] = &[
         "serve plain HTTP/1.1 requests to plain HTTP/1.1 backends without hyper's dispatchers (false: hyper serves everything)",
     ),
     key(
+        "underscores_in_headers",
+        Bool,
+        "false",
+        "pass on request header fields whose names hold `_` (false: they are dropped, as nginx does)",
+    ),
+    key(
         "admin",
         Text,
         "127.0.0.1:9090",
@@ -182,6 +188,12 @@ pub const KEYS: &[KeySpec] = &[
         Number,
         "100",
         "more request headers than this get 431",
+    ),
+    key(
+        "limits.max_request_body",
+        Text,
+        "0",
+        "a request body larger than this gets 413 (0: no limit)",
     ),
     key(
         "limits.upstream_idle_per_backend",

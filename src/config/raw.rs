@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub backend_header: String,
     /// Serve plain HTTP/1.1 requests without hyper's dispatchers.
     pub http1_fast_path: bool,
+    /// Pass request header fields whose names hold `_` on to backends.
+    pub underscores_in_headers: bool,
     /// Each entry is `"[SCHEME://]HOST:PORT[=WEIGHT]"` or a table
     /// `{ address, weight, protocol }`.
     pub backends: Vec<toml::Value>,
@@ -54,6 +56,7 @@ impl Default for RawConfig {
             workers: 0,
             backend_header: String::new(),
             http1_fast_path: true,
+            underscores_in_headers: false,
             backends: Vec::new(),
             timeouts: RawTimeouts::default(),
             limits: RawLimits::default(),
@@ -104,6 +107,7 @@ pub struct RawLimits {
     pub max_connections: u64,
     pub max_header_bytes: RawSize,
     pub max_headers: u64,
+    pub max_request_body: RawSize,
     pub upstream_idle_per_backend: u64,
 }
 
@@ -113,6 +117,7 @@ impl Default for RawLimits {
             max_connections: 10_000,
             max_header_bytes: RawSize::Text("64KiB".into()),
             max_headers: 100,
+            max_request_body: RawSize::Text("0".into()),
             upstream_idle_per_backend: 512,
         }
     }
@@ -529,6 +534,7 @@ impl RawConfig {
             workers,
             backend_header,
             http1_fast_path: self.http1_fast_path,
+            underscores_in_headers: self.underscores_in_headers,
             admin,
             algorithm,
             access_log,
@@ -653,6 +659,7 @@ impl RawLimits {
                 range(l, "limits.max_header_bytes", v as u64, 8192, 1 << 20)? as usize
             },
             max_headers: range(l, "limits.max_headers", self.max_headers, 8, 1000)? as usize,
+            max_request_body: size(l, "limits.max_request_body", &self.max_request_body)? as u64,
             upstream_idle_per_backend: range(
                 l,
                 "limits.upstream_idle_per_backend",

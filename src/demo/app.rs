@@ -37,7 +37,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::store::{CartAdd, Session, Store, MAX_ITEM_CHARS, MAX_USER_CHARS};
+use super::idempotency::{self, Draft, KeyHeader, Keyed, StoredReply};
+use super::store::{
+    Applied, Change, Changed, Session, Store, MAX_CART_ITEMS, MAX_ITEM_CHARS, MAX_USER_CHARS,
+};
 use crate::html::escape;
 
 /// Largest request body (a form) accepted; larger ones get a 413.
@@ -51,6 +54,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 static X_INSTANCE_ID: http::HeaderName = http::HeaderName::from_static("x-instance-id");
 static X_UNSTICK_DRAIN: http::HeaderName = http::HeaderName::from_static("x-unstick-drain");
+static REPLAYED: http::HeaderName = http::HeaderName::from_static(idempotency::REPLAYED);
 
 /// How the app drains on shutdown.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +79,8 @@ pub struct DemoApp {
     instance: String,
     store: Store,
     draining: AtomicBool,
+    /// How long an `Idempotency-Key` is kept.
+    idempotency_ttl: Duration,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -88,15 +94,31 @@ enum SessionCookie {
     Malformed,
 }
 
+impl SessionCookie {
+    /// The session id, when it is one we could have made.
+    fn sid(&self) -> Option<&str> {
+        match self {
+            SessionCookie::Id(sid) => Some(sid),
+            _ => None,
+        }
+    }
+}
+
 // === impl DemoApp ===
 
 impl DemoApp {
     /// An app with a fresh random instance id.
     pub fn new(store: Store) -> Arc<DemoApp> {
+        DemoApp::with_idempotency_ttl(store, idempotency::DEFAULT_TTL)
+    }
+
+    /// An app that keeps `Idempotency-Key`s for `ttl`.
+    pub fn with_idempotency_ttl(store: Store, ttl: Duration) -> Arc<DemoApp> {
         Arc::new(DemoApp {
             instance: format!("{:016x}", rand::random::<u64>()),
             store,
             draining: AtomicBool::new(false),
+            idempotency_ttl: ttl,
         })
     }
 
@@ -145,7 +167,6 @@ impl DemoApp {
     {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         let post = req.method() == Method::POST;
-        let html = wants_html(req.headers());
         let cookie = session_cookie(req.headers());
         match req.uri().path() {
             "/healthz" if get => {
@@ -156,11 +177,6 @@ impl DemoApp {
                 }
             }
             "/" if get => self.page(cookie).await,
-            "/login" if post => match read_form(req).await {
-                Ok(form) => self.login(&form, html).await,
-                Err(r) => *r,
-            },
-            "/logout" if post => self.logout(cookie, html).await,
             "/whoami" if get => match self.session(cookie).await {
                 Ok((_, s)) => text(StatusCode::OK, format!("{}\n", s.user)),
                 Err(r) => *r,
@@ -169,46 +185,7 @@ impl DemoApp {
                 Ok((_, s)) => text(StatusCode::OK, lines(&s.cart)),
                 Err(r) => *r,
             },
-            "/cart" if post => {
-                let sid = match require_sid(cookie) {
-                    Ok(sid) => sid,
-                    Err(r) => return *r,
-                };
-                let item = match read_form(req)
-                    .await
-                    .and_then(|f| field(&f, "item", MAX_ITEM_CHARS))
-                {
-                    Ok(item) => item,
-                    Err(r) => return *r,
-                };
-                match self.store.add_to_cart(&sid, &item).await {
-                    Ok(CartAdd::Added(_)) if html => see_root(),
-                    Ok(CartAdd::Added(n)) => {
-                        text(StatusCode::OK, format!("added {item}; {n} in the cart\n"))
-                    }
-                    Ok(CartAdd::NoSession) => unknown_session(),
-                    Ok(CartAdd::Full) => text(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "the cart is full ({} items)\n",
-                            super::store::MAX_CART_ITEMS
-                        ),
-                    ),
-                    Err(e) => unavailable(&e),
-                }
-            }
-            "/counter" if post => {
-                let sid = match require_sid(cookie) {
-                    Ok(sid) => sid,
-                    Err(r) => return *r,
-                };
-                match self.store.bump(&sid).await {
-                    Ok(Some(_)) if html => see_root(),
-                    Ok(Some(n)) => text(StatusCode::OK, format!("{n}\n")),
-                    Ok(None) => unknown_session(),
-                    Err(e) => unavailable(&e),
-                }
-            }
+            "/login" | "/logout" | "/cart" | "/counter" if post => self.post(req).await,
             path @ ("/healthz" | "/" | "/whoami") => method_not_allowed(path, "GET, HEAD"),
             path @ ("/login" | "/logout" | "/counter") => method_not_allowed(path, "POST"),
             path @ "/cart" => method_not_allowed(path, "GET, HEAD, POST"),
@@ -216,43 +193,62 @@ impl DemoApp {
         }
     }
 
-    async fn login(&self, form: &[(String, String)], html: bool) -> Reply {
-        let user = match field(form, "user", MAX_USER_CHARS) {
-            Ok(u) => u,
+    /// A change: its body read, its `Idempotency-Key` checked, the change
+    /// made once (a repeated key gets the first response back).
+    async fn post<B>(&self, req: Request<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let body = match read_body(&parts.headers, body).await {
+            Ok(b) => b,
             Err(r) => return *r,
         };
-        let sid = format!("{:032x}", rand::random::<u128>());
-        if let Err(e) = self.store.create(&sid, &user).await {
-            return unavailable(&e);
-        }
-        let mut reply = if html {
-            see_root()
-        } else {
-            text(StatusCode::OK, format!("logged in as {user}\n"))
+        let cookie = session_cookie(&parts.headers);
+        let keyed = match idempotency::key_header(&parts.headers) {
+            KeyHeader::None => None,
+            KeyHeader::Invalid(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+            KeyHeader::Key(key) => Some(idempotency::keyed(
+                &key,
+                cookie.sid(),
+                &parts.method,
+                parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                &parts.headers,
+                &body,
+                self.idempotency_ttl,
+            )),
         };
-        let cookie = format!("{SESSION_COOKIE}={sid}; HttpOnly; Path=/; SameSite=Lax");
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            reply.headers_mut().insert(header::SET_COOKIE, v);
+        let html = wants_html(&parts.headers);
+        match plan(parts.uri.path(), cookie, &body, html) {
+            Ok((change, draft)) => self.make(change, draft, keyed).await,
+            Err(r) => *r,
         }
-        reply
     }
 
-    async fn logout(&self, cookie: SessionCookie, html: bool) -> Reply {
-        if let SessionCookie::Id(sid) = &cookie {
-            if let Err(e) = self.store.delete(sid).await {
-                return unavailable(&e);
+    /// Makes the change (with its key's record); the response.
+    async fn make(&self, change: Change, draft: Draft, keyed: Option<Keyed>) -> Reply {
+        let keyed = keyed.as_ref().map(|k| (k, &draft));
+        match self.store.apply(&change, keyed).await {
+            Ok(Applied::Fresh(Changed::Done(n))) => reply_of(draft.finish(n)),
+            Ok(Applied::Fresh(Changed::NoSession)) => unknown_session(),
+            Ok(Applied::Fresh(Changed::Full)) => text(
+                StatusCode::CONFLICT,
+                format!("the cart is full ({MAX_CART_ITEMS} items)\n"),
+            ),
+            Ok(Applied::Replayed(stored)) => {
+                let mut r = reply_of(stored);
+                r.headers_mut()
+                    .insert(REPLAYED.clone(), HeaderValue::from_static("true"));
+                r
             }
+            Ok(Applied::KeyReused) => text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "this Idempotency-Key was sent before with another request \
+                 (method, path or body): use a new key for a new request\n",
+            ),
+            Err(e) => unavailable(&e),
         }
-        let mut reply = if html {
-            see_root()
-        } else {
-            text(StatusCode::OK, "logged out\n")
-        };
-        let clear = format!("{SESSION_COOKIE}=; HttpOnly; Path=/; SameSite=Lax; Max-Age=0");
-        if let Ok(v) = HeaderValue::from_str(&clear) {
-            reply.headers_mut().insert(header::SET_COOKIE, v);
-        }
-        reply
     }
 
     /// The request's session, or the 401/503 to answer instead.
@@ -362,11 +358,35 @@ fn lines(items: &[String]) -> String {
     out
 }
 
+/// A plain-text response as the store keeps it.
+fn stored(status: StatusCode, body: &str) -> StoredReply {
+    StoredReply {
+        status: status.as_u16(),
+        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+        body: body.to_owned(),
+    }
+}
+
 /// 303 to `/`, so a browser's form post lands back on the page.
-fn see_root() -> Reply {
-    let mut r = text(StatusCode::SEE_OTHER, "see /\n");
-    r.headers_mut()
-        .insert(header::LOCATION, HeaderValue::from_static("/"));
+fn see_root_stored() -> StoredReply {
+    let mut r = stored(StatusCode::SEE_OTHER, "see /\n");
+    r.headers.push(("location".into(), "/".into()));
+    r
+}
+
+/// A stored response as a response (headers the store could not have
+/// written are left out).
+fn reply_of(stored: StoredReply) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(stored.body)));
+    *r.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    for (name, value) in &stored.headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            r.headers_mut().append(n, v);
+        }
+    }
     r
 }
 
@@ -431,8 +451,8 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/html"))
 }
 
-/// Reads a urlencoded form of at most [`MAX_FORM_BYTES`].
-async fn read_form<B>(req: Request<B>) -> Result<Vec<(String, String)>, Box<Reply>>
+/// Reads a request body of at most [`MAX_FORM_BYTES`].
+async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, Box<Reply>>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -443,34 +463,31 @@ where
             format!("the form is larger than {MAX_FORM_BYTES} bytes\n"),
         )
     };
-    let declared = req
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_FORM_BYTES as u64) {
         return Err(Box::new(too_large()));
     }
-    let body = Limited::new(req.into_body(), MAX_FORM_BYTES);
-    let bytes = match tokio::time::timeout(CLIENT_TIMEOUT, body.collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(Box::new(too_large()))
-        }
-        Ok(Err(e)) => {
-            return Err(Box::new(text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {e}\n"),
-            )))
-        }
-        Err(_) => {
-            return Err(Box::new(text(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time\n",
-            )))
-        }
-    };
-    Ok(form_urlencoded::parse(&bytes).into_owned().collect())
+    let body = Limited::new(body, MAX_FORM_BYTES);
+    match tokio::time::timeout(CLIENT_TIMEOUT, body.collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Box::new(too_large())),
+        Ok(Err(e)) => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}\n"),
+        ))),
+        Err(_) => Err(Box::new(text(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time\n",
+        ))),
+    }
+}
+
+/// A urlencoded form.
+fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
 }
 
 /// A required form field: trimmed, not empty, at most `max` characters, no control characters.
@@ -490,6 +507,67 @@ fn field(form: &[(String, String)], name: &str, max: usize) -> Result<String, Bo
         return bad(format!("`{name}` contains control characters\n"));
     }
     Ok(value.to_owned())
+}
+
+/// What a POST to `path` changes, and the response it gets once the change
+/// is made; `Err`: the answer now, with nothing to change.
+fn plan(
+    path: &str,
+    cookie: SessionCookie,
+    body: &[u8],
+    html: bool,
+) -> Result<(Change, Draft), Box<Reply>> {
+    let done = |text: &str| {
+        if html {
+            see_root_stored()
+        } else {
+            stored(StatusCode::OK, text)
+        }
+    };
+    match path {
+        "/login" => {
+            let user = field(&parse_form(body), "user", MAX_USER_CHARS)?;
+            let sid = format!("{:032x}", rand::random::<u128>());
+            let mut reply = done(&format!("logged in as {user}\n"));
+            let cookie = format!("{SESSION_COOKIE}={sid}; HttpOnly; Path=/; SameSite=Lax");
+            reply.headers.push(("set-cookie".into(), cookie));
+            Ok((Change::Login { sid, user }, Draft::fixed(reply)))
+        }
+        "/logout" => {
+            let mut reply = done("logged out\n");
+            let clear = format!("{SESSION_COOKIE}=; HttpOnly; Path=/; SameSite=Lax; Max-Age=0");
+            reply.headers.push(("set-cookie".into(), clear));
+            match cookie {
+                SessionCookie::Id(sid) => Ok((Change::Logout { sid }, Draft::fixed(reply))),
+                _ => Err(Box::new(reply_of(reply))),
+            }
+        }
+        "/cart" => {
+            let sid = require_sid(cookie)?;
+            let item = field(&parse_form(body), "item", MAX_ITEM_CHARS)?;
+            let draft = if html {
+                Draft::fixed(see_root_stored())
+            } else {
+                Draft {
+                    reply: stored(StatusCode::OK, &format!("added {item}; ")),
+                    after_count: Some(" in the cart\n".into()),
+                }
+            };
+            Ok((Change::AddToCart { sid, item }, draft))
+        }
+        _ => {
+            let sid = require_sid(cookie)?;
+            let draft = if html {
+                Draft::fixed(see_root_stored())
+            } else {
+                Draft {
+                    reply: stored(StatusCode::OK, ""),
+                    after_count: Some("\n".into()),
+                }
+            };
+            Ok((Change::Bump { sid }, draft))
+        }
+    }
 }
 
 // === serving ===
@@ -744,6 +822,103 @@ mod tests {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["x-unstick-drain"], "1");
         assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
+
+    fn keyed_req(path: &str, cookie: Option<&str>, body: &str, key: &str) -> Request<Full<Bytes>> {
+        let mut r = req(Method::POST, path, cookie, body);
+        r.headers_mut()
+            .insert(idempotency::HEADER, HeaderValue::from_str(key).unwrap());
+        r
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_gets_the_first_response_and_changes_nothing() {
+        let app = app();
+        let login = app
+            .handle(keyed_req("/login", None, "user=ada", "l1"))
+            .await;
+        let again = app
+            .handle(keyed_req("/login", None, "user=ada", "l1"))
+            .await;
+        assert_eq!(again.headers()[REPLAYED.clone()], "true");
+        assert!(!login.headers().contains_key(REPLAYED.clone()));
+        // The same session, not a second one.
+        assert_eq!(sid_of(&login), sid_of(&again));
+        let c = sid_of(&login);
+        for _ in 0..2 {
+            let r = app
+                .handle(keyed_req("/counter", Some(&c), "", "\"k1\""))
+                .await;
+            assert_eq!(body(r).await, "1\n");
+        }
+        let r = app
+            .handle(keyed_req("/cart", Some(&c), "item=tea", "k2"))
+            .await;
+        assert_eq!(body(r).await, "added tea; 1 in the cart\n");
+        let r = app
+            .handle(keyed_req("/cart", Some(&c), "item=tea", "k2"))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body(r).await, "added tea; 1 in the cart\n");
+        // A new key is a new change; the old key with another body is refused.
+        let r = app.handle(keyed_req("/counter", Some(&c), "", "k3")).await;
+        assert_eq!(body(r).await, "2\n");
+        let r = app
+            .handle(keyed_req("/cart", Some(&c), "item=milk", "k2"))
+            .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = app.handle(req(Method::GET, "/cart", Some(&c), "")).await;
+        assert_eq!(body(r).await, "tea\n");
+        // Keys are per session: another session's k1 is its own.
+        let other = sid_of(
+            &app.handle(req(Method::POST, "/login", None, "user=bob"))
+                .await,
+        );
+        let r = app
+            .handle(keyed_req("/counter", Some(&other), "", "k1"))
+            .await;
+        assert!(!r.headers().contains_key(REPLAYED.clone()));
+        assert_eq!(body(r).await, "1\n");
+    }
+
+    #[tokio::test]
+    async fn keys_are_checked_and_refusals_are_not_stored() {
+        let app = app();
+        let r = app.handle(keyed_req("/counter", None, "", "a b")).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let mut two = keyed_req("/login", None, "user=ada", "k");
+        two.headers_mut()
+            .append(idempotency::HEADER, HeaderValue::from_static("j"));
+        assert_eq!(app.handle(two).await.status(), StatusCode::BAD_REQUEST);
+        // A 401 changed nothing and is not replayed: after login, the same
+        // key is a fresh change.
+        let unknown = format!("sid={:032x}", 7);
+        let r = app
+            .handle(keyed_req("/counter", Some(&unknown), "", "k"))
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let r = app
+            .handle(keyed_req("/counter", Some(&unknown), "", "k"))
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(!r.headers().contains_key(REPLAYED.clone()));
+    }
+
+    #[tokio::test]
+    async fn keys_expire() {
+        let app = DemoApp::with_idempotency_ttl(
+            Store::open(&StoreSpec::Memory).unwrap(),
+            Duration::from_millis(30),
+        );
+        let c = sid_of(
+            &app.handle(req(Method::POST, "/login", None, "user=ada"))
+                .await,
+        );
+        let r = app.handle(keyed_req("/counter", Some(&c), "", "k")).await;
+        assert_eq!(body(r).await, "1\n");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let r = app.handle(keyed_req("/counter", Some(&c), "", "k")).await;
+        assert_eq!(body(r).await, "2\n", "an expired key is a new change");
     }
 
     #[tokio::test]

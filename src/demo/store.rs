@@ -6,15 +6,24 @@
 //! app turns into a 401. A store that cannot be reached reports a
 //! [`StoreError`] naming the store, which the app turns into a 503.
 //!
+//! Every change ([`Change`]: login, logout, cart, counter) goes through
+//! [`Store::apply`], which makes it atomically (one SQLite transaction, one
+//! Redis script, one lock) together with the request's `Idempotency-Key`
+//! record when it has one (see [`super::idempotency`]): a key seen before
+//! gets its stored response back and changes nothing.
+//!
 //! Sizes are bounded: user names, items and carts have maximum lengths, and the
-//! memory store keeps at most [`MEMORY_MAX_SESSIONS`] sessions.
+//! memory store keeps at most [`MEMORY_MAX_SESSIONS`] sessions (and as many
+//! idempotency records).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::idempotency::{Draft, Keyed, StoredReply};
 
 /// How long a session lives after login.
 pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -126,6 +135,47 @@ pub enum CartAdd {
     Full,
 }
 
+/// A change to the sessions, made atomically by [`Store::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new session `sid` for `user`.
+    Login { sid: String, user: String },
+    /// The session forgotten (no error if it was unknown).
+    Logout { sid: String },
+    /// `item` appended to the session's cart.
+    AddToCart { sid: String, item: String },
+    /// The session's counter incremented.
+    Bump { sid: String },
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    /// Made; the number it produced (the cart's size, the counter; 0 for a
+    /// login or logout).
+    Done(i64),
+    /// No such session: nothing changed.
+    NoSession,
+    /// The cart already holds [`MAX_CART_ITEMS`]: nothing changed.
+    Full,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The change was tried now (and, keyed and made, recorded).
+    Fresh(Changed),
+    /// The key was seen before with the same request: its stored response;
+    /// nothing changed.
+    Replayed(StoredReply),
+    /// The key was seen before with another request: nothing changed.
+    KeyReused,
+}
+
+/// A keyed change: the record it is checked against and stored under, and
+/// the response to store with it.
+pub type KeyedDraft<'a> = (&'a Keyed, &'a Draft);
+
 /// A session store; every instance of the app opens the same one (except `memory`).
 pub enum Store {
     Memory(MemoryStore),
@@ -165,16 +215,37 @@ impl Store {
         }
     }
 
+    /// Makes `change`. With `keyed`, first looks the key up (a known key
+    /// changes nothing: its response, or [`Applied::KeyReused`]), and stores
+    /// the finished draft under the key in the same transaction as the change.
+    pub async fn apply(
+        &self,
+        change: &Change,
+        keyed: Option<KeyedDraft<'_>>,
+    ) -> Result<Applied, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.apply(change, keyed)),
+            Store::Sqlite(s) => s.apply(change, keyed).await,
+            Store::Redis(r) => r.apply(change, keyed).await,
+        }
+    }
+
+    /// A change without a key.
+    async fn change(&self, change: Change) -> Result<Changed, StoreError> {
+        match self.apply(&change, None).await? {
+            Applied::Fresh(c) => Ok(c),
+            other => unreachable!("an unkeyed change is always fresh: {other:?}"),
+        }
+    }
+
     /// Creates a session for `user` under the id `sid`.
     pub async fn create(&self, sid: &str, user: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                m.create(sid, user);
-                Ok(())
-            }
-            Store::Sqlite(s) => s.create(sid, user).await,
-            Store::Redis(r) => r.create(sid, user).await,
-        }
+        self.change(Change::Login {
+            sid: sid.to_owned(),
+            user: user.to_owned(),
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The session `sid`, or `None` if the store does not know it.
@@ -188,33 +259,40 @@ impl Store {
 
     /// Appends `item` to the session's cart.
     pub async fn add_to_cart(&self, sid: &str, item: &str) -> Result<CartAdd, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m.add_to_cart(sid, item)),
-            Store::Sqlite(s) => s.add_to_cart(sid, item).await,
-            Store::Redis(r) => r.add_to_cart(sid, item).await,
-        }
+        let change = Change::AddToCart {
+            sid: sid.to_owned(),
+            item: item.to_owned(),
+        };
+        Ok(match self.change(change).await? {
+            Changed::Done(n) => CartAdd::Added(n.max(0) as usize),
+            Changed::NoSession => CartAdd::NoSession,
+            Changed::Full => CartAdd::Full,
+        })
     }
 
     /// Increments the session's counter; the new value, or `None` without a session.
     pub async fn bump(&self, sid: &str) -> Result<Option<i64>, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m.bump(sid)),
-            Store::Sqlite(s) => s.bump(sid).await,
-            Store::Redis(r) => r.bump(sid).await,
-        }
+        let change = Change::Bump {
+            sid: sid.to_owned(),
+        };
+        Ok(match self.change(change).await? {
+            Changed::Done(n) => Some(n),
+            _ => None,
+        })
     }
 
     /// Forgets the session (no error if it was unknown).
     pub async fn delete(&self, sid: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                m.delete(sid);
-                Ok(())
-            }
-            Store::Sqlite(s) => s.delete(sid).await,
-            Store::Redis(r) => r.delete(sid).await,
-        }
+        let change = Change::Logout {
+            sid: sid.to_owned(),
+        };
+        self.change(change).await.map(|_| ())
     }
+}
+
+/// The record's TTL in whole seconds (at least 1).
+fn ttl_secs(k: &Keyed) -> i64 {
+    k.ttl.as_secs().clamp(1, i64::MAX as u64) as i64
 }
 
 // === memory ===
@@ -223,7 +301,13 @@ impl Store {
 /// restart loses them. The deliberately wrong twin.
 #[derive(Default)]
 pub struct MemoryStore {
-    sessions: Mutex<HashMap<String, MemorySession>>,
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    sessions: HashMap<String, MemorySession>,
+    records: HashMap<String, MemoryRecord>,
 }
 
 struct MemorySession {
@@ -231,13 +315,75 @@ struct MemorySession {
     created: Instant,
 }
 
+struct MemoryRecord {
+    fingerprint: String,
+    reply: StoredReply,
+    expires: Instant,
+}
+
 impl MemoryStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemorySession>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn create(&self, sid: &str, user: &str) {
-        let mut map = self.lock();
+    fn apply(&self, change: &Change, keyed: Option<KeyedDraft<'_>>) -> Applied {
+        let mut state = self.lock();
+        if let Some((k, _)) = keyed {
+            match state.records.get(&k.id) {
+                Some(r) if r.expires > Instant::now() => {
+                    return if r.fingerprint == k.fingerprint {
+                        Applied::Replayed(r.reply.clone())
+                    } else {
+                        Applied::KeyReused
+                    };
+                }
+                _ => {}
+            }
+        }
+        let changed = state.change(change);
+        if let (Changed::Done(n), Some((k, draft))) = (changed, keyed) {
+            state.record(k, draft.finish(n));
+        }
+        Applied::Fresh(changed)
+    }
+
+    fn get(&self, sid: &str) -> Option<Session> {
+        self.lock().with(sid, |s| s.clone())
+    }
+}
+
+impl MemoryState {
+    fn change(&mut self, change: &Change) -> Changed {
+        match change {
+            Change::Login { sid, user } => {
+                self.create(sid, user);
+                Changed::Done(0)
+            }
+            Change::Logout { sid } => {
+                self.sessions.remove(sid);
+                Changed::Done(0)
+            }
+            Change::AddToCart { sid, item } => self
+                .with(sid, |s| {
+                    if s.cart.len() >= MAX_CART_ITEMS {
+                        Changed::Full
+                    } else {
+                        s.cart.push(item.to_owned());
+                        Changed::Done(s.cart.len() as i64)
+                    }
+                })
+                .unwrap_or(Changed::NoSession),
+            Change::Bump { sid } => self
+                .with(sid, |s| {
+                    s.counter += 1;
+                    Changed::Done(s.counter)
+                })
+                .unwrap_or(Changed::NoSession),
+        }
+    }
+
+    fn create(&mut self, sid: &str, user: &str) {
+        let map = &mut self.sessions;
         if map.len() >= MEMORY_MAX_SESSIONS {
             map.retain(|_, s| s.created.elapsed() < SESSION_TTL);
         }
@@ -263,43 +409,41 @@ impl MemoryStore {
         );
     }
 
-    fn with<T>(&self, sid: &str, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
-        let mut map = self.lock();
-        match map.get_mut(sid) {
+    /// Keeps a record, dropping expired ones (then the oldest) when full.
+    fn record(&mut self, k: &Keyed, reply: StoredReply) {
+        let now = Instant::now();
+        let map = &mut self.records;
+        if map.len() >= MEMORY_MAX_SESSIONS {
+            map.retain(|_, r| r.expires > now);
+        }
+        if map.len() >= MEMORY_MAX_SESSIONS {
+            if let Some(first) = map
+                .iter()
+                .min_by_key(|(_, r)| r.expires)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&first);
+            }
+        }
+        map.insert(
+            k.id.clone(),
+            MemoryRecord {
+                fingerprint: k.fingerprint.clone(),
+                reply,
+                expires: now + k.ttl,
+            },
+        );
+    }
+
+    fn with<T>(&mut self, sid: &str, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+        match self.sessions.get_mut(sid) {
             Some(s) if s.created.elapsed() < SESSION_TTL => Some(f(&mut s.session)),
             Some(_) => {
-                map.remove(sid);
+                self.sessions.remove(sid);
                 None
             }
             None => None,
         }
-    }
-
-    fn get(&self, sid: &str) -> Option<Session> {
-        self.with(sid, |s| s.clone())
-    }
-
-    fn add_to_cart(&self, sid: &str, item: &str) -> CartAdd {
-        self.with(sid, |s| {
-            if s.cart.len() >= MAX_CART_ITEMS {
-                CartAdd::Full
-            } else {
-                s.cart.push(item.to_owned());
-                CartAdd::Added(s.cart.len())
-            }
-        })
-        .unwrap_or(CartAdd::NoSession)
-    }
-
-    fn bump(&self, sid: &str) -> Option<i64> {
-        self.with(sid, |s| {
-            s.counter += 1;
-            s.counter
-        })
-    }
-
-    fn delete(&self, sid: &str) {
-        self.lock().remove(sid);
     }
 }
 
@@ -329,6 +473,14 @@ CREATE TABLE IF NOT EXISTS cart (
     item    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cart_session ON cart(session, id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    id          TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    head        TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    expires     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency(expires);
 ";
 
 fn unix_now() -> i64 {
@@ -412,16 +564,28 @@ impl SqliteStore {
         }
     }
 
-    async fn create(&self, sid: &str, user: &str) -> Result<(), StoreError> {
-        let (sid, user) = (sid.to_owned(), user.to_owned());
+    /// One immediate transaction: the key looked up, the change made, the
+    /// response recorded.
+    async fn apply(
+        &self,
+        change: &Change,
+        keyed: Option<KeyedDraft<'_>>,
+    ) -> Result<Applied, StoreError> {
+        let change = change.clone();
+        let keyed = keyed.map(|(k, d)| (k.clone(), d.clone()));
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute("DELETE FROM sessions WHERE created < ?1", [live_since()])?;
-            tx.execute(
-                "INSERT OR REPLACE INTO sessions (id, user, counter, created) VALUES (?1, ?2, 0, ?3)",
-                params![sid, user, unix_now()],
-            )?;
-            tx.commit()
+            if let Some((k, _)) = &keyed {
+                if let Some(found) = sqlite_recorded(&tx, k)? {
+                    return Ok(found);
+                }
+            }
+            let changed = sqlite_change(&tx, &change)?;
+            if let (Changed::Done(n), Some((k, draft))) = (changed, &keyed) {
+                sqlite_record(&tx, k, &draft.finish(n))?;
+            }
+            tx.commit()?;
+            Ok(Applied::Fresh(changed))
         })
         .await
     }
@@ -455,64 +619,89 @@ impl SqliteStore {
         })
         .await
     }
+}
 
-    async fn add_to_cart(&self, sid: &str, item: &str) -> Result<CartAdd, StoreError> {
-        let (sid, item) = (sid.to_owned(), item.to_owned());
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let live: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1 AND created >= ?2)",
-                params![sid, live_since()],
-                |r| r.get(0),
-            )?;
-            if !live {
-                return Ok(CartAdd::NoSession);
-            }
-            let n: i64 = tx.query_row(
-                "SELECT count(*) FROM cart WHERE session = ?1",
-                [&sid],
-                |r| r.get(0),
-            )?;
-            if n as usize >= MAX_CART_ITEMS {
-                return Ok(CartAdd::Full);
-            }
+/// The key's live record: its response, or [`Applied::KeyReused`].
+fn sqlite_recorded(tx: &Transaction<'_>, k: &Keyed) -> rusqlite::Result<Option<Applied>> {
+    let row: Option<(String, String, String)> = tx
+        .query_row(
+            "SELECT fingerprint, head, body FROM idempotency WHERE id = ?1 AND expires > ?2",
+            params![k.id, unix_now()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(row.map(
+        |(fingerprint, head, body)| match StoredReply::from_parts(&head, body) {
+            Some(reply) if fingerprint == k.fingerprint => Applied::Replayed(reply),
+            _ => Applied::KeyReused,
+        },
+    ))
+}
+
+fn sqlite_record(tx: &Transaction<'_>, k: &Keyed, reply: &StoredReply) -> rusqlite::Result<()> {
+    let now = unix_now();
+    tx.execute("DELETE FROM idempotency WHERE expires <= ?1", [now])?;
+    tx.execute(
+        "INSERT OR REPLACE INTO idempotency (id, fingerprint, head, body, expires) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![k.id, k.fingerprint, reply.head_json(), reply.body, now.saturating_add(ttl_secs(k))],
+    )?;
+    Ok(())
+}
+
+fn sqlite_change(tx: &Transaction<'_>, change: &Change) -> rusqlite::Result<Changed> {
+    match change {
+        Change::Login { sid, user } => {
+            tx.execute("DELETE FROM sessions WHERE created < ?1", [live_since()])?;
             tx.execute(
-                "INSERT INTO cart (session, item) VALUES (?1, ?2)",
-                params![sid, item],
+                "INSERT OR REPLACE INTO sessions (id, user, counter, created) VALUES (?1, ?2, 0, ?3)",
+                params![sid, user, unix_now()],
             )?;
-            tx.commit()?;
-            Ok(CartAdd::Added(n as usize + 1))
-        })
-        .await
-    }
-
-    async fn bump(&self, sid: &str) -> Result<Option<i64>, StoreError> {
-        let sid = sid.to_owned();
-        self.run(move |c| {
-            c.query_row(
+            Ok(Changed::Done(0))
+        }
+        Change::Logout { sid } => {
+            tx.execute("DELETE FROM sessions WHERE id = ?1", [sid])?;
+            Ok(Changed::Done(0))
+        }
+        Change::AddToCart { sid, item } => sqlite_add(tx, sid, item),
+        Change::Bump { sid } => Ok(tx
+            .query_row(
                 "UPDATE sessions SET counter = counter + 1 WHERE id = ?1 AND created >= ?2 RETURNING counter",
                 params![sid, live_since()],
                 |r| r.get(0),
             )
-            .optional()
-        })
-        .await
+            .optional()?
+            .map_or(Changed::NoSession, Changed::Done)),
     }
+}
 
-    async fn delete(&self, sid: &str) -> Result<(), StoreError> {
-        let sid = sid.to_owned();
-        self.run(move |c| {
-            c.execute("DELETE FROM sessions WHERE id = ?1", [sid])
-                .map(|_| ())
-        })
-        .await
+fn sqlite_add(tx: &Transaction<'_>, sid: &str, item: &str) -> rusqlite::Result<Changed> {
+    let live: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1 AND created >= ?2)",
+        params![sid, live_since()],
+        |r| r.get(0),
+    )?;
+    if !live {
+        return Ok(Changed::NoSession);
     }
+    let n: i64 = tx.query_row("SELECT count(*) FROM cart WHERE session = ?1", [sid], |r| {
+        r.get(0)
+    })?;
+    if n as usize >= MAX_CART_ITEMS {
+        return Ok(Changed::Full);
+    }
+    tx.execute(
+        "INSERT INTO cart (session, item) VALUES (?1, ?2)",
+        params![sid, item],
+    )?;
+    Ok(Changed::Done(n + 1))
 }
 
 // === redis ===
 
 /// Sessions in Redis: a hash `unstick-demo:s:SID` (user, counter) and a list
-/// `unstick-demo:c:SID` (the cart), both expiring after [`SESSION_TTL`].
+/// `unstick-demo:c:SID` (the cart), both expiring after [`SESSION_TTL`];
+/// idempotency records in hashes `unstick-demo:k:ID` (fingerprint, head,
+/// body) expiring after their TTL.
 ///
 /// One multiplexed connection is shared by every request; it is made on
 /// first use and made again after an error that broke it. The server's name
@@ -541,20 +730,67 @@ impl redis::io::AsyncDNSResolver for RedisDns {
     }
 }
 
-/// Adds to the cart only if the session exists and the cart has room.
-const REDIS_ADD: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
-local n = redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return n
+/// Every change is one script: this, the change (which sets `n`: the number
+/// it produced, or -1 without a session, -2 for a full cart), then
+/// [`REDIS_END`]. KEYS: the session, its cart, the record. ARGV: keyed
+/// (`1`/`0`), fingerprint, record TTL, head, body up to the number, the text
+/// after the number, whether the body has a number (`1`/`0`), then the
+/// change's own arguments.
+const REDIS_BEGIN: &str = r"
+local keyed = ARGV[1] == '1'
+if keyed then
+  local rec = redis.call('HMGET', KEYS[3], 'fp', 'head', 'body')
+  if rec[1] then
+    if rec[1] == ARGV[2] then return {'replay', rec[2], rec[3]} end
+    return {'reused', '', ''}
+  end
+end
+local n
 ";
 
-/// Increments the counter only if the session exists.
-const REDIS_BUMP: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('HINCRBY', KEYS[1], 'counter', 1)
+const REDIS_END: &str = r"
+if n >= 0 and keyed then
+  local body = ARGV[5]
+  if ARGV[7] == '1' then body = body .. n .. ARGV[6] end
+  redis.call('HSET', KEYS[3], 'fp', ARGV[2], 'head', ARGV[4], 'body', body)
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
+return {'changed', tostring(n), ''}
 ";
+
+/// ARGV[8] user, ARGV[9] session TTL.
+const REDIS_LOGIN: &str = r"
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'user', ARGV[8], 'counter', '0')
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+n = 0
+";
+
+const REDIS_LOGOUT: &str = r"
+redis.call('DEL', KEYS[1], KEYS[2])
+n = 0
+";
+
+/// ARGV[8] item, ARGV[9] most items, ARGV[10] session TTL.
+const REDIS_ADD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then n = -1
+elseif redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[9]) then n = -2
+else
+  n = redis.call('RPUSH', KEYS[2], ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[10])
+end
+";
+
+const REDIS_BUMP: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then n = -1
+else n = redis.call('HINCRBY', KEYS[1], 'counter', 1) end
+";
+
+/// The four change scripts, whole.
+static REDIS_SCRIPTS: std::sync::LazyLock<[redis::Script; 4]> = std::sync::LazyLock::new(|| {
+    [REDIS_LOGIN, REDIS_LOGOUT, REDIS_ADD, REDIS_BUMP]
+        .map(|body| redis::Script::new(&format!("{REDIS_BEGIN}{body}{REDIS_END}")))
+});
 
 fn session_key(sid: &str) -> String {
     format!("unstick-demo:s:{sid}")
@@ -562,6 +798,10 @@ fn session_key(sid: &str) -> String {
 
 fn cart_key(sid: &str) -> String {
     format!("unstick-demo:c:{sid}")
+}
+
+fn record_key(id: &str) -> String {
+    format!("unstick-demo:k:{id}")
 }
 
 impl RedisStore {
@@ -631,20 +871,55 @@ impl RedisStore {
             .await
     }
 
-    async fn create(&self, sid: &str, user: &str) -> Result<(), StoreError> {
-        let key = session_key(sid);
-        let ttl = SESSION_TTL.as_secs() as i64;
-        self.run(async |c| {
-            redis::pipe()
-                .atomic()
-                .del(&key)
-                .del(cart_key(sid))
-                .hset_multiple(&key, &[("user", user), ("counter", "0")])
-                .expire(&key, ttl)
-                .query_async::<()>(c)
-                .await
-        })
-        .await
+    /// One script: the key looked up, the change made, the response recorded.
+    async fn apply(
+        &self,
+        change: &Change,
+        keyed: Option<KeyedDraft<'_>>,
+    ) -> Result<Applied, StoreError> {
+        let session_ttl = SESSION_TTL.as_secs().to_string();
+        let (script, sid, own): (usize, &str, Vec<String>) = match change {
+            Change::Login { sid, user } => (0, sid, vec![user.clone(), session_ttl]),
+            Change::Logout { sid } => (1, sid, vec![]),
+            Change::AddToCart { sid, item } => (
+                2,
+                sid,
+                vec![item.clone(), MAX_CART_ITEMS.to_string(), session_ttl],
+            ),
+            Change::Bump { sid } => (3, sid, vec![]),
+        };
+        let script = &REDIS_SCRIPTS[script];
+        let mut inv = script.key(session_key(sid));
+        inv.key(cart_key(sid));
+        match keyed {
+            Some((k, d)) => inv
+                .key(record_key(&k.id))
+                .arg("1")
+                .arg(&k.fingerprint)
+                .arg(ttl_secs(k))
+                .arg(d.reply.head_json())
+                .arg(&d.reply.body)
+                .arg(d.after_count.as_deref().unwrap_or_default())
+                .arg(if d.after_count.is_some() { "1" } else { "0" }),
+            None => inv
+                .key(record_key("-"))
+                .arg(vec!["0", "", "0", "", "", "", "0"]),
+        };
+        inv.arg(own);
+        let (what, a, b): (String, String, String) =
+            self.run(async |c| inv.invoke_async(c).await).await?;
+        match what.as_str() {
+            "replay" => StoredReply::from_parts(&a, b)
+                .map(Applied::Replayed)
+                .ok_or_else(|| self.error("an idempotency record is unreadable".into())),
+            "reused" => Ok(Applied::KeyReused),
+            _ => Ok(Applied::Fresh(match a.parse::<i64>() {
+                Ok(-1) => Changed::NoSession,
+                Ok(-2) => Changed::Full,
+                Ok(n) => Changed::Done(n.max(0)),
+                Err(_) => return Err(self.error(format!("a script answered {a:?}"))),
+            })),
+        }
     }
 
     async fn get(&self, sid: &str) -> Result<Option<Session>, StoreError> {
@@ -664,39 +939,6 @@ impl RedisStore {
             counter: counter.unwrap_or(0),
             cart,
         }))
-    }
-
-    async fn add_to_cart(&self, sid: &str, item: &str) -> Result<CartAdd, StoreError> {
-        let script = redis::Script::new(REDIS_ADD);
-        let n: i64 = self
-            .run(async |c| {
-                script
-                    .key(session_key(sid))
-                    .key(cart_key(sid))
-                    .arg(item)
-                    .arg(MAX_CART_ITEMS)
-                    .arg(SESSION_TTL.as_secs())
-                    .invoke_async(c)
-                    .await
-            })
-            .await?;
-        Ok(match n {
-            -1 => CartAdd::NoSession,
-            -2 => CartAdd::Full,
-            n => CartAdd::Added(n.max(0) as usize),
-        })
-    }
-
-    async fn bump(&self, sid: &str) -> Result<Option<i64>, StoreError> {
-        let script = redis::Script::new(REDIS_BUMP);
-        self.run(async |c| script.key(session_key(sid)).invoke_async(c).await)
-            .await
-    }
-
-    async fn delete(&self, sid: &str) -> Result<(), StoreError> {
-        let keys = [session_key(sid), cart_key(sid)];
-        self.run(async |c| redis::cmd("DEL").arg(&keys).query_async::<()>(c).await)
-            .await
     }
 }
 
@@ -761,9 +1003,56 @@ mod tests {
         assert_eq!(store.bump("a").await.unwrap(), None);
     }
 
+    /// A keyed change happens once; its key replays the response; another
+    /// request under the key is refused; a refused change is not recorded.
+    async fn exercise_keyed(store: &Store, sid: &str) {
+        use crate::demo::idempotency::{keyed, Draft, StoredReply};
+        let h = http::HeaderMap::new();
+        let ttl = Duration::from_secs(60);
+        let k = keyed(
+            "k1",
+            Some(sid),
+            &http::Method::POST,
+            "/counter",
+            &h,
+            b"",
+            ttl,
+        );
+        let draft = Draft {
+            reply: StoredReply {
+                status: 200,
+                headers: vec![("content-type".into(), "text/plain".into())],
+                body: "n=".into(),
+            },
+            after_count: Some("\n".into()),
+        };
+        let bump = Change::Bump {
+            sid: sid.to_owned(),
+        };
+        let apply = || store.apply(&bump, Some((&k, &draft)));
+        assert_eq!(apply().await.unwrap(), Applied::Fresh(Changed::NoSession));
+        assert_eq!(apply().await.unwrap(), Applied::Fresh(Changed::NoSession));
+        store.create(sid, "ada").await.unwrap();
+        assert_eq!(apply().await.unwrap(), Applied::Fresh(Changed::Done(1)));
+        let replayed = apply().await.unwrap();
+        assert_eq!(replayed, Applied::Replayed(draft.finish(1)));
+        let Applied::Replayed(r) = replayed else {
+            unreachable!()
+        };
+        assert_eq!((r.status, r.body.as_str()), (200, "n=1\n"));
+        assert_eq!(store.bump(sid).await.unwrap(), Some(2));
+        let mut other = k.clone();
+        other.fingerprint = "another request".into();
+        let r = store.apply(&bump, Some((&other, &draft))).await.unwrap();
+        assert_eq!(r, Applied::KeyReused);
+        assert_eq!(store.get(sid).await.unwrap().unwrap().counter, 2);
+        store.delete(sid).await.unwrap();
+    }
+
     #[tokio::test]
     async fn memory_store_works() {
         exercise(&Store::open(&StoreSpec::Memory).unwrap()).await;
+        exercise_keyed(&Store::open(&StoreSpec::Memory).unwrap(), "s").await;
     }
 
     #[tokio::test]
@@ -772,6 +1061,7 @@ mod tests {
         let spec = StoreSpec::Sqlite(dir.path().join("s.db"));
         let a = Store::open(&spec).unwrap();
         exercise(&a).await;
+        exercise_keyed(&a, "keyed").await;
         // A second handle (as another instance would open) sees the first's writes.
         let b = Store::open(&spec).unwrap();
         a.create("shared", "bob").await.unwrap();
@@ -827,6 +1117,7 @@ mod tests {
         assert_eq!((s.user.as_str(), s.counter, s.cart.len()), ("ada", 1, 1));
         store.delete(&sid).await.unwrap();
         assert_eq!(store.bump(&sid).await.unwrap(), None);
+        exercise_keyed(&store, &format!("{sid}-keyed")).await;
     }
 
     /// A connection the server closes is replaced: at most the request in

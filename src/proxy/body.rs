@@ -15,9 +15,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
 use super::access_log::Entry;
-use super::Proxy;
-use crate::metrics::{CodeClass, UpstreamErrorKind};
-use crate::upstream::{poll_timed, Backend, BodyError, Conn, InFlight, Stall};
+use super::{headers, Proxy};
+use crate::metrics::{ClientErrorKind, CodeClass, UpstreamErrorKind};
+use crate::upstream::{
+    poll_timed, Backend, BodyError, BodyFault, BodyWatch, Conn, InFlight, Stall,
+};
 
 /// What happened to the upstream body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,8 @@ enum End {
     Clean,
     /// The backend failed mid-body (after the head reached the client).
     Failed,
+    /// The client left (or stopped reading) before the body was sent.
+    ClientGone,
 }
 
 /// Everything recorded when a response finishes.
@@ -44,6 +48,12 @@ pub(crate) struct Completion {
     pub bytes: u64,
     /// The access-log line, filled only when logging is on.
     pub log: Option<Box<Entry>>,
+    /// The client's streamed request body: if it failed, a response cut
+    /// short is the client's doing, not the backend's.
+    pub client_body: Option<Arc<BodyWatch>>,
+    /// The client's fault that the response answers (set with an error
+    /// response made by unstick).
+    pub client_error: Option<ClientErrorKind>,
     end: End,
 }
 
@@ -58,6 +68,8 @@ impl Completion {
             conn: None,
             bytes: 0,
             log: None,
+            client_body: None,
+            client_error: None,
             end: End::Open,
         }
     }
@@ -72,45 +84,60 @@ impl Completion {
             self.end = if clean { End::Clean } else { End::Failed };
         }
     }
+
+    /// The client left before the response was complete (the fast path
+    /// could not write to it).
+    pub(crate) fn client_gone(&mut self) {
+        if self.end == End::Open {
+            self.end = End::ClientGone;
+        }
+    }
+
+    /// The client's fault that ended this request early, if any: it left
+    /// (before a response, or during one), or its request body failed.
+    fn client_fault(&self) -> Option<ClientErrorKind> {
+        if self.client_error.is_some() {
+            return self.client_error;
+        }
+        let body = self.client_body.as_ref().and_then(|w| w.fault());
+        if let Some(fault) = body.filter(|_| self.end != End::Clean) {
+            return Some(match fault {
+                BodyFault::Malformed => ClientErrorKind::BadRequest,
+                BodyFault::Gone => ClientErrorKind::Aborted,
+                BodyFault::TimedOut(_) => ClientErrorKind::Timeout,
+                BodyFault::TooLarge(_) => ClientErrorKind::BodyTooLarge,
+            });
+        }
+        (self.status == 0 || self.end == End::ClientGone).then_some(ClientErrorKind::Aborted)
+    }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        // No status: the client went away before a response was made.
-        let client_closed = self.status == 0;
-        let class = if self.end == End::Failed || client_closed {
-            CodeClass::Error
-        } else {
-            CodeClass::of(self.status)
+        let client_fault = self.client_fault();
+        // A body cut by the client's own failure is not the backend's.
+        if client_fault.is_some() && self.end == End::Failed {
+            self.end = End::ClientGone;
+        }
+        let class = match self.end {
+            End::Failed | End::ClientGone => CodeClass::Error,
+            _ if self.status == 0 => CodeClass::Error,
+            _ => CodeClass::of(self.status),
         };
         let metrics = &self.proxy.metrics;
         metrics.request_duration_by_class[class as usize].observe(elapsed.as_secs_f64());
+        if let Some(kind) = client_fault {
+            metrics.client_error(kind);
+        }
+        let conn = self.conn.take();
         let backend = self
             .in_flight
             .as_ref()
             .map(InFlight::backend)
             .or(self.backend.as_ref());
         match backend {
-            Some(backend) => {
-                backend.metrics.request(class);
-                if self.end == End::Failed {
-                    tracing::warn!(
-                        backend = %backend.name,
-                        status = self.status,
-                        bytes = self.bytes,
-                        "backend failed after the response head was sent; the client got a truncated response"
-                    );
-                    backend.metrics.error(UpstreamErrorKind::AfterHead);
-                    backend
-                        .record_error("the backend failed after sending the response head".into());
-                }
-                if self.end == End::Clean {
-                    if let Some(conn) = self.conn.take() {
-                        backend.pool.checkin(conn);
-                    }
-                }
-            }
+            Some(backend) => self.record_on(backend, class, conn),
             None => metrics.request_without_backend(class),
         }
         if let Some(mut entry) = self.log.take() {
@@ -119,11 +146,33 @@ impl Drop for Completion {
             entry.duration = elapsed;
             if self.end == End::Failed {
                 entry.error = Some("after_head");
-            } else if client_closed {
+            } else if client_fault.is_some() {
                 entry.error = Some("client_closed");
             }
             let name = backend.map(|b| &*b.name);
             self.proxy.access_log.write(entry, name);
+        }
+    }
+}
+
+impl Completion {
+    /// Counts the request on the backend that answered; a body the backend
+    /// cut short is its failure; a connection whose body ended cleanly goes
+    /// back to the pool.
+    fn record_on(&self, backend: &Backend, class: CodeClass, conn: Option<Conn>) {
+        backend.metrics.request(class);
+        if self.end == End::Failed {
+            tracing::warn!(
+                backend = %backend.name,
+                status = self.status,
+                bytes = self.bytes,
+                "backend failed after the response head was sent; the client got a truncated response"
+            );
+            backend.metrics.error(UpstreamErrorKind::AfterHead);
+            backend.record_error("the backend failed after sending the response head".into());
+        }
+        if let (End::Clean, Some(conn)) = (self.end, conn) {
+            backend.pool.checkin(conn);
         }
     }
 }
@@ -138,6 +187,8 @@ enum Kind {
 pub struct ResponseBody {
     kind: Kind,
     done: Option<Completion>,
+    /// The client takes trailers: the backend's are passed on (those allowed).
+    trailers: bool,
 }
 
 impl ResponseBody {
@@ -146,6 +197,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
             done: None,
+            trailers: false,
         }
     }
 
@@ -153,6 +205,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),
             done: None,
+            trailers: false,
         }
     }
 
@@ -161,7 +214,14 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(body, Stall::new(stall)),
             done: Some(done),
+            trailers: false,
         }
+    }
+
+    /// Passes the backend's trailers on (those allowed): the client takes them.
+    pub(crate) fn with_trailers(mut self, trailers: bool) -> ResponseBody {
+        self.trailers = trailers;
+        self
     }
 
     /// Takes the bytes of a body made by unstick (counted as sent).
@@ -199,10 +259,20 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
+        let mut polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(b, stall) => poll_timed(b, stall, cx),
         };
+        // Trailers (the last frame): scrubbed, or dropped for a client
+        // that did not ask for them.
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+            if let Some(trailers) = frame.trailers_mut() {
+                headers::scrub_trailers(trailers);
+                if !this.trailers || trailers.is_empty() {
+                    polled = Poll::Ready(None);
+                }
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(d), Some(data)) = (&mut this.done, frame.data_ref()) {
@@ -238,10 +308,13 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // A body hyper never polled because it was already empty (HEAD, 204,
-        // 304) ended cleanly; any other unfinished body was cut short by the
-        // client, and its connection is not reused.
-        if self.is_end_stream() {
+        // 304) ended cleanly, as did one made by unstick (a HEAD answer's is
+        // never polled); a backend's body dropped unfinished was cut short by
+        // the client, and its connection is not reused.
+        if self.is_end_stream() || matches!(self.kind, Kind::Full(_)) {
             self.finish(End::Clean);
+        } else {
+            self.finish(End::ClientGone);
         }
     }
 }

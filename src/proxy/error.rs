@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::metrics::UpstreamErrorKind;
+use crate::metrics::{ClientErrorKind, UpstreamErrorKind};
 
 /// Which side caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +42,17 @@ pub enum Kind {
     ResponseTimeout(Duration),
     /// The backend set an affinity cookie and the policy is `reject`.
     AffinityRejected(String),
-    /// The client's request could not be read.
+    /// The client's request could not be read, or the protocol refuses it.
     BadRequest(String),
+    /// The request body is over `limits.max_request_body` (bytes).
+    BodyTooLarge(u64),
     /// The client sent no byte of its request body for this long.
     ClientTimeout(Duration),
+    /// The client closed or reset its connection (or stream) before its
+    /// response: nothing can be sent to it.
+    ClientGone,
+    /// A method unstick does not serve (CONNECT: it is no forward proxy).
+    NotImplemented(String),
     /// A bug or resource failure inside unstick.
     Internal(String),
 }
@@ -93,6 +100,12 @@ impl ProxyError {
         ProxyError::new(Source::Internal, Kind::NoBackends, Retry::Never)
     }
 
+    /// A failure of the client's making: never retried, never counted
+    /// against a backend.
+    pub fn client(kind: Kind) -> ProxyError {
+        ProxyError::new(Source::Client, kind, Retry::Never)
+    }
+
     pub fn with_backend(mut self, name: &std::sync::Arc<str>) -> ProxyError {
         self.backend = Some(name.clone());
         self
@@ -106,8 +119,10 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Kind::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Kind::BadRequest(_) | Kind::ClientGone => StatusCode::BAD_REQUEST,
+            Kind::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Kind::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Kind::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -124,7 +139,23 @@ impl ProxyError {
             Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) | Kind::ClientTimeout(_) => {
                 GrpcStatus::DeadlineExceeded
             }
-            Kind::BadRequest(_) | Kind::Internal(_) => GrpcStatus::Internal,
+            Kind::BadRequest(_)
+            | Kind::BodyTooLarge(_)
+            | Kind::ClientGone
+            | Kind::NotImplemented(_)
+            | Kind::Internal(_) => GrpcStatus::Internal,
+        }
+    }
+
+    /// The client error class for metrics, if the client caused the failure.
+    pub fn client_kind(&self) -> Option<ClientErrorKind> {
+        match self.kind {
+            Kind::BadRequest(_) => Some(ClientErrorKind::BadRequest),
+            Kind::BodyTooLarge(_) => Some(ClientErrorKind::BodyTooLarge),
+            Kind::ClientTimeout(_) => Some(ClientErrorKind::Timeout),
+            Kind::ClientGone => Some(ClientErrorKind::Aborted),
+            Kind::NotImplemented(_) => Some(ClientErrorKind::NotImplemented),
+            _ => None,
         }
     }
 
@@ -148,7 +179,10 @@ impl ProxyError {
             Kind::ResponseTimeout(_) => "timeout",
             Kind::AffinityRejected(_) => "affinity_rejected",
             Kind::BadRequest(_) => "bad_request",
+            Kind::BodyTooLarge(_) => "body_too_large",
             Kind::ClientTimeout(_) => "client_timeout",
+            Kind::ClientGone => "client_closed",
+            Kind::NotImplemented(_) => "not_implemented",
             Kind::Internal(_) => "internal",
         }
     }
@@ -199,9 +233,15 @@ impl fmt::Display for ProxyError {
                 on(f)
             }
             Kind::BadRequest(e) => write!(f, "bad request: {e}"),
+            Kind::BodyTooLarge(limit) => write!(
+                f,
+                "payload too large: the request body is over {limit} bytes (limits.max_request_body)"
+            ),
             Kind::ClientTimeout(d) => {
                 write!(f, "request timeout: no byte of the request body for {d:?}")
             }
+            Kind::ClientGone => write!(f, "the client closed the connection"),
+            Kind::NotImplemented(what) => write!(f, "not implemented: {what}"),
             Kind::Internal(e) => write!(f, "internal error: {e}"),
         }
     }

@@ -34,7 +34,7 @@ use super::body::Completion;
 use super::error::{Kind, ProxyError, Retry, Source};
 use super::headers::{self, FieldRule, RequestId, X_REQUEST_ID};
 use super::request_head::{self, Forwarding, Scan};
-use super::{retry, Attempts, Failed, Proxy, ReplyTo, ResponseBody, Settings};
+use super::{retry, Attempts, Entry, Failed, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
 use crate::shutdown::{Phase, Shutdown};
@@ -193,6 +193,27 @@ struct Answered {
     in_flight: InFlight,
 }
 
+/// A fast-path request made ready for its attempts.
+struct Prepared {
+    method: Method,
+    /// A head to rewrite over a `HeaderMap` (None: written in place into
+    /// `Reuse::scratch` already, with a small body), and its body.
+    parts: Option<request::Parts>,
+    body: Option<Bytes>,
+    /// A body too large to copy after the head.
+    large_body: Option<Bytes>,
+    replay_allowed: bool,
+    reply: ReplyTo,
+    log: Option<Box<Entry>>,
+    /// Why the request is refused (its target or `Host`), if it is.
+    refused: Option<ProxyError>,
+}
+
+/// False for a request refused before any backend saw it.
+fn refused_none(forwarded: &Option<Result<Answered, Failed>>) -> bool {
+    !matches!(forwarded, Some(Err(f)) if f.error.source == Source::Client)
+}
+
 /// A failed attempt: the error, and whether it was the backend's fault
 /// (counted against its health).
 struct AttemptError {
@@ -218,109 +239,171 @@ impl Proxy {
     where
         W: AsyncRead + AsyncWrite + Unpin,
     {
-        let Reuse {
-            shutdown,
-            input,
-            scratch,
-            timer,
-            headers: spare,
-            fields,
-        } = reuse;
         let start = Instant::now();
-        let (method, mut parts, body, large_body, replay_allowed, reply, log);
-        match request {
+        let mut p = match request {
             Request::InPlace {
                 head,
                 scan,
                 body_len,
-            } => {
-                let bytes = &input[..head.len];
-                let found = (scan.request_id(bytes, fields), scan.cookie(bytes, fields));
-                (reply, log) = self.begin_in_place(bytes, &head, found, scan.grpc, client);
-                scratch.clear();
-                let ours = Forwarding {
-                    client_ip: client.ip.as_bytes(),
-                    https: client.https,
-                    request_id: reply.request_id.as_bytes(),
-                    body_len,
-                };
-                request_head::write(scratch, bytes, &head, fields, &scan, &ours);
-                input.advance(head.len);
-                // A small body goes out with the head; a larger one is kept
-                // apart (it may be sent again).
-                large_body = match body_len {
-                    Some(n) if n > COALESCE => Some(input.split_to(n).freeze()),
-                    Some(n) => {
-                        scratch.extend_from_slice(&input[..n]);
-                        input.advance(n);
-                        None
-                    }
-                    None => None,
-                };
-                replay_allowed = retry::replay_allowed_with(&head.method, scan.idempotency_key);
-                (method, parts, body) = (head.method, None, None);
-            }
-            Request::Parts {
-                parts: mut p,
-                body: b,
-            } => {
-                (reply, log) = self.begin(&mut p, client, &settings, false);
-                replay_allowed = retry::replay_allowed(&p.method, &p.headers);
-                large_body = b.clone().filter(|b| b.len() > COALESCE);
-                (method, parts, body) = (p.method.clone(), Some(p), b);
-            }
-        }
-        // A response to HEAD has no body, not even an error message.
-        let head_request = method == http::Method::HEAD;
+            } => self.prepare_in_place(head, scan, body_len, client, reuse),
+            Request::Parts { parts, body } => self.prepare_parts(parts, body, client, &settings),
+        };
         let mut done = Completion::new(self.clone(), start, 0);
-        done.log = log;
-        let forwarded = {
-            let out = Outgoing {
-                method: &method,
-                replay_allowed: settings.retries.enabled && replay_allowed,
-                unwritten: parts.as_mut().map(|p| (p, body.as_ref())),
-                large_body: large_body.as_ref(),
-            };
-            let forward = self.forward_h1(out, &settings, &mut done, scratch, timer);
-            tokio::pin!(forward);
-            // While the backend works, a client that goes away cancels the
-            // request (as hyper does): its in-flight count and connection
-            // are released at once, and it is logged as `client_closed`.
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = forward.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
-                }
-                if client_gone(io, input, cx) {
-                    return Poll::Ready(None);
-                }
-                Poll::Pending
-            })
-            .await
+        done.log = p.log.take();
+        let refused = p.refused.take();
+        let forwarded = match refused {
+            Some(error) => Some(Err(Failed {
+                error,
+                backend: None,
+            })),
+            None => {
+                self.forward_watching(&mut p, &settings, &mut done, io, reuse)
+                    .await
+            }
         };
         let to = To {
-            // Decided now, not when the request came: a drain may have begun.
-            keep_alive: keep_alive && shutdown.phase() == Phase::Running,
-            head_request,
+            // Decided now, not when the request came: a drain may have
+            // begun. A refused request closes the connection.
+            keep_alive: keep_alive
+                && refused_none(&forwarded)
+                && reuse.shutdown.phase() == Phase::Running,
+            // A response to HEAD has no body, not even an error message.
+            head_request: p.method == Method::HEAD,
         };
+        let Reuse { scratch, timer, .. } = reuse;
         let next = match forwarded {
             Some(Ok(answered)) => {
-                let out = (io, scratch, timer);
-                self.relay(answered, done, reply, &settings, out, to).await
+                let out = (&mut *io, &mut *scratch, timer);
+                self.relay(answered, done, p.reply, &settings, out, to)
+                    .await
             }
             Some(Err(failed)) => {
-                let response = self.fail(failed, done, reply);
+                let response = self.fail(failed, done, p.reply);
                 write_made(response, io, scratch, to).await
             }
             None => Next::Close,
         };
         // The map is kept for the next request, unless one large head grew it.
-        if let Some(mut parts) = parts {
+        if let Some(mut parts) = p.parts {
             if parts.headers.capacity() <= KEPT_HEADER_CAPACITY {
                 parts.headers.clear();
-                *spare = std::mem::take(&mut parts.headers);
+                reuse.headers = std::mem::take(&mut parts.headers);
             }
         }
         next
+    }
+
+    /// A request passed on from where it lies: its head is written for the
+    /// backend into `reuse.scratch`, with a small body after it; a larger
+    /// body is kept apart (it may be sent again).
+    fn prepare_in_place(
+        &self,
+        head: http1::RequestHead,
+        scan: Scan,
+        body_len: Option<usize>,
+        client: &ClientInfo,
+        reuse: &mut Reuse,
+    ) -> Prepared {
+        let Reuse {
+            input,
+            scratch,
+            fields,
+            ..
+        } = reuse;
+        let bytes = &input[..head.len];
+        let found = (scan.request_id(bytes, fields), scan.cookie(bytes, fields));
+        let (reply, log) = self.begin_in_place(bytes, &head, found, scan.grpc, client);
+        scratch.clear();
+        let ours = Forwarding {
+            client_ip: client.ip.as_bytes(),
+            https: client.https,
+            request_id: reply.request_id.as_bytes(),
+            body_len,
+        };
+        request_head::write(scratch, bytes, &head, fields, &scan, &ours);
+        input.advance(head.len);
+        let large_body = match body_len {
+            Some(n) if n > COALESCE => Some(input.split_to(n).freeze()),
+            Some(n) => {
+                scratch.extend_from_slice(&input[..n]);
+                input.advance(n);
+                None
+            }
+            None => None,
+        };
+        Prepared {
+            replay_allowed: retry::replay_allowed_with(&head.method, scan.idempotency_key),
+            method: head.method,
+            parts: None,
+            body: None,
+            large_body,
+            reply,
+            log,
+            refused: None,
+        }
+    }
+
+    /// A request rewritten over a `HeaderMap`, as on the hyper path (its
+    /// head is written at the first attempt), or refused.
+    fn prepare_parts(
+        &self,
+        mut parts: request::Parts,
+        body: Option<Bytes>,
+        client: &ClientInfo,
+        settings: &Settings,
+    ) -> Prepared {
+        let begun = self.begin(&mut parts, client, settings, false);
+        Prepared {
+            replay_allowed: retry::replay_allowed(&parts.method, &parts.headers),
+            method: parts.method.clone(),
+            large_body: body.clone().filter(|b| b.len() > COALESCE),
+            parts: Some(parts),
+            body,
+            reply: begun.reply,
+            log: begun.log,
+            refused: begun.refused,
+        }
+    }
+
+    /// [`Proxy::forward_h1`], while watching the client: one that goes away
+    /// meanwhile cancels the request (as hyper does; None): its in-flight
+    /// count and backend connection are released at once, and it is logged
+    /// as `client_closed`.
+    async fn forward_watching<W>(
+        &self,
+        p: &mut Prepared,
+        settings: &Settings,
+        done: &mut Completion,
+        io: &mut W,
+        reuse: &mut Reuse,
+    ) -> Option<Result<Answered, Failed>>
+    where
+        W: AsyncRead + Unpin,
+    {
+        let Reuse {
+            input,
+            scratch,
+            timer,
+            ..
+        } = reuse;
+        let out = Outgoing {
+            method: &p.method,
+            replay_allowed: settings.retries.enabled && p.replay_allowed,
+            unwritten: p.parts.as_mut().map(|parts| (parts, p.body.as_ref())),
+            large_body: p.large_body.as_ref(),
+        };
+        let forward = self.forward_h1(out, settings, done, scratch, timer);
+        tokio::pin!(forward);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = forward.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if client_gone(io, input, cx) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Sends the request, retrying on another backend when that is safe:
@@ -407,90 +490,22 @@ impl Proxy {
                 });
             }
         };
-
-        let mut sent = conn.write_all(head).await;
-        if let (Ok(()), Some(b)) = (&sent, large_body) {
-            sent = conn.write_all(b).await.map_err(|(e, _)| (e, true));
-        }
-        if let Err((e, any_written)) = sent {
-            if !any_written {
-                // Nothing reached the backend: safe to send anywhere, and a
-                // pooled connection the backend had closed is not its fault.
-                let kind = Kind::Reset("the connection closed before the request was sent".into());
-                return Err(AttemptError {
-                    error: ProxyError::new(Source::Upstream, kind, Retry::Safe),
-                    blame: !reused,
-                });
-            }
-            let kind = Kind::Reset(format!("error writing the request: {e}"));
-            return Err(AttemptError {
-                error: ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent),
-                blame: true,
-            });
-        }
-
+        send_request(&mut conn, head, large_body, reused).await?;
         let sent_at = Instant::now();
         timer.set(sent_at + timeouts.response_header);
-        let head = {
-            let read = read_head(&mut conn);
-            tokio::pin!(read);
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
-                }
-                timer.poll_expired(cx).map(|()| None)
-            })
-            .await
-        };
-        let head = match head {
-            Some(Ok(h)) => h,
-            Some(Err(kind)) => {
-                return Err(AttemptError {
-                    error: ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent),
-                    blame: true,
-                })
-            }
-            None => {
-                let kind = Kind::ResponseTimeout(timeouts.response_header);
-                return Err(AttemptError {
-                    error: ProxyError::new(Source::Upstream, kind, Retry::Never),
-                    blame: true,
-                });
-            }
-        };
+        let head = await_head(&mut conn, timer, timeouts).await?;
+        let answered = answered(method, head, conn, in_flight)?;
         backend
             .metrics
             .upstream_duration
             .observe(sent_at.elapsed().as_secs_f64());
         self.health.on_success(backend);
-        let fields = conn.fields.iter().map(|f| f.field(&conn.buf));
-        let framing = match http1::response_framing_fields(method, head.status, fields) {
-            Ok(f) => f,
-            Err(e) => {
-                let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
-                return Err(AttemptError {
-                    error: ProxyError::new(Source::Upstream, kind, Retry::Never),
-                    blame: true,
-                });
-            }
-        };
-        let reusable = head.version == http::Version::HTTP_11
-            && framing != Framing::Close
-            && !conn.fields.iter().any(|f| {
-                let (name, value) = f.field(&conn.buf);
-                name.eq_ignore_ascii_case(b"connection") && http1::list_has(value, b"close")
-            });
-        Ok(Answered {
-            head,
-            framing,
-            conn,
-            reusable,
-            in_flight,
-        })
+        Ok(answered)
     }
 
     /// Writes the backend's response to the client: the head (rewritten as
-    /// on the hyper path), then the body as it arrives.
+    /// on the hyper path), then the body as it arrives, framed by unstick
+    /// (a chunked body is decoded and chunked again).
     #[allow(clippy::too_many_arguments)]
     async fn relay<W>(
         &self,
@@ -515,9 +530,113 @@ impl Proxy {
         // A body delimited by the backend closing can only be passed on the
         // same way.
         let keep_alive = to.keep_alive && framing != Framing::Close;
-        // Most heads need only fields dropped and unstick's added: they are
-        // written from where they were parsed. The rest are scrubbed as on
-        // the hyper path, over a `HeaderMap`.
+        let head_out = HeadOut {
+            head: &head,
+            framing,
+            keep_alive,
+        };
+        let trailers = self.write_head(head_out, &mut conn, &reply, settings, &backend, scratch);
+        let trailers = match trailers {
+            Ok(t) => t,
+            Err(kind) => {
+                // The backend's connection and in-flight count go with it.
+                drop((conn, in_flight));
+                let failed = self.bad_response(kind, backend);
+                return write_made(self.fail(failed, done, reply), out, scratch, to).await;
+            }
+        };
+        done.status = head.status.as_u16();
+        done.in_flight = Some(in_flight);
+        let body = BodyCopy::new(framing, trailers);
+        let upstream = (conn, reusable, backend);
+        let out = (out, scratch, timer, settings.timeouts.upstream_stall);
+        self.relay_body(body, upstream, done, reply, out, to, keep_alive)
+            .await
+    }
+
+    /// Writes the response body after its head (in `scratch`): the part
+    /// that came with the head goes out with it, in one write for a small
+    /// response; a body broken before anything was sent is a 502.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_body<W>(
+        &self,
+        mut body: BodyCopy,
+        (mut conn, reusable, backend): (RawConn, bool, Arc<Backend>),
+        mut done: Completion,
+        reply: ReplyTo,
+        (out, scratch, timer, stall): (&mut W, &mut Vec<u8>, &mut LazyTimer, Duration),
+        to: To,
+        keep_alive: bool,
+    ) -> Next
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let first = match body.take(&conn.buf, scratch) {
+            Ok(taken) => taken,
+            Err(e) => {
+                // Nothing has reached the client yet: it gets a 502.
+                drop(conn);
+                done.in_flight = None;
+                let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
+                let failed = self.bad_response(kind, backend);
+                return write_made(self.fail(failed, done, reply), out, scratch, to).await;
+            }
+        };
+        let copied = !first.raw || first.consumed <= COALESCE;
+        if copied {
+            if first.raw {
+                scratch.extend_from_slice(&conn.buf[..first.consumed]);
+            }
+            conn.buf.advance(first.consumed);
+            done.bytes += first.written() as u64;
+        }
+        let written = if copied && body.is_done() {
+            // The whole response is in hand (the usual small one): the
+            // request ends now, as on the hyper path, where the body's end
+            // is seen before its last bytes are written. Whoever reads the
+            // response then sees the backend free and the request counted.
+            end_body(done, conn, reusable, &backend);
+            out.write_all(scratch).await.is_ok() && out.flush().await.is_ok()
+        } else {
+            let sent = (copied, first.consumed);
+            let upstream = (&mut conn, timer, stall);
+            match stream_body(&mut body, upstream, sent, out, scratch, &mut done).await {
+                Ok(()) => {
+                    end_body(done, conn, reusable, &backend);
+                    true
+                }
+                Err(Cut::Backend) => {
+                    done.body_ended(false);
+                    false
+                }
+                Err(Cut::Client) => {
+                    done.client_gone();
+                    false
+                }
+            }
+        };
+        if written && keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// Writes the response head for the client into `scratch` and moves
+    /// `conn.buf` past the backend's. Most heads need only fields dropped
+    /// and unstick's added: they are written from where they were parsed;
+    /// the rest are scrubbed as on the hyper path, over a `HeaderMap`.
+    /// Returns the trailer fields the client gets (None: none), or why the
+    /// response is refused.
+    fn write_head(
+        &self,
+        h: HeadOut<'_>,
+        conn: &mut RawConn,
+        reply: &ReplyTo,
+        settings: &Settings,
+        backend: &Arc<Backend>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Option<Vec<http::HeaderName>>, Kind> {
         let backend_header = settings
             .backend_header
             .as_ref()
@@ -525,133 +644,107 @@ impl Proxy {
         let ours = Ours {
             request_id: &reply.request_id,
             backend_header,
+            trailers: reply.trailers,
         };
-        if write_plain_head(scratch, &head, &conn, framing, keep_alive, ours) {
-            self.watch_plain(&reply, &backend, head.status, &conn);
-            conn.buf.advance(head.len);
-        } else {
-            let bytes = conn.buf.split_to(head.len).freeze();
-            let parsed = http1::response_parts(&bytes, &head, &conn.fields);
-            let scrubbed =
-                parsed.map_err(|e| Kind::Reset(format!("invalid response from the backend: {e}")));
-            let scrubbed = scrubbed.and_then(|mut parts| {
-                self.scrub_response(&mut parts, &backend, settings, &reply, false)
-                    .map(|()| parts)
-                    .map_err(Kind::AffinityRejected)
-            });
-            let parts = match scrubbed {
-                Ok(parts) => parts,
-                Err(kind) => {
-                    // The backend's connection and in-flight count go with it.
-                    drop((conn, in_flight));
-                    let invalid = matches!(kind, Kind::Reset(_));
-                    let error = ProxyError::new(Source::Upstream, kind, Retry::Never)
-                        .with_backend(&backend.name);
-                    if invalid {
-                        self.upstream_failed(&backend, &error, false);
-                    }
-                    let failed = Failed {
-                        error,
-                        backend: Some(backend),
-                    };
-                    return write_made(self.fail(failed, done, reply), out, scratch, to).await;
-                }
-            };
-            http1::write_response_head(scratch, &parts, framing, keep_alive);
+        if write_plain_head(scratch, h, conn, ours) {
+            self.watch_plain(reply, backend, h.head.status, conn);
+            conn.buf.advance(h.head.len);
+            return Ok(None);
         }
-        done.status = head.status.as_u16();
-        done.in_flight = Some(in_flight);
+        let bytes = conn.buf.split_to(h.head.len).freeze();
+        let mut parts = http1::response_parts(&bytes, h.head, &conn.fields)
+            .map_err(|e| Kind::Reset(format!("invalid response from the backend: {e}")))?;
+        self.scrub_response(&mut parts, backend, settings, reply, false)
+            .map_err(Kind::AffinityRejected)?;
+        http1::write_response_head(scratch, &parts, h.framing, h.keep_alive);
+        let chunked = h.framing == Framing::Chunked;
+        Ok((reply.trailers && chunked).then(|| headers::announced_trailers(&parts.headers)))
+    }
 
-        let mut body = BodyCopy::new(framing);
-        // The part of the body that came with the head goes out with it.
-        let first = match body.take(&conn.buf) {
-            Ok(n) => n,
-            Err(e) => {
-                // Nothing has reached the client yet: it gets a 502.
-                drop(conn);
-                let backend = done.in_flight.take().map(|f| f.backend().clone());
-                let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
-                let error = ProxyError::new(Source::Upstream, kind, Retry::Never);
-                if let Some(b) = &backend {
-                    self.upstream_failed(b, &error, false);
-                }
-                let failed = Failed { error, backend };
-                return write_made(self.fail(failed, done, reply), out, scratch, to).await;
-            }
-        };
-        let small = first <= COALESCE;
-        if small {
-            scratch.extend_from_slice(&conn.buf[..first]);
-            conn.buf.advance(first);
-            done.bytes += first as u64;
-            if body.is_done() {
-                // The whole response is in hand (the usual small one): the
-                // request ends now, as on the hyper path, where the body's
-                // end is seen before its last bytes are written. Whoever
-                // reads the response then sees the backend free and the
-                // request counted.
-                done.body_ended(true);
-                if reusable {
-                    backend.pool.checkin_raw(conn);
-                }
-                drop(done);
-                let written = out.write_all(scratch).await.is_ok() && out.flush().await.is_ok();
-                return if written && keep_alive {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
-            }
+    /// A response the client does not get: the error, counted against the
+    /// backend if it was malformed (not for an affinity cookie refused).
+    fn bad_response(&self, kind: Kind, backend: Arc<Backend>) -> Failed {
+        let invalid = matches!(kind, Kind::Reset(_));
+        let error =
+            ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
+        if invalid {
+            self.upstream_failed(&backend, &error, false);
         }
-        if out.write_all(scratch).await.is_err() {
-            return Next::Close;
-        }
-        if !small {
-            if out.write_all(&conn.buf[..first]).await.is_err() {
-                return Next::Close;
-            }
-            conn.buf.advance(first);
-            done.bytes += first as u64;
-        }
-        while !body.is_done() {
-            if out.flush().await.is_err() {
-                return Next::Close;
-            }
-            match read_within(&mut conn, timer, settings.timeouts.upstream_stall).await {
-                Ok(0) if framing == Framing::Close => break,
-                Ok(0) | Err(_) => {
-                    done.body_ended(false);
-                    return Next::Close;
-                }
-                Ok(_) => {}
-            }
-            let n = match body.take(&conn.buf) {
-                Ok(n) => n,
-                Err(_) => {
-                    done.body_ended(false);
-                    return Next::Close;
-                }
-            };
-            if out.write_all(&conn.buf[..n]).await.is_err() {
-                return Next::Close;
-            }
-            conn.buf.advance(n);
-            done.bytes += n as u64;
-        }
-        if out.flush().await.is_err() {
-            return Next::Close;
-        }
-        done.body_ended(true);
-        if reusable {
-            backend.pool.checkin_raw(conn);
-        }
-        drop(done);
-        if keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
+        Failed {
+            error,
+            backend: Some(backend),
         }
     }
+}
+
+/// A response body went out whole: the request is recorded, and the
+/// backend's connection goes back to the pool if it can serve another.
+fn end_body(mut done: Completion, conn: RawConn, reusable: bool, backend: &Backend) {
+    done.body_ended(true);
+    if reusable {
+        backend.pool.checkin_raw(conn);
+    }
+    drop(done);
+}
+
+/// Why a response body stopped before its end.
+enum Cut {
+    /// The backend closed, failed, or broke the body's framing.
+    Backend,
+    /// The client could not be written to.
+    Client,
+}
+
+/// Streams the rest of a response body after its head (`scratch` holds
+/// what is still to be written; `sent` says whether the `first` bytes of
+/// `conn.buf` are in it, or still to go as they are). A backend that sends
+/// nothing for `stall` has cut it.
+async fn stream_body<W>(
+    body: &mut BodyCopy,
+    (conn, timer, stall): (&mut RawConn, &mut LazyTimer, Duration),
+    (sent, first): (bool, usize),
+    out: &mut W,
+    scratch: &mut Vec<u8>,
+    done: &mut Completion,
+) -> Result<(), Cut>
+where
+    W: AsyncWrite + Unpin,
+{
+    out.write_all(scratch).await.map_err(|_| Cut::Client)?;
+    if !sent {
+        out.write_all(&conn.buf[..first])
+            .await
+            .map_err(|_| Cut::Client)?;
+        conn.buf.advance(first);
+        done.bytes += first as u64;
+    }
+    while !body.is_done() {
+        out.flush().await.map_err(|_| Cut::Client)?;
+        match read_within(conn, timer, stall).await {
+            Ok(0) if body.framing == Framing::Close => break,
+            Ok(0) | Err(_) => return Err(Cut::Backend),
+            Ok(_) => {}
+        }
+        scratch.clear();
+        let taken = body.take(&conn.buf, scratch).map_err(|_| Cut::Backend)?;
+        let bytes = if taken.raw {
+            &conn.buf[..taken.consumed]
+        } else {
+            &scratch[..]
+        };
+        out.write_all(bytes).await.map_err(|_| Cut::Client)?;
+        done.bytes += bytes.len() as u64;
+        conn.buf.advance(taken.consumed);
+    }
+    out.flush().await.map_err(|_| Cut::Client)
+}
+
+/// A response head as the backend sent it, and how it goes to the client.
+#[derive(Clone, Copy)]
+struct HeadOut<'a> {
+    head: &'a http1::ResponseHead,
+    framing: Framing,
+    keep_alive: bool,
 }
 
 /// The fields unstick adds to every response head it passes on.
@@ -660,28 +753,27 @@ struct Ours<'a> {
     request_id: &'a RequestId,
     /// The configured header naming the backend, and the backend's name.
     backend_header: Option<(&'a http::HeaderName, &'a str)>,
+    /// The client takes trailers: a `Trailer` field is scrubbed.
+    trailers: bool,
 }
 
 /// Writes the response head at the start of `conn.buf` into `out` (emptied
 /// first) from where it was parsed: each field kept or dropped by
 /// `headers::response_field_rule`, then unstick's own fields. False, with
 /// `out` emptied again, at the first field that needs the full scrubbing
-/// over a `HeaderMap`.
-fn write_plain_head(
-    out: &mut Vec<u8>,
-    head: &http1::ResponseHead,
-    conn: &RawConn,
-    framing: Framing,
-    keep_alive: bool,
-    ours: Ours<'_>,
-) -> bool {
+/// over a `HeaderMap` (and at `Trailer`, for a client that takes trailers).
+fn write_plain_head(out: &mut Vec<u8>, h: HeadOut<'_>, conn: &RawConn, ours: Ours<'_>) -> bool {
     let backend_header = ours.backend_header.map(|(name, _)| name);
     out.clear();
-    http1::write_status_line(out, head.status);
+    http1::write_status_line(out, h.head.status);
     for f in &conn.fields {
         let (name, value) = f.field(&conn.buf);
         match headers::response_field_rule(name, value, backend_header) {
-            FieldRule::Keep => http1::put_response_field(out, &conn.buf, f, framing),
+            FieldRule::Keep => http1::put_response_field(out, &conn.buf, f, h.framing),
+            FieldRule::Drop if ours.trailers && name.eq_ignore_ascii_case(b"trailer") => {
+                out.clear();
+                return false;
+            }
             FieldRule::Drop => {}
             FieldRule::Scrub => {
                 out.clear();
@@ -695,8 +787,108 @@ fn write_plain_head(
         out.extend_from_slice(name.as_str().as_bytes());
         http1::put_field_value(out, backend.as_bytes());
     }
-    http1::end_response_head(out, framing, keep_alive);
+    http1::end_response_head(out, h.framing, h.keep_alive);
     true
+}
+
+/// Writes a request (its head, with a small body, then a large body) to a
+/// backend connection.
+async fn send_request(
+    conn: &mut RawConn,
+    head: &[u8],
+    large_body: Option<&Bytes>,
+    reused: bool,
+) -> Result<(), AttemptError> {
+    let mut sent = conn.write_all(head).await;
+    if let (Ok(()), Some(b)) = (&sent, large_body) {
+        sent = conn.write_all(b).await.map_err(|(e, _)| (e, true));
+    }
+    let Err((e, any_written)) = sent else {
+        return Ok(());
+    };
+    if !any_written {
+        // Nothing reached the backend: safe to send anywhere, and a pooled
+        // connection the backend had closed is not its fault.
+        let kind = Kind::Reset("the connection closed before the request was sent".into());
+        return Err(AttemptError {
+            error: ProxyError::new(Source::Upstream, kind, Retry::Safe),
+            blame: !reused,
+        });
+    }
+    let kind = Kind::Reset(format!("error writing the request: {e}"));
+    Err(AttemptError {
+        error: ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent),
+        blame: true,
+    })
+}
+
+/// Waits for the response head, until `timer` (armed for the response
+/// head timeout) fires.
+async fn await_head(
+    conn: &mut RawConn,
+    timer: &mut LazyTimer,
+    timeouts: &Timeouts,
+) -> Result<http1::ResponseHead, AttemptError> {
+    let head = {
+        let read = read_head(conn);
+        tokio::pin!(read);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            timer.poll_expired(cx).map(|()| None)
+        })
+        .await
+    };
+    let (kind, retry) = match head {
+        Some(Ok(h)) => return Ok(h),
+        Some(Err(kind)) => (kind, Retry::IfIdempotent),
+        None => (
+            Kind::ResponseTimeout(timeouts.response_header),
+            Retry::Never,
+        ),
+    };
+    Err(AttemptError {
+        error: ProxyError::new(Source::Upstream, kind, retry),
+        blame: true,
+    })
+}
+
+/// A response head's framing (strictly: see `http1::response_framing_fields`)
+/// and whether its connection can serve another request: HTTP/1.1, not
+/// closing, and not framed twice (`Transfer-Encoding` with `Content-Length`
+/// is read by the former, RFC 9112 6.3, and the connection then dropped).
+fn answered(
+    method: &Method,
+    head: http1::ResponseHead,
+    conn: RawConn,
+    in_flight: InFlight,
+) -> Result<Answered, AttemptError> {
+    let fields = conn.fields.iter().map(|f| f.field(&conn.buf));
+    let framing = match http1::response_framing_fields(method, head.status, fields.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
+            return Err(AttemptError {
+                error: ProxyError::new(Source::Upstream, kind, Retry::Never),
+                blame: true,
+            });
+        }
+    };
+    let mut fields = fields;
+    let reusable = head.version == http::Version::HTTP_11
+        && framing != Framing::Close
+        && !fields.any(|(name, value)| {
+            (name.eq_ignore_ascii_case(b"connection") && http1::list_has(value, b"close"))
+                || (framing == Framing::Chunked && name.eq_ignore_ascii_case(b"content-length"))
+        });
+    Ok(Answered {
+        head,
+        framing,
+        conn,
+        reusable,
+        in_flight,
+    })
 }
 
 /// Reads a backend's response head (left at the start of `conn.buf`, its
@@ -815,16 +1007,42 @@ where
     }
 }
 
-/// How much of a response body is left, by its framing.
+/// How much of a response body is left, by its framing, and the body
+/// framed for the client.
 struct BodyCopy {
     framing: Framing,
     remaining: u64,
-    chunks: http1::ChunkedScanner,
+    /// A chunked body's decoder.
+    chunks: Option<http1::Rechunker>,
+    /// The trailer fields the client gets (None: the client gets none).
+    trailers: Option<Vec<http::HeaderName>>,
     done: bool,
 }
 
+/// What [`BodyCopy::take`] took of the bytes read.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    /// Bytes that belong to the body.
+    consumed: usize,
+    /// They go to the client as they are (else framed again, in `out`).
+    raw: bool,
+    /// Bytes appended to `out`.
+    appended: usize,
+}
+
+impl Taken {
+    /// Bytes the client gets for them.
+    fn written(&self) -> usize {
+        if self.raw {
+            self.consumed
+        } else {
+            self.appended
+        }
+    }
+}
+
 impl BodyCopy {
-    fn new(framing: Framing) -> BodyCopy {
+    fn new(framing: Framing, trailers: Option<Vec<http::HeaderName>>) -> BodyCopy {
         let (remaining, done) = match framing {
             Framing::None => (0, true),
             Framing::Length(n) => (n, n == 0),
@@ -833,7 +1051,8 @@ impl BodyCopy {
         BodyCopy {
             framing,
             remaining,
-            chunks: http1::ChunkedScanner::new(),
+            chunks: (framing == Framing::Chunked).then(http1::Rechunker::new),
+            trailers,
             done,
         }
     }
@@ -842,25 +1061,49 @@ impl BodyCopy {
         self.done
     }
 
-    /// How many of the bytes read (`buf`) belong to the body.
-    fn take(&mut self, buf: &[u8]) -> Result<usize, http1::ChunkError> {
+    /// Takes what belongs to the body of the bytes read (`buf`): passed on
+    /// as they are, or (chunked) decoded, with the data framed again and
+    /// appended to `out`, and at the end the last chunk and the trailers
+    /// the client gets.
+    fn take(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Result<Taken, http1::ChunkError> {
+        let raw = |consumed| Taken {
+            consumed,
+            raw: true,
+            appended: 0,
+        };
         if self.done {
-            return Ok(0);
+            return Ok(raw(0));
         }
-        match self.framing {
-            Framing::None => Ok(0),
-            Framing::Length(_) => {
+        match (self.framing, &mut self.chunks) {
+            (Framing::Length(_), _) => {
                 let n = (buf.len() as u64).min(self.remaining);
                 self.remaining -= n;
                 self.done = self.remaining == 0;
-                Ok(n as usize)
+                Ok(raw(n as usize))
             }
-            Framing::Chunked => {
-                let (n, done) = self.chunks.scan(buf)?;
+            (Framing::Chunked, Some(chunks)) => {
+                let before = out.len();
+                let (consumed, done) = chunks.rechunk(buf, out)?;
+                if done {
+                    let fields = chunks.trailers()?;
+                    let wanted = |name: &[u8]| {
+                        self.trailers.as_ref().is_some_and(|t| {
+                            t.iter()
+                                .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+                        })
+                    };
+                    let passed = fields.into_iter().filter(|(n, _)| wanted(n));
+                    http1::write_last_chunk(out, passed);
+                }
                 self.done = done;
-                Ok(n)
+                Ok(Taken {
+                    consumed,
+                    raw: false,
+                    appended: out.len() - before,
+                })
             }
-            Framing::Close => Ok(buf.len()),
+            (Framing::Close, _) => Ok(raw(buf.len())),
+            _ => Ok(raw(0)),
         }
     }
 }

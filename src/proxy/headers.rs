@@ -12,6 +12,8 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// The settings of an `Upgrade: h2c` request (RFC 7540 3.2.1): one hop's.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
@@ -41,7 +43,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
             present |= 1 << i;
-        } else if name == header::TE || name == header::UPGRADE {
+        } else if name == header::TE || name == header::UPGRADE || name == HTTP2_SETTINGS {
             te_or_upgrade = true;
         }
     }
@@ -49,10 +51,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     let upgrade = if keep_upgrade {
-        headers.get(header::UPGRADE).cloned()
+        upgrade_protocols(headers)
     } else {
         None
     };
+    headers.remove(&HTTP2_SETTINGS);
     // Headers that `Connection` names are hop-by-hop too. `close`,
     // `keep-alive` and `upgrade` (the usual tokens) name nothing extra.
     if present & 1 != 0 {
@@ -188,6 +191,115 @@ pub fn response_field_rule(
     FieldRule::Keep
 }
 
+/// Fields never passed on in trailers (RFC 9110 6.5.1): those that frame
+/// or route a message, authenticate, control a request or a response, or
+/// describe the content, which a recipient must know before the content;
+/// hop-by-hop fields; cookies (affinity cookies are refused in the head
+/// only); and unstick's own.
+static NOT_IN_TRAILERS: [&str; 32] = [
+    "age",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "date",
+    "expect",
+    "expires",
+    "host",
+    "http2-settings",
+    "keep-alive",
+    "location",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "range",
+    "retry-after",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "vary",
+    "www-authenticate",
+    "x-request-id",
+    "x-unstick-drain",
+];
+
+/// True if a trailer field (name in any case) may be passed on.
+pub fn trailer_allowed(name: &[u8]) -> bool {
+    !NOT_IN_TRAILERS
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+/// True if the client asked for trailers (`TE: trailers`).
+pub fn wants_trailers(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::TE, "trailers")
+}
+
+/// True if a list field `name` holds `token` (any case).
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Writes a `Content-Length` the client sent as a list of one number
+/// (`5, 5`, or the field twice: RFC 9110 8.6 lets a recipient take it) as
+/// that number, once.
+pub fn one_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), second) = (values.next(), values.next()) else {
+        return;
+    };
+    if second.is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let length = first
+        .as_bytes()
+        .split(|b| *b == b',')
+        .next()
+        .map(<[u8]>::trim_ascii)
+        .and_then(|n| HeaderValue::from_bytes(n).ok());
+    if let Some(length) = length {
+        headers.insert(header::CONTENT_LENGTH, length);
+    }
+}
+
+/// The trailer fields a response announces (`Trailer`) that may be passed
+/// on, lower-cased.
+pub fn announced_trailers(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| trailer_allowed(n.as_str().as_bytes()))
+        .collect()
+}
+
+/// Removes the trailer fields that may not be passed on.
+pub fn scrub_trailers(trailers: &mut HeaderMap) {
+    let refused: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| !trailer_allowed(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in refused {
+        trailers.remove(name);
+    }
+}
+
 /// Joins several `Cookie` headers into one, pairs separated by `; `.
 ///
 /// HTTP/2 clients may send each cookie in its own header (RFC 9113 8.2.3);
@@ -210,15 +322,56 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// True if the request asks to switch protocols (e.g. WebSocket).
+/// True if the request asks to switch to a protocol unstick tunnels (a
+/// WebSocket, say). `h2c` is never one: an HTTP/1.1 request asking for it
+/// is served as plain HTTP/1.1 (tunnelled, it would reach the backend as
+/// HTTP/2 past every rule here: "h2c smuggling").
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && upgrade_protocols(headers).is_some()
+}
+
+/// The protocols an `Upgrade` asks for, but `h2c`; None if no other.
+fn upgrade_protocols(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let (first, second) = (values.next()?, values.next());
+    let h2c = |t: &str| t.trim().eq_ignore_ascii_case("h2c") || t.trim().is_empty();
+    let text = first.to_str().ok()?;
+    if second.is_none() && !text.split(',').any(h2c) {
+        return Some(first.clone());
+    }
+    let kept: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter(|t| !h2c(t))
+        .map(str::trim)
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
+/// Removes every field whose name holds `_` (unless
+/// `underscores_in_headers`): a backend (CGI, PHP, many frameworks) may
+/// read `X_Forwarded_For` as `X-Forwarded-For` and so trust a field unstick
+/// never checked.
+pub fn remove_underscored(headers: &mut HeaderMap) {
+    let underscored = |n: &HeaderName| n.as_str().as_bytes().contains(&b'_');
+    if !headers.keys().any(underscored) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| underscored(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// True for a gRPC call: `content-type: application/grpc` or

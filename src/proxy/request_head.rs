@@ -13,6 +13,7 @@ use crate::affinity;
 use crate::http1::{self, Framing, HeadError, HeaderIndices, RequestHead};
 
 use super::headers::{connection_names_fields, is_grpc_value};
+use super::target::valid_host;
 
 /// The longest header name `http::HeaderName` takes.
 const MAX_NAME: usize = (1 << 16) - 1;
@@ -27,9 +28,10 @@ pub struct Scan {
     /// i; heads carry at most `http1::MAX_HEADERS` fields): hop-by-hop
     /// fields, and those unstick writes itself.
     dropped: u128,
-    /// A field needs the `HeaderMap` path's rewriting: a `Cookie` with an
-    /// affinity cookie in it, several `Cookie` or `X-Forwarded-For`
-    /// fields, `TE`, a `Connection` naming other headers, or no `Host`.
+    /// A field needs the `HeaderMap` path's rewriting (or its refusal): a
+    /// `Cookie` with an affinity cookie in it, several `Cookie` or
+    /// `X-Forwarded-For` fields, `TE`, a `Connection` naming other headers,
+    /// or not exactly one valid `Host`.
     needs_map: bool,
     /// `Connection: close`.
     pub close: bool,
@@ -48,6 +50,10 @@ pub struct Scan {
     forwarded_for: Option<usize>,
     request_id: Option<usize>,
     cookie: Option<usize>,
+    /// `Host` and `Cookie` fields so far, and whether a `Content-Type` was.
+    hosts: u8,
+    cookies: u8,
+    content_type: bool,
 }
 
 /// What unstick adds to a request head it passes on.
@@ -64,95 +70,111 @@ pub struct Forwarding<'a> {
 
 impl Scan {
     /// Reads the fields of the request head `head` (its bytes); `affinity`
-    /// says which cookies are affinity cookies.
-    pub fn of(head: &[u8], fields: &[HeaderIndices], affinity: &affinity::Rules) -> Scan {
+    /// says which cookies are affinity cookies; names holding `_` are
+    /// dropped unless `underscores` (`underscores_in_headers`).
+    pub fn of(
+        head: &[u8],
+        fields: &[HeaderIndices],
+        affinity: &affinity::Rules,
+        underscores: bool,
+    ) -> Scan {
         let mut scan = Scan::default();
-        let mut cookies = 0;
-        let mut content_type = false;
         for (i, f) in fields.iter().enumerate() {
             let (name, value) = f.field(head);
-            let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-            // Most names (`accept`, `user-agent`...) are ruled out by their
-            // length and one compare at most.
-            let drop = match name.len() {
-                2 if is(b"te") => {
-                    // Only `TE: trailers` is passed on: the map path says so.
-                    scan.needs_map = true;
-                    false
-                }
-                4 if is(b"host") => {
-                    scan.host.get_or_insert(i);
-                    false
-                }
-                6 if is(b"cookie") => {
-                    cookies += 1;
-                    scan.cookie.get_or_insert(i);
-                    // Several are joined into one, affinity cookies taken
-                    // out and counted: the map path does both.
-                    scan.needs_map |= cookies > 1 || affinity.names_any(value);
-                    false
-                }
-                6 if is(b"expect") => {
-                    scan.expect = true;
-                    false
-                }
-                7 if is(b"upgrade") => {
-                    scan.upgrade = true;
-                    true
-                }
-                7 if is(b"trailer") => true,
-                10 if is(b"connection") => {
-                    scan.close |= has_close(value);
-                    scan.needs_map |= connection_names_fields(value);
-                    true
-                }
-                10 if is(b"keep-alive") => true,
-                12 if is(b"x-request-id") => {
-                    scan.request_id.get_or_insert(i);
-                    true
-                }
-                12 if is(b"content-type") => {
-                    if !content_type {
-                        scan.grpc = is_grpc_value(value);
-                        content_type = true;
-                    }
-                    false
-                }
-                // Written again from the body's length.
-                14 if is(b"content-length") => {
-                    scan.framed = true;
-                    true
-                }
-                15 if is(b"x-forwarded-for") => {
-                    scan.needs_map |= scan.forwarded_for.is_some();
-                    scan.forwarded_for = Some(i);
-                    true
-                }
-                15 if is(b"idempotency-key") => {
-                    scan.idempotency_key = true;
-                    false
-                }
-                16 if is(b"proxy-connection") || is(b"x-forwarded-host") => true,
-                17 if is(b"transfer-encoding") => {
-                    scan.framed = true;
-                    true
-                }
-                17 if is(b"x-forwarded-proto") => true,
-                18 if is(b"proxy-authenticate") => true,
-                19 if is(b"proxy-authorization") => true,
-                // Longer than `http` takes a name: the map path answers 400.
-                n if n > MAX_NAME => {
-                    scan.needs_map = true;
-                    false
-                }
-                _ => false,
-            };
+            let drop =
+                (!underscores && has_underscore(name)) || scan.field(i, name, value, affinity);
             if drop {
                 scan.dropped |= 1 << i;
             }
         }
         scan.needs_map |= scan.host.is_none();
         scan
+    }
+
+    /// Notes what field `i` says; true if it is left out when the head is
+    /// passed on in place.
+    fn field(&mut self, i: usize, name: &[u8], value: &[u8], affinity: &affinity::Rules) -> bool {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        // Most names (`accept`, `user-agent`...) are ruled out by their
+        // length and one compare at most.
+        match name.len() {
+            2 if is(b"te") => {
+                // Only `TE: trailers` is passed on: the map path says so.
+                self.needs_map = true;
+                false
+            }
+            4 if is(b"host") => {
+                self.hosts += 1;
+                self.host.get_or_insert(i);
+                // One valid `Host` is passed on; the map path refuses the rest.
+                self.needs_map |= self.hosts > 1 || !valid_host(value);
+                false
+            }
+            6 if is(b"cookie") => {
+                self.cookies += 1;
+                self.cookie.get_or_insert(i);
+                // Several are joined into one, affinity cookies taken
+                // out and counted: the map path does both.
+                self.needs_map |= self.cookies > 1 || affinity.names_any(value);
+                false
+            }
+            6 if is(b"expect") => {
+                self.expect = true;
+                false
+            }
+            7 if is(b"upgrade") => {
+                self.upgrade = true;
+                true
+            }
+            7 if is(b"trailer") => true,
+            10 if is(b"connection") => {
+                self.close |= has_close(value);
+                self.needs_map |= connection_names_fields(value);
+                true
+            }
+            10 if is(b"keep-alive") => true,
+            12 if is(b"x-request-id") => {
+                self.request_id.get_or_insert(i);
+                true
+            }
+            12 if is(b"content-type") => {
+                if !self.content_type {
+                    self.grpc = is_grpc_value(value);
+                    self.content_type = true;
+                }
+                false
+            }
+            // Written again from the body's length.
+            14 if is(b"content-length") => {
+                self.framed = true;
+                true
+            }
+            // The settings of an `Upgrade: h2c`, never an upgrade here.
+            14 if is(b"http2-settings") => true,
+            15 if is(b"x-forwarded-for") => {
+                self.needs_map |= self.forwarded_for.is_some();
+                self.forwarded_for = Some(i);
+                true
+            }
+            15 if is(b"idempotency-key") => {
+                self.idempotency_key = true;
+                false
+            }
+            16 if is(b"proxy-connection") || is(b"x-forwarded-host") => true,
+            17 if is(b"transfer-encoding") => {
+                self.framed = true;
+                true
+            }
+            17 if is(b"x-forwarded-proto") => true,
+            18 if is(b"proxy-authenticate") => true,
+            19 if is(b"proxy-authorization") => true,
+            // Longer than `http` takes a name: the map path answers 400.
+            n if n > MAX_NAME => {
+                self.needs_map = true;
+                false
+            }
+            _ => false,
+        }
     }
 
     /// True if the head must be rewritten over a `HeaderMap` (see
@@ -227,6 +249,30 @@ pub fn write(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// True if a field name holds `_`: eight bytes at a time, since every name
+/// of every request is looked at (the zero-byte test of "Bit Twiddling
+/// Hacks", on the name XOR `_`).
+fn has_underscore(name: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let has = |w: [u8; 8]| {
+        let x = u64::from_ne_bytes(w) ^ (ONES * u64::from(b'_'));
+        x.wrapping_sub(ONES) & !x & HIGH != 0
+    };
+    let mut words = name.chunks_exact(8);
+    if words
+        .by_ref()
+        .any(|w| has(w.try_into().expect("eight bytes")))
+    {
+        return true;
+    }
+    // The rest, padded with bytes that are not `_`.
+    let rest = words.remainder();
+    let mut w = [0u8; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    has(w)
 }
 
 /// True if a `Connection` value carries `close` (a value with bytes that
@@ -304,6 +350,21 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn underscores_are_found_in_names_of_every_length() {
+        for len in 0..20 {
+            let plain = vec![b'a'; len];
+            assert!(!has_underscore(&plain), "{len}");
+            for at in 0..len {
+                let mut name = plain.clone();
+                name[at] = b'_';
+                assert!(has_underscore(&name), "{len} {at}");
+            }
+        }
+        // Bytes next to `_` (0x5e, 0x60, and with the high bit) are not it.
+        assert!(!has_underscore(b"^`\xdf\xde\x5e\x60"));
+    }
+
     /// For random heads, the scan's facts match what the `HeaderMap` says,
     /// it sends to the map exactly the heads that need it, and the head
     /// written in place is the map path's, field for field.
@@ -333,7 +394,7 @@ mod tests {
             let head = http1::parse_request_head(raw, 8192, &mut fields)
                 .unwrap()
                 .unwrap();
-            let scan = Scan::of(raw, &fields, &affinity);
+            let scan = Scan::of(raw, &fields, &affinity, true);
             let (mut parts, _) = http1::parse_request(&mut BytesMut::from(raw), 8192)
                 .unwrap()
                 .unwrap();
@@ -357,7 +418,7 @@ mod tests {
                 scan.framing(raw, &fields),
                 http1::request_framing_fields(map_fields.into_iter())
             );
-            let needs_map = count("Host") == 0
+            let needs_map = count("Host") != 1
                 || count("Cookie") > 1
                 || count("X-Forwarded-For") > 1
                 || has("Cookie", "AWSALB=2; b=3")

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::{Phase, ServerOptions, Shutdown, TunnelHold};
+use crate::metrics::ClientErrorKind;
 use crate::proxy::{ClientInfo, Proxy, ResponseBody};
 use crate::tls::ALPN_H2;
 use crate::upstream::BodyError;
@@ -226,6 +227,8 @@ where
         activity: activity.clone(),
         first_read: true,
         answered: false,
+        line: LineWatch::new(a.opts.max_header_bytes),
+        last_word: TIMED_OUT_408,
     };
     // Every tunnel made from this connection holds a sender: the connection
     // stays counted as open (for the drain and the connection limit) until
@@ -253,20 +256,26 @@ where
         })
     };
     let conn = a.builders.serve(speak, TokioIo::new(io), service);
-    keep_time(conn, &activity, a.opts, a.shutdown).await;
+    let fault = keep_time(conn, &activity, a.opts, a.shutdown).await;
+    if activity.uri_too_long.load(Ordering::Relaxed) {
+        a.proxy.metrics.client_error(ClientErrorKind::UriTooLong);
+    } else if let Some(kind) = fault {
+        a.proxy.metrics.client_error(kind);
+    }
     // An upgraded connection lives on in its tunnel (which closes itself at
     // `Phase::Close`); wait for it.
     let _ = tunnels_closed.recv().await;
 }
 
 /// Runs `conn` on its clock (see [`ConnActivity::due`]) until it ends, the
-/// clock cuts it off, or shutdown closes it.
+/// clock cuts it off, or shutdown closes it. Returns the client's fault if
+/// hyper refused a request head (and answered it).
 async fn keep_time(
     mut conn: Pin<Box<dyn ServedConn + '_>>,
     activity: &ConnActivity,
     opts: &ServerOptions,
     shutdown: &Shutdown,
-) {
+) -> Option<ClientErrorKind> {
     let limits = Limits::of(opts);
     let mut phase = shutdown.subscribe();
     let mut graceful = false;
@@ -278,10 +287,9 @@ async fn keep_time(
     loop {
         tokio::select! {
             res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "client connection error");
-                }
-                return;
+                let e = res.err()?;
+                tracing::debug!(error = %e, "client connection error");
+                return client_fault(&*e);
             }
             changed = phase.changed(), if !graceful => {
                 let p = if changed.is_ok() { *phase.borrow() } else { Phase::Close };
@@ -290,18 +298,18 @@ async fn keep_time(
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = shutdown.reached(Phase::Close), if graceful => return,
+            _ = shutdown.reached(Phase::Close), if graceful => return None,
             _ = &mut wake => {
                 let now = activity.now();
                 if hard_stop.is_some_and(|t| now >= t) {
-                    return;
+                    return None;
                 }
                 let next = match activity.due(now, &limits) {
                     Ok(next) => next,
                     Err(due) => {
                         tracing::debug!(due = ?due, "client connection cut off by its clock");
                         match due {
-                            Due::Stalled | Due::NoRequest | Due::Head { begun: false } => return,
+                            Due::Stalled | Due::NoRequest | Due::Head { begun: false } => return None,
                             Due::Head { begun: true } => activity.answer_408(),
                             Due::Idle if !graceful => {
                                 graceful = true;
@@ -316,6 +324,19 @@ async fn keep_time(
                 wake.as_mut().reset(activity.at(next));
             }
         }
+    }
+}
+
+/// A request hyper refused before it became one (a head it could not
+/// parse, or one too large: hyper answered it 400 or 431).
+fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ClientErrorKind> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        Some(ClientErrorKind::HeaderTooLarge)
+    } else if e.is_parse() {
+        Some(ClientErrorKind::BadRequest)
+    } else {
+        None
     }
 }
 
@@ -382,6 +403,8 @@ struct ConnActivity {
     http2: AtomicBool,
     /// The head timeout ran out on a begun head: the next read answers 408.
     answer_408: AtomicBool,
+    /// A request line too long was answered 414.
+    uri_too_long: AtomicBool,
     /// Wakes the connection's reader to answer that 408.
     reader: AtomicWaker,
     start: Instant,
@@ -399,6 +422,7 @@ impl ConnActivity {
             write_waiting: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             answer_408: AtomicBool::new(false),
+            uri_too_long: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             start,
         }
@@ -522,9 +546,49 @@ struct WatchedIo<I> {
     prefix: bytes::Bytes,
     activity: Arc<ConnActivity>,
     first_read: bool,
-    /// The 408 was written: reads see the end of the stream.
+    /// The last word (a 408, a 414) was written: reads see the end of the stream.
     answered: bool,
+    line: LineWatch,
+    /// What the connection is told before it closes.
+    last_word: &'static [u8],
 }
+
+/// A request line that grows past the head limit is answered `414 URI Too
+/// Long` here: hyper would read it as a head too large (431), since it only
+/// tells a long target from a large head once the whole head is in. Lines
+/// are watched from the first byte read while no request is in flight
+/// (a request pipelined behind another is hyper's to judge).
+struct LineWatch {
+    limit: usize,
+    /// Bytes of the request line read so far (None: not in one).
+    read: Option<usize>,
+}
+
+impl LineWatch {
+    fn new(limit: usize) -> LineWatch {
+        LineWatch { limit, read: None }
+    }
+
+    /// Notes bytes read; true once the line is too long.
+    fn read(&mut self, got: &[u8], head_starts: bool) -> bool {
+        if head_starts {
+            self.read = Some(0);
+        }
+        let Some(so_far) = self.read else {
+            return false;
+        };
+        if got.contains(&b'\n') {
+            self.read = None;
+            return false;
+        }
+        self.read = Some(so_far + got.len());
+        so_far + got.len() >= self.limit
+    }
+}
+
+/// What a connection whose request line is too long is told.
+const URI_TOO_LONG: &[u8] =
+    b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// What a connection whose request head did not come in time is told.
 const TIMED_OUT_408: &[u8] =
@@ -536,14 +600,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> WatchedIo<I> {
     fn answer_408(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.answered {
             self.answered = true;
-            let _ = Pin::new(&mut self.inner).poll_write(cx, TIMED_OUT_408);
+            let _ = Pin::new(&mut self.inner).poll_write(cx, self.last_word);
             let _ = Pin::new(&mut self.inner).poll_shutdown(cx);
         }
         Poll::Ready(Ok(()))
     }
 
-    /// Notes what the bytes just read mean for the clock.
-    fn saw(&mut self, got: &[u8]) {
+    /// Notes what the bytes just read mean for the clock; true if they
+    /// make a request line too long (they are then not passed on).
+    fn saw(&mut self, got: &[u8]) -> bool {
         let a = &self.activity;
         if self.first_read {
             if got.starts_with(b"PRI * HTTP/2") {
@@ -551,9 +616,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> WatchedIo<I> {
             }
             self.first_read = false;
         }
-        if a.active.load(Ordering::Relaxed) == 0 && a.head_started.load(Ordering::Relaxed) == 0 {
+        let head_starts =
+            a.active.load(Ordering::Relaxed) == 0 && a.head_started.load(Ordering::Relaxed) == 0;
+        if head_starts {
             a.head_started.store(a.now() + 1, Ordering::Relaxed);
         }
+        let too_long = !a.http2.load(Ordering::Relaxed) && self.line.read(got, head_starts);
+        if too_long {
+            a.uri_too_long.store(true, Ordering::Relaxed);
+            self.last_word = URI_TOO_LONG;
+        }
+        too_long
     }
 }
 
@@ -588,16 +661,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedIo<I> {
             return this.answer_408(cx);
         }
         let before = buf.filled().len();
-        if !this.prefix.is_empty() {
+        let res = if this.prefix.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
-            this.saw(&buf.filled()[before..]);
-            return Poll::Ready(Ok(()));
-        }
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+            Poll::Ready(Ok(()))
+        };
         match &res {
             Poll::Pending => this.activity.reader.register(cx.waker()),
-            Poll::Ready(_) if buf.filled().len() > before => this.saw(&buf.filled()[before..]),
+            Poll::Ready(_) if buf.filled().len() > before => {
+                if this.saw(&buf.filled()[before..]) {
+                    buf.set_filled(before);
+                    return this.answer_408(cx);
+                }
+            }
             Poll::Ready(_) => {}
         }
         res

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::clock::SendClock;
 use super::{Phase, Reached, ServerOptions, Shutdown, Speak};
 use crate::http1;
+use crate::metrics::{ClientErrorKind, Metrics};
 use crate::proxy::h1::{LazyTimer, Next, Request, Reuse};
 use crate::proxy::request_head::Scan;
 use crate::proxy::{ClientInfo, Proxy, Settings};
@@ -56,6 +57,8 @@ enum Wait {
 /// One connection on the fast path: what it keeps between requests.
 struct FastConn<'a> {
     opts: &'a ServerOptions,
+    /// Client faults are counted here.
+    metrics: &'a Metrics,
     shutdown: &'a Shutdown,
     reuse: Reuse,
     /// Client read deadlines, made once per connection, not per request.
@@ -74,7 +77,8 @@ enum Step {
     Serve(Request, Arc<Settings>, bool),
     /// Leave it (and the rest of the connection) to hyper.
     Handover,
-    Reject(&'static str),
+    /// The client's fault: answered (unless it left), counted, and closed.
+    Reject(ClientErrorKind),
 }
 
 /// Serves requests on `io`, accepted at `accepted`, until it closes or a
@@ -93,6 +97,7 @@ where
     let mut io = SendClock::new(io, opts.client_stall);
     let mut conn = FastConn {
         opts,
+        metrics: &proxy.metrics,
         shutdown,
         reuse: Reuse::new(shutdown.clone()),
         timer: LazyTimer::new(),
@@ -107,8 +112,8 @@ where
         let (request, settings, keep_alive) = match conn.prepare(&mut io, head, proxy).await {
             Step::Serve(request, settings, keep_alive) => (request, settings, keep_alive),
             Step::Handover => return conn.handover(),
-            Step::Reject(status) => {
-                reject(&mut io, status).await;
+            Step::Reject(kind) => {
+                conn.reject(&mut io, kind).await;
                 return Outcome::Closed;
             }
         };
@@ -156,11 +161,7 @@ impl FastConn<'_> {
                 // The start of an HTTP/2 preface that arrived in pieces: wait for the rest.
                 Err(_) if H2_PREFACE.starts_with(input) => {}
                 Err(e) => {
-                    let status = match e {
-                        http1::HeadError::TooLarge => "431 Request Header Fields Too Large",
-                        http1::HeadError::Malformed(_) => "400 Bad Request",
-                    };
-                    reject(io, status).await;
+                    self.reject(io, refusal(e)).await;
                     return Err(Outcome::Closed);
                 }
             }
@@ -185,7 +186,7 @@ impl FastConn<'_> {
             {
                 Wait::Data => {}
                 Wait::TimedOut if self.begun_http1() => {
-                    reject(io, "408 Request Timeout").await;
+                    self.reject(io, ClientErrorKind::Timeout).await;
                     return Err(Outcome::Closed);
                 }
                 Wait::Closed | Wait::TimedOut | Wait::Draining => return Err(Outcome::Closed),
@@ -207,10 +208,18 @@ impl FastConn<'_> {
         let settings = proxy.settings();
         let reuse = &mut self.reuse;
         let bytes = &reuse.input[..head.len];
-        let scan = Scan::of(bytes, &reuse.fields, &settings.affinity);
-        let Ok(framing) = scan.framing(bytes, &reuse.fields) else {
-            return Step::Reject("400 Bad Request");
+        let underscores = settings.underscores_in_headers;
+        let scan = Scan::of(bytes, &reuse.fields, &settings.affinity, underscores);
+        let framing = match scan.framing(bytes, &reuse.fields) {
+            Ok(framing) => framing,
+            Err(e) => return Step::Reject(refusal(e)),
         };
+        if let http1::Framing::Length(n) = framing {
+            let limit = settings.max_request_body;
+            if limit != 0 && n > limit {
+                return Step::Reject(ClientErrorKind::BodyTooLarge);
+            }
+        }
         // A body is read whole before the request goes on, so only one that
         // fits the replay buffer (and so can be retried) is served here.
         let body_len = match framing {
@@ -231,13 +240,13 @@ impl FastConn<'_> {
             let bytes = reuse.input.split_to(head.len).freeze();
             match http1::request_parts(&bytes, &head, &reuse.fields, &mut reuse.headers) {
                 Ok(p) => parts = Some(p),
-                Err(_) => return Step::Reject("400 Bad Request"),
+                Err(_) => return Step::Reject(ClientErrorKind::BadRequest),
             }
         }
         // The body follows the head (still in `input` if passed on in place).
         let body_at = if in_place { head.len } else { 0 };
-        if let Err(status) = self.read_body(io, body_at + body_len.unwrap_or(0)).await {
-            return Step::Reject(status);
+        if let Err(kind) = self.read_body(io, body_at + body_len.unwrap_or(0)).await {
+            return Step::Reject(kind);
         }
         let keep_alive = !scan.close && self.shutdown.phase() == Phase::Running;
         let request = match parts {
@@ -255,8 +264,8 @@ impl FastConn<'_> {
     }
 
     /// Reads until `input` holds `len` bytes: a client that sends none of
-    /// them for the stall timeout gets a 408.
-    async fn read_body<I>(&mut self, io: &mut I, len: usize) -> Result<(), &'static str>
+    /// them for the stall timeout gets a 408; one that leaves is gone.
+    async fn read_body<I>(&mut self, io: &mut I, len: usize) -> Result<(), ClientErrorKind>
     where
         I: AsyncRead + Unpin,
     {
@@ -264,12 +273,20 @@ impl FastConn<'_> {
             let deadline = Instant::now() + self.opts.client_stall;
             match read_more(io, &mut self.reuse.input, &mut self.timer, deadline, None).await {
                 Wait::Data => {}
-                Wait::TimedOut => return Err("408 Request Timeout"),
-                // No one is left to answer.
-                Wait::Closed | Wait::Draining => return Err(""),
+                Wait::TimedOut => return Err(ClientErrorKind::Timeout),
+                Wait::Closed | Wait::Draining => return Err(ClientErrorKind::Aborted),
             }
         }
         Ok(())
+    }
+
+    /// Answers a request the client got wrong, counts it, and closes.
+    async fn reject<I>(&self, io: &mut I, kind: ClientErrorKind)
+    where
+        I: AsyncWrite + Unpin,
+    {
+        self.metrics.client_error(kind);
+        reject(io, kind).await;
     }
 
     /// Hands the connection, and the bytes read from it, to hyper.
@@ -278,6 +295,16 @@ impl FastConn<'_> {
             input: std::mem::take(&mut self.reuse.input).freeze(),
             served: self.first_due.is_none(),
         }
+    }
+}
+
+/// The answer to a request head the client got wrong.
+fn refusal(e: http1::HeadError) -> ClientErrorKind {
+    match e {
+        http1::HeadError::TooLarge => ClientErrorKind::HeaderTooLarge,
+        http1::HeadError::LineTooLong => ClientErrorKind::UriTooLong,
+        http1::HeadError::UnknownCoding => ClientErrorKind::NotImplemented,
+        http1::HeadError::Malformed(_) => ClientErrorKind::BadRequest,
     }
 }
 
@@ -333,16 +360,24 @@ where
     .await
 }
 
-/// Answers a request the server cannot read (if `status` is not empty),
-/// and closes.
-async fn reject<I>(io: &mut I, status: &str)
+/// Answers a request the server will not serve with its status (nothing
+/// to a client that left), and closes.
+async fn reject<I>(io: &mut I, kind: ClientErrorKind)
 where
     I: AsyncWrite + Unpin,
 {
-    if status.is_empty() {
-        let _ = io.shutdown().await;
-        return;
-    }
+    let status = match kind {
+        ClientErrorKind::BadRequest => "400 Bad Request",
+        ClientErrorKind::Timeout => "408 Request Timeout",
+        ClientErrorKind::BodyTooLarge => "413 Payload Too Large",
+        ClientErrorKind::UriTooLong => "414 URI Too Long",
+        ClientErrorKind::HeaderTooLarge => "431 Request Header Fields Too Large",
+        ClientErrorKind::NotImplemented => "501 Not Implemented",
+        ClientErrorKind::Aborted => {
+            let _ = io.shutdown().await;
+            return;
+        }
+    };
     let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     let _ = io.write_all(response.as_bytes()).await;
     let _ = io.shutdown().await;

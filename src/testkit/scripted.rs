@@ -1,23 +1,27 @@
-//! A backend that answers each request with raw bytes from a script, for response framings hyper will not write.
+//! A backend that answers each request with raw bytes from a script, for response framings hyper will not write, and records what reached it.
 //!
 //! [`ScriptedBackend`] accepts TCP on 127.0.0.1, reads HTTP/1.1 requests
 //! (bodies by `Content-Length` or chunked) and answers each with the bytes
 //! its script gives for the request path: trailers written by hand,
 //! close-delimited bodies, interim (1xx) responses, HTTP/1.0, stray bytes
 //! after a body, a connection cut mid-body. It counts accepted connections
-//! and records every request it read, head and body, as received.
+//! and records every request it read, head and body, as received. It reads
+//! requests strictly (unstick's own head parser and framing rules): bytes
+//! that do not make one unambiguous request are recorded apart
+//! ([`ScriptedBackend::stray`]), so a test can tell that a backend got
+//! nothing, or exactly one clear message.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::http1::ChunkedScanner;
+use crate::http1::{self, ChunkedScanner, Framing};
 
 /// Longest request (head and body) the backend reads; a longer one closes
 /// the connection.
@@ -90,6 +94,8 @@ pub struct ScriptedBackend {
     pub addr: SocketAddr,
     accepts: Arc<AtomicU64>,
     received: Arc<Mutex<Vec<Received>>>,
+    stray: Arc<Mutex<Vec<Bytes>>>,
+    cut: Arc<Mutex<Vec<Bytes>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,8 +111,15 @@ impl ScriptedBackend {
         let addr = listener.local_addr().expect("bound");
         let accepts = Arc::new(AtomicU64::new(0));
         let received = Arc::new(Mutex::new(Vec::new()));
+        let stray = Arc::new(Mutex::new(Vec::new()));
+        let cut = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Script> = Arc::new(script);
-        let (a, r) = (accepts.clone(), received.clone());
+        let record = Record {
+            received: received.clone(),
+            stray: stray.clone(),
+            cut: cut.clone(),
+        };
+        let (a, r) = (accepts.clone(), record);
         let task = tokio::spawn(async move {
             // Dropped with this task (on abort): every connection ends too.
             let mut conns = JoinSet::new();
@@ -125,6 +138,8 @@ impl ScriptedBackend {
             addr,
             accepts,
             received,
+            stray,
+            cut,
             task,
         }
     }
@@ -141,6 +156,18 @@ impl ScriptedBackend {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// Bytes that made no request, one entry per connection that had
+    /// them: a head that does not parse, or ambiguous framing.
+    pub fn stray(&self) -> Vec<Bytes> {
+        self.stray.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The start of a request that the connection's end cut short (valid
+    /// as far as it went), one entry per connection that had one.
+    pub fn cut(&self) -> Vec<Bytes> {
+        self.cut.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Drop for ScriptedBackend {
@@ -149,15 +176,43 @@ impl Drop for ScriptedBackend {
     }
 }
 
+/// Where a connection records what it read.
+#[derive(Clone)]
+struct Record {
+    received: Arc<Mutex<Vec<Received>>>,
+    stray: Arc<Mutex<Vec<Bytes>>>,
+    cut: Arc<Mutex<Vec<Bytes>>>,
+}
+
+/// Why a connection read no request.
+enum NoRequest {
+    /// It ended (cleanly, or cut short if bytes are left).
+    Ended,
+    /// Its bytes are not one unambiguous request.
+    Invalid,
+}
+
 /// Serves one connection: read a request, answer from the script, repeat.
-async fn serve(mut stream: TcpStream, script: Arc<Script>, received: Arc<Mutex<Vec<Received>>>) {
+async fn serve(mut stream: TcpStream, script: Arc<Script>, record: Record) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
-        let Some(request) = read_request(&mut stream, &mut buf).await else {
-            return;
+        let request = match read_request(&mut stream, &mut buf).await {
+            Ok(request) => request,
+            Err(why) => {
+                let list = match why {
+                    NoRequest::Invalid => &record.stray,
+                    NoRequest::Ended => &record.cut,
+                };
+                if !buf.is_empty() {
+                    let left = buf.split().freeze();
+                    list.lock().unwrap_or_else(|e| e.into_inner()).push(left);
+                }
+                return;
+            }
         };
         let answer = script(&request);
-        received
+        record
+            .received
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(request);
@@ -176,63 +231,60 @@ async fn serve(mut stream: TcpStream, script: Arc<Script>, received: Arc<Mutex<V
     }
 }
 
-/// Reads one request; None when the peer closed or sent something unreadable.
-async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Received> {
-    // The head.
-    let head_len = loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => break n,
-            Ok(httparse::Status::Partial) => {}
-            Err(_) => return None,
+/// Reads one request, or says why there is none (what was read is left in
+/// `buf`).
+async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Received, NoRequest> {
+    let mut fields = Vec::new();
+    let head = loop {
+        match http1::parse_request_head(buf, MAX_REQUEST, &mut fields) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(_) => return Err(NoRequest::Invalid),
         }
         if !read_some(stream, buf).await {
-            return None;
+            return Err(NoRequest::Ended);
         }
     };
-    let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
-    buf.advance(head_len);
-    let probe = Received {
-        head,
-        body: Bytes::new(),
+    let fields = fields.iter().map(|f| f.field(&buf[..head.len]));
+    let framing = http1::request_framing_fields(fields).map_err(|_| NoRequest::Invalid)?;
+    let body_len = match framing {
+        Framing::None => 0,
+        Framing::Length(n) if n as usize <= MAX_REQUEST => n as usize,
+        Framing::Chunked => chunked_len(stream, buf, head.len).await?,
+        _ => return Err(NoRequest::Invalid),
     };
-    let chunked = probe
-        .header("transfer-encoding")
-        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
-    // The body: chunked, or by Content-Length, or none.
-    let body_len = if chunked {
-        let mut scanner = ChunkedScanner::new();
-        let mut seen = 0;
-        loop {
-            let (n, done) = scanner.scan(&buf[seen..]).ok()?;
-            seen += n;
-            if done {
-                break seen;
-            }
-            if !read_some(stream, buf).await {
-                return None;
-            }
+    while buf.len() < head.len + body_len {
+        if !read_some(stream, buf).await {
+            return Err(NoRequest::Ended);
         }
-    } else {
-        let len: usize = match probe.header("content-length") {
-            Some(v) => v.parse().ok()?,
-            None => 0,
-        };
-        if len > MAX_REQUEST {
-            return None;
-        }
-        while buf.len() < len {
-            if !read_some(stream, buf).await {
-                return None;
-            }
-        }
-        len
-    };
-    Some(Received {
+    }
+    let head_bytes = buf.split_to(head.len);
+    Ok(Received {
+        head: String::from_utf8_lossy(&head_bytes).into_owned(),
         body: buf.split_to(body_len).freeze(),
-        ..probe
     })
+}
+
+/// The length of the chunked body after the head (`at`), read whole.
+async fn chunked_len(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    at: usize,
+) -> Result<usize, NoRequest> {
+    let mut scanner = ChunkedScanner::new();
+    let mut seen = 0;
+    loop {
+        let (n, done) = scanner
+            .scan(&buf[at + seen..])
+            .map_err(|_| NoRequest::Invalid)?;
+        seen += n;
+        if done {
+            return Ok(seen);
+        }
+        if !read_some(stream, buf).await {
+            return Err(NoRequest::Ended);
+        }
+    }
 }
 
 /// Reads more bytes; false at the end of the stream, on an error, or once

@@ -1,7 +1,10 @@
-//! The body of a request on its way to a backend: streamed, or held for replay; and the stall clock every streamed body runs on.
+//! The body of a request on its way to a backend: streamed, or held for replay; the stall clock every streamed body runs on; and which side a streamed body's failure belongs to.
 
+use std::error::Error as _;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,6 +61,8 @@ pub enum BodyError {
     Read(hyper::Error),
     /// Its sender sent nothing for this long.
     Stalled(Duration),
+    /// It grew past this many bytes (`limits.max_request_body`).
+    TooLarge(u64),
 }
 
 impl std::fmt::Display for BodyError {
@@ -65,6 +70,7 @@ impl std::fmt::Display for BodyError {
         match self {
             BodyError::Read(e) => write!(f, "{e}"),
             BodyError::Stalled(d) => write!(f, "no byte of the body for {d:?}"),
+            BodyError::TooLarge(n) => write!(f, "the body is over {n} bytes"),
         }
     }
 }
@@ -73,8 +79,77 @@ impl std::error::Error for BodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BodyError::Read(e) => Some(e),
-            BodyError::Stalled(_) => None,
+            BodyError::Stalled(_) | BodyError::TooLarge(_) => None,
         }
+    }
+}
+
+/// How a client's request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Its framing was broken (a bad chunk line, a length that does not hold).
+    Malformed,
+    /// The client closed or reset its connection (or stream) before the end.
+    Gone,
+    /// The client sent nothing for this long.
+    TimedOut(Duration),
+    /// It grew past this many bytes (`limits.max_request_body`).
+    TooLarge(u64),
+}
+
+impl BodyFault {
+    fn of(e: &BodyError) -> BodyFault {
+        match e {
+            BodyError::Read(e) => fault_of(e),
+            BodyError::Stalled(d) => BodyFault::TimedOut(*d),
+            BodyError::TooLarge(n) => BodyFault::TooLarge(*n),
+        }
+    }
+}
+
+/// What became of a client's streamed body, shared between the body (which
+/// notes the first fault) and the request path (which asks, after a failed
+/// attempt or a cut response, whether the client was at fault).
+#[derive(Debug, Default)]
+pub struct BodyWatch(OnceLock<BodyFault>);
+
+impl BodyWatch {
+    /// The client's fault, if its body failed.
+    pub fn fault(&self) -> Option<BodyFault> {
+        self.0.get().copied()
+    }
+
+    fn note(&self, fault: BodyFault) {
+        let _ = self.0.set(fault);
+    }
+}
+
+/// Which client fault a body error from hyper is: broken framing (hyper's
+/// decoders report it as invalid data or input, HTTP/2 as a protocol error
+/// it found itself), a timeout, or else a client that left.
+pub fn fault_of(e: &hyper::Error) -> BodyFault {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            return match io.kind() {
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => BodyFault::Malformed,
+                _ => BodyFault::Gone,
+            };
+        }
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            let broken = !h2.is_remote() && h2.reason() == Some(h2::Reason::PROTOCOL_ERROR);
+            return if broken {
+                BodyFault::Malformed
+            } else {
+                BodyFault::Gone
+            };
+        }
+        cause = c.source();
+    }
+    if e.is_parse() {
+        BodyFault::Malformed
+    } else {
+        BodyFault::Gone
     }
 }
 
@@ -97,19 +172,37 @@ pub fn poll_timed(
     }
 }
 
-/// A client's request body, read on the clock: a client that sends no
-/// byte of it for the client stall timeout fails it.
+/// A client's request body, read on the clock (a client that sends no
+/// byte of it for the client stall timeout fails it) and counted against
+/// `limits.max_request_body`; every failure is noted in its [`BodyWatch`]
+/// (a failure here is always the client's: its bytes come from the client).
 pub struct ClientBody {
     body: Incoming,
     stall: Stall,
+    read: u64,
+    /// Most bytes taken (0: no limit).
+    limit: u64,
+    watch: Arc<BodyWatch>,
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming, limit: Duration) -> ClientBody {
+    pub fn new(body: Incoming, stall: Duration, limit: u64) -> ClientBody {
         ClientBody {
             body,
-            stall: Stall::new(limit),
+            stall: Stall::new(stall),
+            read: 0,
+            limit,
+            watch: Arc::default(),
         }
+    }
+
+    /// True if the body says up front (its length) that it is over the limit.
+    pub fn announced_too_large(&self) -> bool {
+        self.limit != 0 && self.body.size_hint().lower() > self.limit
+    }
+
+    pub fn watch(&self) -> &Arc<BodyWatch> {
+        &self.watch
     }
 }
 
@@ -122,7 +215,17 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        poll_timed(&mut this.body, &mut this.stall, cx)
+        let mut polled = poll_timed(&mut this.body, &mut this.stall, cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            this.read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if this.limit != 0 && this.read > this.limit {
+                polled = Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+            }
+        }
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            this.watch.note(BodyFault::of(e));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

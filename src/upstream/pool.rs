@@ -29,6 +29,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::UpstreamProtocol;
 use crate::tls::ClientConfigs;
 use crate::upstream::body::RequestBody;
+use crate::upstream::checked::Checked;
 use crate::upstream::raw::RawConn;
 
 /// Pool tuning, from the config.
@@ -469,7 +470,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (send, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
+        .handshake(TokioIo::new(Checked::new(io)))
         .await
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;
     tokio::spawn(async move {

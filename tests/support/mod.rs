@@ -29,6 +29,9 @@
 //!   processes, and [`backends::addrs`] for either.
 //! - [`raw`]: a raw TCP client that writes bytes and parses the answer
 //!   itself (framings hyper would refuse to write or read).
+//! - [`wire`]: a raw client that reads answers strictly, by unstick's own
+//!   parser, and reports what came (answers, a close, stray bytes) rather
+//!   than failing on it: for hostile exchanges.
 //! - [`wait`]: bounded condition waits ([`wait::until`]); never sleep for a
 //!   condition.
 //! - [`metrics`]: Prometheus scrapes, checked line by line ([`metrics::Scrape`]).
@@ -48,6 +51,7 @@ pub mod metrics;
 pub mod raw;
 pub mod unstick;
 pub mod wait;
+pub mod wire;
 
 pub use local::Local;
 pub use unstick::{run, run_within, Lb, Output, Rig, Serve};
