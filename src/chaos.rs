@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::proxy::AccessLogger;
 
 pub mod checks;
+pub mod docker;
 pub mod faults;
 pub mod observe;
 pub mod report;
@@ -45,7 +46,8 @@ pub mod session_hops;
 pub mod traffic;
 
 use checks::{FaultRecord, Incarnation, Thresholds};
-use faults::{say, EventLog, ExecOptions, Executor, TimedEvent};
+use docker::{Containers, DockerTarget};
+use faults::{say, EventLog, ExecOptions, Executor, Fleet, TimedEvent};
 use observe::AdminClient;
 use report::Document;
 use scenario::Scenario;
@@ -88,6 +90,9 @@ pub struct ChaosOptions {
     /// Names the run in reports (`--demo` runs: `sqlite`, `memory`).
     pub label: Option<String>,
     pub app: AppCommand,
+    /// The app runs as these containers instead (`--docker-service`): `app`
+    /// is not run, and `instances` is how many the engine has.
+    pub docker: Option<DockerTarget>,
     pub instances: usize,
     pub ready_path: String,
     pub ready_timeout: Duration,
@@ -118,6 +123,9 @@ pub enum ChaosError {
     /// The app could not be started (exit 4).
     #[error("{source}")]
     App { source: StartError },
+    /// The app's containers could not be found or are not ready (exit 4).
+    #[error("{0}")]
+    Docker(#[from] docker::DockerError),
     #[error("cannot start the balancer: {0}")]
     Balancer(String),
     #[error("the load engine failed: {0}")]
@@ -152,8 +160,17 @@ pub async fn run(
 ) -> Result<RunOutcome, ChaosError> {
     let events: EventLog = Arc::new(Mutex::new(Vec::new()));
     let started_pids: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let inner = run_inner(opts, events.clone(), started_pids.clone());
-    tokio::select! {
+    let (opts, containers) = match &opts.docker {
+        None => (opts.clone(), None),
+        Some(target) => find_containers(opts, target, events.clone()).await?,
+    };
+    let inner = run_inner(
+        &opts,
+        containers.clone(),
+        events.clone(),
+        started_pids.clone(),
+    );
+    let result = tokio::select! {
         r = inner => r,
         signal = interrupt => {
             // Dropping `inner` dropped the supervisor (which stopped every
@@ -161,7 +178,49 @@ pub async fn run(
             let pids = started_pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
             Err(ChaosError::Interrupted { signal, pids })
         }
+    };
+    if let Some(c) = containers {
+        say("chaos: leaving every container running and unpaused");
+        c.restore().await;
     }
+    result
+}
+
+/// The app's containers, each ready, and the options with as many
+/// instances as the engine has.
+async fn find_containers(
+    opts: &ChaosOptions,
+    target: &DockerTarget,
+    events: EventLog,
+) -> Result<(ChaosOptions, Option<Arc<Containers>>), ChaosError> {
+    let probe = docker::Probe {
+        path: opts.ready_path.clone(),
+        identity_headers: opts
+            .identity_headers
+            .iter()
+            .map(|h| h.as_str().to_owned())
+            .collect(),
+        timeout: opts.ready_timeout,
+    };
+    let containers = Containers::discover(target.clone(), probe, move |e: &Event| {
+        say(&event_line(e));
+        lock(&events).push(TimedEvent {
+            at: Instant::now(),
+            event: e.clone(),
+        });
+    })
+    .await?;
+    let names = containers.names();
+    say(&format!(
+        "chaos: {} container(s) of {}: {}",
+        names.len(),
+        target.display(),
+        names.join(", ")
+    ));
+    let mut opts = opts.clone();
+    opts.instances = names.len();
+    opts.plan.instances = names.len();
+    Ok((opts, Some(containers)))
 }
 
 /// Stops the load engine when dropped (an interrupted run).
@@ -170,6 +229,15 @@ struct StopOnDrop(crate::load::Stopper);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.stop();
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -221,6 +289,7 @@ fn event_line(e: &Event) -> String {
 
 async fn run_inner(
     opts: &ChaosOptions,
+    containers: Option<Arc<Containers>>,
     events: EventLog,
     started_pids: Arc<Mutex<Vec<u32>>>,
 ) -> Result<RunOutcome, ChaosError> {
@@ -233,13 +302,27 @@ async fn run_inner(
         opts.instances,
         opts.app.display
     ));
-    let supervisor = start_instances(opts, events.clone(), started_pids).await?;
-    let guard = SupervisorGuard(Some(supervisor.clone()));
-    let instances = supervisor.instances();
+    let (fleet, guard, exits) = match containers {
+        Some(c) => {
+            let exits = AbortOnDrop(tokio::spawn(c.clone().watch_exits()));
+            (Fleet::Containers(c), SupervisorGuard(None), Some(exits))
+        }
+        None => {
+            let supervisor = start_instances(opts, events.clone(), started_pids).await?;
+            let guard = SupervisorGuard(Some(supervisor.clone()));
+            (Fleet::Processes(supervisor), guard, None)
+        }
+    };
+    let instances = fleet.instances();
+    let names = match &fleet {
+        Fleet::Containers(c) => c.names(),
+        Fleet::Processes(_) => Vec::new(),
+    };
     let app = start_balancer(opts, &instances).await?;
     let mut load = start_load(opts, &app)?;
     let t0 = load.clock_start().await?;
-    let observed = run_faults(opts, &plan, t0, supervisor, events.clone(), &app, load.task).await?;
+    let observed = run_faults(opts, &plan, t0, fleet, events.clone(), &app, load.task).await?;
+    drop(exits);
 
     say("chaos: run over; stopping the balancer and the instances");
     app.drain();
@@ -252,6 +335,7 @@ async fn run_inner(
         wall_start,
         t0,
         instances: &instances,
+        names: &names,
         events: lock(&events).clone(),
         observed,
     };
@@ -454,7 +538,7 @@ async fn run_faults(
     opts: &ChaosOptions,
     plan: &Plan,
     t0: Instant,
-    supervisor: Arc<Supervisor>,
+    fleet: Fleet,
     events: EventLog,
     app: &App,
     load: tokio::task::JoinHandle<Result<crate::load::Report, crate::load::LoadError>>,
@@ -466,7 +550,7 @@ async fn run_faults(
         stop_rx.clone(),
     ));
     let executor = Arc::new(Executor::new(
-        supervisor,
+        fleet,
         events,
         opts.instances,
         ExecOptions {
@@ -522,6 +606,8 @@ struct Finished<'a> {
     wall_start: SystemTime,
     t0: Instant,
     instances: &'a [Instance],
+    /// The containers' names, by instance (none for processes).
+    names: &'a [String],
     events: Vec<TimedEvent>,
     observed: Observed,
 }
@@ -581,6 +667,7 @@ impl Finished<'_> {
                 .iter()
                 .map(|i| report::InstanceInfo {
                     index: i.index,
+                    name: self.names.get(i.index).cloned(),
                     address: i.addr.to_string(),
                     pids: pids_by_slot[i.index].clone(),
                 })

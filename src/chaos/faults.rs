@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::docker::Containers;
 use super::schedule::{FaultKind, PlannedFault};
-use crate::demo::supervisor::{Event, Supervisor};
+use crate::demo::supervisor::{Event, Instance, Supervisor};
 
 /// A SIGTERMed instance gets this long past its restart time to exit before SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(10);
@@ -86,9 +87,43 @@ struct State {
     closed: bool,
 }
 
-/// Runs faults against the supervisor's instances.
+/// The instances faults are carried out on.
+#[derive(Clone)]
+pub enum Fleet {
+    /// Processes chaos started (`--app`), signalled by pid.
+    Processes(Arc<Supervisor>),
+    /// Containers found by the engine (`--docker-service`).
+    Containers(Arc<Containers>),
+}
+
+impl Fleet {
+    pub fn instances(&self) -> Vec<Instance> {
+        match self {
+            Fleet::Processes(s) => s.instances(),
+            Fleet::Containers(c) => c.instances(),
+        }
+    }
+
+    /// Sends `sig` to instance `index`: the pid it went to, if it was running.
+    pub async fn signal(&self, index: usize, sig: i32) -> Option<u32> {
+        match self {
+            Fleet::Processes(s) => s.signal(index, sig),
+            Fleet::Containers(c) => c.signal(index, sig).await,
+        }
+    }
+
+    /// Asks for instance `index` to be started again once it has exited.
+    pub fn restart(&self, index: usize) {
+        match self {
+            Fleet::Processes(s) => s.restart(index),
+            Fleet::Containers(c) => c.restart(index),
+        }
+    }
+}
+
+/// Runs faults against the fleet's instances.
 pub struct Executor {
-    sup: Arc<Supervisor>,
+    sup: Fleet,
     events: EventLog,
     state: Mutex<State>,
     crashes: Mutex<Vec<Crash>>,
@@ -98,12 +133,7 @@ pub struct Executor {
 // === impl Executor ===
 
 impl Executor {
-    pub fn new(
-        sup: Arc<Supervisor>,
-        events: EventLog,
-        instances: usize,
-        opts: ExecOptions,
-    ) -> Executor {
+    pub fn new(sup: Fleet, events: EventLog, instances: usize, opts: ExecOptions) -> Executor {
         Executor {
             sup,
             events,
@@ -136,7 +166,7 @@ impl Executor {
             note: None,
         };
         tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + f.at)).await;
-        let (pid, at) = match self.send_fault(&f) {
+        let (pid, at) = match self.send_fault(&f).await {
             Ok(x) => x,
             Err(reason) => {
                 say(&format!(
@@ -162,7 +192,7 @@ impl Executor {
         match f.kind {
             FaultKind::Stop => {
                 // The pid is still ours: a stopped process cannot exit.
-                self.sup.signal(f.instance, libc::SIGCONT);
+                self.sup.signal(f.instance, libc::SIGCONT).await;
                 run.back = Some(Instant::now());
                 lock(&self.state).down[f.instance] = false;
             }
@@ -176,10 +206,30 @@ impl Executor {
 
     /// Sends `f`'s signal if the instance is up, the run goes on, and (unless
     /// allowed) another instance stays up: the pid and when; else why not.
-    fn send_fault(&self, f: &PlannedFault) -> Result<(u32, Instant), String> {
+    async fn send_fault(&self, f: &PlannedFault) -> Result<(u32, Instant), String> {
         let i = f.instance;
-        let mut st = lock(&self.state);
+        self.claim(f)?;
+        // Taken before the signal: the instance's exit (recorded by the
+        // supervisor's thread) can come before this task runs again, and
+        // must not look older than the fault.
+        let at = Instant::now();
+        match self.sup.signal(i, f.kind.signal()).await {
+            Some(pid) => Ok((pid, at)),
+            None => {
+                let mut st = lock(&self.state);
+                st.expecting_exit[i] = false;
+                st.down[i] = false;
+                Err(format!("instance #{i} was not running"))
+            }
+        }
+    }
+
+    /// Marks `f`'s instance down (and its exit expected) if the fault may
+    /// go ahead; else why not.
+    fn claim(&self, f: &PlannedFault) -> Result<(), String> {
+        let i = f.instance;
         let instances = self.sup.instances();
+        let mut st = lock(&self.state);
         let running = |j: usize| !st.down[j] && instances.get(j).is_some_and(|x| x.pid.is_some());
         let others_up = (0..st.down.len()).filter(|&j| j != i && running(j)).count();
         if st.closed {
@@ -196,20 +246,8 @@ impl Executor {
             );
         }
         st.expecting_exit[i] = f.kind != FaultKind::Stop;
-        // Taken before the signal: the instance's exit (recorded by the
-        // supervisor's thread) can come before this thread runs again, and
-        // must not look older than the fault.
-        let at = Instant::now();
-        match self.sup.signal(i, f.kind.signal()) {
-            Some(pid) => {
-                st.down[i] = true;
-                Ok((pid, at))
-            }
-            None => {
-                st.expecting_exit[i] = false;
-                Err(format!("instance #{i} was not running"))
-            }
-        }
+        st.down[i] = true;
+        Ok(())
     }
 
     /// How process `pid`, signalled at `at`, exited. One that outlives the
@@ -227,7 +265,7 @@ impl Executor {
         if exit.is_none() {
             exit = self.wait_event(at, TERM_GRACE, exited).await;
             if exit.is_none() {
-                self.sup.signal(i, libc::SIGKILL);
+                self.sup.signal(i, libc::SIGKILL).await;
                 *note = Some(format!(
                     "still running {} after {}; sent SIGKILL",
                     super::schedule::human(f.back_after + TERM_GRACE),

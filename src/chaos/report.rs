@@ -93,6 +93,9 @@ pub struct UnplannedExit {
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceInfo {
     pub index: usize,
+    /// The container's name (`--docker-service`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub address: String,
     pub pids: Vec<u32>,
 }
@@ -889,9 +892,13 @@ fn phases_and_instances(h: &mut String, doc: &Document) {
     }
     for i in &doc.instances {
         let pids: Vec<String> = i.pids.iter().map(u32::to_string).collect();
+        let name = i
+            .name
+            .as_ref()
+            .map_or(String::new(), |n| format!(" (container {})", escape(n)));
         let _ = writeln!(
             h,
-            "<li>instance #{} on {}: pids {}</li>",
+            "<li>instance #{}{name} on {}: pids {}</li>",
             i.index,
             escape(&i.address),
             pids.join(", ")
@@ -1090,11 +1097,13 @@ mod tests {
             instances: vec![
                 InstanceInfo {
                     index: 0,
+                    name: None,
                     address: "127.0.0.1:4001".into(),
                     pids: vec![100, 201],
                 },
                 InstanceInfo {
                     index: 1,
+                    name: None,
                     address: "127.0.0.1:4002".into(),
                     pids: vec![101],
                 },

@@ -14,6 +14,7 @@ use http::HeaderName;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::chaos::checks::{Outcome, Thresholds};
+use crate::chaos::docker::DockerTarget;
 use crate::chaos::scenario::Scenario;
 use crate::chaos::schedule::{self, FaultKind, Phases, PlanSpec};
 use crate::chaos::{self, AppCommand, ChaosError, ChaosOptions};
@@ -35,8 +36,25 @@ const DEMO_SCENARIO: &str = include_str!("../../config/chaos/demo.toml");
 pub struct ChaosArgs {
     /// The app: a command line with `{port}` where each instance's port goes
     /// (`PORT` is set in its environment too), e.g. `./server --port {port}`
-    #[arg(long, value_name = "COMMAND", required_unless_present_any = ["demo"], conflicts_with = "demo")]
+    #[arg(long, value_name = "COMMAND", required_unless_present_any = ["demo", "docker_service"], conflicts_with_all = ["demo", "docker_service"])]
     app: Option<String>,
+    /// The app runs as containers: a compose service name, or a label
+    /// selector KEY=VALUE. Chaos finds the running ones through the Docker
+    /// engine (DOCKER_HOST or /var/run/docker.sock), reaches each at its IP
+    /// on its network, and faults them through the engine (--instances is
+    /// how many it finds)
+    #[arg(long, value_name = "NAME", conflicts_with = "demo")]
+    docker_service: Option<String>,
+    /// Only containers of this compose project (needed when the service
+    /// runs in several)
+    #[arg(long, value_name = "NAME", requires = "docker_service")]
+    docker_project: Option<String>,
+    /// The app's port inside the containers [default: the one port they expose]
+    #[arg(long, value_name = "PORT", requires = "docker_service", value_parser = clap::value_parser!(u16).range(1..))]
+    docker_port: Option<u16>,
+    /// The network whose address reaches the containers, for containers on several
+    #[arg(long, value_name = "NAME", requires = "docker_service")]
+    docker_network: Option<String>,
     /// Run the proof on the demo app: with a SQLite store (expect PASS), then
     /// with the memory store (expect FAIL)
     #[arg(long)]
@@ -288,6 +306,12 @@ fn options(
         label,
         report_dir,
     } = which;
+    let docker = args.docker_service.as_ref().map(|service| DockerTarget {
+        service: service.clone(),
+        project: args.docker_project.clone(),
+        port: args.docker_port,
+        network: args.docker_network.clone(),
+    });
     let phases = Phases::split(duration, args.warmup, args.baseline, args.recovery)?;
     check_size(args, &phases, duration, every)?;
     let kinds = args.faults.0.clone();
@@ -297,6 +321,7 @@ fn options(
     Ok(ChaosOptions {
         label,
         app,
+        docker,
         instances: usize::from(args.instances),
         ready_path: args.ready_path.clone(),
         ready_timeout: args.ready_timeout,
@@ -422,6 +447,14 @@ async fn run_one(opts: &ChaosOptions, interrupt: &mut Interrupt) -> Result<Outco
             }
             Err(ExitCode::from(EXIT_APP))
         }
+        Err(ChaosError::Docker(e)) => {
+            eprintln!("error: the app's containers cannot be used: {e}");
+            Err(ExitCode::from(EXIT_APP))
+        }
+        Err(ChaosError::Interrupted { signal, .. }) if opts.docker.is_some() => {
+            eprintln!("chaos: interrupted by {signal}; left every container running; no verdict");
+            Err(ExitCode::from(if signal == "SIGTERM" { 143 } else { 130 }))
+        }
         Err(ChaosError::Interrupted { signal, pids }) => {
             eprintln!("chaos: interrupted by {signal}; stopped every instance (pids {pids:?}); no verdict");
             Err(ExitCode::from(if signal == "SIGTERM" { 143 } else { 130 }))
@@ -449,9 +482,19 @@ pub fn run(args: ChaosArgs) -> ExitCode {
     if args.demo {
         return run_demo(&args, scenario, seed);
     }
-    let app = match AppCommand::parse(args.app.as_deref().unwrap_or_default()) {
-        Ok(a) => a,
-        Err(e) => return usage(&format!("--app: {e}")),
+    let app = match &args.docker_service {
+        Some(service) if service.trim().is_empty() => {
+            return usage("--docker-service: name a compose service or a label KEY=VALUE")
+        }
+        Some(service) => AppCommand {
+            display: format!("docker service {service}"),
+            program: PathBuf::new(),
+            args: Vec::new(),
+        },
+        None => match AppCommand::parse(args.app.as_deref().unwrap_or_default()) {
+            Ok(a) => a,
+            Err(e) => return usage(&format!("--app: {e}")),
+        },
     };
     let duration = args.duration.unwrap_or(Duration::from_secs(30));
     let every = args.every.unwrap_or(Duration::from_secs(3));
