@@ -492,8 +492,7 @@ pub fn sum_by_label(
             let Some(pair) = labels.iter().find(|p| p.name() == label) else {
                 continue;
             };
-            *out.entry(pair.value().to_owned()).or_insert(0) +=
-                m.get_counter().get_value() as u64;
+            *out.entry(pair.value().to_owned()).or_insert(0) += m.get_counter().get_value() as u64;
         }
     }
     out

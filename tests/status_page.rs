@@ -51,7 +51,10 @@ async fn the_page_is_one_self_contained_document() {
 #[tokio::test]
 async fn status_shows_backends_traffic_ejections_and_the_last_reload() {
     let mut rig = Serve::child_backends(2).start();
-    let (a, b) = (rig.backends[0].addr.to_string(), rig.backends[1].addr.to_string());
+    let (a, b) = (
+        rig.backends[0].addr.to_string(),
+        rig.backends[1].addr.to_string(),
+    );
     for _ in 0..4 {
         client::get(rig.lb.addr, "/").await.unwrap();
     }
@@ -59,7 +62,10 @@ async fn status_shows_backends_traffic_ejections_and_the_last_reload() {
     assert_eq!(s["phase"], "running");
     assert_eq!(s["requests"]["by_class"]["2xx"], 4, "{s}");
     let bounds = s["latency_bounds_seconds"].as_array().unwrap().len();
-    assert_eq!(s["requests"]["latency"].as_array().unwrap().len(), bounds + 1);
+    assert_eq!(
+        s["requests"]["latency"].as_array().unwrap().len(),
+        bounds + 1
+    );
     assert_eq!(s["requests"]["latency"][bounds], 4);
     for addr in [&a, &b] {
         let backend = backend(&s, addr);
@@ -73,7 +79,14 @@ async fn status_shows_backends_traffic_ejections_and_the_last_reload() {
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    for path in ["/", "/api/status", "/metrics", "/api/backends", "/api/statelessness", "/api/reload"] {
+    for path in [
+        "/",
+        "/api/status",
+        "/metrics",
+        "/api/backends",
+        "/api/statelessness",
+        "/api/reload",
+    ] {
         assert!(paths.contains(&path), "{path} missing from {paths:?}");
     }
 
@@ -89,12 +102,16 @@ async fn status_shows_backends_traffic_ejections_and_the_last_reload() {
     let dead = backend(&s, &b);
     assert_eq!(dead["in_rotation"], false);
     assert_eq!(dead["ejections"]["connect_refused"], 1, "{dead}");
-    assert!(dead["last_error"].as_str().unwrap().contains("connect"), "{dead}");
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("connect"),
+        "{dead}"
+    );
     assert!(dead["ejected_since"].is_string());
 
     // A refused reload is shown with its reason; a good one replaces it.
     assert!(s["reload"]["last"].is_null());
-    rig.files.write("unstick.toml", "backends = [\"<b>nope</b>\"]\n");
+    rig.files
+        .write("unstick.toml", "backends = [\"<b>nope</b>\"]\n");
     let r = client::request(rig.lb.admin(), Method::POST, "/api/reload", &[], "")
         .await
         .unwrap();
@@ -103,7 +120,13 @@ async fn status_shows_backends_traffic_ejections_and_the_last_reload() {
     assert_eq!(last["failed"], 1);
     assert_eq!(last["last"]["result"], "failure");
     assert_eq!(last["last"]["trigger"], "admin-api");
-    assert!(last["last"]["detail"].as_str().unwrap().contains("<b>nope</b>"), "{last}");
+    assert!(
+        last["last"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("<b>nope</b>"),
+        "{last}"
+    );
     let only_a: Vec<_> = vec![(rig.backends[0].addr, 1)];
     rig.rewrite_config(&only_a, "");
     admin::post(rig.lb.admin(), "/api/reload").await;

@@ -118,14 +118,38 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint("GET", "/", "this status page"),
     endpoint("GET", "/api/status", "what the status page shows, as JSON"),
     endpoint("GET", "/healthz", "200 while the process runs"),
-    endpoint("GET", "/readyz", "200 when a backend is in rotation and not draining"),
+    endpoint(
+        "GET",
+        "/readyz",
+        "200 when a backend is in rotation and not draining",
+    ),
     endpoint("GET", "/metrics", "Prometheus metrics"),
     endpoint("GET", "/api/backends", "every backend as JSON"),
-    endpoint("GET", "/api/affinity", "affinity cookies refused, by who sent or set them"),
-    endpoint("GET", "/api/statelessness", "session hops between backends: kept and broken"),
-    endpoint("POST", "/api/backends/{address}/drain", "take a backend out of rotation"),
-    endpoint("POST", "/api/backends/{address}/undrain", "put a drained backend back"),
-    endpoint("POST", "/api/reload", "re-read the configuration and apply it"),
+    endpoint(
+        "GET",
+        "/api/affinity",
+        "affinity cookies refused, by who sent or set them",
+    ),
+    endpoint(
+        "GET",
+        "/api/statelessness",
+        "session hops between backends: kept and broken",
+    ),
+    endpoint(
+        "POST",
+        "/api/backends/{address}/drain",
+        "take a backend out of rotation",
+    ),
+    endpoint(
+        "POST",
+        "/api/backends/{address}/undrain",
+        "put a drained backend back",
+    ),
+    endpoint(
+        "POST",
+        "/api/reload",
+        "re-read the configuration and apply it",
+    ),
 ];
 
 const fn endpoint(method: &'static str, path: &'static str, what: &'static str) -> Endpoint {
@@ -145,9 +169,7 @@ pub fn build(admin: &Admin) -> Status {
         version: env!("CARGO_PKG_VERSION"),
         now: Rfc3339(now).to_string(),
         started: Rfc3339(admin.started).to_string(),
-        uptime_seconds: now
-            .duration_since(admin.started)
-            .map_or(0, |d| d.as_secs()),
+        uptime_seconds: now.duration_since(admin.started).map_or(0, |d| d.as_secs()),
         phase: phase_name(admin.shutdown.phase()),
         algorithm: settings.balancer.name(),
         slow_start_seconds: slow_start.as_secs_f64(),
@@ -214,7 +236,11 @@ fn backend(b: &Backend, m: &Metrics, slow_start: std::time::Duration) -> Backend
     let full = b.weight * 10;
     let ramped = b.effective_weight(slow_start);
     let named = |names: &[&'static str], counters: &[prometheus::IntCounter]| {
-        names.iter().zip(counters).map(|(k, c)| (*k, c.get())).collect()
+        names
+            .iter()
+            .zip(counters)
+            .map(|(k, c)| (*k, c.get()))
+            .collect()
     };
     BackendStatus {
         address: b.name.to_string(),
