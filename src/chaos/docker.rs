@@ -303,7 +303,7 @@ impl Containers {
         match r {
             Ok(()) => Some(pid),
             Err(e) => {
-                super::faults::say(&format!(
+                say(&format!(
                     "chaos: the engine refused {} on instance #{index}: {e}",
                     signal_name(sig)
                 ));
@@ -351,7 +351,7 @@ impl Containers {
             s.instance.restarts
         };
         if addr != slot.instance.addr {
-            super::faults::say(&format!(
+            say(&format!(
                 "chaos: warning: {} came back on {addr}, not {}: the balancer does not follow it",
                 slot.name, slot.instance.addr
             ));
@@ -483,6 +483,11 @@ fn pick_network(
             format!("container {name} is on networks {names:?}: choose one with --docker-network")
         }
     }))
+}
+
+/// One line on stderr.
+fn say(line: &str) {
+    eprintln!("{line}");
 }
 
 /// The engine's name for a signal chaos sends.
