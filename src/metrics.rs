@@ -580,3 +580,52 @@ impl BackendMetrics {
             .inc();
     }
 }
+
+/// The upper bounds (seconds) of every latency histogram's buckets, in order.
+pub fn latency_bounds() -> &'static [f64] {
+    LATENCY_BUCKETS
+}
+
+/// A histogram's cumulative bucket counts (one per [`latency_bounds`]),
+/// then its sample count (the `+Inf` bucket).
+pub fn cumulative_counts(h: &Histogram) -> Vec<u64> {
+    use prometheus::core::Metric;
+    let m = h.metric();
+    let hist = m.get_histogram();
+    let mut out: Vec<u64> = hist
+        .get_bucket()
+        .iter()
+        .map(|b| b.cumulative_count())
+        .collect();
+    out.push(hist.get_sample_count());
+    out
+}
+
+/// The series of `vec` whose labels include every pair of `only`, summed by
+/// the value of their label `label`.
+pub fn sum_by_label(
+    vec: &IntCounterVec,
+    label: &str,
+    only: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, u64> {
+    use prometheus::core::Collector;
+    let mut out = std::collections::BTreeMap::new();
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels = m.get_label();
+            let has = |name: &str, value: &str| {
+                labels
+                    .iter()
+                    .any(|p| p.name() == name && p.value() == value)
+            };
+            if !only.iter().all(|(n, v)| has(n, v)) {
+                continue;
+            }
+            let Some(pair) = labels.iter().find(|p| p.name() == label) else {
+                continue;
+            };
+            *out.entry(pair.value().to_owned()).or_insert(0) += m.get_counter().get_value() as u64;
+        }
+    }
+    out
+}
