@@ -134,3 +134,191 @@ async fn status_shows_backends_traffic_ejections_and_the_last_reload() {
     assert_eq!(s["reload"]["last"]["result"], "success", "{s}");
     assert_eq!(s["reload"]["succeeded"], 1);
 }
+
+/// chromedriver's W3C WebDriver API, over the crate's own HTTP client.
+struct Driver {
+    process: std::process::Child,
+    addr: std::net::SocketAddr,
+    session: String,
+}
+
+impl Driver {
+    /// Starts chromedriver and a headless Chromium session; `None` (with a
+    /// message saying why) when either is not installed.
+    async fn start() -> Option<Driver> {
+        let (chromium, driver) = ("/usr/bin/chromium", "/usr/bin/chromedriver");
+        if !std::path::Path::new(chromium).exists() || !std::path::Path::new(driver).exists() {
+            let msg = "skipped: the status page browser test needs Debian's chromium and \
+                       chromium-driver (apt-get install -y chromium chromium-driver)";
+            assert!(
+                std::env::var_os("UNSTICK_REQUIRE_BROWSER").is_none(),
+                "{msg}"
+            );
+            eprintln!("{msg}");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = std::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut d = Driver {
+            process,
+            addr,
+            session: String::new(),
+        };
+        wait::until(
+            "chromedriver to listen",
+            Duration::from_secs(30),
+            async || client::get(addr, "/status").await.is_ok(),
+        )
+        .await;
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "goog:chromeOptions": {"binary": chromium, "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"]},
+            "goog:loggingPrefs": {"browser": "ALL"}}}});
+        let v = d.call(Method::POST, "/session", caps).await;
+        d.session = v["sessionId"].as_str().expect("a session").to_owned();
+        Some(d)
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Value) -> Value {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let headers = [("content-type", "application/json")];
+        let r = client::request(self.addr, method, path, &headers, body)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        assert!(r.status.is_success(), "WebDriver {path}: {}", r.text());
+        v["value"].clone()
+    }
+
+    async fn session(&self, method: Method, path: &str, body: Value) -> Value {
+        let path = format!("/session/{}{path}", self.session);
+        self.call(method, &path, body).await
+    }
+
+    /// Runs `script` (a function body) in the page and returns its value.
+    async fn js(&self, script: &str) -> Value {
+        let body = serde_json::json!({"script": script, "args": []});
+        self.session(Method::POST, "/execute/sync", body).await
+    }
+
+    /// The state shown for backend `address` (null until its row is drawn).
+    async fn shown_state(&self, address: &str) -> Value {
+        let script = format!(
+            "const r = document.querySelector('#backends tr[data-backend=\"{address}\"] .state'); \
+             return r ? r.textContent : null;"
+        );
+        self.js(&script).await
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_shows_backends_and_their_state_changes_live() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let mut rig = Serve::child_backends(2).start();
+    let (a, b) = (
+        rig.backends[0].addr.to_string(),
+        rig.backends[1].addr.to_string(),
+    );
+    let url = format!("http://{}/", rig.lb.admin());
+    driver
+        .session(Method::POST, "/url", serde_json::json!({ "url": url }))
+        .await;
+    let patience = Duration::from_secs(30);
+    for addr in [&a, &b] {
+        wait::until("the page to show the backends", patience, async || {
+            driver.shown_state(addr).await == "healthy"
+        })
+        .await;
+    }
+    let pollers = driver
+        .js("return document.getElementById('live').textContent;")
+        .await;
+    assert!(pollers.as_str().unwrap().starts_with("live"), "{pollers}");
+
+    // A backend dies; the page shows it ejected without being reloaded.
+    driver.js("window.sameDocument = true; return null;").await;
+    rig.backends[1].process.signal(libc::SIGKILL);
+    let _ = rig.backends[1].process.wait_timeout(Duration::from_secs(5));
+    wait::until(
+        "the page to show the dead backend ejected",
+        patience,
+        async || {
+            let _ = client::get(rig.lb.addr, "/").await;
+            driver.shown_state(&b).await == "ejected"
+        },
+    )
+    .await;
+    assert_eq!(driver.shown_state(&a).await, "healthy");
+    assert_eq!(
+        driver.js("return window.sameDocument === true;").await,
+        true
+    );
+
+    // A refused reload's error, markup and all, is shown as text.
+    let hostile = "<img src=x onerror=\"window.pwned=1\">";
+    rig.files.write(
+        "unstick.toml",
+        &format!("backends = [\"{}\"]\n", hostile.replace('"', "\\\"")),
+    );
+    let r = client::request(rig.lb.admin(), Method::POST, "/api/reload", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    wait::until(
+        "the page to show the refused reload",
+        patience,
+        async || {
+            let shown = driver
+                .js("return document.getElementById('reload-last').textContent;")
+                .await;
+            shown
+                .as_str()
+                .is_some_and(|s| s.contains("failure") && s.contains("<img"))
+        },
+    )
+    .await;
+    let injected = driver
+        .js("return [window.pwned === undefined, document.images.length];")
+        .await;
+    assert_eq!(injected, serde_json::json!([true, 0]));
+
+    // Nothing went wrong in the page.
+    let log = driver
+        .session(
+            Method::POST,
+            "/se/log",
+            serde_json::json!({"type": "browser"}),
+        )
+        .await;
+    let severe: Vec<&Value> = log
+        .as_array()
+        .expect("a list of log entries")
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(severe.is_empty(), "console errors: {severe:?}");
+    driver.session(Method::DELETE, "", Value::Null).await;
+}
