@@ -87,5 +87,9 @@ fn no_shipped_file_puts_the_admin_listener_on_prometheus_port() {
             }
         }
     }
-    assert!(found.is_empty(), "9090 is Prometheus's port:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "9090 is Prometheus's port:\n{}",
+        found.join("\n")
+    );
 }
