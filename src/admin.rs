@@ -2,6 +2,8 @@
 //! backend API, apart from the proxy port.
 //!
 //! Endpoints (see docs/admin-api.md and docs/metrics.md):
+//! - `GET /`: the status page (HTML, updating itself from `/api/status`).
+//! - `GET /api/status`: what the status page shows, as JSON.
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when a backend is in rotation and the process is not draining, else 503.
 //! - `GET /metrics`: Prometheus text exposition.
@@ -30,13 +32,26 @@ use crate::shutdown::{Phase, Shutdown};
 use crate::timefmt::Rfc3339;
 use crate::upstream::{Backend, State};
 
+mod status;
+
 /// What the admin handlers read.
 pub struct Admin {
     pub proxy: Arc<Proxy>,
     pub shutdown: Shutdown,
     /// What `POST /api/reload` calls.
     pub reloader: Arc<Reloader>,
+    /// When the process started (the status page's uptime).
+    pub started: std::time::SystemTime,
 }
+
+/// The status page: static HTML, CSS and script in one file; its data comes
+/// from `/api/status` and is set as text, never parsed as HTML.
+const STATUS_PAGE: &str = include_str!("admin/status.html");
+
+/// The page loads nothing from elsewhere, and nothing may frame it.
+const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
 
 /// The admin API's backend paths start with this.
 const BACKENDS: &str = "/api/backends";
@@ -115,11 +130,12 @@ impl Admin {
     fn route(&self, method: &Method, path: &str) -> Response<ResponseBody> {
         let get = method == Method::GET || method == Method::HEAD;
         match path {
-            "/healthz" | "/readyz" | "/metrics" if !get => text_error(
+            "/" | "/healthz" | "/readyz" | "/metrics" if !get => text_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use GET\n",
                 Some("GET, HEAD"),
             ),
+            "/" => status_page(),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readyz(),
             "/metrics" => self.metrics(),
@@ -135,6 +151,10 @@ impl Admin {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", Some("GET, HEAD"))
             }
             "/api/statelessness" => json(StatusCode::OK, &self.proxy.hops.report()),
+            "/api/status" if !get => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET", Some("GET, HEAD"))
+            }
+            "/api/status" => json(StatusCode::OK, &status::build(self)),
             _ => match parse_action(path) {
                 Some((_, _)) if method != Method::POST => {
                     json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST", Some("POST"))
@@ -413,6 +433,26 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseB
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
+    r
+}
+
+/// `GET /`: the status page.
+fn status_page() -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(STATUS_PAGE));
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(STATUS_PAGE_CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 

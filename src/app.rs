@@ -150,6 +150,7 @@ impl App {
                 proxy: proxy.clone(),
                 shutdown: shutdown.clone(),
                 reloader: reloader.clone(),
+                started: std::time::SystemTime::now(),
             });
             background.push(tokio::spawn(admin.serve(listener)));
         }

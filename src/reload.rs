@@ -79,6 +79,17 @@ pub struct ReloadSummary {
     pub backends: BackendChanges,
 }
 
+/// The outcome of the latest reload (SIGHUP, file change or admin API).
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    pub at: std::time::SystemTime,
+    pub trigger: Trigger,
+    /// Whether the new configuration was applied.
+    pub ok: bool,
+    /// What changed, or why it was refused.
+    pub detail: String,
+}
+
 /// How the backend set changed (names are resolved `IP:PORT`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BackendChanges {
@@ -309,6 +320,7 @@ pub struct Reloader {
     running: tokio::sync::Mutex<Config>,
     /// `reload.watch` of the running configuration.
     watch: AtomicBool,
+    last: std::sync::Mutex<Option<LastReload>>,
 }
 
 // === impl Reloader ===
@@ -328,7 +340,22 @@ impl Reloader {
             source,
             watch: AtomicBool::new(running.reload.watch),
             running: tokio::sync::Mutex::new(running),
+            last: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The latest reload's outcome, if there was one.
+    pub fn last(&self) -> Option<LastReload> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record(&self, trigger: Trigger, ok: bool, detail: String) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
+            at: std::time::SystemTime::now(),
+            trigger,
+            ok,
+            detail,
+        });
     }
 
     /// The configuration running now.
@@ -355,6 +382,7 @@ impl Reloader {
         match loaded {
             Err(e) => {
                 counter.with_label_values(&["failure"]).inc();
+                self.record(trigger, false, e.to_string());
                 tracing::error!(
                     "configuration reload ({}) refused, the running configuration stays: error: {e}",
                     trigger.as_str()
@@ -368,6 +396,7 @@ impl Reloader {
                     return Ok(summary);
                 }
                 counter.with_label_values(&["success"]).inc();
+                self.record(trigger, true, summary.describe());
                 tracing::info!(
                     "configuration reloaded ({}): {}",
                     trigger.as_str(),
