@@ -182,7 +182,7 @@ impl Driver {
         .await;
         let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
             "goog:chromeOptions": {"binary": chromium, "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1400"]},
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"]},
             "goog:loggingPrefs": {"browser": "ALL"}}}});
         let v = d.call(Method::POST, "/session", caps).await;
         d.session = v["sessionId"].as_str().expect("a session").to_owned();
