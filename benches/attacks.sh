@@ -102,7 +102,7 @@ H1=$(free_port); H2=$(free_port)
 cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 2
-    maxconn 20000
+    maxconn 8000
 defaults
     mode http
     timeout connect 1s

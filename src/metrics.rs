@@ -172,12 +172,121 @@ fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histo
     m
 }
 
+/// Client requests, their durations and the failures and retries on their way.
+struct Traffic {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    client_errors: [IntCounter; 7],
+    retries: IntCounterVec,
+    retry_budget_exhausted: IntCounter,
+    request_duration_by_class: [Histogram; 6],
+}
+
+/// The backends: in rotation, in flight, ejected, and found by discovery.
+struct Backends {
+    backend_healthy: IntGaugeVec,
+    backend_in_flight: IntGaugeVec,
+    ejections: IntCounterVec,
+    discovery_failures: IntCounterVec,
+    discovery_backends: IntGaugeVec,
+}
+
+/// Client connections, the affinity cookies refused on them, and TLS.
+struct Listeners {
+    connections_open: IntGauge,
+    worker_connections: IntGaugeVec,
+    affinity_refused: IntCounterVec,
+    tls_handshake_failures: IntCounter,
+    tls_reloads: IntCounterVec,
+}
+
+/// The access log, configuration reloads and the build.
+struct Operations {
+    access_log_dropped: IntCounter,
+    config_reloads: IntCounterVec,
+    build_info: IntGaugeVec,
+}
+
+/// The session watch (`hops`).
+struct Sessions {
+    session_hops: IntCounterVec,
+    session_same_instance: IntCounterVec,
+    sessions_tracked: IntGauge,
+}
+
 // === impl Metrics ===
 
 impl Metrics {
     /// Registers every family on `registry`.
     pub fn register(registry: &Registry) -> Metrics {
         let r = registry;
+        let Traffic {
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            client_errors,
+            retries,
+            retry_budget_exhausted,
+            request_duration_by_class,
+        } = Self::traffic(r);
+        let Backends {
+            backend_healthy,
+            backend_in_flight,
+            ejections,
+            discovery_failures,
+            discovery_backends,
+        } = Self::backends(r);
+        let Listeners {
+            connections_open,
+            worker_connections,
+            affinity_refused,
+            tls_handshake_failures,
+            tls_reloads,
+        } = Self::listeners(r);
+        let Operations {
+            access_log_dropped,
+            config_reloads,
+            build_info,
+        } = Self::operations(r);
+        let Sessions {
+            session_hops,
+            session_same_instance,
+            sessions_tracked,
+        } = Self::sessions(r);
+        Metrics {
+            registry: registry.clone(),
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            client_errors,
+            retries,
+            retry_budget_exhausted,
+            backend_healthy,
+            backend_in_flight,
+            ejections,
+            connections_open,
+            worker_connections,
+            affinity_refused,
+            tls_handshake_failures,
+            access_log_dropped,
+            tls_reloads,
+            discovery_failures,
+            discovery_backends,
+            config_reloads,
+            build_info,
+            session_hops,
+            session_same_instance,
+            sessions_tracked,
+            request_duration_by_class,
+        }
+    }
+
+    /// Registers the families of [`Traffic`].
+    fn traffic(r: &Registry) -> Traffic {
         let requests = counter_vec(
             r,
             "unstick_requests_total",
@@ -225,6 +334,22 @@ impl Metrics {
             "unstick_retry_budget_exhausted_total",
             "Retries not made because the retry budget was spent.",
         );
+        let request_duration_by_class =
+            CODE_CLASSES.map(|c| request_duration.with_label_values(&[c]));
+        Traffic {
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            client_errors,
+            retries,
+            retry_budget_exhausted,
+            request_duration_by_class,
+        }
+    }
+
+    /// Registers the families of [`Backends`].
+    fn backends(r: &Registry) -> Backends {
         let backend_healthy = gauge_vec(
             r,
             "unstick_backend_healthy",
@@ -244,6 +369,29 @@ impl Metrics {
              drain, admin.",
             &["backend", "reason"],
         );
+        let discovery_failures = counter_vec(
+            r,
+            "unstick_discovery_failures_total",
+            "Failed lookups of a backend name (its last good addresses stay in use).",
+            &["name"],
+        );
+        let discovery_backends = gauge_vec(
+            r,
+            "unstick_discovery_backends",
+            "Addresses a backend name resolves to now (its backends).",
+            &["name"],
+        );
+        Backends {
+            backend_healthy,
+            backend_in_flight,
+            ejections,
+            discovery_failures,
+            discovery_backends,
+        }
+    }
+
+    /// Registers the families of [`Listeners`].
+    fn listeners(r: &Registry) -> Listeners {
         let connections_open =
             IntGauge::new("unstick_connections_open", "Client connections open.")
                 .expect("valid metric");
@@ -266,11 +414,6 @@ impl Metrics {
             "unstick_tls_handshake_failures_total",
             "TLS handshakes that failed on the listener (including plain HTTP sent to it).",
         );
-        let access_log_dropped = counter(
-            r,
-            "unstick_access_log_dropped_total",
-            "Access-log lines dropped because standard output did not keep up.",
-        );
         let tls_reloads = counter_vec(
             r,
             "unstick_tls_reloads_total",
@@ -278,17 +421,21 @@ impl Metrics {
              certificates stay in use).",
             &["result"],
         );
-        let discovery_failures = counter_vec(
+        Listeners {
+            connections_open,
+            worker_connections,
+            affinity_refused,
+            tls_handshake_failures,
+            tls_reloads,
+        }
+    }
+
+    /// Registers the families of [`Operations`].
+    fn operations(r: &Registry) -> Operations {
+        let access_log_dropped = counter(
             r,
-            "unstick_discovery_failures_total",
-            "Failed lookups of a backend name (its last good addresses stay in use).",
-            &["name"],
-        );
-        let discovery_backends = gauge_vec(
-            r,
-            "unstick_discovery_backends",
-            "Addresses a backend name resolves to now (its backends).",
-            &["name"],
+            "unstick_access_log_dropped_total",
+            "Access-log lines dropped because standard output did not keep up.",
         );
         let config_reloads = counter_vec(
             r,
@@ -305,6 +452,15 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        Operations {
+            access_log_dropped,
+            config_reloads,
+            build_info,
+        }
+    }
+
+    /// Registers the families of [`Sessions`].
+    fn sessions(r: &Registry) -> Sessions {
         let session_hops = counter_vec(
             r,
             "unstick_session_hops_total",
@@ -326,34 +482,10 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(sessions_tracked.clone()))
             .expect("registered once");
-        let request_duration_by_class =
-            CODE_CLASSES.map(|c| request_duration.with_label_values(&[c]));
-        Metrics {
-            registry: registry.clone(),
-            requests,
-            request_duration,
-            upstream_duration,
-            upstream_errors,
-            client_errors,
-            retries,
-            retry_budget_exhausted,
-            backend_healthy,
-            backend_in_flight,
-            ejections,
-            connections_open,
-            worker_connections,
-            affinity_refused,
-            tls_handshake_failures,
-            access_log_dropped,
-            tls_reloads,
-            discovery_failures,
-            discovery_backends,
-            config_reloads,
-            build_info,
+        Sessions {
             session_hops,
             session_same_instance,
             sessions_tracked,
-            request_duration_by_class,
         }
     }
 

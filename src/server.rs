@@ -155,11 +155,12 @@ pub async fn serve(
                     let at = Instant::now();
                     worker.opened();
                     let worker = worker.clone();
-                    tokio::spawn(async move {
+                    let task = async move {
                         worker.serve(stream, addr, at).await;
                         worker.closed();
                         drop(permit);
-                    });
+                    };
+                    tokio::spawn(task);
                 }
                 Accepted::Elsewhere => {}
                 Accepted::Drain => break,
@@ -248,18 +249,22 @@ impl Worker {
             shutdown: &self.shutdown,
             at,
         };
+        // Each stage is boxed: the task keeps only the state of the stage
+        // it is in (a TLS handshake's and a connection's are kilobytes).
         let Some(acceptor) = &self.acceptor else {
             let speak = self.builders.cleartext();
-            return serve_connection(stream, ClientInfo::new(addr, false), speak, conn).await;
+            let client = ClientInfo::new(addr, false);
+            return Box::pin(serve_connection(stream, client, speak, conn)).await;
         };
         let handshake = tokio::select! {
-            r = accept_tls(stream, acceptor, self.opts.client_header) => r,
+            r = Box::pin(accept_tls(stream, acceptor, self.opts.client_header)) => r,
             _ = self.shutdown.reached(Phase::Close) => Err(HandshakeError::Shutdown),
         };
         match handshake {
             Ok(tls) => {
                 let speak = self.builders.negotiated(tls.get_ref().1.alpn_protocol());
-                serve_connection(tls, ClientInfo::new(addr, true), speak, conn).await;
+                let client = ClientInfo::new(addr, true);
+                Box::pin(serve_connection(tls, client, speak, conn)).await;
             }
             Err(e) => handshake_failed(&self.proxy.metrics, addr, &e),
         }

@@ -219,13 +219,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let c = &state.counters;
     if path == "/healthz" {
-        c.health_checks.fetch_add(1, Ordering::Relaxed);
-        let status = if state.draining.load(Ordering::Relaxed) {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
-        };
-        return Ok(finish(&state, status, TestBody::full("ok\n")));
+        return Ok(health_check(&state));
     }
     c.requests.fetch_add(1, Ordering::Relaxed);
     c.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -254,16 +248,7 @@ async fn handle(
             let n = path[7..].parse().unwrap_or(0);
             (StatusCode::OK, TestBody::Bytes(n))
         }
-        "headers" => {
-            let mut out = String::new();
-            for (k, v) in req.headers() {
-                out.push_str(k.as_str());
-                out.push_str(": ");
-                out.push_str(&String::from_utf8_lossy(v.as_bytes()));
-                out.push('\n');
-            }
-            (StatusCode::OK, TestBody::full(out))
-        }
+        "headers" => (StatusCode::OK, TestBody::full(header_lines(&req))),
         "status" => {
             let code = path[8..].parse().unwrap_or(500);
             (
@@ -278,38 +263,72 @@ async fn handle(
         }
         "hang" => std::future::pending().await,
         "ws" => return Ok(websocket_echo(&state, stopped, req)),
-        p if p.starts_with("grpc") => {
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", HeaderValue::from_static("0"));
-            if let Ok(v) = HeaderValue::from_str(&state.opts.id) {
-                trailers.insert("x-backend-id", v);
-            }
-            let mut r = finish(
-                &state,
-                StatusCode::OK,
-                TestBody::Grpc {
-                    body: req.into_body(),
-                    trailers: Some(trailers),
-                },
-            );
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            return Ok(r);
-        }
-        "set-cookie" => {
-            let mut r = finish(&state, StatusCode::OK, id_body());
-            for pair in path[12..].split(';').filter(|p| !p.is_empty()) {
-                if let Ok(v) = HeaderValue::from_str(&format!("{pair}; Path=/")) {
-                    r.headers_mut().append(header::SET_COOKIE, v);
-                }
-            }
-            return Ok(r);
-        }
+        p if p.starts_with("grpc") => return Ok(grpc_echo(&state, req)),
+        "set-cookie" => return Ok(set_cookies(&state, &path[12..])),
         _ => (StatusCode::OK, id_body()),
     };
     Ok(finish(&state, status, body))
+}
+
+/// `/healthz`: 200, or 503 while draining.
+fn health_check(state: &State) -> Response<TestBody> {
+    state.counters.health_checks.fetch_add(1, Ordering::Relaxed);
+    let status = if state.draining.load(Ordering::Relaxed) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    finish(state, status, TestBody::full("ok\n"))
+}
+
+/// `/headers`: the request's fields, one `name: value` line each.
+fn header_lines(req: &Request<Incoming>) -> String {
+    let mut out = String::new();
+    for (k, v) in req.headers() {
+        out.push_str(k.as_str());
+        out.push_str(": ");
+        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        out.push('\n');
+    }
+    out
+}
+
+/// `/grpc...`: the request body echoed as a gRPC response with trailers
+/// (`grpc-status: 0`, `x-backend-id`).
+fn grpc_echo(state: &State, req: Request<Incoming>) -> Response<TestBody> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    if let Ok(v) = HeaderValue::from_str(&state.opts.id) {
+        trailers.insert("x-backend-id", v);
+    }
+    let mut r = finish(
+        state,
+        StatusCode::OK,
+        TestBody::Grpc {
+            body: req.into_body(),
+            trailers: Some(trailers),
+        },
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    r
+}
+
+/// `/set-cookie/a=1;b=2`: the backend's id, with a `Set-Cookie` per pair.
+fn set_cookies(state: &State, pairs: &str) -> Response<TestBody> {
+    let mut r = finish(
+        state,
+        StatusCode::OK,
+        TestBody::full(format!("{}\n", state.opts.id)),
+    );
+    for pair in pairs.split(';').filter(|p| !p.is_empty()) {
+        if let Ok(v) = HeaderValue::from_str(&format!("{pair}; Path=/")) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    r
 }
 
 /// Accepts a WebSocket handshake and echoes messages until the client closes

@@ -311,7 +311,7 @@ fn load(url: &str, cookie: &str, secs: u32, json: &Path) -> std::process::Child 
 async fn compose_stack_loses_no_request_when_an_app_container_is_killed() {
     let mut stack = Stack::up(&[], &[]);
     let proxy = stack.published("unstick", 8080);
-    let admin = stack.published("unstick", 9090);
+    let admin = stack.published("unstick", 8484);
     let apps = stack.containers("app");
     assert_eq!(apps.len(), 3, "three app replicas: {apps:?}");
     wait_for_healthy(admin, 3, Duration::from_secs(90)).await;

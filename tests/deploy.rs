@@ -325,7 +325,7 @@ fn the_compose_stack_and_the_workflow_use_real_commands_and_files() {
         .collect();
     // The image's own ENV.
     env.push(("UNSTICK_LISTEN".into(), "0.0.0.0:8080".into()));
-    env.push(("UNSTICK_ADMIN".into(), "0.0.0.0:9090".into()));
+    env.push(("UNSTICK_ADMIN".into(), "0.0.0.0:8484".into()));
     check_with_env("docker/compose.yaml", &env);
     let backends = &env.iter().find(|(k, _)| k == "UNSTICK_BACKENDS").unwrap().1;
     let service = backends.split(':').next().unwrap();

@@ -22,7 +22,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// The admin listener (metrics, readiness), or `off`.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = parse_admin)]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8484", value_parser = parse_admin)]
     admin: AdminAddr,
     /// Where sessions live: `sqlite` (a file in a temporary folder), `memory`
     /// (each instance its own: breaks on purpose) or `redis://HOST:PORT`.
@@ -69,7 +69,7 @@ fn parse_admin(text: &str) -> Result<AdminAddr, String> {
     }
     text.parse()
         .map(|a| AdminAddr(Some(a)))
-        .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:9090, nor `off`"))
+        .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:8484, nor `off`"))
 }
 
 fn parse_access_log(text: &str) -> Result<AccessLog, String> {

@@ -79,7 +79,7 @@ fn default_url() -> Result<String, String> {
         }
         Ok(text) => text
             .parse::<SocketAddr>()
-            .map_err(|_| format!("UNSTICK_ADMIN `{text}` is not an address like 0.0.0.0:9090"))?,
+            .map_err(|_| format!("UNSTICK_ADMIN `{text}` is not an address like 0.0.0.0:8484"))?,
         Err(_) => Config::defaults()
             .admin
             .ok_or("no admin listener by default: give the URL to probe")?,

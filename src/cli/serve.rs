@@ -27,7 +27,7 @@ pub struct ConfigArgs {
     /// `round-robin` or `least-connections` [env: UNSTICK_ALGORITHM]
     #[arg(long, value_name = "NAME")]
     pub algorithm: Option<String>,
-    /// Admin listener address, or `off` [env: UNSTICK_ADMIN] [default: 127.0.0.1:9090]
+    /// Admin listener address, or `off` [env: UNSTICK_ADMIN] [default: 127.0.0.1:8484]
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
     /// Access log format: `off`, `common` or `json` [env: UNSTICK_ACCESS_LOG] [default: json]

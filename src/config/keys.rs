@@ -107,7 +107,7 @@ pub const KEYS: &[KeySpec] = &[
     key(
         "admin",
         Text,
-        "127.0.0.1:9090",
+        "127.0.0.1:8484",
         "admin listener address, or `off`",
     ),
     key(

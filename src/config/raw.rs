@@ -50,7 +50,7 @@ impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
             listen: "127.0.0.1:8080".into(),
-            admin: "127.0.0.1:9090".into(),
+            admin: "127.0.0.1:8484".into(),
             algorithm: "round-robin".into(),
             access_log: "json".into(),
             workers: 0,

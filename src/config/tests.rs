@@ -46,7 +46,7 @@ fn load(text: &str) -> Result<Config, ConfigError> {
 fn defaults_are_valid() {
     let c = Config::defaults();
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9090");
+    assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:8484");
     assert_eq!(c.algorithm, Algorithm::RoundRobin);
     assert_eq!(c.retries.max_per_request, 2);
     assert_eq!(c.retries.replay_buffer, 64 * 1024);

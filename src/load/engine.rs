@@ -14,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -494,36 +494,19 @@ async fn user_loop<W: Workload>(
     let live = &ctx.shared.live.threads[ctx.index];
     let mut arrival = Arrival(Some(&ctx.shared));
     let mut user = w.user(index);
-    let mut deadline = Deadline::new(tokio::time::Instant::now() + settings.timeout);
     let mut slot_timer = pin!(tokio::time::sleep(Duration::ZERO));
-    let mut conn: Option<Conn> = None;
-    let mut body = Vec::new();
+    let mut link = Link::new(settings.timeout);
     let wants_body = w.wants_body();
-    // The fast path, when the run and the workload allow it: then `raw_conn`
-    // is the connection and `conn` stays empty.
+    // The fast path, when the run and the workload allow it: then
+    // `link.raw` is the connection and `link.conn` stays empty.
     let raw = RawRequest::for_run(w, &ctx.connector, settings.http2, |req| {
         prepare(req, settings)
     });
-    let mut raw_conn: Option<RawConn> = None;
 
-    // Connect before the clock starts, so the first slots are not spent on
-    // handshakes. A failure here is not counted: the first request retries.
-    if raw.is_some() {
-        if let Ok(Ok(io)) = until(&mut deadline, ctx.connector.connect_tcp()).await {
-            raw_conn = Some(RawConn::new(io));
-            stats.borrow_mut().connections_opened += 1;
-        }
-    } else if let Ok(Ok(c)) = until(&mut deadline, ctx.connector.connect()).await {
-        conn = Some(c);
-        stats.borrow_mut().connections_opened += 1;
-    }
+    let opened = link.connect(&ctx.connector, raw.is_some()).await;
+    stats.borrow_mut().connections_opened += u64::from(opened);
     arrival.arrive();
-    let mut started = ctx.shared.start.subscribe();
-    let Ok(start) = started
-        .wait_for(|s| s.is_some())
-        .await
-        .map(|s| s.expect("set"))
-    else {
+    let Some(start) = started(&ctx.shared).await else {
         return;
     };
 
@@ -546,43 +529,14 @@ async fn user_loop<W: Workload>(
         let late = slot
             .at
             .is_some_and(|at| now.saturating_duration_since(at) > settings.late_after);
-        let mut sent = now;
-        if let Some(at) = slot.at {
-            if at > now + early {
-                slot_timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::from_std(at - early));
-                slot_timer.as_mut().await;
-                sent = Instant::now();
-            }
-        }
+        let sent = wait_for_slot(&slot, now, early, slot_timer.as_mut()).await;
         let intended = slot.at.unwrap_or(sent);
-        deadline.set(tokio::time::Instant::from_std(sent + settings.timeout));
-        let mut opened = 0;
-        let result = match next {
-            Next::Raw(raw) => until(
-                &mut deadline,
-                raw.exchange(&ctx.connector, &mut raw_conn, sent, &mut opened),
-            )
-            .await
-            .unwrap_or_else(|i| Err(i.into())),
-            Next::Hyper(mut req) => {
-                prepare(&mut req, settings);
-                exchange(
-                    &ctx.connector,
-                    &mut conn,
-                    &mut deadline,
-                    req,
-                    wants_body.then_some(&mut body),
-                    &mut opened,
-                )
-                .await
-            }
-        };
+        let (result, opened) = link
+            .send(next, &ctx.connector, settings, wants_body, sent)
+            .await;
         let done = Instant::now();
         if result.is_err() || !settings.keepalive {
-            conn = None;
-            raw_conn = None;
+            link.forget();
         }
         let record = Record {
             user: index,
@@ -591,40 +545,173 @@ async fn user_loop<W: Workload>(
             sent,
             done,
             late,
-            outcome: match &result {
-                Ok((parts, len)) => Outcome::Response(Reply {
-                    status: parts.status,
-                    version: parts.version,
-                    headers: &parts.headers,
-                    body: &body,
-                    body_len: *len,
-                }),
-                Err(e) => Outcome::Error(e),
-            },
+            outcome: outcome(&result, &link.body),
         };
-        {
-            let mut s = stats.borrow_mut();
-            s.connections_opened += opened;
-            match &result {
-                Ok((parts, len)) => s.response(
-                    start,
-                    done,
-                    record.latency(),
-                    late,
-                    parts.status.as_u16(),
-                    *len,
-                ),
-                Err(e) => s.error(start, done, late, e.class, &e.message),
-            }
-        }
-        bump(&live.requests);
-        if result.is_err() {
-            bump(&live.errors);
-        }
-        if late {
-            bump(&live.late);
-        }
+        count(
+            &mut stats.borrow_mut(),
+            live,
+            start,
+            &record,
+            &result,
+            opened,
+        );
         w.record(&mut user, &record);
+    }
+}
+
+/// What one request came to: its response head and body length, or its error.
+type Exchanged = Result<(http::response::Parts, u64), RequestError>;
+
+/// Waits for the run's start; `None` if the run ended first.
+async fn started(shared: &Shared) -> Option<Instant> {
+    let mut started = shared.start.subscribe();
+    started
+        .wait_for(|s| s.is_some())
+        .await
+        .map(|s| s.expect("set"))
+        .ok()
+}
+
+/// A request's outcome as the workload sees it.
+fn outcome<'a>(result: &'a Exchanged, body: &'a [u8]) -> Outcome<'a> {
+    match result {
+        Ok((parts, len)) => Outcome::Response(Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: &parts.headers,
+            body,
+            body_len: *len,
+        }),
+        Err(e) => Outcome::Error(e),
+    }
+}
+
+/// A user's connection (the fast path's or hyper's), its request deadline
+/// and the buffer its response bodies are kept in.
+struct Link {
+    conn: Option<Conn>,
+    raw: Option<RawConn>,
+    deadline: Deadline,
+    body: Vec<u8>,
+}
+
+impl Link {
+    fn new(timeout: Duration) -> Link {
+        Link {
+            conn: None,
+            raw: None,
+            deadline: Deadline::new(tokio::time::Instant::now() + timeout),
+            body: Vec::new(),
+        }
+    }
+
+    /// Connects before the clock starts, so the first slots are not spent
+    /// on handshakes; true if it connected. A failure is not counted: the
+    /// first request retries.
+    async fn connect(&mut self, connector: &Connector, fast_path: bool) -> bool {
+        if fast_path {
+            if let Ok(Ok(io)) = until(&mut self.deadline, connector.connect_tcp()).await {
+                self.raw = Some(RawConn::new(io));
+                return true;
+            }
+        } else if let Ok(Ok(c)) = until(&mut self.deadline, connector.connect()).await {
+            self.conn = Some(c);
+            return true;
+        }
+        false
+    }
+
+    /// Sends `next` at `sent` and reads its response; with the connections
+    /// opened for it.
+    async fn send(
+        &mut self,
+        next: Next<'_>,
+        connector: &Connector,
+        settings: &Settings,
+        wants_body: bool,
+        sent: Instant,
+    ) -> (Exchanged, u64) {
+        self.deadline
+            .set(tokio::time::Instant::from_std(sent + settings.timeout));
+        let mut opened = 0;
+        let result = match next {
+            Next::Raw(raw) => until(
+                &mut self.deadline,
+                raw.exchange(connector, &mut self.raw, sent, &mut opened),
+            )
+            .await
+            .unwrap_or_else(|i| Err(i.into())),
+            Next::Hyper(mut req) => {
+                prepare(&mut req, settings);
+                exchange(
+                    connector,
+                    &mut self.conn,
+                    &mut self.deadline,
+                    req,
+                    wants_body.then_some(&mut self.body),
+                    &mut opened,
+                )
+                .await
+            }
+        };
+        (result, opened)
+    }
+
+    /// Drops the connection: the next request opens a new one.
+    fn forget(&mut self) {
+        self.conn = None;
+        self.raw = None;
+    }
+}
+
+/// Waits until `slot`'s time, less `early`, unless it is due already;
+/// returns when the request is sent.
+async fn wait_for_slot(
+    slot: &Slot,
+    now: Instant,
+    early: Duration,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) -> Instant {
+    match slot.at {
+        Some(at) if at > now + early => {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(at - early));
+            timer.await;
+            Instant::now()
+        }
+        _ => now,
+    }
+}
+
+/// Counts one request in the thread's collector and its live counters.
+fn count(
+    s: &mut Collector,
+    live: &LiveThread,
+    start: Instant,
+    record: &Record<'_>,
+    result: &Exchanged,
+    opened: u64,
+) {
+    let (done, late) = (record.done, record.late);
+    s.connections_opened += opened;
+    match result {
+        Ok((parts, len)) => s.response(
+            start,
+            done,
+            record.latency(),
+            late,
+            parts.status.as_u16(),
+            *len,
+        ),
+        Err(e) => s.error(start, done, late, e.class, &e.message),
+    }
+    bump(&live.requests);
+    if result.is_err() {
+        bump(&live.errors);
+    }
+    if late {
+        bump(&live.late);
     }
 }
 

@@ -107,6 +107,13 @@ impl Default for LazyTimer {
 }
 
 /// What a client connection keeps between requests on the fast path.
+///
+/// Its buffers (`input`, `scratch`, `headers`, `fields`) are held only
+/// while a request's bytes are in flight: a connection that goes idle gives
+/// them back to its worker thread's pool ([`Reuse::release`]) and takes a
+/// set again when its next bytes arrive ([`Reuse::acquire`]), so an idle
+/// keep-alive connection holds no buffer (nginx frees its header buffer on
+/// idle keep-alive the same way).
 pub struct Reuse {
     /// The server's phase: a response written once a drain has begun says
     /// `connection: close`.
@@ -124,6 +131,27 @@ pub struct Reuse {
     pub fields: Vec<http1::HeaderIndices>,
 }
 
+/// A set of request buffers waiting in a worker's pool.
+struct Buffers {
+    input: BytesMut,
+    scratch: Vec<u8>,
+    headers: http::HeaderMap,
+    fields: Vec<http1::HeaderIndices>,
+}
+
+/// Buffer sets a worker thread keeps for its connections' next requests:
+/// at most as many as it had requests in flight at once, up to this.
+const POOLED_BUFFERS: usize = 256;
+
+/// A buffer grown larger than this by one big request is freed, not pooled.
+const POOLED_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    /// This worker thread's idle request buffers (each worker runs its
+    /// connections on its own thread).
+    static POOL: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Reuse {
     pub fn new(shutdown: Shutdown) -> Reuse {
         Reuse {
@@ -134,6 +162,51 @@ impl Reuse {
             headers: http::HeaderMap::new(),
             fields: Vec::new(),
         }
+    }
+
+    /// True while the connection holds a set of buffers.
+    pub fn holds_buffers(&self) -> bool {
+        self.input.capacity() != 0
+    }
+
+    /// Takes a set of buffers from this thread's pool (or new empty ones)
+    /// if the connection holds none.
+    pub fn acquire(&mut self) {
+        if self.holds_buffers() {
+            return;
+        }
+        if let Some(b) = POOL.with(|p| p.borrow_mut().pop()) {
+            self.input = b.input;
+            self.scratch = b.scratch;
+            self.headers = b.headers;
+            self.fields = b.fields;
+        }
+    }
+
+    /// Gives the buffers back to this thread's pool: the connection is
+    /// idle, with no byte of a next request read.
+    pub fn release(&mut self) {
+        if !self.input.is_empty() || !self.holds_buffers() {
+            return;
+        }
+        let b = Buffers {
+            input: std::mem::take(&mut self.input),
+            scratch: std::mem::take(&mut self.scratch),
+            headers: std::mem::take(&mut self.headers),
+            fields: std::mem::take(&mut self.fields),
+        };
+        if b.input.capacity() > POOLED_CAPACITY
+            || b.scratch.capacity() > POOLED_CAPACITY
+            || b.headers.capacity() > KEPT_HEADER_CAPACITY
+        {
+            return;
+        }
+        POOL.with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(b);
+            }
+        });
     }
 }
 

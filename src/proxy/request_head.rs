@@ -103,21 +103,8 @@ impl Scan {
                 self.needs_map = true;
                 false
             }
-            4 if is(b"host") => {
-                self.hosts += 1;
-                self.host.get_or_insert(i);
-                // One valid `Host` is passed on; the map path refuses the rest.
-                self.needs_map |= self.hosts > 1 || !valid_host(value);
-                false
-            }
-            6 if is(b"cookie") => {
-                self.cookies += 1;
-                self.cookie.get_or_insert(i);
-                // Several are joined into one, affinity cookies taken
-                // out and counted: the map path does both.
-                self.needs_map |= self.cookies > 1 || affinity.names_any(value);
-                false
-            }
+            4 if is(b"host") => self.on_host(i, value),
+            6 if is(b"cookie") => self.on_cookie(i, value, affinity),
             6 if is(b"expect") => {
                 self.expect = true;
                 false
@@ -127,23 +114,13 @@ impl Scan {
                 true
             }
             7 if is(b"trailer") => true,
-            10 if is(b"connection") => {
-                self.close |= has_close(value);
-                self.needs_map |= connection_names_fields(value);
-                true
-            }
+            10 if is(b"connection") => self.on_connection(value),
             10 if is(b"keep-alive") => true,
             12 if is(b"x-request-id") => {
                 self.request_id.get_or_insert(i);
                 true
             }
-            12 if is(b"content-type") => {
-                if !self.content_type {
-                    self.grpc = is_grpc_value(value);
-                    self.content_type = true;
-                }
-                false
-            }
+            12 if is(b"content-type") => self.on_content_type(value),
             // Written again from the body's length.
             14 if is(b"content-length") => {
                 self.framed = true;
@@ -151,11 +128,7 @@ impl Scan {
             }
             // The settings of an `Upgrade: h2c`, never an upgrade here.
             14 if is(b"http2-settings") => true,
-            15 if is(b"x-forwarded-for") => {
-                self.needs_map |= self.forwarded_for.is_some();
-                self.forwarded_for = Some(i);
-                true
-            }
+            15 if is(b"x-forwarded-for") => self.on_forwarded_for(i),
             15 if is(b"idempotency-key") => {
                 self.idempotency_key = true;
                 false
@@ -175,6 +148,54 @@ impl Scan {
             }
             _ => false,
         }
+    }
+
+    /// A `Host` field: one valid `Host` is passed on; the map path refuses
+    /// the rest.
+    #[inline]
+    fn on_host(&mut self, i: usize, value: &[u8]) -> bool {
+        self.hosts += 1;
+        self.host.get_or_insert(i);
+        self.needs_map |= self.hosts > 1 || !valid_host(value);
+        false
+    }
+
+    /// A `Cookie` field: several are joined into one, affinity cookies
+    /// taken out and counted: the map path does both.
+    #[inline]
+    fn on_cookie(&mut self, i: usize, value: &[u8], affinity: &affinity::Rules) -> bool {
+        self.cookies += 1;
+        self.cookie.get_or_insert(i);
+        self.needs_map |= self.cookies > 1 || affinity.names_any(value);
+        false
+    }
+
+    /// A `Connection` field, dropped: `close` noted; one naming other
+    /// fields takes the map path.
+    #[inline]
+    fn on_connection(&mut self, value: &[u8]) -> bool {
+        self.close |= has_close(value);
+        self.needs_map |= connection_names_fields(value);
+        true
+    }
+
+    /// A `Content-Type` field: the first says whether this is gRPC.
+    #[inline]
+    fn on_content_type(&mut self, value: &[u8]) -> bool {
+        if !self.content_type {
+            self.grpc = is_grpc_value(value);
+            self.content_type = true;
+        }
+        false
+    }
+
+    /// An `X-Forwarded-For` field, dropped (the proxy writes its own); a
+    /// second takes the map path, which joins them.
+    #[inline]
+    fn on_forwarded_for(&mut self, i: usize) -> bool {
+        self.needs_map |= self.forwarded_for.is_some();
+        self.forwarded_for = Some(i);
+        true
     }
 
     /// True if the head must be rewritten over a `HeaderMap` (see

@@ -209,8 +209,9 @@ where
     // to hyper.
     let (io, prefix, served) = if super::fast::usable(a.opts, speak) {
         let mut io = io;
+        let fast = super::fast::serve(&mut io, &client, a.proxy, a.opts, a.shutdown, a.at);
         let outcome = tokio::select! {
-            o = super::fast::serve(&mut io, &client, a.proxy, a.opts, a.shutdown, a.at) => o,
+            o = fast => o,
             _ = a.shutdown.reached(Phase::Close) => super::fast::Outcome::Closed,
         };
         match outcome {
@@ -220,6 +221,23 @@ where
     } else {
         (io, bytes::Bytes::new(), false)
     };
+    // Boxed: hyper's state is made only for connections handed to it, and
+    // a fast-path connection's task does not carry room for it.
+    Box::pin(serve_hyper(io, prefix, served, client, speak, a)).await;
+}
+
+/// Serves a connection with hyper, from `prefix` (bytes the fast path read
+/// and left); `served`: requests were served on it before.
+async fn serve_hyper<I>(
+    io: I,
+    prefix: bytes::Bytes,
+    served: bool,
+    client: ClientInfo,
+    speak: Speak,
+    a: Accept<'_>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(ConnActivity::new(a.at, served));
     let io = WatchedIo {
         inner: io,

@@ -11,11 +11,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::clock::SendClock;
@@ -109,26 +109,11 @@ where
             Ok(head) => head,
             Err(outcome) => return outcome,
         };
-        let (request, settings, keep_alive) = match conn.prepare(&mut io, head, proxy).await {
-            Step::Serve(request, settings, keep_alive) => (request, settings, keep_alive),
-            Step::Handover => return conn.handover(),
-            Step::Reject(kind) => {
-                conn.reject(&mut io, kind).await;
-                return Outcome::Closed;
-            }
-        };
-        let reuse = &mut conn.reuse;
-        let next = proxy
-            .serve_h1(request, settings, client, &mut io, reuse, keep_alive)
-            .await;
-        if next == Next::Close || shutdown.phase() != Phase::Running {
-            let _ = io.shutdown().await;
-            return Outcome::Closed;
-        }
-        conn.first_due = None;
-        // Give back a large buffer grown by one big request.
-        if reuse.scratch.capacity() > 64 * 1024 {
-            reuse.scratch = Vec::new();
+        // The request's state is boxed: the connection's own stays the
+        // small one it waits in while idle (the request's is ~4 KiB).
+        let served = Box::pin(conn.serve(&mut io, head, proxy, client));
+        if let Some(outcome) = served.await {
+            return outcome;
         }
     }
 }
@@ -136,6 +121,40 @@ where
 // === impl FastConn ===
 
 impl FastConn<'_> {
+    /// Serves the request whose head was read; `Some` if the connection
+    /// leaves the fast path with it.
+    async fn serve<I>(
+        &mut self,
+        io: &mut I,
+        head: http1::RequestHead,
+        proxy: &Arc<Proxy>,
+        client: &ClientInfo,
+    ) -> Option<Outcome>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (request, settings, keep_alive) = match self.prepare(io, head, proxy).await {
+            Step::Serve(request, settings, keep_alive) => (request, settings, keep_alive),
+            Step::Handover => return Some(self.handover()),
+            Step::Reject(kind) => {
+                self.reject(io, kind).await;
+                return Some(Outcome::Closed);
+            }
+        };
+        let reuse = &mut self.reuse;
+        let next = proxy
+            .serve_h1(request, settings, client, io, reuse, keep_alive)
+            .await;
+        if next == Next::Close || self.shutdown.phase() != Phase::Running {
+            let _ = io.shutdown().await;
+            return Some(Outcome::Closed);
+        }
+        self.first_due = None;
+        // Idle until the next request's bytes come: hold no buffer.
+        self.reuse.release();
+        None
+    }
+
     /// Reads the next request head. The first is due the header timeout
     /// after the accept; a later one may wait the idle timeout for its
     /// first byte, then the header timeout. A head that does not come in
@@ -175,15 +194,7 @@ impl FastConn<'_> {
                 *head_due.get_or_insert_with(|| Instant::now() + self.opts.client_header)
             };
             let draining = empty.then_some(&mut self.drain);
-            match read_more(
-                io,
-                &mut self.reuse.input,
-                &mut self.timer,
-                deadline,
-                draining,
-            )
-            .await
-            {
+            match read_more(io, &mut self.reuse, &mut self.timer, deadline, draining).await {
                 Wait::Data => {}
                 Wait::TimedOut if self.begun_http1() => {
                     self.reject(io, ClientErrorKind::Timeout).await;
@@ -271,7 +282,7 @@ impl FastConn<'_> {
     {
         while self.reuse.input.len() < len {
             let deadline = Instant::now() + self.opts.client_stall;
-            match read_more(io, &mut self.reuse.input, &mut self.timer, deadline, None).await {
+            match read_more(io, &mut self.reuse, &mut self.timer, deadline, None).await {
                 Wait::Data => {}
                 Wait::TimedOut => return Err(ClientErrorKind::Timeout),
                 Wait::Closed | Wait::Draining => return Err(ClientErrorKind::Aborted),
@@ -325,11 +336,15 @@ fn servable(
         && proxy.upstreams.load().all_raw
 }
 
-/// Reads more bytes from the client, waiting at most until `deadline`
-/// (and, while idle, until the server starts draining).
+/// Reads more bytes from the client into `reuse.input`, waiting at most
+/// until `deadline` (and, while idle, until the server starts draining).
+///
+/// A connection that holds no buffers (it is idle) waits with none: each
+/// wake-up reads into a buffer on the stack, and only bytes that came take
+/// a set of buffers from the pool.
 async fn read_more<I>(
     io: &mut I,
-    buf: &mut BytesMut,
+    reuse: &mut Reuse,
     timer: &mut LazyTimer,
     deadline: Instant,
     mut drain: Option<&mut Reached>,
@@ -337,17 +352,14 @@ async fn read_more<I>(
 where
     I: AsyncRead + Unpin,
 {
-    if buf.capacity() - buf.len() < READ_SPACE {
-        buf.reserve(READ_SPACE);
-    }
-    let read = io.read_buf(buf);
-    tokio::pin!(read);
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = read.as_mut().poll(cx) {
-            return Poll::Ready(match r {
-                Ok(0) | Err(_) => Wait::Closed,
-                Ok(_) => Wait::Data,
-            });
+        let read = if reuse.holds_buffers() {
+            poll_read_into(io, &mut reuse.input, cx)
+        } else {
+            poll_read_idle(io, reuse, cx)
+        };
+        if let Poll::Ready(wait) = read {
+            return Poll::Ready(wait);
         }
         if let Some(d) = drain.as_mut() {
             if Pin::new(&mut **d).poll(cx).is_ready() {
@@ -358,6 +370,47 @@ where
         timer.poll_expired(cx).map(|()| Wait::TimedOut)
     })
     .await
+}
+
+/// Reads into `buf`, with at least `READ_SPACE` free.
+fn poll_read_into<I>(io: &mut I, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<Wait>
+where
+    I: AsyncRead + Unpin,
+{
+    if buf.capacity() - buf.len() < READ_SPACE {
+        buf.reserve(READ_SPACE);
+    }
+    let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
+    match ready!(Pin::new(&mut *io).poll_read(cx, &mut rb)) {
+        Ok(()) if !rb.filled().is_empty() => {
+            let n = rb.filled().len();
+            // SAFETY: the reader initialized and filled these `n` bytes
+            // of the spare capacity (as `AsyncReadExt::read_buf` does).
+            unsafe { buf.set_len(buf.len() + n) };
+            Poll::Ready(Wait::Data)
+        }
+        _ => Poll::Ready(Wait::Closed),
+    }
+}
+
+/// Reads on a connection that holds no buffers: into the stack, then into
+/// a set of buffers taken once bytes came.
+fn poll_read_idle<I>(io: &mut I, reuse: &mut Reuse, cx: &mut Context<'_>) -> Poll<Wait>
+where
+    I: AsyncRead + Unpin,
+{
+    // Uninitialized: zeroing it would cost more than the read.
+    let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_SPACE];
+    let mut rb = ReadBuf::uninit(&mut stack);
+    match ready!(Pin::new(&mut *io).poll_read(cx, &mut rb)) {
+        Ok(()) if !rb.filled().is_empty() => {
+            reuse.acquire();
+            reuse.input.reserve(READ_SPACE);
+            reuse.input.extend_from_slice(rb.filled());
+            Poll::Ready(Wait::Data)
+        }
+        _ => Poll::Ready(Wait::Closed),
+    }
 }
 
 /// Answers a request the server will not serve with its status (nothing

@@ -1,0 +1,95 @@
+//! No silent surprises for an operator: a default admin port no common tool uses, warnings for a balancer with nothing to balance, `check` as strict as `serve`, misspelled variables named, one log format, TLS errors in words.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::run;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Ports that tools often run beside a load balancer listen on by default.
+const TAKEN: &[(u16, &str)] = &[
+    (9090, "Prometheus"),
+    (9093, "Alertmanager"),
+    (9100, "node_exporter"),
+    (3000, "Grafana"),
+    (9901, "Envoy's admin"),
+    (15000, "Istio's sidecar admin"),
+    (8404, "HAProxy's stats page"),
+    (8080, "Traefik's dashboard and unstick's proxy"),
+    (2019, "Caddy's admin API"),
+    (8001, "Kong's admin API"),
+    (8444, "Kong's admin API (TLS)"),
+];
+
+#[test]
+fn the_default_admin_port_is_no_common_tools_port() {
+    let out = run(&["check"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("admin = "))
+        .unwrap_or_else(|| panic!("no admin key printed:\n{}", out.stdout));
+    let port: u16 = line
+        .trim_start_matches("admin = ")
+        .trim_matches('"')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not an address: {line}"));
+    if let Some((_, tool)) = TAKEN.iter().find(|(p, _)| *p == port) {
+        panic!("the default admin port {port} is {tool}'s");
+    }
+    // `unstick demo` and `serve --help` agree with the config default.
+    let help = run(&["demo", "--help"], &[]).stdout;
+    assert!(help.contains(&format!("127.0.0.1:{port}")), "{help}");
+    let help = run(&["serve", "--help"], &[]).stdout;
+    assert!(help.contains(&format!("127.0.0.1:{port}")), "{help}");
+}
+
+/// Files users read or run: README, docs, the sample config, the container
+/// and deployment files.
+fn shipped_files() -> Vec<PathBuf> {
+    let mut out = vec![Path::new(ROOT).join("README.md")];
+    for dir in ["docs", "config", "docker", "deploy", "src"] {
+        walk(&Path::new(ROOT).join(dir), &mut out);
+    }
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_shipped_file_puts_the_admin_listener_on_prometheus_port() {
+    let mut found = Vec::new();
+    for path in shipped_files() {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            if line.contains(":9090") || line.contains("Port: 9090") || line.contains("port: 9090")
+            {
+                found.push(format!("{}:{}: {line}", path.display(), i + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "9090 is Prometheus's port:\n{}",
+        found.join("\n")
+    );
+}
