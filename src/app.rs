@@ -316,6 +316,9 @@ fn spawn_workers(
     options: &ServerOptions,
     shutdown: &Shutdown,
 ) -> io::Result<Vec<std::thread::JoinHandle<io::Result<()>>>> {
+    if let Err(e) = server::raise_fd_limit(options.max_connections) {
+        tracing::warn!(error = %e, "cannot read the open-file limit");
+    }
     let limit = Arc::new(Semaphore::new(options.max_connections));
     let seats = server::balance::seats(listeners.len());
     let mut server = Vec::new();

@@ -284,6 +284,40 @@ pub async fn drain_deadline(shutdown: Shutdown, drain: Duration) {
     }
 }
 
+/// Raises this process's open-file limit to its hard limit (as nginx's
+/// `worker_rlimit_nofile` does): each client connection holds a descriptor,
+/// and the usual soft limit (1,024) is far below `max_connections`. Warns if
+/// the limit is still below `max_connections`. Returns the limit in force.
+pub fn raise_fd_limit(max_connections: usize) -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the call to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; only the soft limit moves.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let limit: u64 = lim.rlim_cur;
+    if limit < max_connections as u64 {
+        tracing::warn!(
+            open_files = limit,
+            max_connections,
+            "the open-file limit is below limits.max_connections: connections past it are refused by the system"
+        );
+    }
+    Ok(limit)
+}
+
 /// Binds `n` listeners on one address for `n` worker threads, with
 /// `SO_REUSEPORT` so the kernel spreads connections over them evenly.
 ///

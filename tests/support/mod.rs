@@ -27,6 +27,8 @@
 //!   tests that read its state or swap its metrics registry.
 //! - [`backends`]: in-process fake backends (`b0`, `b1`, ...) and backend
 //!   processes, and [`backends::addrs`] for either.
+//! - [`many`]: thousands of client connections at once (the open-file
+//!   limit raised, source addresses spread over 127.0.0.2 and up).
 //! - [`raw`]: a raw TCP client that writes bytes and parses the answer
 //!   itself (framings hyper would refuse to write or read).
 //! - [`wire`]: a raw client that reads answers strictly, by unstick's own
@@ -47,6 +49,7 @@
 pub mod admin;
 pub mod backends;
 pub mod local;
+pub mod many;
 pub mod metrics;
 pub mod raw;
 pub mod unstick;
