@@ -704,7 +704,9 @@ mod tests {
             #[command(flatten)]
             a: ChaosArgs,
         }
-        T::try_parse_from([&["unstick-chaos"], argv].concat()).unwrap().a
+        T::try_parse_from([&["unstick-chaos"], argv].concat())
+            .unwrap()
+            .a
     }
 
     #[test]
@@ -748,7 +750,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("u.toml");
         std::fs::write(&file, "[timeouts]\nconnect = \"3s\"\n").unwrap();
-        let with_file = parse(&["--docker-service", "app", "--config", file.to_str().unwrap()]);
+        let with_file = parse(&[
+            "--docker-service",
+            "app",
+            "--config",
+            file.to_str().unwrap(),
+        ]);
         let c = balancer_config(&with_file).unwrap();
         assert_eq!(c.timeouts.connect, Duration::from_secs(3));
     }
