@@ -64,13 +64,14 @@ async fn ten_thousand_idle_connections_are_held_and_all_served_again() {
     }
 }
 
+/// Each connection's slot and, after one exchange, the connection with the
+/// response's status, or what went wrong.
+type Exchanged = Vec<(usize, Result<(TcpStream, u16), String>)>;
+
 /// On each connection (a new one from source slot `i` where `None`):
 /// one GET, its response read whole. Returns each connection with the
 /// response's status, or what went wrong.
-async fn on_all(
-    conns: Vec<(usize, Option<TcpStream>)>,
-    addr: SocketAddr,
-) -> Vec<(usize, Result<(TcpStream, u16), String>)> {
+async fn on_all(conns: Vec<(usize, Option<TcpStream>)>, addr: SocketAddr) -> Exchanged {
     let gate = Arc::new(Semaphore::new(PARALLEL));
     let mut tasks = JoinSet::new();
     for (i, stream) in conns {
@@ -106,10 +107,7 @@ async fn exchange(
 
 /// The connections, once every one was answered 200; else fails naming
 /// how many were not and why the first few were not.
-fn served_all(
-    results: Vec<(usize, Result<(TcpStream, u16), String>)>,
-    what: &str,
-) -> Vec<TcpStream> {
+fn served_all(results: Exchanged, what: &str) -> Vec<TcpStream> {
     let total = results.len();
     let mut held = Vec::with_capacity(total);
     let mut failed = Vec::new();
