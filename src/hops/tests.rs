@@ -163,7 +163,8 @@ fn a_watched_name_is_found_only_as_a_whole_pair_name() {
         format!("sid; {SID_A}"),
     ] {
         assert!(
-            w.on_request(cookie.as_bytes(), &Method::GET, b"/").is_none(),
+            w.on_request(cookie.as_bytes(), &Method::GET, b"/")
+                .is_none(),
             "{cookie}"
         );
     }
