@@ -249,6 +249,47 @@ async fn sigkill_loses_only_posts_in_flight_at_the_kill() {
     }
 }
 
+/// The kill bench's backend route (`benches/kills.sh`): `/split/MS` sends
+/// the head alone, so a kill can land before the body; the body follows.
+#[tokio::test]
+async fn the_split_route_sends_the_head_before_the_body() {
+    use tokio::io::AsyncWriteExt;
+    let backend = FakeBackend::start(BackendOptions {
+        id: "b7".into(),
+        ..Default::default()
+    })
+    .await;
+    // A body an hour away: whatever was read so far is the head alone.
+    let mut s = tokio::net::TcpStream::connect(backend.addr).await.unwrap();
+    s.write_all(b"GET /split/3600000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until_head(&mut s).await;
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("content-length: 3\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "body bytes came with the head: {text}");
+    // With a short gap the body follows, whole.
+    let reply = client::get(backend.addr, "/split/20").await.unwrap();
+    assert_eq!((reply.status, reply.text()), (StatusCode::OK, "b7\n".to_owned()));
+}
+
+/// Reads from `s` until the end of a response head (10 s at most per read).
+async fn read_until_head(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the head within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_backend_leaves_rotation_and_nothing_waits_on_it() {
     let backends = spawn_backends(3);
