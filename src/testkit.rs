@@ -251,7 +251,10 @@ async fn handle(
             let ms = path.get(7..).and_then(|t| t.parse().ok()).unwrap_or(0);
             let _ = req.into_body().collect().await;
             let body = Bytes::from(format!("{}\n", state.opts.id));
-            (StatusCode::OK, TestBody::later(Duration::from_millis(ms), body))
+            (
+                StatusCode::OK,
+                TestBody::later(Duration::from_millis(ms), body),
+            )
         }
         "echo" => (StatusCode::OK, TestBody::Echo(req.into_body())),
         "bytes" => {

@@ -268,10 +268,16 @@ async fn the_split_route_sends_the_head_before_the_body() {
     let text = String::from_utf8_lossy(&head).to_lowercase();
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(text.contains("content-length: 3\r\n"), "{text}");
-    assert!(text.ends_with("\r\n\r\n"), "body bytes came with the head: {text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "body bytes came with the head: {text}"
+    );
     // With a short gap the body follows, whole.
     let reply = client::get(backend.addr, "/split/20").await.unwrap();
-    assert_eq!((reply.status, reply.text()), (StatusCode::OK, "b7\n".to_owned()));
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::OK, "b7\n".to_owned())
+    );
 }
 
 /// Reads from `s` until the end of a response head (10 s at most per read).
