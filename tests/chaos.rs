@@ -386,7 +386,10 @@ fn a_run_without_a_seed_records_the_drawn_seed_and_its_command_replays_the_plan(
     let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
     assert!(junit.contains(&format!("--seed {seed}")), "{junit}");
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
-    assert!(html.contains(&format!("--seed {seed}")), "the page's command");
+    assert!(
+        html.contains(&format!("--seed {seed}")),
+        "the page's command"
+    );
     // Run as recorded, it plans the very faults that ran.
     let planned: Vec<(String, String, String)> = v["plan"]
         .as_array()
@@ -405,7 +408,11 @@ fn a_run_without_a_seed_records_the_drawn_seed_and_its_command_replays_the_plan(
     again.push("--dry-run");
     let dry = chaos(&again, Duration::from_secs(10));
     assert_eq!(dry.status.code(), Some(0), "{}", dry.stderr);
-    assert!(dry.stdout.starts_with(&format!("seed {seed}\n")), "{}", dry.stdout);
+    assert!(
+        dry.stdout.starts_with(&format!("seed {seed}\n")),
+        "{}",
+        dry.stdout
+    );
     assert_eq!(dry_run_faults(&dry.stdout), planned, "{}", dry.stdout);
 }
 
