@@ -344,6 +344,8 @@ impl Drop for ResponseBody {
         // the client, and its connection is not reused.
         if self.is_end_stream() || matches!(self.kind, Kind::Full(_)) {
             self.finish(End::Clean);
+            // hyper's HTTP/2 stops polling a body that says it has ended.
+            self.check_in_raw();
         } else {
             self.finish(End::ClientGone);
         }
