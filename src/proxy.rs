@@ -34,6 +34,7 @@ pub mod access_log;
 mod body;
 pub mod error;
 pub mod h1;
+mod h2;
 pub mod headers;
 pub mod request_head;
 pub mod retry;
@@ -84,6 +85,9 @@ pub struct Settings {
     pub max_request_body: u64,
     /// `[session_watch]`, applied to the proxy's [`Watch`] when swapped in.
     pub session_watch: crate::config::SessionWatch,
+    /// HTTP/2 requests without a body reach plain HTTP/1.1 backends over
+    /// the fast path's connections (`http1_fast_path`; see `proxy::h2`).
+    pub raw_connections: bool,
 }
 
 impl Settings {
@@ -106,6 +110,7 @@ impl Settings {
             underscores_in_headers: config.underscores_in_headers,
             max_request_body: config.limits.max_request_body,
             session_watch: config.session_watch.clone(),
+            raw_connections: config.http1_fast_path,
         }
     }
 }
@@ -301,6 +306,10 @@ impl Proxy {
                 backend: None,
             };
             return self.fail(failed, done, reply);
+        }
+        if self.takes_raw_path(&settings, &reply, body.is_end_stream()) {
+            drop(body);
+            return Box::pin(self.serve_raw(parts, &settings, done, reply)).await;
         }
         // Boxed: the forward future (the backend's checkout, send and
         // response wait) is kilobytes; inline, every move of this request's

@@ -28,6 +28,10 @@ const MAX_REQUESTS: f64 = 10_000_000.0;
 /// Most fault ticks a plan may have.
 const MAX_TICKS: f64 = 100_000.0;
 
+/// The connect timeout under `--docker-service` unless the config sets one
+/// (see [`chaos_defaults`]).
+const DOCKER_CONNECT_TIMEOUT: &str = "200ms";
+
 /// The demo's scenario, shipped in `config/chaos/demo.toml`.
 const DEMO_SCENARIO: &str = include_str!("../../config/chaos/demo.toml");
 
@@ -203,8 +207,33 @@ fn parse_header_name(text: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("`{text}` is not a header name"))
 }
 
+/// Where the config file and the environment are silent: quick active
+/// health checks on the ready path, a short drain, and, for containers, a
+/// short connect timeout. A container's address on a bridge network
+/// blackholes once the container is gone (no RST answers a connect to it),
+/// so each connect to a killed container would wait the whole timeout
+/// before the retry (and the kill window's p99 with it), while a live
+/// container on the host's bridge answers a connect in well under a
+/// millisecond.
+fn chaos_defaults(args: &ChaosArgs) -> Vec<(&'static str, toml::Value)> {
+    let text = |t: &str| toml::Value::String(t.into());
+    let mut defaults = vec![
+        ("health.active.enabled", toml::Value::Boolean(true)),
+        ("health.active.path", text(&args.ready_path)),
+        ("health.active.interval", text("250ms")),
+        ("health.active.timeout", text("200ms")),
+        ("health.active.rise", toml::Value::Integer(1)),
+        ("health.active.fall", toml::Value::Integer(2)),
+        ("timeouts.drain", text("2s")),
+    ];
+    if args.docker_service.is_some() {
+        defaults.push(("timeouts.connect", text(DOCKER_CONNECT_TIMEOUT)));
+    }
+    defaults
+}
+
 /// The balancer's config: chaos's defaults for what the file leaves out
-/// (quick active health checks on the ready path), the file, the
+/// ([`chaos_defaults`]), the file, the
 /// environment, then loopback listeners (backends are the instances).
 fn balancer_config(args: &ChaosArgs) -> Result<Config, String> {
     let file = args
@@ -234,21 +263,7 @@ fn balancer_config(args: &ChaosArgs) -> Result<Config, String> {
     };
     let origin = || Origin::Flag("unstick chaos".into());
     let mut overrides = Vec::new();
-    for (key, value) in [
-        ("health.active.enabled", toml::Value::Boolean(true)),
-        (
-            "health.active.path",
-            toml::Value::String(args.ready_path.clone()),
-        ),
-        (
-            "health.active.interval",
-            toml::Value::String("250ms".into()),
-        ),
-        ("health.active.timeout", toml::Value::String("200ms".into())),
-        ("health.active.rise", toml::Value::Integer(1)),
-        ("health.active.fall", toml::Value::Integer(2)),
-        ("timeouts.drain", toml::Value::String("2s".into())),
-    ] {
+    for (key, value) in chaos_defaults(args) {
         if !set(key) {
             overrides.push(Override {
                 origin: origin(),
@@ -279,9 +294,14 @@ fn balancer_config(args: &ChaosArgs) -> Result<Config, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The command line as typed, quoted for a shell.
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().collect();
+/// The command line as typed, quoted for a shell, with `--seed` added when
+/// the seed was drawn rather than given: rerun as recorded, it replays the
+/// same fault plan.
+fn command_line(drawn_seed: Option<u64>) -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(seed) = drawn_seed {
+        args.extend(["--seed".to_owned(), seed.to_string()]);
+    }
     shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
 }
 
@@ -348,7 +368,7 @@ fn options(
         balancer: balancer_config(args)?,
         report_dir,
         app_logs: args.app_logs,
-        command_line: command_line(),
+        command_line: command_line(args.seed.is_none().then_some(seed)),
     })
 }
 
@@ -679,15 +699,19 @@ mod tests {
     }
 
     fn args(extra: &[&str]) -> ChaosArgs {
+        parse(&[&["--app", "app {port}"], extra].concat())
+    }
+
+    fn parse(argv: &[&str]) -> ChaosArgs {
         use clap::Parser;
         #[derive(Parser)]
         struct T {
             #[command(flatten)]
             a: ChaosArgs,
         }
-        let mut argv = vec!["unstick-chaos", "--app", "app {port}"];
-        argv.extend_from_slice(extra);
-        T::try_parse_from(argv).unwrap().a
+        T::try_parse_from([&["unstick-chaos"], argv].concat())
+            .unwrap()
+            .a
     }
 
     #[test]
@@ -718,5 +742,26 @@ mod tests {
         std::fs::write(&file, "[health.active]\nenabled = false\n").unwrap();
         let c = balancer_config(&args(&["--config", file.to_str().unwrap()])).unwrap();
         assert!(!c.health.active.enabled);
+    }
+
+    #[test]
+    fn containers_get_a_short_connect_timeout_unless_the_config_sets_one() {
+        let processes = balancer_config(&args(&[])).unwrap();
+        assert_eq!(processes.timeouts.connect, Duration::from_secs(1));
+        let docker = parse(&["--docker-service", "app"]);
+        let c = balancer_config(&docker).unwrap();
+        assert_eq!(c.timeouts.connect, Duration::from_millis(200));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("u.toml");
+        std::fs::write(&file, "[timeouts]\nconnect = \"3s\"\n").unwrap();
+        let with_file = parse(&[
+            "--docker-service",
+            "app",
+            "--config",
+            file.to_str().unwrap(),
+        ]);
+        let c = balancer_config(&with_file).unwrap();
+        assert_eq!(c.timeouts.connect, Duration::from_secs(3));
     }
 }

@@ -228,15 +228,15 @@ pub enum Request {
 }
 
 /// The request as each attempt sends it.
-struct Outgoing<'a> {
-    method: &'a Method,
-    replay_allowed: bool,
+pub(super) struct Outgoing<'a> {
+    pub(super) method: &'a Method,
+    pub(super) replay_allowed: bool,
     /// A head still to be written (over a `HeaderMap`, at the first
     /// attempt), and its body. None: `scratch` holds the head, and a small
     /// body after it, already.
-    unwritten: Option<(&'a mut request::Parts, Option<&'a Bytes>)>,
+    pub(super) unwritten: Option<(&'a mut request::Parts, Option<&'a Bytes>)>,
     /// A body too large to copy after the head: sent after it.
-    large_body: Option<&'a Bytes>,
+    pub(super) large_body: Option<&'a Bytes>,
 }
 
 /// What the client connection does after a response.
@@ -257,13 +257,13 @@ struct To {
 
 /// A response head from a backend, and what comes with it. The head's
 /// bytes are still at the start of `conn.buf`, its fields in `conn.fields`.
-struct Answered {
-    head: http1::ResponseHead,
-    framing: Framing,
-    conn: RawConn,
+pub(super) struct Answered {
+    pub(super) head: http1::ResponseHead,
+    pub(super) framing: Framing,
+    pub(super) conn: RawConn,
     /// The backend keeps the connection open after this response.
-    reusable: bool,
-    in_flight: InFlight,
+    pub(super) reusable: bool,
+    pub(super) in_flight: InFlight,
 }
 
 /// A fast-path request made ready for its attempts.
@@ -500,7 +500,7 @@ impl Proxy {
     /// the same rules as `forward`. The head is written once (for a
     /// `HeaderMap` head, at the first attempt, which gives a request
     /// without `Host` the first backend's name) and sent as it is to each.
-    async fn forward_h1(
+    pub(super) async fn forward_h1(
         &self,
         mut out: Outgoing<'_>,
         s: &Settings,
@@ -785,7 +785,7 @@ impl Proxy {
 
     /// A response the client does not get: the error, counted against the
     /// backend if it was malformed (not for an affinity cookie refused).
-    fn bad_response(&self, kind: Kind, backend: Arc<Backend>) -> Failed {
+    pub(super) fn bad_response(&self, kind: Kind, backend: Arc<Backend>) -> Failed {
         let invalid = matches!(kind, Kind::Reset(_));
         let error =
             ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
