@@ -210,11 +210,21 @@ impl Pool {
                 "the fast path speaks plain HTTP/1.1 only".into(),
             ));
         }
+        if let Some(reused) = (!fresh).then(|| self.reuse_raw()).flatten() {
+            return Ok(reused);
+        }
+        // Boxed for the same reason as in `checkout`.
+        let conn = Box::pin(self.connect_raw()).await?;
+        Ok(Checkout { conn, idle: None })
+    }
+
+    /// This worker's most recently pooled fast-path connection that is
+    /// young enough and still open, if any (those that are not are dropped).
+    fn reuse_raw(&self) -> Option<Checkout<RawConn>> {
         let shard = &self.raw_idle[worker::current() % self.raw_idle.len()];
         let limit = self.reuse_limit();
-        while !fresh {
-            let popped = shard.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some(conn) = popped else { break };
+        loop {
+            let conn = shard.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             let idle = conn.since.elapsed();
             if idle > limit {
                 continue;
@@ -224,11 +234,8 @@ impl Pool {
                 continue;
             }
             let idle = Some(idle);
-            return Ok(Checkout { conn, idle });
+            return Some(Checkout { conn, idle });
         }
-        // Boxed for the same reason as in `checkout`.
-        let conn = Box::pin(self.connect_raw()).await?;
-        Ok(Checkout { conn, idle: None })
     }
 
     /// Returns a fast-path connection whose last response ended exactly at
@@ -278,10 +285,29 @@ impl Pool {
             let conn = Box::pin(self.checkout_shared()).await?;
             return Ok(Checkout { conn, idle: None });
         }
+        if !fresh {
+            if let Some(reused) = self.reuse_http1().await {
+                return Ok(reused);
+            }
+        }
+        // Boxed: a connect future (TCP, TLS handshake) is kilobytes and
+        // rarely runs. Inline, it made every request's future ~11 KB, which
+        // hyper memcpy'd on each request (~11,000 instructions, callgrind);
+        // boxed, only new connections pay for an allocation.
+        let conn = Box::pin(self.connect()).await?;
+        Ok(Checkout { conn, idle: None })
+    }
+
+    /// This worker's most recently pooled HTTP/1.1 connection that is young
+    /// enough and still open, if any (those that are not are dropped).
+    async fn reuse_http1(&self) -> Option<Checkout<Conn>> {
         let limit = self.reuse_limit();
-        while !fresh {
-            let popped = self.shard().lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some(mut idle) = popped else { break };
+        loop {
+            let mut idle = self
+                .shard()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()?;
             let age = idle.since.elapsed();
             if age > limit {
                 continue;
@@ -290,19 +316,13 @@ impl Pool {
             // yet noticed that the previous response ended. Errors if it closed.
             if !idle.conn.is_closed() && idle.conn.ready().await.is_ok() {
                 let conn = Conn::Http1(idle.conn);
-                return Ok(Checkout {
+                return Some(Checkout {
                     conn,
                     idle: Some(age),
                 });
             }
             self.keep_alive.died_idle(age);
         }
-        // Boxed: a connect future (TCP, TLS handshake) is kilobytes and
-        // rarely runs. Inline, it made every request's future ~11 KB, which
-        // hyper memcpy'd on each request (~11,000 instructions, callgrind);
-        // boxed, only new connections pay for an allocation.
-        let conn = Box::pin(self.connect()).await?;
-        Ok(Checkout { conn, idle: None })
     }
 
     /// The shared HTTP/2 connection if it is open and fresh.
