@@ -563,3 +563,167 @@ async fn post_with_idempotency_key_is_retried_after_a_reset() {
         1.0
     );
 }
+
+/// A backend that closes its connection after every response without
+/// saying so (no `Connection: close`), as one whose keep-alive timeout
+/// races the proxy's reuse: every request is answered 200 (a pooled
+/// connection found closed is not the backend's failure: the request
+/// goes again on a new connection), and the backend never leaves rotation.
+async fn closing_backend_is_never_a_failure(fast_path: bool) {
+    use unstick::testkit::scripted::{Scripted, ScriptedBackend};
+    let backend = ScriptedBackend::start(|_| {
+        Scripted::bytes(&b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"[..]).then_close()
+    })
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    config.http1_fast_path = fast_path;
+    let app = App::start(config).await.unwrap();
+    let mut conn = Conn::open(app.proxy_addr).await.unwrap();
+    for i in 0..300 {
+        let r = conn.get("/").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "sequential GET {i}: {}", r.text());
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let addr = app.proxy_addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await.unwrap();
+            for i in 0..250 {
+                let r = conn.get("/").await.unwrap();
+                assert_eq!(r.status, StatusCode::OK, "concurrent GET {i}: {}", r.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let name = backend.addr.to_string();
+    let b = app.proxy.upstreams.find(&name).unwrap();
+    assert_eq!(b.state(), State::Healthy);
+    assert_eq!(counter(&app, "unstick_ejections_total", &[]), 0.0);
+    assert_eq!(counter(&app, "unstick_upstream_errors_total", &[]), 0.0);
+    let stale = counter(&app, "unstick_stale_connections_total", &[]);
+    eprintln!(
+        "fast path {fast_path}: 1,300 GETs, {} connections, {stale} stale",
+        backend.accepts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_closing_after_each_response_is_not_failing_fast_path() {
+    closing_backend_is_never_a_failure(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_closing_after_each_response_is_not_failing_hyper_path() {
+    closing_backend_is_never_a_failure(false).await;
+}
+
+/// A backend announcing `Keep-Alive: timeout=1`: its connections are
+/// reused back to back, and not once they have idled half a second (the
+/// announced timeout less a margin).
+async fn announced_keep_alive_is_kept(fast_path: bool) {
+    use unstick::testkit::scripted::{Scripted, ScriptedBackend};
+    let backend = ScriptedBackend::start(|_| {
+        Scripted::bytes(
+            &b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=1, max=100\r\ncontent-length: 3\r\n\r\nok\n"
+                [..],
+        )
+    })
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    config.http1_fast_path = fast_path;
+    let app = App::start(config).await.unwrap();
+    let mut conn = Conn::open(app.proxy_addr).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(backend.accepts(), 1);
+    // Idle for longer than the backend keeps connections (less the margin):
+    // a new one is made.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(conn.get("/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(backend.accepts(), 2, "fast path {fast_path}");
+    assert_eq!(counter(&app, "unstick_stale_connections_total", &[]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_keep_alive_timeout_is_kept_fast_path() {
+    announced_keep_alive_is_kept(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_keep_alive_timeout_is_kept_hyper_path() {
+    announced_keep_alive_is_kept(false).await;
+}
+
+/// What one request met on a connection the backend closed under it.
+struct StaleCase {
+    status: StatusCode,
+    stale: f64,
+    upstream_errors: f64,
+    connections: u64,
+}
+
+/// A backend that closes each connection a second after answering on it
+/// (reading nothing more): a first GET, then `method` with `headers` sent
+/// at once on the pooled connection, which the backend closes before it
+/// answers.
+async fn request_on_a_closing_connection(
+    fast_path: bool,
+    method: Method,
+    headers: &[(&str, &str)],
+) -> StaleCase {
+    use unstick::testkit::scripted::{Scripted, ScriptedBackend};
+    let backend = ScriptedBackend::start(|_| Scripted {
+        pieces: vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(),
+            Vec::new(),
+        ],
+        pause: Duration::from_secs(1),
+        close: true,
+    })
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    config.http1_fast_path = fast_path;
+    let app = App::start(config).await.unwrap();
+    // One client connection: its requests are served by one worker, which
+    // reuses its own pooled backend connections.
+    let mut conn = Conn::open(app.proxy_addr).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, StatusCode::OK);
+    let r = conn.request(method, "/", headers, "body").await.unwrap();
+    let b = app.proxy.upstreams.find(&backend.addr.to_string()).unwrap();
+    assert_eq!(b.state(), State::Healthy);
+    assert_eq!(b.consecutive_failures(), 0);
+    StaleCase {
+        status: r.status,
+        stale: counter(&app, "unstick_stale_connections_total", &[]),
+        upstream_errors: counter(&app, "unstick_upstream_errors_total", &[]),
+        connections: backend.accepts(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_the_backend_closed_goes_again_on_a_new_one() {
+    for fast_path in [true, false] {
+        // A GET, and a POST with a key, are sent again: the client never knows.
+        let key = [("idempotency-key", "k1")];
+        for (method, headers) in [(Method::GET, &[][..]), (Method::POST, &key[..])] {
+            let case = request_on_a_closing_connection(fast_path, method.clone(), headers).await;
+            let what = format!("{method} fast path {fast_path}");
+            assert_eq!(case.status, StatusCode::OK, "{what}");
+            assert_eq!(case.stale, 1.0, "{what}");
+            assert_eq!(case.connections, 2, "{what}");
+            assert_eq!(case.upstream_errors, 0.0, "{what}");
+        }
+        // A POST without a key, written before the backend closed, is not
+        // sent twice: 502, and still no failure of the backend's.
+        let case = request_on_a_closing_connection(fast_path, Method::POST, &[]).await;
+        assert_eq!(
+            case.status,
+            StatusCode::BAD_GATEWAY,
+            "fast path {fast_path}"
+        );
+        assert_eq!(case.stale, 1.0);
+        assert_eq!(case.connections, 1);
+        assert_eq!(case.upstream_errors, 0.0);
+    }
+}
