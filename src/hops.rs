@@ -21,9 +21,11 @@
 //!   `session_watch.warn_share` over `warn_window`.
 //!
 //! The cost: nothing for a request without a `Cookie` header or before any
-//! name is known; a scan of the header's names otherwise; a lookup, and one
-//! allocation to carry what the response is judged against, for a request
-//! carrying a known value.
+//! name is known; a vectorised search for each watched name in the header
+//! otherwise (the pairs are read only where one occurs); a keyed hash, a
+//! lookup, and one allocation to carry what the response is judged
+//! against, for a request carrying a known value (measured in
+//! `benches/session_watch.sh` and `benches/hops.rs`).
 
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -269,32 +271,31 @@ impl Watch {
             return None;
         }
         let names = self.names.load();
-        if names.is_empty() {
-            return None;
-        }
         let mut hits = [Hit::default(); MAX_HITS];
         let mut len = 0;
-        for (name, value) in cookies::pairs(cookie) {
-            let Some(i) = Names::find(&names, name) else {
-                continue;
-            };
-            if value.is_empty() || len == MAX_HITS {
+        // Most Cookie values carry no watched name at all (analytics,
+        // preferences, CSRF tokens): one search per name passes them over.
+        for (i, n) in names.iter().enumerate() {
+            if n.is_ignored() {
                 continue;
             }
-            let key = self.key(i, value);
-            match self.sessions.get(key) {
-                Some(entry) => {
-                    hits[len] = Hit {
-                        key,
-                        name: i,
-                        entry: Some(entry),
-                    };
-                    len += 1;
+            for value in n.values_in(cookie) {
+                if value.is_empty() || len == MAX_HITS {
+                    continue;
                 }
-                None => {
-                    names[usize::from(i)]
-                        .untracked
-                        .fetch_add(1, Ordering::Relaxed);
+                let key = self.key(i as u8, value);
+                match self.sessions.get(key) {
+                    Some(entry) => {
+                        hits[len] = Hit {
+                            key,
+                            name: i as u8,
+                            entry: Some(entry),
+                        };
+                        len += 1;
+                    }
+                    None => {
+                        n.untracked.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }

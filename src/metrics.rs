@@ -121,6 +121,9 @@ pub struct Metrics {
     pub client_errors: [IntCounter; 7],
     pub retries: IntCounterVec,
     pub retry_budget_exhausted: IntCounter,
+    /// Pooled backend connections found closed by the backend when a
+    /// request was sent on them (no failure of the backend's).
+    pub stale_connections: IntCounter,
     pub backend_healthy: IntGaugeVec,
     pub backend_in_flight: IntGaugeVec,
     pub ejections: IntCounterVec,
@@ -181,6 +184,7 @@ struct Traffic {
     client_errors: [IntCounter; 7],
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounter,
+    stale_connections: IntCounter,
     request_duration_by_class: [Histogram; 6],
 }
 
@@ -230,6 +234,7 @@ impl Metrics {
             client_errors,
             retries,
             retry_budget_exhausted,
+            stale_connections,
             request_duration_by_class,
         } = Self::traffic(r);
         let Backends {
@@ -265,6 +270,7 @@ impl Metrics {
             client_errors,
             retries,
             retry_budget_exhausted,
+            stale_connections,
             backend_healthy,
             backend_in_flight,
             ejections,
@@ -334,6 +340,12 @@ impl Metrics {
             "unstick_retry_budget_exhausted_total",
             "Retries not made because the retry budget was spent.",
         );
+        let stale_connections = counter(
+            r,
+            "unstick_stale_connections_total",
+            "Pooled backend connections found closed by the backend when a request was sent on them; \
+             the request went again on a new connection when that was safe. Not a backend failure.",
+        );
         let request_duration_by_class =
             CODE_CLASSES.map(|c| request_duration.with_label_values(&[c]));
         Traffic {
@@ -344,6 +356,7 @@ impl Metrics {
             client_errors,
             retries,
             retry_budget_exhausted,
+            stale_connections,
             request_duration_by_class,
         }
     }

@@ -26,14 +26,15 @@ use crate::metrics::Metrics;
 use crate::shutdown::{Phase, TunnelHold};
 use crate::upstream::raw::RawConn;
 use crate::upstream::{
-    Backend, BodyFault, BodyWatch, ClientBody, Conn, ConnectError, InFlight, RequestBody, State,
-    Upstreams,
+    Backend, BodyFault, BodyWatch, Checkout, ClientBody, Conn, ConnectError, InFlight, RequestBody,
+    State, Upstreams,
 };
 
 pub mod access_log;
 mod body;
 pub mod error;
 pub mod h1;
+mod h2;
 pub mod headers;
 pub mod request_head;
 pub mod retry;
@@ -84,6 +85,9 @@ pub struct Settings {
     pub max_request_body: u64,
     /// `[session_watch]`, applied to the proxy's [`Watch`] when swapped in.
     pub session_watch: crate::config::SessionWatch,
+    /// HTTP/2 requests without a body reach plain HTTP/1.1 backends over
+    /// the fast path's connections (`http1_fast_path`; see `proxy::h2`).
+    pub raw_connections: bool,
 }
 
 impl Settings {
@@ -106,6 +110,7 @@ impl Settings {
             underscores_in_headers: config.underscores_in_headers,
             max_request_body: config.limits.max_request_body,
             session_watch: config.session_watch.clone(),
+            raw_connections: config.http1_fast_path,
         }
     }
 }
@@ -155,6 +160,26 @@ struct Begun {
     reply: ReplyTo,
     log: Option<Box<Entry>>,
     refused: Option<ProxyError>,
+}
+
+/// A failed attempt on the hyper path.
+struct Missed {
+    error: ProxyError,
+    /// The request, if none of it was sent.
+    returned: Option<Request<RequestBody>>,
+    /// It failed on a pooled connection the backend had closed, before any
+    /// response byte: not counted against the backend.
+    stale: bool,
+}
+
+impl Missed {
+    fn new(error: ProxyError, returned: Option<Request<RequestBody>>) -> Missed {
+        Missed {
+            error,
+            returned,
+            stale: false,
+        }
+    }
 }
 
 /// A failed forward: the error, and the backend that failed last.
@@ -281,6 +306,10 @@ impl Proxy {
                 backend: None,
             };
             return self.fail(failed, done, reply);
+        }
+        if self.takes_raw_path(&settings, &reply, body.is_end_stream()) {
+            drop(body);
+            return Box::pin(self.serve_raw(parts, &settings, done, reply)).await;
         }
         // Boxed: the forward future (the backend's checkout, send and
         // response wait) is kilobytes; inline, every move of this request's
@@ -428,37 +457,29 @@ impl Proxy {
         // A copy is kept only when a request that was already sent may be
         // sent again; otherwise the request is moved, and comes back from
         // hyper only if none of it was written.
-        let keep_copy = replay && body.try_clone().is_some();
+        let keep_copy = replay_allowed && body.try_clone().is_some();
         let mut request = Some(Request::from_parts(parts, body));
         let mut attempts = Attempts::default();
         for attempt in 0..=s.retries.max_per_request {
+            if request.is_none() {
+                break;
+            }
             let Some(backend) = self.next_backend(s, &mut attempts, attempt, done) else {
                 break;
             };
-            let to_send = match (keep_copy, request.take()) {
-                (true, Some(r)) => {
-                    let copy = clone_request(&r);
-                    request = Some(r);
-                    copy
-                }
-                (false, Some(r)) => r,
-                (_, None) => break,
-            };
+            let sending = (&mut request, keep_copy, replay_allowed);
             match self
-                .attempt(&backend, to_send, &s.timeouts, watch.as_deref())
+                .try_backend(&backend, sending, s, watch.as_deref())
                 .await
             {
                 Ok(fwd) => return Ok(fwd),
-                Err((error, _)) if error.source == Source::Client => {
+                Err(error) if error.source == Source::Client => {
                     return Err(Failed {
                         error,
                         backend: None,
                     })
                 }
-                Err((error, returned)) => {
-                    if returned.is_some() {
-                        request = returned;
-                    }
+                Err(error) => {
                     let error = error.with_backend(&backend.name);
                     let replay = (replay_allowed, request.is_some());
                     if !attempts.failed(s, attempt, error, backend, replay) {
@@ -468,6 +489,54 @@ impl Proxy {
             }
         }
         Err(attempts.into_failure())
+    }
+
+    /// One attempt on `backend` (the request in `request`, taken, or a
+    /// copy of it if `keep_copy`; put back if hyper gives it back unsent).
+    /// A pooled connection the backend had closed is not its failure: the
+    /// request goes again on a new connection to it, if that is safe (any
+    /// request none of which was sent; a replayable one, `replay_allowed`,
+    /// otherwise).
+    async fn try_backend(
+        &self,
+        backend: &Arc<Backend>,
+        (request, keep_copy, replay_allowed): (&mut Option<Request<RequestBody>>, bool, bool),
+        s: &Settings,
+        watch: Option<&BodyWatch>,
+    ) -> Result<Forwarded, ProxyError> {
+        let mut fresh = false;
+        loop {
+            let to_send = match (keep_copy, request.take()) {
+                (true, Some(r)) => {
+                    let copy = clone_request(&r);
+                    *request = Some(r);
+                    copy
+                }
+                (false, Some(r)) => r,
+                (_, None) => {
+                    let kind = Kind::Internal("the request was sent already".into());
+                    return Err(ProxyError::new(Source::Internal, kind, Retry::Never));
+                }
+            };
+            let missed = match self
+                .attempt(backend, to_send, &s.timeouts, watch, fresh)
+                .await
+            {
+                Ok(fwd) => return Ok(fwd),
+                Err(missed) => missed,
+            };
+            if missed.returned.is_some() {
+                *request = missed.returned;
+            }
+            let again = missed.stale
+                && !fresh
+                && request.is_some()
+                && retry::may_retry(&missed.error, replay_allowed, true);
+            if !again {
+                return Err(missed.error);
+            }
+            fresh = true;
+        }
     }
 
     /// The backend for the next attempt, one this request has not tried; a
@@ -535,21 +604,24 @@ impl Proxy {
         s.balancer.pick(&others).cloned()
     }
 
-    /// One attempt on one backend. On failure, returns the request if none of
-    /// it was sent. `watch` is the client's streamed body, if any: a failure
-    /// it caused is the client's, not the backend's.
+    /// One attempt on one backend (on a new connection if `fresh`). On
+    /// failure, returns the request if none of it was sent. `watch` is the
+    /// client's streamed body, if any: a failure it caused is the client's,
+    /// not the backend's.
     async fn attempt(
         &self,
         backend: &Arc<Backend>,
         req: Request<RequestBody>,
         timeouts: &Timeouts,
         watch: Option<&BodyWatch>,
-    ) -> Result<Forwarded, (ProxyError, Option<Request<RequestBody>>)> {
+        fresh: bool,
+    ) -> Result<Forwarded, Missed> {
         let in_flight = backend.start_request();
-        let (mut conn, _reused) = match backend.pool.checkout().await {
+        let Checkout { mut conn, idle } = match backend.pool.checkout(fresh).await {
             Ok(c) => c,
             Err(e) => {
-                return Err((self.connect_failed(backend, e), Some(req)));
+                let error = self.connect_failed(backend, e);
+                return Err(Missed::new(error, Some(req)));
             }
         };
         let mut req = req;
@@ -573,15 +645,28 @@ impl Proxy {
             Ok(Err(mut e)) => match e.take_message() {
                 // A pooled connection that closed before we wrote: not the
                 // backend's failure, and safe to send anywhere.
-                Some(req) => Err((
-                    ProxyError::new(
-                        Source::Upstream,
-                        Kind::Reset("the connection closed before the request was sent".into()),
-                        Retry::Safe,
-                    ),
-                    Some(req),
+                Some(req) => {
+                    let kind =
+                        Kind::Reset("the connection closed before the request was sent".into());
+                    let error = ProxyError::new(Source::Upstream, kind, Retry::Safe);
+                    let mut missed = Missed::new(error, Some(req));
+                    missed.stale = self.stale_connection(backend, idle);
+                    Err(missed)
+                }
+                None if watch.and_then(BodyWatch::fault).is_none()
+                    && closed_unanswered(e.error())
+                    && self.stale_connection(backend, idle) =>
+                {
+                    let kind = Kind::Reset(describe_hyper_error(e.error()));
+                    let error = ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent);
+                    let mut missed = Missed::new(error, None);
+                    missed.stale = true;
+                    Err(missed)
+                }
+                None => Err(Missed::new(
+                    self.send_failed(backend, e.error(), watch),
+                    None,
                 )),
-                None => Err((self.send_failed(backend, e.error(), watch), None)),
             },
             Err(_elapsed) => {
                 let err = ProxyError::new(
@@ -590,9 +675,24 @@ impl Proxy {
                     Retry::Never,
                 );
                 self.upstream_failed(backend, &err, false);
-                Err((err, None))
+                Err(Missed::new(err, None))
             }
         }
+    }
+
+    /// A request failed on a connection before any response came: if the
+    /// connection was pooled (idle for `idle`), the backend had closed it,
+    /// which is no failure of the backend's. The pool learns how long the
+    /// backend keeps idle connections, the stale connection is counted,
+    /// and true is returned.
+    fn stale_connection(&self, backend: &Backend, idle: Option<Duration>) -> bool {
+        let Some(idle) = idle else {
+            return false;
+        };
+        tracing::debug!(backend = %backend.name, idle_ms = idle.as_millis() as u64, "pooled connection closed by the backend");
+        backend.pool.keep_alive.died_idle(idle);
+        self.metrics.stale_connections.inc();
+        true
     }
 
     /// A request that was (perhaps partly) sent got no response head: the
@@ -668,6 +768,9 @@ impl Proxy {
         }
         let backend_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
         let (mut parts, body) = response.into_parts();
+        if let Some(v) = parts.headers.get("keep-alive") {
+            backend.pool.keep_alive.announced(v.as_bytes());
+        }
         // Both framings: `Transfer-Encoding` framed the body (hyper read it
         // so), the length goes, and so does the connection (RFC 9112 6.3).
         let reusable = !(parts.headers.contains_key(header::TRANSFER_ENCODING)
@@ -1003,6 +1106,25 @@ fn asks_to_drain(h: &http::HeaderMap) -> bool {
         && h.get_all(header::CONNECTION)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
+/// A send failed because the connection closed (or was reset) before a
+/// response came: what a pooled connection the backend closed looks like.
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let io = e.source().and_then(|c| c.downcast_ref::<std::io::Error>());
+    io.is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+        )
+    })
 }
 
 fn describe_hyper_error(e: &hyper::Error) -> String {

@@ -8,6 +8,9 @@
 //! Routes (any method):
 //! - `/` and anything else: 200, body `ID\n`
 //! - `/slow/MS`: waits MS milliseconds, then as `/`
+//! - `/split/MS`: reads the request body, sends the head of `/`'s answer,
+//!   then its body MS milliseconds later in a separate write (a kill can
+//!   land between the two)
 //! - `/echo`: streams the request body back
 //! - `/bytes/N`: streams N bytes
 //! - `/headers`: the request headers, one `name: value` per line
@@ -31,6 +34,7 @@
 //! response framings hyper will not write (hand-written trailers,
 //! close-delimited bodies, 1xx, HTTP/1.0, a connection cut mid-body).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -243,6 +247,15 @@ async fn handle(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             (StatusCode::OK, id_body())
         }
+        "split" => {
+            let ms = path.get(7..).and_then(|t| t.parse().ok()).unwrap_or(0);
+            let _ = req.into_body().collect().await;
+            let body = Bytes::from(format!("{}\n", state.opts.id));
+            (
+                StatusCode::OK,
+                TestBody::later(Duration::from_millis(ms), body),
+            )
+        }
         "echo" => (StatusCode::OK, TestBody::Echo(req.into_body())),
         "bytes" => {
             let n = path[7..].parse().unwrap_or(0);
@@ -416,11 +429,23 @@ pub enum TestBody {
         body: Incoming,
         trailers: Option<http::HeaderMap>,
     },
+    /// A body sent once the timer fires: hyper writes the head first.
+    Later {
+        timer: Pin<Box<tokio::time::Sleep>>,
+        body: Option<Bytes>,
+    },
 }
 
 impl TestBody {
     fn full(s: impl Into<Bytes>) -> TestBody {
         TestBody::Full(Some(s.into()))
+    }
+
+    fn later(after: Duration, body: Bytes) -> TestBody {
+        TestBody::Later {
+            timer: Box::pin(tokio::time::sleep(after)),
+            body: Some(body),
+        }
     }
 }
 
@@ -446,6 +471,12 @@ impl Body for TestBody {
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
             }
             TestBody::Echo(b) => Pin::new(b).poll_frame(cx),
+            TestBody::Later { timer, body } => {
+                if body.is_some() && timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                Poll::Ready(body.take().map(|b| Ok(Frame::data(b))))
+            }
             TestBody::Grpc { body, trailers } => loop {
                 if trailers.is_none() {
                     return Poll::Ready(None);
@@ -473,6 +504,7 @@ impl Body for TestBody {
             TestBody::Full(b) => b.is_none(),
             TestBody::Bytes(n) => *n == 0,
             TestBody::Echo(b) => b.is_end_stream(),
+            TestBody::Later { body, .. } => body.is_none(),
             TestBody::Grpc { trailers, .. } => trailers.is_none(),
         }
     }
@@ -482,6 +514,9 @@ impl Body for TestBody {
             TestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             TestBody::Bytes(n) => SizeHint::with_exact(*n),
             TestBody::Echo(b) => b.size_hint(),
+            TestBody::Later { body, .. } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
             TestBody::Grpc { .. } => SizeHint::default(),
         }
     }

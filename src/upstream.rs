@@ -22,11 +22,12 @@ use discovery::MakeBackend;
 mod body;
 mod checked;
 pub mod discovery;
+pub mod keepalive;
 mod pool;
 pub mod raw;
 
 pub use body::{poll_timed, BodyError, BodyFault, BodyWatch, ClientBody, RequestBody, Stall};
-pub use pool::{worker, Conn, ConnectError, Pool, PoolSettings};
+pub use pool::{worker, Checkout, Conn, ConnectError, Pool, PoolSettings};
 
 /// The pool settings a config asks for, with the client configs for TLS
 /// backends (`upstream_tls`: CA file or the built-in roots, client certificate).

@@ -352,6 +352,71 @@ fn the_same_seed_gives_the_same_plan() {
 }
 
 #[test]
+fn a_run_without_a_seed_records_the_drawn_seed_and_its_command_replays_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(dir.path());
+    let report = dir.path().join("report");
+    let app = demo_app(&store);
+    let scenario = demo_scenario();
+    let run = chaos(
+        &[
+            "--app",
+            &app,
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--every",
+            "1s",
+            "--duration",
+            "6s",
+            "--min-success",
+            "50",
+            "--report-dir",
+            report.to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    assert!(report.join("verdict.json").exists(), "{}", run.stderr);
+    let v = verdict(&report);
+    let seed = v["seed"].as_u64().unwrap();
+    // The recorded command carries the seed that was drawn, in every report.
+    let recorded = v["command_line"].as_str().unwrap().to_owned();
+    let words = shlex::split(&recorded).unwrap();
+    let at = words.iter().position(|w| w == "--seed").expect(&recorded);
+    assert_eq!(words[at + 1], seed.to_string(), "{recorded}");
+    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    assert!(junit.contains(&format!("--seed {seed}")), "{junit}");
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(
+        html.contains(&format!("--seed {seed}")),
+        "the page's command"
+    );
+    // Run as recorded, it plans the very faults that ran.
+    let planned: Vec<(String, String, String)> = v["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                format!("{:.2}", f["at"].as_f64().unwrap()),
+                "SIGKILL".to_owned(),
+                f["instance"].to_string(),
+            )
+        })
+        .collect();
+    assert!(!planned.is_empty(), "{}", v["plan"]);
+    let mut again: Vec<&str> = words[2..].iter().map(String::as_str).collect();
+    again.push("--dry-run");
+    let dry = chaos(&again, Duration::from_secs(10));
+    assert_eq!(dry.status.code(), Some(0), "{}", dry.stderr);
+    assert!(
+        dry.stdout.starts_with(&format!("seed {seed}\n")),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(dry_run_faults(&dry.stdout), planned, "{}", dry.stdout);
+}
+
+#[test]
 fn an_app_that_exits_at_once_gives_exit_4_with_its_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");

@@ -980,3 +980,89 @@ async fn request_heads_are_rewritten_the_same_either_way() {
     assert!(fast[1].1.contains(&("content-length".into(), "5".into())));
     assert!(!fast[3].1.iter().any(|(n, _)| n == "x-hop"));
 }
+
+// 7. HTTP/2 clients' requests without a body take the fast path's
+// backend connections: every framing decoded into DATA, connections reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_requests_reach_http1_backends_over_the_fast_path_connections() {
+    let big = vec![b'x'; 300 * 1024];
+    let big_answer = [
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", big.len()).into_bytes(),
+        big.clone(),
+    ]
+    .concat();
+    let b = ScriptedBackend::start(move |req| match req.path() {
+        "/big" => Scripted::bytes(big_answer.clone()),
+        "/post" => {
+            let length = req.header("content-length").unwrap_or("none").to_owned();
+            Scripted::bytes(format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{length}",
+                length.len()
+            ))
+        }
+        path => script(path),
+    })
+    .await;
+    let app = App::start(test_config(&[b.addr])).await.unwrap();
+    let conn = client::H2Conn::open(app.proxy_addr).await.unwrap();
+    let get = |path: &'static str| {
+        let conn = &conn;
+        async move {
+            tokio::time::timeout(READ_LIMIT, conn.get(path))
+                .await
+                .expect("answered within 5 s")
+                .unwrap()
+        }
+    };
+
+    // A chunked body in pieces: decoded, trailers dropped, no length.
+    let r = get("/chunked-trailers").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "hello, world")
+    );
+    assert!(r.headers.get("transfer-encoding").is_none());
+    assert!(r.headers.get("trailer").is_none());
+    assert!(r.trailers.is_none(), "{:?}", r.trailers);
+    // Small bodies, interim responses skipped, bodiless answers: all on the
+    // one backend connection so far.
+    let r = get("/interim").await;
+    assert_eq!(r.text(), "final");
+    let r = get("/plain-head").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (201, "ok\n"));
+    assert!(r.headers.get("keep-alive").is_none());
+    assert_ne!(r.headers["x-request-id"], "from-backend");
+    assert_eq!(r.headers["x-custom"], "a, b");
+    assert_eq!(get("/204").await.status, StatusCode::NO_CONTENT);
+    let r = get("/big").await;
+    assert_eq!(r.body.len(), big.len());
+    assert!(r.body.iter().all(|&c| c == b'x'));
+    assert_eq!(b.accepts(), 1, "one backend connection, reused");
+    // An empty POST announces its empty body.
+    let r = conn
+        .request(Method::POST, "/post", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "0");
+    // A close-delimited body ends with the backend's close (on the pooled
+    // connection); its connection is not reused.
+    let before = b.accepts();
+    let r = get("/close-delimited").await;
+    assert_eq!(r.text(), "until the end");
+    assert_eq!(get("/").await.text(), "ok\n");
+    assert_eq!(b.accepts(), before + 1);
+    // A body cut short resets the stream; the client's connection stays.
+    assert!(tokio::time::timeout(READ_LIMIT, conn.get("/cut"))
+        .await
+        .expect("answered within 5 s")
+        .is_err());
+    // Broken chunks: a 502 if they came with the head, else a reset.
+    let r = tokio::time::timeout(READ_LIMIT, conn.get("/bad-chunks"))
+        .await
+        .expect("answered within 5 s");
+    if let Ok(r) = r {
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(get("/").await.text(), "ok\n");
+    assert!(!conn.is_closed());
+}

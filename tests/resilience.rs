@@ -249,6 +249,53 @@ async fn sigkill_loses_only_posts_in_flight_at_the_kill() {
     }
 }
 
+/// The kill bench's backend route (`benches/kills.sh`): `/split/MS` sends
+/// the head alone, so a kill can land before the body; the body follows.
+#[tokio::test]
+async fn the_split_route_sends_the_head_before_the_body() {
+    use tokio::io::AsyncWriteExt;
+    let backend = FakeBackend::start(BackendOptions {
+        id: "b7".into(),
+        ..Default::default()
+    })
+    .await;
+    // A body an hour away: whatever was read so far is the head alone.
+    let mut s = tokio::net::TcpStream::connect(backend.addr).await.unwrap();
+    s.write_all(b"GET /split/3600000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until_head(&mut s).await;
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("content-length: 3\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "body bytes came with the head: {text}"
+    );
+    // With a short gap the body follows, whole.
+    let reply = client::get(backend.addr, "/split/20").await.unwrap();
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::OK, "b7\n".to_owned())
+    );
+}
+
+/// Reads from `s` until the end of a response head (10 s at most per read).
+async fn read_until_head(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the head within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_backend_leaves_rotation_and_nothing_waits_on_it() {
     let backends = spawn_backends(3);
@@ -515,4 +562,168 @@ async fn post_with_idempotency_key_is_retried_after_a_reset() {
         counter(&app, "unstick_retries_total", &[("reason", "reset")]),
         1.0
     );
+}
+
+/// A backend that closes its connection after every response without
+/// saying so (no `Connection: close`), as one whose keep-alive timeout
+/// races the proxy's reuse: every request is answered 200 (a pooled
+/// connection found closed is not the backend's failure: the request
+/// goes again on a new connection), and the backend never leaves rotation.
+async fn closing_backend_is_never_a_failure(fast_path: bool) {
+    use unstick::testkit::scripted::{Scripted, ScriptedBackend};
+    let backend = ScriptedBackend::start(|_| {
+        Scripted::bytes(&b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"[..]).then_close()
+    })
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    config.http1_fast_path = fast_path;
+    let app = App::start(config).await.unwrap();
+    let mut conn = Conn::open(app.proxy_addr).await.unwrap();
+    for i in 0..300 {
+        let r = conn.get("/").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "sequential GET {i}: {}", r.text());
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let addr = app.proxy_addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await.unwrap();
+            for i in 0..250 {
+                let r = conn.get("/").await.unwrap();
+                assert_eq!(r.status, StatusCode::OK, "concurrent GET {i}: {}", r.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let name = backend.addr.to_string();
+    let b = app.proxy.upstreams.find(&name).unwrap();
+    assert_eq!(b.state(), State::Healthy);
+    assert_eq!(counter(&app, "unstick_ejections_total", &[]), 0.0);
+    assert_eq!(counter(&app, "unstick_upstream_errors_total", &[]), 0.0);
+    let stale = counter(&app, "unstick_stale_connections_total", &[]);
+    eprintln!(
+        "fast path {fast_path}: 1,300 GETs, {} connections, {stale} stale",
+        backend.accepts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_closing_after_each_response_is_not_failing_fast_path() {
+    closing_backend_is_never_a_failure(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_closing_after_each_response_is_not_failing_hyper_path() {
+    closing_backend_is_never_a_failure(false).await;
+}
+
+/// A backend announcing `Keep-Alive: timeout=1`: its connections are
+/// reused back to back, and not once they have idled half a second (the
+/// announced timeout less a margin).
+async fn announced_keep_alive_is_kept(fast_path: bool) {
+    use unstick::testkit::scripted::{Scripted, ScriptedBackend};
+    let backend = ScriptedBackend::start(|_| {
+        Scripted::bytes(
+            &b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=1, max=100\r\ncontent-length: 3\r\n\r\nok\n"
+                [..],
+        )
+    })
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    config.http1_fast_path = fast_path;
+    let app = App::start(config).await.unwrap();
+    let mut conn = Conn::open(app.proxy_addr).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(backend.accepts(), 1);
+    // Idle for longer than the backend keeps connections (less the margin):
+    // a new one is made.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(conn.get("/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(backend.accepts(), 2, "fast path {fast_path}");
+    assert_eq!(counter(&app, "unstick_stale_connections_total", &[]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_keep_alive_timeout_is_kept_fast_path() {
+    announced_keep_alive_is_kept(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_keep_alive_timeout_is_kept_hyper_path() {
+    announced_keep_alive_is_kept(false).await;
+}
+
+/// What one request met on a connection the backend closed under it.
+struct StaleCase {
+    status: StatusCode,
+    stale: f64,
+    upstream_errors: f64,
+    connections: u64,
+}
+
+/// A backend that closes each connection a second after answering on it
+/// (reading nothing more): a first GET, then `method` with `headers` sent
+/// at once on the pooled connection, which the backend closes before it
+/// answers.
+async fn request_on_a_closing_connection(
+    fast_path: bool,
+    method: Method,
+    headers: &[(&str, &str)],
+) -> StaleCase {
+    use unstick::testkit::scripted::{Scripted, ScriptedBackend};
+    let backend = ScriptedBackend::start(|_| Scripted {
+        pieces: vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(),
+            Vec::new(),
+        ],
+        pause: Duration::from_secs(1),
+        close: true,
+    })
+    .await;
+    let mut config = test_config(&[backend.addr]);
+    config.http1_fast_path = fast_path;
+    let app = App::start(config).await.unwrap();
+    // One client connection: its requests are served by one worker, which
+    // reuses its own pooled backend connections.
+    let mut conn = Conn::open(app.proxy_addr).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, StatusCode::OK);
+    let r = conn.request(method, "/", headers, "body").await.unwrap();
+    let b = app.proxy.upstreams.find(&backend.addr.to_string()).unwrap();
+    assert_eq!(b.state(), State::Healthy);
+    assert_eq!(b.consecutive_failures(), 0);
+    StaleCase {
+        status: r.status,
+        stale: counter(&app, "unstick_stale_connections_total", &[]),
+        upstream_errors: counter(&app, "unstick_upstream_errors_total", &[]),
+        connections: backend.accepts(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_the_backend_closed_goes_again_on_a_new_one() {
+    for fast_path in [true, false] {
+        // A GET, and a POST with a key, are sent again: the client never knows.
+        let key = [("idempotency-key", "k1")];
+        for (method, headers) in [(Method::GET, &[][..]), (Method::POST, &key[..])] {
+            let case = request_on_a_closing_connection(fast_path, method.clone(), headers).await;
+            let what = format!("{method} fast path {fast_path}");
+            assert_eq!(case.status, StatusCode::OK, "{what}");
+            assert_eq!(case.stale, 1.0, "{what}");
+            assert_eq!(case.connections, 2, "{what}");
+            assert_eq!(case.upstream_errors, 0.0, "{what}");
+        }
+        // A POST without a key, written before the backend closed, is not
+        // sent twice: 502, and still no failure of the backend's.
+        let case = request_on_a_closing_connection(fast_path, Method::POST, &[]).await;
+        assert_eq!(
+            case.status,
+            StatusCode::BAD_GATEWAY,
+            "fast path {fast_path}"
+        );
+        assert_eq!(case.stale, 1.0);
+        assert_eq!(case.connections, 1);
+        assert_eq!(case.upstream_errors, 0.0);
+    }
 }

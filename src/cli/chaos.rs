@@ -294,9 +294,14 @@ fn balancer_config(args: &ChaosArgs) -> Result<Config, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The command line as typed, quoted for a shell.
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().collect();
+/// The command line as typed, quoted for a shell, with `--seed` added when
+/// the seed was drawn rather than given: rerun as recorded, it replays the
+/// same fault plan.
+fn command_line(drawn_seed: Option<u64>) -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(seed) = drawn_seed {
+        args.extend(["--seed".to_owned(), seed.to_string()]);
+    }
     shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
 }
 
@@ -363,7 +368,7 @@ fn options(
         balancer: balancer_config(args)?,
         report_dir,
         app_logs: args.app_logs,
-        command_line: command_line(),
+        command_line: command_line(args.seed.is_none().then_some(seed)),
     })
 }
 

@@ -2,13 +2,21 @@
 
 use std::time::SystemTime;
 
-/// The `name=value` pairs of one `Cookie` value, names and values trimmed
-/// (a pair without `=` is skipped).
-pub fn pairs(cookie: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    cookie.split(|b| *b == b';').filter_map(|pair| {
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
-    })
+/// The value of the `Cookie` pair whose name is `cookie[at..at + len]`, if
+/// those bytes are a whole pair's name: only whitespace between them and
+/// the `;` (or the start) before, only whitespace between them and an `=`
+/// after. The value runs to the next `;`, trimmed, as RFC 6265 5.4 reads
+/// pairs (a pair without `=` has no name).
+pub fn value_at(cookie: &[u8], at: usize, len: usize) -> Option<&[u8]> {
+    let before = &cookie[..at];
+    if let Some(k) = before.iter().rev().position(|b| !b.is_ascii_whitespace()) {
+        if before[before.len() - 1 - k] != b';' {
+            return None;
+        }
+    }
+    let rest = cookie[at + len..].trim_ascii_start().strip_prefix(b"=")?;
+    let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+    Some(rest[..end].trim_ascii())
 }
 
 /// A value without surrounding double quotes (RFC 6265 allows them).
@@ -184,12 +192,21 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn cookie_pairs_are_trimmed_and_pairs_without_a_name_skipped() {
-        let got: Vec<_> = pairs(b"a=1; sid = xyz ;flag; b=").collect();
-        assert_eq!(
-            got,
-            vec![(&b"a"[..], &b"1"[..]), (b"sid", b"xyz"), (b"b", b"")]
-        );
+    fn a_value_is_read_where_its_name_is_a_whole_pair_name() {
+        let c = b"a=1; sid = xyz ;flag; b=; xsid=2; q=sid=3;sid";
+        let at = |from: usize| from + c[from..].windows(3).position(|w| w == b"sid").unwrap();
+        let value = |i: usize| value_at(c, i, 3);
+        assert_eq!(value(at(0)), Some(&b"xyz"[..]));
+        assert_eq!(value_at(c, 0, 1), Some(&b"1"[..]));
+        assert_eq!(value_at(c, 22, 1), Some(&b""[..]), "b=");
+        // Inside another name, inside a value, and without `=`: no pair.
+        let xsid = at(at(0) + 1);
+        assert_eq!(&c[xsid - 1..xsid], b"x");
+        assert_eq!(value(xsid), None);
+        let in_value = at(xsid + 1);
+        assert_eq!(value(in_value), None);
+        assert_eq!(value(c.len() - 3), None);
+        assert_eq!(value_at(c, 16, 4), None, "flag");
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use memchr::memmem;
 use prometheus::{IntCounter, IntCounterVec};
 
+use super::cookies;
 use super::judge::{Signal, Stability, Unjudged, Verdict};
 
 /// At most this many names are watched: the metrics' `cookie` label stays
@@ -67,6 +69,10 @@ struct State {
 /// One watched cookie name.
 pub struct Name {
     pub text: Box<str>,
+    /// Finds the name's bytes in a `Cookie` value (a vectorised search: a
+    /// header without the name is passed over at that cost, and only the
+    /// pairs where it occurs are read).
+    finder: memmem::Finder<'static>,
     /// Listed in `session_watch.names` (else learned).
     pub configured: bool,
     pub first_seen: SystemTime,
@@ -104,6 +110,7 @@ impl Name {
         let hop = |outcome: &str| metrics.hops.with_label_values(&[text, outcome]);
         Name {
             text: text.into(),
+            finder: memmem::Finder::new(text.as_bytes()).into_owned(),
             configured,
             first_seen: SystemTime::now(),
             ignored: AtomicBool::new(false),
@@ -119,6 +126,14 @@ impl Name {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The values of the pairs of `cookie` (a `Cookie` value) with this
+    /// name: the name's bytes are searched for, and each place they are a
+    /// whole pair's name gives a value ([`cookies::value_at`]).
+    pub fn values_in<'c>(&'c self, cookie: &'c [u8]) -> impl Iterator<Item = &'c [u8]> + 'c {
+        let len = self.text.len();
+        (self.finder.find_iter(cookie)).filter_map(move |at| cookies::value_at(cookie, at, len))
     }
 
     pub fn is_ignored(&self) -> bool {

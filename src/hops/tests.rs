@@ -152,6 +152,30 @@ fn nothing_is_carried_without_a_known_value() {
 }
 
 #[test]
+fn a_watched_name_is_found_only_as_a_whole_pair_name() {
+    let (w, _) = watch(config());
+    issue(&w, "a:1", SID_A);
+    // The name's bytes inside another name or inside a value are no hit
+    // (the search that passes headers over only narrows the pairs read).
+    for cookie in [
+        format!("xsid={SID_A}; sidx={SID_A}"),
+        format!("q=sid; t=sid={SID_A}"),
+        format!("sid; {SID_A}"),
+    ] {
+        assert!(
+            w.on_request(cookie.as_bytes(), &Method::GET, b"/")
+                .is_none(),
+            "{cookie}"
+        );
+    }
+    assert_eq!(sid(&w).untracked, 0);
+    // Spaces around the name and the value are trimmed, as RFC 6265 reads them.
+    let spaced = format!("theme=dark;  sid = {SID_A} ;lang=en");
+    let carried = w.on_request(spaced.as_bytes(), &Method::GET, b"/");
+    assert_eq!(carried.map(|c| c.hits().len()), Some(1));
+}
+
+#[test]
 fn the_report_never_holds_a_cookie_value() {
     let (w, _) = watch(config());
     issue(&w, "a:1", SID_A);

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::access_log::Entry;
 use super::{headers, Proxy};
 use crate::metrics::{ClientErrorKind, CodeClass, UpstreamErrorKind};
+use crate::upstream::raw::RawBody;
 use crate::upstream::{
     poll_timed, Backend, BodyError, BodyFault, BodyWatch, Conn, InFlight, Stall,
 };
@@ -181,6 +182,10 @@ enum Kind {
     Full(Option<Bytes>),
     /// A backend's body, on the upstream stall clock.
     Upstream(Incoming, Stall),
+    /// A plain HTTP/1.1 backend's body read without hyper (HTTP/2 clients'
+    /// requests on the fast path's connections); boxed, as it is rare
+    /// beside the small body read whole with its head.
+    Raw(Box<RawBody>),
 }
 
 /// A response body: bytes made by unstick, or a backend's body streamed through.
@@ -218,6 +223,16 @@ impl ResponseBody {
         }
     }
 
+    /// A plain HTTP/1.1 backend's body, read from its connection here; the
+    /// connection goes back to the pool when the body ends cleanly.
+    pub(crate) fn raw(body: RawBody, done: Completion) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Raw(Box::new(body)),
+            done: Some(done),
+            trailers: false,
+        }
+    }
+
     /// Passes the backend's trailers on (those allowed): the client takes them.
     pub(crate) fn with_trailers(mut self, trailers: bool) -> ResponseBody {
         self.trailers = trailers;
@@ -241,6 +256,18 @@ impl ResponseBody {
         self
     }
 
+    /// A raw body that ended at a message boundary: its connection goes
+    /// back to the backend's pool.
+    fn check_in_raw(&mut self) {
+        let Kind::Raw(body) = &mut self.kind else {
+            return;
+        };
+        let backend = self.done.as_ref().and_then(|d| d.in_flight.as_ref());
+        if let (Some(conn), Some(in_flight)) = (body.reusable(), backend) {
+            in_flight.backend().pool.checkin_raw(conn);
+        }
+    }
+
     fn finish(&mut self, end: End) {
         if let Some(d) = &mut self.done {
             if d.end == End::Open {
@@ -262,6 +289,7 @@ impl Body for ResponseBody {
         let mut polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(b, stall) => poll_timed(b, stall, cx),
+            Kind::Raw(b) => b.poll_frame(cx),
         };
         // Trailers (the last frame): scrubbed, or dropped for a client
         // that did not ask for them.
@@ -282,6 +310,7 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Err(_))) => this.finish(End::Failed),
             Poll::Ready(None) => {
                 this.finish(End::Clean);
+                this.check_in_raw();
                 // Record now rather than when hyper drops the body.
                 this.done = None;
             }
@@ -294,6 +323,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(b, _) => b.is_end_stream(),
+            Kind::Raw(b) => b.is_end_stream(),
         }
     }
 
@@ -301,6 +331,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(b, _) => b.size_hint(),
+            Kind::Raw(b) => b.size_hint(),
         }
     }
 }
@@ -313,6 +344,8 @@ impl Drop for ResponseBody {
         // the client, and its connection is not reused.
         if self.is_end_stream() || matches!(self.kind, Kind::Full(_)) {
             self.finish(End::Clean);
+            // hyper's HTTP/2 stops polling a body that says it has ended.
+            self.check_in_raw();
         } else {
             self.finish(End::ClientGone);
         }

@@ -39,7 +39,7 @@ use crate::config::Timeouts;
 use crate::proxy::ClientInfo;
 use crate::shutdown::{Phase, Shutdown};
 use crate::upstream::raw::RawConn;
-use crate::upstream::{Backend, InFlight};
+use crate::upstream::{Backend, Checkout, InFlight};
 
 use crate::http1;
 use http1::Framing;
@@ -228,15 +228,15 @@ pub enum Request {
 }
 
 /// The request as each attempt sends it.
-struct Outgoing<'a> {
-    method: &'a Method,
-    replay_allowed: bool,
+pub(super) struct Outgoing<'a> {
+    pub(super) method: &'a Method,
+    pub(super) replay_allowed: bool,
     /// A head still to be written (over a `HeaderMap`, at the first
     /// attempt), and its body. None: `scratch` holds the head, and a small
     /// body after it, already.
-    unwritten: Option<(&'a mut request::Parts, Option<&'a Bytes>)>,
+    pub(super) unwritten: Option<(&'a mut request::Parts, Option<&'a Bytes>)>,
     /// A body too large to copy after the head: sent after it.
-    large_body: Option<&'a Bytes>,
+    pub(super) large_body: Option<&'a Bytes>,
 }
 
 /// What the client connection does after a response.
@@ -257,13 +257,13 @@ struct To {
 
 /// A response head from a backend, and what comes with it. The head's
 /// bytes are still at the start of `conn.buf`, its fields in `conn.fields`.
-struct Answered {
-    head: http1::ResponseHead,
-    framing: Framing,
-    conn: RawConn,
+pub(super) struct Answered {
+    pub(super) head: http1::ResponseHead,
+    pub(super) framing: Framing,
+    pub(super) conn: RawConn,
     /// The backend keeps the connection open after this response.
-    reusable: bool,
-    in_flight: InFlight,
+    pub(super) reusable: bool,
+    pub(super) in_flight: InFlight,
 }
 
 /// A fast-path request made ready for its attempts.
@@ -292,6 +292,23 @@ fn refused_none(forwarded: &Option<Result<Answered, Failed>>) -> bool {
 struct AttemptError {
     error: ProxyError,
     blame: bool,
+    /// The connection failed before any byte of a response came (on a
+    /// pooled connection: the backend had closed it).
+    unanswered: bool,
+    /// It did so on a pooled connection: not the backend's failure.
+    stale: bool,
+}
+
+impl AttemptError {
+    /// The backend's failure.
+    fn blamed(error: ProxyError) -> AttemptError {
+        AttemptError {
+            error,
+            blame: true,
+            unanswered: false,
+            stale: false,
+        }
+    }
 }
 
 // === impl Proxy ===
@@ -483,7 +500,7 @@ impl Proxy {
     /// the same rules as `forward`. The head is written once (for a
     /// `HeaderMap` head, at the first attempt, which gives a request
     /// without `Host` the first backend's name) and sent as it is to each.
-    async fn forward_h1(
+    pub(super) async fn forward_h1(
         &self,
         mut out: Outgoing<'_>,
         s: &Settings,
@@ -512,19 +529,13 @@ impl Proxy {
                     scratch.extend_from_slice(b);
                 }
             }
+            let request = (out.method, &scratch[..], out.large_body);
             match self
-                .attempt_h1(
-                    &backend,
-                    out.method,
-                    scratch,
-                    out.large_body,
-                    &s.timeouts,
-                    timer,
-                )
+                .try_backend_h1(&backend, request, s, timer, out.replay_allowed)
                 .await
             {
                 Ok(answered) => return Ok(answered),
-                Err(AttemptError { error, blame }) => {
+                Err(AttemptError { error, blame, .. }) => {
                     let error = error.with_backend(&backend.name);
                     if blame {
                         self.upstream_failed(&backend, &error, false);
@@ -540,33 +551,71 @@ impl Proxy {
         Err(attempts.into_failure())
     }
 
-    /// One attempt on one backend: write the request, read the response head.
-    /// `head` is the request head (and a small body) as written for the
-    /// backend, `large_body` a body sent after it.
+    /// [`Proxy::attempt_h1`] on `backend`, and once more on a new
+    /// connection if a pooled one turned out closed by the backend, when
+    /// that is safe: nothing was sent, or the request may be replayed
+    /// (`replay_allowed`; its body is held whole).
+    async fn try_backend_h1(
+        &self,
+        backend: &Arc<Backend>,
+        request: (&Method, &[u8], Option<&Bytes>),
+        s: &Settings,
+        timer: &mut LazyTimer,
+        replay_allowed: bool,
+    ) -> Result<Answered, AttemptError> {
+        let mut fresh = false;
+        loop {
+            match self
+                .attempt_h1(backend, request, &s.timeouts, timer, fresh)
+                .await
+            {
+                Err(e) if e.stale && !fresh && retry::may_retry(&e.error, replay_allowed, true) => {
+                    fresh = true;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt on one backend (on a new connection if `fresh`): write
+    /// the request, read the response head. The request is its method, its
+    /// head (and a small body) as written for the backend, and a large body
+    /// sent after it.
     async fn attempt_h1(
         &self,
         backend: &Arc<Backend>,
-        method: &Method,
-        head: &[u8],
-        large_body: Option<&Bytes>,
+        (method, head, large_body): (&Method, &[u8], Option<&Bytes>),
         timeouts: &Timeouts,
         timer: &mut LazyTimer,
+        fresh: bool,
     ) -> Result<Answered, AttemptError> {
         let in_flight = backend.start_request();
-        let (mut conn, reused) = match backend.pool.checkout_raw().await {
+        let Checkout { mut conn, idle } = match backend.pool.checkout_raw(fresh).await {
             Ok(c) => c,
             Err(e) => {
                 // Counted here (not by the caller), as a refusal if it was one.
-                return Err(AttemptError {
-                    error: self.connect_failed(backend, e),
-                    blame: false,
-                });
+                let mut e = AttemptError::blamed(self.connect_failed(backend, e));
+                e.blame = false;
+                return Err(e);
             }
         };
-        send_request(&mut conn, head, large_body, reused).await?;
-        let sent_at = Instant::now();
-        timer.set(sent_at + timeouts.response_header);
-        let head = await_head(&mut conn, timer, timeouts).await?;
+        let exchanged = async {
+            send_request(&mut conn, head, large_body).await?;
+            let sent_at = Instant::now();
+            timer.set(sent_at + timeouts.response_header);
+            let head = await_head(&mut conn, timer, timeouts).await?;
+            Ok::<_, AttemptError>((head, sent_at))
+        };
+        let (head, sent_at) = match exchanged.await {
+            Ok(h) => h,
+            Err(mut e) => {
+                if e.unanswered && self.stale_connection(backend, idle) {
+                    e.stale = true;
+                    e.blame = false;
+                }
+                return Err(e);
+            }
+        };
         let answered = answered(method, head, conn, in_flight)?;
         backend
             .metrics
@@ -736,7 +785,7 @@ impl Proxy {
 
     /// A response the client does not get: the error, counted against the
     /// backend if it was malformed (not for an affinity cookie refused).
-    fn bad_response(&self, kind: Kind, backend: Arc<Backend>) -> Failed {
+    pub(super) fn bad_response(&self, kind: Kind, backend: Arc<Backend>) -> Failed {
         let invalid = matches!(kind, Kind::Reset(_));
         let error =
             ProxyError::new(Source::Upstream, kind, Retry::Never).with_backend(&backend.name);
@@ -870,7 +919,6 @@ async fn send_request(
     conn: &mut RawConn,
     head: &[u8],
     large_body: Option<&Bytes>,
-    reused: bool,
 ) -> Result<(), AttemptError> {
     let mut sent = conn.write_all(head).await;
     if let (Ok(()), Some(b)) = (&sent, large_body) {
@@ -879,20 +927,17 @@ async fn send_request(
     let Err((e, any_written)) = sent else {
         return Ok(());
     };
-    if !any_written {
-        // Nothing reached the backend: safe to send anywhere, and a pooled
-        // connection the backend had closed is not its fault.
+    let (kind, retry) = if any_written {
+        let kind = Kind::Reset(format!("error writing the request: {e}"));
+        (kind, Retry::IfIdempotent)
+    } else {
+        // Nothing reached the backend: safe to send anywhere.
         let kind = Kind::Reset("the connection closed before the request was sent".into());
-        return Err(AttemptError {
-            error: ProxyError::new(Source::Upstream, kind, Retry::Safe),
-            blame: !reused,
-        });
-    }
-    let kind = Kind::Reset(format!("error writing the request: {e}"));
-    Err(AttemptError {
-        error: ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent),
-        blame: true,
-    })
+        (kind, Retry::Safe)
+    };
+    let mut e = AttemptError::blamed(ProxyError::new(Source::Upstream, kind, retry));
+    e.unanswered = true;
+    Err(e)
 }
 
 /// Waits for the response head, until `timer` (armed for the response
@@ -913,18 +958,18 @@ async fn await_head(
         })
         .await
     };
-    let (kind, retry) = match head {
+    let (kind, retry, unanswered) = match head {
         Some(Ok(h)) => return Ok(h),
-        Some(Err(kind)) => (kind, Retry::IfIdempotent),
+        Some(Err((kind, unanswered))) => (kind, Retry::IfIdempotent, unanswered),
         None => (
             Kind::ResponseTimeout(timeouts.response_header),
             Retry::Never,
+            false,
         ),
     };
-    Err(AttemptError {
-        error: ProxyError::new(Source::Upstream, kind, retry),
-        blame: true,
-    })
+    let mut e = AttemptError::blamed(ProxyError::new(Source::Upstream, kind, retry));
+    e.unanswered = unanswered;
+    Err(e)
 }
 
 /// A response head's framing (strictly: see `http1::response_framing_fields`)
@@ -942,10 +987,8 @@ fn answered(
         Ok(f) => f,
         Err(e) => {
             let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
-            return Err(AttemptError {
-                error: ProxyError::new(Source::Upstream, kind, Retry::Never),
-                blame: true,
-            });
+            let error = ProxyError::new(Source::Upstream, kind, Retry::Never);
+            return Err(AttemptError::blamed(error));
         }
     };
     let mut fields = fields;
@@ -955,6 +998,9 @@ fn answered(
             (name.eq_ignore_ascii_case(b"connection") && http1::list_has(value, b"close"))
                 || (framing == Framing::Chunked && name.eq_ignore_ascii_case(b"content-length"))
         });
+    if let Some(v) = conn.field(b"keep-alive").filter(|_| reusable) {
+        in_flight.backend().pool.keep_alive.announced(v);
+    }
     Ok(Answered {
         head,
         framing,
@@ -965,34 +1011,37 @@ fn answered(
 }
 
 /// Reads a backend's response head (left at the start of `conn.buf`, its
-/// fields in `conn.fields`), skipping interim (1xx) responses.
-async fn read_head(conn: &mut RawConn) -> Result<http1::ResponseHead, Kind> {
+/// fields in `conn.fields`), skipping interim (1xx) responses. A failure
+/// says whether the connection ended before any response byte came.
+async fn read_head(conn: &mut RawConn) -> Result<http1::ResponseHead, (Kind, bool)> {
+    let mut interim = false;
     loop {
         match http1::parse_response_head(&conn.buf, MAX_RESPONSE_HEAD, &mut conn.fields) {
             Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
-                return Err(Kind::Reset("the backend switched protocols unasked".into()))
+                let kind = Kind::Reset("the backend switched protocols unasked".into());
+                return Err((kind, false));
             }
             // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
             Ok(Some(h)) if h.status.is_informational() => {
                 conn.buf.advance(h.len);
+                interim = true;
                 continue;
             }
             Ok(Some(h)) => return Ok(h),
             Ok(None) => {}
             Err(e) => {
-                return Err(Kind::Reset(format!(
-                    "invalid response from the backend: {e}"
-                )))
+                let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
+                return Err((kind, false));
             }
         }
+        let unanswered = conn.buf.is_empty() && !interim;
         match conn.read_more().await {
             Ok(0) => {
-                return Err(Kind::Reset(
-                    "connection closed before message completed".into(),
-                ))
+                let kind = Kind::Reset("connection closed before message completed".into());
+                return Err((kind, unanswered));
             }
             Ok(_) => {}
-            Err(e) => return Err(Kind::Reset(format!("connection error: {e}"))),
+            Err(e) => return Err((Kind::Reset(format!("connection error: {e}")), unanswered)),
         }
     }
 }

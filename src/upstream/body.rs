@@ -59,6 +59,9 @@ impl Stall {
 pub enum BodyError {
     /// Its connection failed.
     Read(hyper::Error),
+    /// A plain HTTP/1.1 backend connection (read without hyper) failed,
+    /// closed early, or broke the body's framing.
+    Backend(std::io::Error),
     /// Its sender sent nothing for this long.
     Stalled(Duration),
     /// It grew past this many bytes (`limits.max_request_body`).
@@ -69,6 +72,7 @@ impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BodyError::Read(e) => write!(f, "{e}"),
+            BodyError::Backend(e) => write!(f, "{e}"),
             BodyError::Stalled(d) => write!(f, "no byte of the body for {d:?}"),
             BodyError::TooLarge(n) => write!(f, "the body is over {n} bytes"),
         }
@@ -79,6 +83,7 @@ impl std::error::Error for BodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BodyError::Read(e) => Some(e),
+            BodyError::Backend(e) => Some(e),
             BodyError::Stalled(_) | BodyError::TooLarge(_) => None,
         }
     }
@@ -101,6 +106,7 @@ impl BodyFault {
     fn of(e: &BodyError) -> BodyFault {
         match e {
             BodyError::Read(e) => fault_of(e),
+            BodyError::Backend(_) => BodyFault::Gone,
             BodyError::Stalled(d) => BodyFault::TimedOut(*d),
             BodyError::TooLarge(n) => BodyFault::TooLarge(*n),
         }

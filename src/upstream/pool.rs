@@ -30,6 +30,7 @@ use crate::config::UpstreamProtocol;
 use crate::tls::ClientConfigs;
 use crate::upstream::body::RequestBody;
 use crate::upstream::checked::Checked;
+use crate::upstream::keepalive::KeepAlive;
 use crate::upstream::raw::RawConn;
 
 /// Pool tuning, from the config.
@@ -142,6 +143,15 @@ pub struct Pool {
     /// Taken to make the shared connection, so concurrent requests wait for
     /// one connect rather than each making its own; holds the last failure.
     connecting: tokio::sync::Mutex<Option<(Instant, ConnectError)>>,
+    /// How long the backend keeps idle connections, as learned.
+    pub keep_alive: KeepAlive,
+}
+
+/// A connection checked out for one request, and how long it had been idle
+/// in the pool (None: it is new).
+pub struct Checkout<C> {
+    pub conn: C,
+    pub idle: Option<Duration>,
 }
 
 // === impl Pool ===
@@ -172,7 +182,14 @@ impl Pool {
                 .collect(),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
+            keep_alive: KeepAlive::new(),
         }
+    }
+
+    /// Idle connections older than this are not reused: the configured
+    /// idle timeout, or less if the backend keeps them for less.
+    fn reuse_limit(&self) -> Duration {
+        self.keep_alive.reuse_limit(self.settings.idle_timeout)
     }
 
     /// This worker's idle list.
@@ -185,44 +202,65 @@ impl Pool {
         self.protocol == UpstreamProtocol::Http1
     }
 
-    /// For the HTTP/1 fast path: an idle connection that is still open, or
-    /// a new one. Returns the connection and whether it was reused.
-    pub async fn checkout_raw(&self) -> Result<(RawConn, bool), ConnectError> {
+    /// For the HTTP/1 fast path: an idle connection that is still open
+    /// (`fresh`: never), or a new one.
+    pub async fn checkout_raw(&self, fresh: bool) -> Result<Checkout<RawConn>, ConnectError> {
         if !self.is_raw() {
             return Err(ConnectError::Handshake(
                 "the fast path speaks plain HTTP/1.1 only".into(),
             ));
         }
-        let shard = &self.raw_idle[worker::current() % self.raw_idle.len()];
-        loop {
-            let popped = shard.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some(conn) = popped else { break };
-            if conn.since.elapsed() <= self.settings.idle_timeout && !conn.is_stale() {
-                return Ok((conn, true));
-            }
+        if let Some(reused) = (!fresh).then(|| self.reuse_raw()).flatten() {
+            return Ok(reused);
         }
         // Boxed for the same reason as in `checkout`.
-        Ok((Box::pin(self.connect_raw()).await?, false))
+        let conn = Box::pin(self.connect_raw()).await?;
+        Ok(Checkout { conn, idle: None })
+    }
+
+    /// This worker's most recently pooled fast-path connection that is
+    /// young enough and still open, if any (those that are not are dropped).
+    fn reuse_raw(&self) -> Option<Checkout<RawConn>> {
+        let shard = &self.raw_idle[worker::current() % self.raw_idle.len()];
+        let limit = self.reuse_limit();
+        loop {
+            let conn = shard.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let idle = conn.since.elapsed();
+            if idle > limit {
+                continue;
+            }
+            if conn.is_stale() {
+                self.keep_alive.died_idle(idle);
+                continue;
+            }
+            let idle = Some(idle);
+            return Some(Checkout { conn, idle });
+        }
     }
 
     /// Returns a fast-path connection whose last response ended exactly at
     /// a message boundary.
     pub fn checkin_raw(&self, mut conn: RawConn) {
-        if self.settings.max_idle == 0 || !conn.buf.is_empty() {
+        let limit = self.reuse_limit();
+        if self.settings.max_idle == 0 || !conn.buf.is_empty() || limit.is_zero() {
             return;
         }
         let now = Instant::now();
         conn.since = now;
         let shard = &self.raw_idle[worker::current() % self.raw_idle.len()];
         let mut idle = shard.lock().unwrap_or_else(|e| e.into_inner());
-        self.make_room(&mut idle, now, |c| c.since);
+        self.make_room(&mut idle, (now, limit), |c| c.since);
         idle.push(conn);
     }
 
     /// Before an idle connection is pushed onto `idle` (oldest first): drops
-    /// the oldest ones, those idle too long and those over the cap.
-    fn make_room<T>(&self, idle: &mut Vec<T>, now: Instant, since: impl Fn(&T) -> Instant) {
-        let timeout = self.settings.idle_timeout;
+    /// the oldest ones, those idle longer than `timeout` and those over the cap.
+    fn make_room<T>(
+        &self,
+        idle: &mut Vec<T>,
+        (now, timeout): (Instant, Duration),
+        since: impl Fn(&T) -> Instant,
+    ) {
         let expired = idle
             .iter()
             .take_while(|i| now.saturating_duration_since(since(i)) > timeout)
@@ -239,30 +277,52 @@ impl Pool {
         Ok(RawConn::new(stream))
     }
 
-    /// An idle connection that is still open, or a new one (for HTTP/2, the
-    /// shared connection). Returns the connection and whether it was reused.
-    pub async fn checkout(&self) -> Result<(Conn, bool), ConnectError> {
+    /// An idle connection that is still open (`fresh`: never), or a new one
+    /// (for HTTP/2, the shared connection, whose `idle` is always None).
+    pub async fn checkout(&self, fresh: bool) -> Result<Checkout<Conn>, ConnectError> {
         if self.protocol.is_http2() {
             // Boxed: its connect path is large and rare (see below).
-            return Box::pin(self.checkout_shared()).await;
+            let conn = Box::pin(self.checkout_shared()).await?;
+            return Ok(Checkout { conn, idle: None });
         }
-        loop {
-            let popped = self.shard().lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some(mut idle) = popped else { break };
-            if idle.conn.is_closed() || idle.since.elapsed() > self.settings.idle_timeout {
-                continue;
-            }
-            // Normally ready at once; waits only if the connection task has not
-            // yet noticed that the previous response ended. Errors if it closed.
-            if idle.conn.ready().await.is_ok() {
-                return Ok((Conn::Http1(idle.conn), true));
+        if !fresh {
+            if let Some(reused) = self.reuse_http1().await {
+                return Ok(reused);
             }
         }
         // Boxed: a connect future (TCP, TLS handshake) is kilobytes and
         // rarely runs. Inline, it made every request's future ~11 KB, which
         // hyper memcpy'd on each request (~11,000 instructions, callgrind);
         // boxed, only new connections pay for an allocation.
-        Ok((Box::pin(self.connect()).await?, false))
+        let conn = Box::pin(self.connect()).await?;
+        Ok(Checkout { conn, idle: None })
+    }
+
+    /// This worker's most recently pooled HTTP/1.1 connection that is young
+    /// enough and still open, if any (those that are not are dropped).
+    async fn reuse_http1(&self) -> Option<Checkout<Conn>> {
+        let limit = self.reuse_limit();
+        loop {
+            let mut idle = self
+                .shard()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()?;
+            let age = idle.since.elapsed();
+            if age > limit {
+                continue;
+            }
+            // Normally ready at once; waits only if the connection task has not
+            // yet noticed that the previous response ended. Errors if it closed.
+            if !idle.conn.is_closed() && idle.conn.ready().await.is_ok() {
+                let conn = Conn::Http1(idle.conn);
+                return Some(Checkout {
+                    conn,
+                    idle: Some(age),
+                });
+            }
+            self.keep_alive.died_idle(age);
+        }
     }
 
     /// The shared HTTP/2 connection if it is open and fresh.
@@ -280,15 +340,15 @@ impl Pool {
         None
     }
 
-    async fn checkout_shared(&self) -> Result<(Conn, bool), ConnectError> {
+    async fn checkout_shared(&self) -> Result<Conn, ConnectError> {
         if let Some(conn) = self.live_shared() {
-            return Ok((Conn::Http2(conn), true));
+            return Ok(Conn::Http2(conn));
         }
         let asked = Instant::now();
         let mut failed = self.connecting.lock().await;
         // Made by the request that held the lock while this one waited.
         if let Some(conn) = self.live_shared() {
-            return Ok((Conn::Http2(conn), true));
+            return Ok(Conn::Http2(conn));
         }
         // A connect that failed while this request waited fails it too,
         // rather than every waiter trying (and timing out) in turn.
@@ -302,9 +362,9 @@ impl Pool {
                 *self.shared.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((conn.clone(), Instant::now()));
                 *failed = None;
-                Ok((Conn::Http2(conn), false))
+                Ok(Conn::Http2(conn))
             }
-            Ok(other) => Ok((other, false)),
+            Ok(other) => Ok(other),
             Err(e) => {
                 *failed = Some((Instant::now(), e.duplicate()));
                 Err(e)
@@ -316,18 +376,20 @@ impl Pool {
     /// handles need no return: the connection stays shared.)
     pub fn checkin(&self, conn: Conn) {
         let Conn::Http1(conn) = conn else { return };
-        if conn.is_closed() || self.settings.max_idle == 0 {
+        let limit = self.reuse_limit();
+        if conn.is_closed() || self.settings.max_idle == 0 || limit.is_zero() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.shard().lock().unwrap_or_else(|e| e.into_inner());
-        self.make_room(&mut idle, now, |i| i.since);
+        self.make_room(&mut idle, (now, limit), |i| i.since);
         idle.push(Idle { conn, since: now });
     }
 
     /// Closes every idle connection, and lets go of the shared one (requests
     /// still on it finish).
     pub fn clear(&self) {
+        self.keep_alive.forget_deaths();
         for shard in self.idle.iter() {
             shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }

@@ -1,0 +1,148 @@
+//! HTTP/2 requests without a body forwarded to plain HTTP/1.1 backends over the fast path's connections, not hyper's client.
+//!
+//! Why: through hyper's client, each such request crossed a channel to the
+//! backend connection's task, ran hyper's HTTP/1 dispatcher and head writer
+//! and parser there, and came back through a oneshot: about 15,000
+//! instructions of the 66,000 an h2c request cost (callgrind, see
+//! `benches/README.md`), more than the whole HTTP/1.1 fast path spends on
+//! a request. Here the stream's own task writes the request head
+//! (`http1::write_request_head`) on a connection from the fast path's pool,
+//! reads the response head in place, and answers with the body read from
+//! that connection ([`RawBody`]): a small body that came with its head is
+//! sent whole, and the connection is back in the pool before hyper has
+//! written anything.
+//!
+//! Requests, responses and failures go through the same code as on the
+//! hyper path: `Proxy::begin` (the request head rewritten over its
+//! `HeaderMap`), `Proxy::forward_h1`'s retries, `Proxy::scrub_response`,
+//! `Proxy::fail`. What stays on hyper's client: requests with a body,
+//! clients that take trailers (gRPC, `TE: trailers`), backends other than
+//! plain HTTP/1.1, and everything when `http1_fast_path` is off.
+
+use bytes::Bytes;
+use http::{header, request, Method, Response, Version};
+
+use super::body::Completion;
+use super::error::Kind;
+use super::h1::{Answered, LazyTimer, Outgoing};
+use super::{retry, Proxy, ReplyTo, ResponseBody, Settings};
+use crate::http1::{self, Framing};
+use crate::upstream::raw::RawBody;
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// True if this request (begun, its body empty or not) goes to the
+    /// backends over the fast path's connections.
+    pub(super) fn takes_raw_path(&self, s: &Settings, reply: &ReplyTo, body_empty: bool) -> bool {
+        s.raw_connections
+            && reply.version == Version::HTTP_2
+            && body_empty
+            && !reply.trailers
+            && self.upstreams.load().all_raw
+    }
+
+    /// Sends a begun request (`parts`, rewritten for the backend) with an
+    /// empty body, retrying as on the hyper path, and answers it.
+    pub(super) async fn serve_raw(
+        &self,
+        mut parts: request::Parts,
+        settings: &Settings,
+        mut done: Completion,
+        reply: ReplyTo,
+    ) -> Response<ResponseBody> {
+        // Empty content is announced where the method defines content
+        // (POST, PUT, PATCH), as hyper's client does.
+        let empty = defines_content(&parts.method).then(Bytes::new);
+        let method = parts.method.clone();
+        let out = Outgoing {
+            method: &method,
+            replay_allowed: settings.retries.enabled
+                && retry::replay_allowed(&parts.method, &parts.headers),
+            unwritten: Some((&mut parts, empty.as_ref())),
+            large_body: None,
+        };
+        let mut head = Vec::new();
+        let mut timer = LazyTimer::new();
+        let forwarded = (self.forward_h1(out, settings, &mut done, &mut head, &mut timer)).await;
+        match forwarded {
+            Ok(answered) => self.respond_raw(answered, done, reply, settings),
+            Err(failed) => self.fail(failed, done, reply),
+        }
+    }
+
+    /// The client's response from a backend's response head, scrubbed as
+    /// on the hyper path; the body is sent whole if it came with the head
+    /// (the connection then goes back to the pool at once), else streamed.
+    fn respond_raw(
+        &self,
+        answered: Answered,
+        mut done: Completion,
+        reply: ReplyTo,
+        settings: &Settings,
+    ) -> Response<ResponseBody> {
+        let Answered {
+            head,
+            framing,
+            mut conn,
+            reusable,
+            in_flight,
+        } = answered;
+        let backend = in_flight.backend().clone();
+        let bytes = conn.buf.split_to(head.len).freeze();
+        let scrubbed = http1::response_parts(&bytes, &head, &conn.fields)
+            .map_err(|e| Kind::Reset(format!("invalid response from the backend: {e}")))
+            .and_then(|mut parts| {
+                self.scrub_response(&mut parts, &backend, settings, &reply, false)
+                    .map(|()| parts)
+                    .map_err(Kind::AffinityRejected)
+            });
+        let mut parts = match scrubbed {
+            Ok(parts) => parts,
+            Err(kind) => {
+                // The backend's connection and in-flight count go with it.
+                drop((conn, in_flight));
+                let failed = self.bad_response(kind, backend);
+                return self.fail(failed, done, reply);
+            }
+        };
+        // HTTP/2 frames the body itself: a length is kept only where it
+        // was the framing (or, without a body, the representation's).
+        if !matches!(framing, Framing::Length(_) | Framing::None) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        parts.version = Version::HTTP_2;
+        done.status = parts.status.as_u16();
+        let mut body = RawBody::new(conn, framing, reusable, settings.timeouts.upstream_stall);
+        let body = match body.take_whole() {
+            Ok(Some(whole)) => {
+                if let Some(conn) = body.reusable() {
+                    backend.pool.checkin_raw(conn);
+                }
+                done.in_flight = Some(in_flight);
+                let whole = match whole.is_empty() {
+                    true => ResponseBody::empty(),
+                    false => ResponseBody::full(whole),
+                };
+                whole.with_completion(done)
+            }
+            Ok(None) => {
+                done.in_flight = Some(in_flight);
+                ResponseBody::raw(body, done)
+            }
+            Err(e) => {
+                drop((body, in_flight));
+                let kind = Kind::Reset(format!("invalid response from the backend: {e}"));
+                let failed = self.bad_response(kind, backend);
+                return self.fail(failed, done, reply);
+            }
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Methods whose requests carry content by definition: an empty one is
+/// sent with `content-length: 0`.
+fn defines_content(method: &Method) -> bool {
+    *method == Method::POST || *method == Method::PUT || *method == Method::PATCH
+}
