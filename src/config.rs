@@ -185,6 +185,12 @@ pub struct Retries {
     pub budget_min_per_second: u32,
     /// Request bodies up to this size are held so the request can be replayed.
     pub replay_buffer: usize,
+    /// A retryable request's response whose body is at most this many
+    /// bytes is held until it is whole, so a backend that dies mid-response
+    /// is retried unseen (0: never held).
+    pub response_buffer: usize,
+    /// ... if the whole response arrives within this; a slower one streams.
+    pub response_hold: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

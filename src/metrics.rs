@@ -51,7 +51,8 @@ pub enum UpstreamErrorKind {
     Reset = 1,
     /// No connection or no response head in time.
     Timeout = 2,
-    /// The backend failed after the response head was sent to the client.
+    /// The backend failed after its response head: while the body was
+    /// passed on to the client, or while it was held whole (then retried).
     AfterHead = 3,
 }
 

@@ -36,6 +36,7 @@ pub mod error;
 pub mod h1;
 mod h2;
 pub mod headers;
+mod hold;
 pub mod request_head;
 pub mod retry;
 pub mod target;
@@ -134,6 +135,8 @@ struct Forwarded {
     response: Response<Incoming>,
     conn: Conn,
     in_flight: InFlight,
+    /// What was read of the body while it was held (see `hold`).
+    held: Option<hold::Held>,
 }
 
 /// What the answer to a client needs from its request.
@@ -468,10 +471,19 @@ impl Proxy {
                 break;
             };
             let sending = (&mut request, keep_copy, replay_allowed);
-            match self
+            let tried = self
                 .try_backend(&backend, sending, s, watch.as_deref())
-                .await
-            {
+                .await;
+            // Held only when a failure could still be retried.
+            let hold = replay_allowed
+                && attempt < s.retries.max_per_request
+                && s.retries.response_buffer > 0
+                && request.is_some();
+            let tried = match tried {
+                Ok(fwd) if hold => self.held(fwd, &backend, s).await,
+                tried => tried,
+            };
+            match tried {
                 Ok(fwd) => return Ok(fwd),
                 Err(error) if error.source == Source::Client => {
                     return Err(Failed {
@@ -489,6 +501,28 @@ impl Proxy {
             }
         }
         Err(attempts.into_failure())
+    }
+
+    /// The response of `fwd` held until it is whole, if it is small and
+    /// quick (see `hold`); a body the backend cut short meanwhile is its
+    /// failure, which the client never sees.
+    async fn held(
+        &self,
+        mut fwd: Forwarded,
+        backend: &Arc<Backend>,
+        s: &Settings,
+    ) -> Result<Forwarded, ProxyError> {
+        match hold::hold(&mut fwd.response, &s.retries).await {
+            Ok(held) => {
+                fwd.held = held;
+                Ok(fwd)
+            }
+            Err(error) => {
+                drop(fwd);
+                self.upstream_failed(backend, &error, false);
+                Err(error)
+            }
+        }
     }
 
     /// One attempt on `backend` (the request in `request`, taken, or a
@@ -640,6 +674,7 @@ impl Proxy {
                     response,
                     conn,
                     in_flight,
+                    held: None,
                 })
             }
             Ok(Err(mut e)) => match e.take_message() {
@@ -754,6 +789,7 @@ impl Proxy {
             mut response,
             conn,
             in_flight,
+            held,
         } = fwd;
         let backend = in_flight.backend().clone();
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -805,7 +841,11 @@ impl Proxy {
         done.in_flight = Some(in_flight);
         done.conn = reusable.then_some(conn);
         let stall = settings.timeouts.upstream_stall;
-        let body = ResponseBody::upstream(body, stall, done).with_trailers(reply.trailers);
+        let body = match held {
+            Some(held) => ResponseBody::held(held, body, stall, done),
+            None => ResponseBody::upstream(body, stall, done),
+        };
+        let body = body.with_trailers(reply.trailers);
         Response::from_parts(parts, body)
     }
 

@@ -223,6 +223,8 @@ const FIELDS: &[(&str, Field)] = &[
         d(c.retries.budget_min_per_second)
     }),
     ("retries.replay_buffer", |c| d(c.retries.replay_buffer)),
+    ("retries.response_buffer", |c| d(c.retries.response_buffer)),
+    ("retries.response_hold", |c| d(c.retries.response_hold)),
     ("health.eject_after_failures", |c| {
         d(c.health.eject_after_failures)
     }),
@@ -608,12 +610,14 @@ mod tests {
             | "timeouts.upstream_stall"
             | "timeouts.upstream_idle"
             | "timeouts.drain" => "7s",
+            "retries.response_hold" => "70ms",
             "limits.max_connections"
             | "limits.max_headers"
             | "limits.upstream_idle_per_backend" => "9",
-            "limits.max_header_bytes" | "retries.replay_buffer" | "limits.max_request_body" => {
-                "9KiB"
-            }
+            "limits.max_header_bytes"
+            | "retries.replay_buffer"
+            | "retries.response_buffer"
+            | "limits.max_request_body" => "9KiB",
             "underscores_in_headers" => "true",
             "retries.enabled" | "http2.enabled" | "reload.watch" | "http1_fast_path" => "false",
             "health.active.enabled" => "true",

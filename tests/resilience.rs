@@ -727,3 +727,236 @@ async fn a_request_on_a_connection_the_backend_closed_goes_again_on_a_new_one() 
         assert_eq!(case.upstream_errors, 0.0);
     }
 }
+
+/// A backend that sends a response head promising a 20-byte body and then
+/// closes its connection (as one SIGKILLed between its head and its body
+/// writes), beside a healthy one (`ok`), with unstick in front; `edit`
+/// tweaks the config.
+async fn dying_after_head(
+    edit: impl FnOnce(&mut Config),
+) -> (
+    App,
+    unstick::testkit::scripted::ScriptedBackend,
+    FakeBackend,
+) {
+    use unstick::testkit::scripted::{Scripted, ScriptedBackend};
+    let dying = ScriptedBackend::start(|_| {
+        Scripted::bytes(&b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n"[..]).then_close()
+    })
+    .await;
+    let healthy = FakeBackend::start(BackendOptions {
+        id: "ok".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut config = test_config(&[dying.addr, healthy.addr]);
+    config.health.eject_after_failures = 1000;
+    edit(&mut config);
+    (App::start(config).await.unwrap(), dying, healthy)
+}
+
+/// Sends `method path` with `headers` until the dying backend has received
+/// one such request (round robin alternates; bounded), checking that every
+/// answer from the healthy backend is its whole 200. Returns the answer to
+/// the request the dying backend took.
+async fn until_the_dying_backend_takes_one(
+    app: &App,
+    dying: &unstick::testkit::scripted::ScriptedBackend,
+    (method, path, headers): (Method, &str, &[(&str, &str)]),
+) -> Result<client::Reply, client::Error> {
+    let taken = |d: &unstick::testkit::scripted::ScriptedBackend| {
+        d.received().iter().filter(|r| r.path() == path).count()
+    };
+    let before = taken(dying);
+    for _ in 0..8 {
+        let r = client::request(app.proxy_addr, method.clone(), path, headers, "body").await;
+        if taken(dying) > before {
+            return r;
+        }
+        let r = r.expect("the healthy backend answers");
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "ok\n".into()));
+    }
+    panic!("the dying backend never got a {method} {path}");
+}
+
+/// A response held until whole (it is small): the backend that dies after
+/// its head is retried on the other, and a GET and a keyed POST get the
+/// complete 200 as if nothing had happened, counted as retries caused by
+/// `after_head`. A POST without a key is not sent twice: its client sees
+/// the cut response, as without holding.
+async fn held_responses_hide_a_backend_dying_after_its_head(fast_path: bool) {
+    let (app, dying, healthy) = dying_after_head(|c| c.http1_fast_path = fast_path).await;
+    let key = [("idempotency-key", "k1")];
+    for (method, path, headers) in [
+        (Method::GET, "/get", &[][..]),
+        (Method::POST, "/keyed", &key[..]),
+    ] {
+        let what = format!("{method} fast path {fast_path}");
+        let r = until_the_dying_backend_takes_one(&app, &dying, (method, path, headers))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the client saw the failure: {e}"));
+        assert_eq!(
+            (r.status, r.text()),
+            (StatusCode::OK, "ok\n".into()),
+            "{what}"
+        );
+        assert_eq!(r.backend(), "ok", "{what}");
+    }
+    let retried = [("reason", "after_head")];
+    assert_eq!(counter(&app, "unstick_retries_total", &retried), 2.0);
+    let after_head = [("kind", "after_head")];
+    assert_eq!(
+        counter(&app, "unstick_upstream_errors_total", &after_head),
+        2.0
+    );
+    assert_eq!(counter(&app, "unstick_client_errors_total", &[]), 0.0);
+
+    let healthy_before = healthy.requests();
+    let plain = (Method::POST, "/plain", &[][..]);
+    let r = until_the_dying_backend_takes_one(&app, &dying, plain).await;
+    assert!(
+        r.is_err(),
+        "fast path {fast_path}: a non-keyed POST was replayed: {r:?}"
+    );
+    let answered = healthy.requests() - healthy_before;
+    let plain_on_dying = dying
+        .received()
+        .iter()
+        .filter(|r| r.path() == "/plain")
+        .count();
+    assert_eq!(plain_on_dying, 1);
+    // Only the POSTs answered whole before the one the dying backend took.
+    assert!(answered <= 7, "{answered}");
+    assert_eq!(counter(&app, "unstick_retries_total", &retried), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_responses_hide_a_backend_dying_after_its_head_fast_path() {
+    held_responses_hide_a_backend_dying_after_its_head(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_responses_hide_a_backend_dying_after_its_head_hyper_path() {
+    held_responses_hide_a_backend_dying_after_its_head(false).await;
+}
+
+/// `retries.response_buffer = 0`: nothing is held; a GET whose backend dies
+/// after its head reaches the client cut short, as a failure after the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_buffer_zero_passes_the_head_on_at_once() {
+    for fast_path in [true, false] {
+        let (app, dying, _healthy) = dying_after_head(|c| {
+            c.retries.response_buffer = 0;
+            c.http1_fast_path = fast_path;
+        })
+        .await;
+        let get = (Method::GET, "/get", &[][..]);
+        let r = until_the_dying_backend_takes_one(&app, &dying, get).await;
+        assert!(r.is_err(), "fast path {fast_path}: {r:?}");
+        assert_eq!(counter(&app, "unstick_retries_total", &[]), 0.0);
+        let after_head = [("kind", "after_head")];
+        let cut = counter(&app, "unstick_upstream_errors_total", &after_head);
+        assert_eq!(cut, 1.0, "fast path {fast_path}");
+    }
+}
+
+/// A backend answering with `head` then, a minute later, `rest` (the
+/// connection open meanwhile), behind unstick (on the fast path or not)
+/// with a 1 s hold time;
+/// returns what a GET's client has read once `seen` holds of it, and how
+/// long that took. Panics if it never does within 10 s.
+async fn read_while_the_backend_waits(
+    head: &'static [u8],
+    rest: &'static [u8],
+    (response_buffer, fast_path): (usize, bool),
+    seen: impl Fn(&[u8]) -> bool,
+) -> (Vec<u8>, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use unstick::testkit::scripted::{Scripted, ScriptedBackend};
+    let backend =
+        ScriptedBackend::start(move |_| Scripted::pieces(&[head, rest], Duration::from_secs(60)))
+            .await;
+    let mut config = test_config(&[backend.addr]);
+    config.retries.response_buffer = response_buffer;
+    config.retries.response_hold = Duration::from_secs(1);
+    config.http1_fast_path = fast_path;
+    let app = App::start(config).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(app.proxy_addr)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        while !seen(&got) {
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the first bytes arrive while the backend waits");
+    (got, start.elapsed())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// An event stream is never held: its first event reaches the client while
+/// the backend keeps the stream open, well before the hold time (1 s here)
+/// would have let it go. A chunked body of another type, as slow, is held
+/// for that time first (which shows the hold was in force).
+async fn an_event_stream_is_never_held(fast_path: bool) {
+    let sse = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+        transfer-encoding: chunked\r\n\r\nb\r\ndata: one\n\n\r\n";
+    let rest = b"b\r\ndata: two\n\n\r\n0\r\n\r\n";
+    let held = (64 * 1024, fast_path);
+    let (got, took) =
+        read_while_the_backend_waits(sse, rest, held, |g| contains(g, b"data: one")).await;
+    assert!(!contains(&got, b"data: two"));
+    assert!(
+        took < Duration::from_secs(1),
+        "the first event took {took:?}"
+    );
+    eprintln!("fast path {fast_path}: first event after {took:?}");
+
+    let plain = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+        transfer-encoding: chunked\r\n\r\nb\r\ndata: one\n\n\r\n";
+    let (_, took) =
+        read_while_the_backend_waits(plain, rest, held, |g| contains(g, b"data: one")).await;
+    assert!(took >= Duration::from_secs(1), "not held: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_is_never_held_fast_path() {
+    an_event_stream_is_never_held(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_is_never_held_hyper_path() {
+    an_event_stream_is_never_held(false).await;
+}
+
+/// A body larger than `retries.response_buffer` is not held: its head
+/// reaches the client while the backend has sent only part of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_buffer_streams() {
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2048\r\n\r\nfirst part";
+    let rest = &[b'x'; 2038];
+    for fast_path in [true, false] {
+        let (got, took) = read_while_the_backend_waits(head, rest, (1024, fast_path), |g| {
+            contains(g, b"first part")
+        })
+        .await;
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(
+            took < Duration::from_secs(1),
+            "fast path {fast_path}: held: {took:?}"
+        );
+    }
+}

@@ -232,6 +232,18 @@ pub const KEYS: &[KeySpec] = &[
         "request bodies up to this size can be replayed",
     ),
     key(
+        "retries.response_buffer",
+        Text,
+        "64KiB",
+        "a retryable request's response body up to this size is held until whole (0: off)",
+    ),
+    key(
+        "retries.response_hold",
+        Text,
+        "20ms",
+        "...if it arrives within this; a slower one streams",
+    ),
+    key(
         "health.eject_after_failures",
         Number,
         "3",

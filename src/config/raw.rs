@@ -131,6 +131,8 @@ pub struct RawRetries {
     pub budget_ratio: f64,
     pub budget_min_per_second: u64,
     pub replay_buffer: RawSize,
+    pub response_buffer: RawSize,
+    pub response_hold: RawDuration,
 }
 
 impl Default for RawRetries {
@@ -141,6 +143,8 @@ impl Default for RawRetries {
             budget_ratio: 0.2,
             budget_min_per_second: 10,
             replay_buffer: RawSize::Text("64KiB".into()),
+            response_buffer: RawSize::Text("64KiB".into()),
+            response_hold: "20ms".into(),
         }
     }
 }
@@ -695,6 +699,18 @@ impl RawRetries {
             replay_buffer: {
                 let v = size(l, "retries.replay_buffer", &self.replay_buffer)?;
                 range(l, "retries.replay_buffer", v as u64, 0, 16 << 20)? as usize
+            },
+            response_buffer: {
+                let v = size(l, "retries.response_buffer", &self.response_buffer)?;
+                range(l, "retries.response_buffer", v as u64, 0, 16 << 20)? as usize
+            },
+            response_hold: {
+                let key = "retries.response_hold";
+                let v = positive_dur(l, key, &self.response_hold)?;
+                if v > std::time::Duration::from_secs(1) {
+                    return Err(invalid(l, key, "must be at most 1s"));
+                }
+                v
             },
         })
     }

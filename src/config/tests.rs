@@ -50,6 +50,21 @@ fn defaults_are_valid() {
     assert_eq!(c.algorithm, Algorithm::RoundRobin);
     assert_eq!(c.retries.max_per_request, 2);
     assert_eq!(c.retries.replay_buffer, 64 * 1024);
+    assert_eq!(c.retries.response_buffer, 64 * 1024);
+    assert_eq!(c.retries.response_hold, Duration::from_millis(20));
+}
+
+#[test]
+fn response_holding_is_bounded() {
+    let c = load("[retries]\nresponse_buffer = \"0\"\nresponse_hold = \"50ms\"\n").unwrap();
+    assert_eq!(c.retries.response_buffer, 0);
+    assert_eq!(c.retries.response_hold, Duration::from_millis(50));
+    let e = load("[retries]\nresponse_buffer = \"17MiB\"\n").unwrap_err();
+    assert_eq!(e.key, "retries.response_buffer");
+    for hold in ["0s", "2s", "soon"] {
+        let e = load(&format!("[retries]\nresponse_hold = \"{hold}\"\n")).unwrap_err();
+        assert_eq!(e.key, "retries.response_hold", "{hold}");
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
 use super::access_log::Entry;
+use super::hold::Held;
 use super::{headers, Proxy};
 use crate::metrics::{ClientErrorKind, CodeClass, UpstreamErrorKind};
 use crate::upstream::raw::RawBody;
@@ -186,6 +187,9 @@ enum Kind {
     /// requests on the fast path's connections); boxed, as it is rare
     /// beside the small body read whole with its head.
     Raw(Box<RawBody>),
+    /// A backend's body read (in part or whole) while it was held, then the
+    /// rest of it (boxed: rare beside a body passed on as it comes).
+    Held(Box<(Held, Incoming, Stall)>),
 }
 
 /// A response body: bytes made by unstick, or a backend's body streamed through.
@@ -218,6 +222,21 @@ impl ResponseBody {
     pub(crate) fn upstream(body: Incoming, stall: Duration, done: Completion) -> ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(body, Stall::new(stall)),
+            done: Some(done),
+            trailers: false,
+        }
+    }
+
+    /// A backend's body whose start (or whole) was read while holding it:
+    /// that goes out first, then the rest as [`ResponseBody::upstream`].
+    pub(crate) fn held(
+        held: Held,
+        body: Incoming,
+        stall: Duration,
+        done: Completion,
+    ) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Held(Box::new((held, body, Stall::new(stall)))),
             done: Some(done),
             trailers: false,
         }
@@ -290,6 +309,7 @@ impl Body for ResponseBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(b, stall) => poll_timed(b, stall, cx),
             Kind::Raw(b) => b.poll_frame(cx),
+            Kind::Held(h) => poll_held(h, cx),
         };
         // Trailers (the last frame): scrubbed, or dropped for a client
         // that did not ask for them.
@@ -324,6 +344,12 @@ impl Body for ResponseBody {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(b, _) => b.is_end_stream(),
             Kind::Raw(b) => b.is_end_stream(),
+            Kind::Held(h) => {
+                let (held, body, _) = &**h;
+                held.data.is_none()
+                    && held.trailers.is_none()
+                    && (held.ended || body.is_end_stream())
+            }
         }
     }
 
@@ -332,6 +358,19 @@ impl Body for ResponseBody {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(b, _) => b.size_hint(),
             Kind::Raw(b) => b.size_hint(),
+            Kind::Held(h) => {
+                let (held, body, _) = &**h;
+                if held.ended {
+                    return SizeHint::with_exact(held.len());
+                }
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + held.len());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + held.len());
+                }
+                hint
+            }
         }
     }
 }
@@ -350,4 +389,23 @@ impl Drop for ResponseBody {
             self.finish(End::ClientGone);
         }
     }
+}
+
+/// A held body's next frame: the bytes read while holding it, its
+/// trailers if they came, then (unless it had ended) the rest.
+fn poll_held(
+    h: &mut (Held, Incoming, Stall),
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    let (held, body, stall) = h;
+    if let Some(data) = held.data.take() {
+        return Poll::Ready(Some(Ok(Frame::data(data))));
+    }
+    if let Some(trailers) = held.trailers.take() {
+        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+    }
+    if held.ended {
+        return Poll::Ready(None);
+    }
+    poll_timed(body, stall, cx)
 }

@@ -38,6 +38,10 @@ pub enum Kind {
     ConnectTimeout(Duration),
     /// The backend reset or closed the connection before a response head.
     Reset(String),
+    /// The backend failed after its response head, before the body was
+    /// whole, while unstick held the response (`retries.response_buffer`):
+    /// the client got none of it.
+    HeldCut(String),
     /// No response head within the timeout.
     ResponseTimeout(Duration),
     /// The backend set an affinity cookie and the policy is `reject`.
@@ -115,7 +119,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self.kind {
             Kind::NoBackends => StatusCode::SERVICE_UNAVAILABLE,
-            Kind::Connect(_) | Kind::Reset(_) | Kind::AffinityRejected(_) => {
+            Kind::Connect(_) | Kind::Reset(_) | Kind::HeldCut(_) | Kind::AffinityRejected(_) => {
                 StatusCode::BAD_GATEWAY
             }
             Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -133,9 +137,11 @@ impl ProxyError {
     /// request that could not be read or a fault in unstick.
     pub fn grpc_status(&self) -> GrpcStatus {
         match self.kind {
-            Kind::NoBackends | Kind::Connect(_) | Kind::Reset(_) | Kind::AffinityRejected(_) => {
-                GrpcStatus::Unavailable
-            }
+            Kind::NoBackends
+            | Kind::Connect(_)
+            | Kind::Reset(_)
+            | Kind::HeldCut(_)
+            | Kind::AffinityRejected(_) => GrpcStatus::Unavailable,
             Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) | Kind::ClientTimeout(_) => {
                 GrpcStatus::DeadlineExceeded
             }
@@ -165,6 +171,7 @@ impl ProxyError {
             Kind::Connect(_) => Some(UpstreamErrorKind::Connect),
             Kind::ConnectTimeout(_) | Kind::ResponseTimeout(_) => Some(UpstreamErrorKind::Timeout),
             Kind::Reset(_) => Some(UpstreamErrorKind::Reset),
+            Kind::HeldCut(_) => Some(UpstreamErrorKind::AfterHead),
             _ => None,
         }
     }
@@ -176,6 +183,7 @@ impl ProxyError {
             Kind::Connect(_) => "connect",
             Kind::ConnectTimeout(_) => "connect_timeout",
             Kind::Reset(_) => "reset",
+            Kind::HeldCut(_) => "after_head",
             Kind::ResponseTimeout(_) => "timeout",
             Kind::AffinityRejected(_) => "affinity_rejected",
             Kind::BadRequest(_) => "bad_request",
@@ -214,6 +222,13 @@ impl fmt::Display for ProxyError {
                 write!(
                     f,
                     "bad gateway: the backend closed the connection before responding: {e}"
+                )?;
+                on(f)
+            }
+            Kind::HeldCut(e) => {
+                write!(
+                    f,
+                    "bad gateway: the backend failed before its response was complete: {e}"
                 )?;
                 on(f)
             }

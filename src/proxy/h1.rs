@@ -530,10 +530,18 @@ impl Proxy {
                 }
             }
             let request = (out.method, &scratch[..], out.large_body);
-            match self
+            let tried = self
                 .try_backend_h1(&backend, request, s, timer, out.replay_allowed)
-                .await
-            {
+                .await;
+            // Held only when a failure could still be retried.
+            let hold = out.replay_allowed
+                && attempt < s.retries.max_per_request
+                && s.retries.response_buffer > 0;
+            let tried = match tried {
+                Ok(answered) if hold => hold_whole(answered, &s.retries, timer).await,
+                tried => tried,
+            };
+            match tried {
                 Ok(answered) => return Ok(answered),
                 Err(AttemptError { error, blame, .. }) => {
                     let error = error.with_backend(&backend.name);
@@ -1044,6 +1052,101 @@ async fn read_head(conn: &mut RawConn) -> Result<http1::ResponseHead, (Kind, boo
             Err(e) => return Err((Kind::Reset(format!("connection error: {e}")), unanswered)),
         }
     }
+}
+
+/// Holds the response to a request that may be sent again until its body
+/// is whole in `conn.buf`, behind its head, so that a backend failing
+/// before then fails an attempt the client never sees (a `HeldCut`, retried
+/// on another backend). A response with nothing to wait for (the usual
+/// small one, read whole with its head), one that streams (an event
+/// stream, gRPC; one framed by the backend closing), one larger than
+/// `retries.response_buffer` or not whole within `retries.response_hold`
+/// is returned as it stands, to be passed on as it comes.
+async fn hold_whole(
+    mut a: Answered,
+    retries: &crate::config::Retries,
+    timer: &mut LazyTimer,
+) -> Result<Answered, AttemptError> {
+    let Some(mut held) = Held::wanted(&a, retries.response_buffer) else {
+        return Ok(a);
+    };
+    timer.set(Instant::now() + retries.response_hold);
+    loop {
+        match read_before(&mut a.conn, timer).await {
+            None => return Ok(a),
+            Some(Ok(0)) => return Err(held_cut("the connection closed".into())),
+            Some(Err(e)) => return Err(held_cut(format!("connection error: {e}"))),
+            Some(Ok(_)) => {}
+        }
+        match held.more(&a.conn.buf) {
+            Some(true) => return Ok(a),
+            Some(false) if a.conn.buf.len() - a.head.len <= retries.response_buffer => {}
+            // Outgrown, or framed wrongly (refused when it is passed on).
+            _ => return Ok(a),
+        }
+    }
+}
+
+/// The failed attempt of a held response the backend cut short.
+fn held_cut(how: String) -> AttemptError {
+    let kind = Kind::HeldCut(how);
+    AttemptError::blamed(ProxyError::new(Source::Upstream, kind, Retry::IfIdempotent))
+}
+
+/// A response body being held: how its end is found.
+enum Held {
+    /// It ends at this offset of `conn.buf`.
+    Length(usize),
+    /// Chunked: scanned up to this offset of `conn.buf`.
+    Chunked(http1::ChunkedScanner, usize),
+}
+
+impl Held {
+    /// The body to wait for, if the response is to be held: not whole yet,
+    /// not streaming, and not over `bound` already.
+    fn wanted(a: &Answered, bound: usize) -> Option<Held> {
+        let buf = &a.conn.buf;
+        let start = a.head.len;
+        let held = match a.framing {
+            Framing::Length(n) if (buf.len() - start) as u64 >= n || n > bound as u64 => None,
+            Framing::Length(n) => Some(Held::Length(start + n as usize)),
+            Framing::Chunked if buf.len() - start <= bound => {
+                let mut held = Held::Chunked(http1::ChunkedScanner::new(), start);
+                held.more(buf).filter(|done| !done).map(|_| held)
+            }
+            Framing::Chunked | Framing::None | Framing::Close => None,
+        }?;
+        let streams = a
+            .conn
+            .field(b"content-type")
+            .is_some_and(super::hold::streams);
+        (!streams).then_some(held)
+    }
+
+    /// Whether the body is whole in `buf` now; None if its framing is wrong.
+    fn more(&mut self, buf: &[u8]) -> Option<bool> {
+        match self {
+            Held::Length(end) => Some(buf.len() >= *end),
+            Held::Chunked(scanner, scanned) => {
+                let (n, done) = scanner.scan(&buf[*scanned..]).ok()?;
+                *scanned += n;
+                Some(done)
+            }
+        }
+    }
+}
+
+/// Reads more of a held response until `timer` fires (None).
+async fn read_before(conn: &mut RawConn, timer: &mut LazyTimer) -> Option<std::io::Result<usize>> {
+    let read = conn.read_more();
+    tokio::pin!(read);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = read.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        timer.poll_expired(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Reads more of a response body: a backend that sends nothing for
