@@ -20,14 +20,16 @@
 //! plain HTTP/1.1, and everything when `http1_fast_path` is off.
 
 use bytes::Bytes;
-use http::{header, request, Method, Response, Version};
+use http::{header, request, response, HeaderValue, Method, Response, Version};
 
 use super::body::Completion;
 use super::error::Kind;
+use super::headers::{self, FieldRule, X_REQUEST_ID};
 use super::h1::{Answered, LazyTimer, Outgoing};
-use super::{retry, Proxy, ReplyTo, ResponseBody, Settings};
+use super::{never_indexed, retry, Proxy, ReplyTo, ResponseBody, Settings};
 use crate::http1::{self, Framing};
 use crate::upstream::raw::RawBody;
+use crate::upstream::Backend;
 
 // === impl Proxy ===
 
@@ -89,14 +91,28 @@ impl Proxy {
             in_flight,
         } = answered;
         let backend = in_flight.backend().clone();
+        let backend_header = settings.backend_header.as_ref();
+        let plain = conn.fields.iter().all(|f| {
+            let (name, value) = f.field(&conn.buf);
+            headers::response_field_rule(name, value, backend_header) != FieldRule::Scrub
+        });
+        if plain {
+            self.watch_plain(&reply, &backend, head.status, &conn);
+        }
         let bytes = conn.buf.split_to(head.len).freeze();
-        let scrubbed = http1::response_parts(&bytes, &head, &conn.fields)
-            .map_err(|e| Kind::Reset(format!("invalid response from the backend: {e}")))
-            .and_then(|mut parts| {
-                self.scrub_response(&mut parts, &backend, settings, &reply, false)
-                    .map(|()| parts)
-                    .map_err(Kind::AffinityRejected)
-            });
+        let invalid = |e| Kind::Reset(format!("invalid response from the backend: {e}"));
+        let scrubbed = if plain {
+            plain_parts(&bytes, &head, &conn.fields, framing, &reply, settings, &backend)
+                .map_err(invalid)
+        } else {
+            http1::response_parts(&bytes, &head, &conn.fields)
+                .map_err(invalid)
+                .and_then(|mut parts| {
+                    self.scrub_response(&mut parts, &backend, settings, &reply, false)
+                        .map(|()| parts)
+                        .map_err(Kind::AffinityRejected)
+                })
+        };
         let mut parts = match scrubbed {
             Ok(parts) => parts,
             Err(kind) => {
@@ -139,6 +155,38 @@ impl Proxy {
         };
         Response::from_parts(parts, body)
     }
+}
+
+/// The client's response head from a backend's whose fields all need no
+/// more than keeping or dropping (`headers::response_field_rule`, as for
+/// the HTTP/1 fast path's heads passed on in place): the map is built from
+/// the kept fields alone, then unstick's own are added, instead of being
+/// built whole and scrubbed (`Proxy::scrub_response`). A length is kept
+/// only where it was the framing (or, without a body, the representation's).
+fn plain_parts(
+    bytes: &Bytes,
+    head: &http1::ResponseHead,
+    fields: &[http1::HeaderIndices],
+    framing: Framing,
+    reply: &ReplyTo,
+    settings: &Settings,
+    backend: &Backend,
+) -> Result<response::Parts, http1::HeadError> {
+    let backend_header = settings.backend_header.as_ref();
+    let keep_length = matches!(framing, Framing::Length(_) | Framing::None);
+    let keep = |name: &[u8], value: &[u8]| {
+        headers::response_field_rule(name, value, backend_header) == FieldRule::Keep
+            && (keep_length || !name.eq_ignore_ascii_case(b"content-length"))
+    };
+    let mut parts = http1::response_parts_kept(bytes, head, fields, 2, keep)?;
+    let id = never_indexed(reply.request_id.to_header());
+    parts.headers.insert(X_REQUEST_ID.clone(), id);
+    if let Some(name) = backend_header {
+        if let Ok(v) = HeaderValue::from_str(&backend.name) {
+            parts.headers.insert(name.clone(), v);
+        }
+    }
+    Ok(parts)
 }
 
 /// Methods whose requests carry content by definition: an empty one is
