@@ -5,19 +5,22 @@
 //! and parser there, and came back through a oneshot: about 15,000
 //! instructions of the 66,000 an h2c request cost (callgrind, see
 //! `benches/README.md`), more than the whole HTTP/1.1 fast path spends on
-//! a request. Here the stream's own task writes the request head
-//! (`http1::write_request_head`) on a connection from the fast path's pool,
-//! reads the response head in place, and answers with the body read from
-//! that connection ([`RawBody`]): a small body that came with its head is
-//! sent whole, and the connection is back in the pool before hyper has
-//! written anything.
+//! a request. Here the stream's own task writes the request head on a
+//! connection from the fast path's pool, reads the response head in place,
+//! and answers with the body read from that connection ([`RawBody`]): a
+//! small body that came with its head is sent whole, and the connection is
+//! back in the pool before hyper has written anything.
 //!
-//! Requests, responses and failures go through the same code as on the
-//! hyper path: `Proxy::begin` (the request head rewritten over its
-//! `HeaderMap`), `Proxy::forward_h1`'s retries, `Proxy::scrub_response`,
-//! `Proxy::fail`. What stays on hyper's client: requests with a body,
-//! clients that take trailers (gRPC, `TE: trailers`), backends other than
-//! plain HTTP/1.1, and everything when `http1_fast_path` is off.
+//! Most request heads need only fields dropped and unstick's added: those
+//! are written for the backend from the client's fields
+//! (`request_head::write_h2`), the rest rewritten over their `HeaderMap`
+//! by `Proxy::begin`, as on the hyper path. Likewise a response head whose
+//! fields need only keeping or dropping is built from the kept fields
+//! alone; the rest are scrubbed by `Proxy::scrub_response`. Retries and
+//! failures are `Proxy::forward_h1`'s and `Proxy::fail`'s. What stays on
+//! hyper's client: requests with a body, clients that take trailers (gRPC,
+//! `TE: trailers`), backends other than plain HTTP/1.1, and everything
+//! when `http1_fast_path` is off.
 
 use std::sync::Arc;
 
