@@ -2,9 +2,11 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use support::run;
+use support::{run, Serve};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -92,4 +94,55 @@ fn no_shipped_file_puts_the_admin_listener_on_prometheus_port() {
         "9090 is Prometheus's port:\n{}",
         found.join("\n")
     );
+}
+
+/// An address nothing listens on: a port bound and released.
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// How long a startup warning may take to appear (a connect probe on a busy machine).
+const WARN_LIMIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn serve_with_no_backends_says_so_at_start() {
+    let rig = Serve::new().start();
+    let line = rig
+        .lb
+        .stderr()
+        .wait_for("no backends configured", WARN_LIMIT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", rig.lb.stderr().text()));
+    assert!(line.contains("503"), "{line}");
+    assert!(line.contains("--backend"), "{line}");
+}
+
+#[test]
+fn serve_with_only_unreachable_backends_names_them_at_start() {
+    let dead = [dead_addr(), dead_addr()];
+    let rig = Serve::new().backends(&dead).start();
+    let line = rig
+        .lb
+        .stderr()
+        .wait_for("no backend accepts a connection", WARN_LIMIT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", rig.lb.stderr().text()));
+    for addr in dead {
+        assert!(line.contains(&addr.to_string()), "{addr} not named: {line}");
+    }
+}
+
+#[test]
+fn serve_names_only_the_backends_that_do_not_answer() {
+    let dead = dead_addr();
+    let rig = Serve::child_backends(1).backends(&[dead]).start();
+    let line = rig
+        .lb
+        .stderr()
+        .wait_for("some backends do not accept a connection", WARN_LIMIT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", rig.lb.stderr().text()));
+    assert!(line.contains(&dead.to_string()), "{line}");
+    let live = rig.backends[0].addr.to_string();
+    assert!(!line.contains(&live), "{live} answers: {line}");
+    let all = rig.lb.stderr().text();
+    assert!(!all.contains("no backend accepts"), "{all}");
 }
