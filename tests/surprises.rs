@@ -175,7 +175,13 @@ async fn families_with_known_labels_are_exported_at_zero_from_the_start() {
     for reason in ["connect", "connect_timeout", "reset"] {
         m.assert_value("unstick_retries_total", &[("reason", reason)], 0.0);
     }
-    for reason in ["connect_refused", "failures", "health_check", "drain", "admin"] {
+    for reason in [
+        "connect_refused",
+        "failures",
+        "health_check",
+        "drain",
+        "admin",
+    ] {
         let labels = [("backend", backend.as_str()), ("reason", reason)];
         m.assert_value("unstick_ejections_total", &labels, 0.0);
     }
