@@ -244,9 +244,11 @@ impl Proxy {
         access_log: AccessLogger,
         health: Arc<Health>,
     ) -> Proxy {
+        let affinity = AffinityTracker::new(metrics.affinity_refused.clone());
+        affinity.expect(&settings.affinity);
         Proxy {
             upstreams,
-            affinity: AffinityTracker::new(metrics.affinity_refused.clone()),
+            affinity,
             hops: Watch::new(
                 &settings.session_watch,
                 hops::Families {
@@ -265,6 +267,7 @@ impl Proxy {
     /// Swaps in new settings (hot reload); requests in flight keep the old ones.
     pub fn set_settings(&self, settings: Settings) {
         self.hops.configure(&settings.session_watch);
+        self.affinity.expect(&settings.affinity);
         self.settings.store(Arc::new(settings));
     }
 
