@@ -184,6 +184,19 @@ impl App {
         }
     }
 
+    /// Tries one TCP connect to every backend (each bounded by `limit`) and
+    /// warns on stderr when there is nothing to balance: no backend at all,
+    /// or none that accepts a connection. Some silent backends among
+    /// answering ones are named too. Returns what it found.
+    pub fn warn_unreachable_backends(
+        &self,
+        limit: std::time::Duration,
+    ) -> impl std::future::Future<Output = BackendsAtStart> + Send + 'static {
+        let backends = self.proxy.upstreams.load().all.clone();
+        let names = self.discovery.names();
+        probe_backends(backends, names.is_empty(), limit)
+    }
+
     /// Starts a graceful drain (as SIGTERM does).
     pub fn drain(&self) {
         self.shutdown.set(Phase::Drain);
@@ -212,6 +225,69 @@ impl App {
         }
         result
     }
+}
+
+/// The connect probe of [`App::warn_unreachable_backends`].
+async fn probe_backends(
+    backends: Vec<Arc<upstream::Backend>>,
+    no_names: bool,
+    limit: std::time::Duration,
+) -> BackendsAtStart {
+    if backends.is_empty() {
+        if no_names {
+            tracing::warn!(
+                "no backends configured: every request is answered 503; \
+                     add --backend ADDR, UNSTICK_BACKENDS or `backends = [...]`"
+            );
+        }
+        return BackendsAtStart::None;
+    }
+    let probes = backends.iter().map(|b| {
+        let addr = b.addr;
+        async move {
+            match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(format!("{addr} ({e})")),
+                Err(_) => Some(format!("{addr} (no answer in {limit:?})")),
+            }
+        }
+    });
+    let silent: Vec<String> = futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let found = match silent.len() {
+        0 => BackendsAtStart::Answering,
+        n if n == backends.len() => BackendsAtStart::NoneAnswers,
+        _ => BackendsAtStart::SomeSilent,
+    };
+    let backends = silent.join(", ");
+    match found {
+        BackendsAtStart::NoneAnswers => tracing::warn!(
+            %backends,
+            "no backend accepts a connection: requests get 502 until one does"
+        ),
+        BackendsAtStart::SomeSilent => tracing::warn!(
+            %backends,
+            "some backends do not accept a connection: they leave rotation as requests fail"
+        ),
+        _ => {}
+    }
+    found
+}
+
+/// What a connect probe found at start ([`App::warn_unreachable_backends`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendsAtStart {
+    /// No backend (none configured, or no name resolved yet).
+    None,
+    /// Every backend accepted a connection.
+    Answering,
+    /// Some did not.
+    SomeSilent,
+    /// None did.
+    NoneAnswers,
 }
 
 /// The proxy's listeners (one per worker) and the admin listener, bound.
