@@ -360,11 +360,15 @@ impl Body for ResponseBody {
             Kind::Raw(b) => b.size_hint(),
             Kind::Held(h) => {
                 let (held, body, _) = &**h;
-                if held.ended {
+                if held.ended && held.exact {
                     return SizeHint::with_exact(held.len());
                 }
                 let rest = body.size_hint();
                 let mut hint = SizeHint::new();
+                if held.ended {
+                    hint.set_lower(held.len());
+                    return hint;
+                }
                 hint.set_lower(rest.lower() + held.len());
                 if let Some(upper) = rest.upper() {
                     hint.set_upper(upper + held.len());

@@ -25,6 +25,9 @@ pub struct Held {
     pub trailers: Option<HeaderMap>,
     /// The body ended: nothing is left to read.
     pub ended: bool,
+    /// The backend framed the body by its length (else the client's
+    /// framing stays open-ended too: chunked, with room for trailers).
+    pub exact: bool,
 }
 
 impl Held {
@@ -73,7 +76,10 @@ pub async fn hold(
     let deadline = Instant::now() + retries.response_hold;
     let body = response.body_mut();
     let mut data = BytesMut::new();
-    let mut held = Held::default();
+    let mut held = Held {
+        exact: body.size_hint().exact().is_some(),
+        ..Held::default()
+    };
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_elapsed) => break,
