@@ -517,7 +517,10 @@ async fn backend_connections_that_cannot_be_reused_are_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_closing_mid_body_truncates_and_closes_the_client() {
     let b = scripted().await;
-    let app = App::start(test_config(&[b.addr])).await.unwrap();
+    // A response passed on as it comes (not held until whole).
+    let mut config = test_config(&[b.addr]);
+    config.retries.response_buffer = 0;
+    let app = App::start(config).await.unwrap();
     let mut c = Raw::open(app.proxy_addr).await;
     c.send(get("/cut").as_bytes()).await;
     let status = c.line().await;
@@ -1003,7 +1006,11 @@ async fn h2_requests_reach_http1_backends_over_the_fast_path_connections() {
         path => script(path),
     })
     .await;
-    let app = App::start(test_config(&[b.addr])).await.unwrap();
+    // Responses passed on as they come (not held until whole): a cut one
+    // resets the stream.
+    let mut config = test_config(&[b.addr]);
+    config.retries.response_buffer = 0;
+    let app = App::start(config).await.unwrap();
     let conn = client::H2Conn::open(app.proxy_addr).await.unwrap();
     let get = |path: &'static str| {
         let conn = &conn;
