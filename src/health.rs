@@ -190,7 +190,12 @@ impl Health {
     }
 
     /// Applies one active-check result with rise/fall thresholds.
-    fn apply_probe(self: &Arc<Self>, b: &Arc<Backend>, result: Probe, active: &config::ActiveHealth) {
+    fn apply_probe(
+        self: &Arc<Self>,
+        b: &Arc<Backend>,
+        result: Probe,
+        active: &config::ActiveHealth,
+    ) {
         let state = b.state();
         if matches!(state, State::AdminDrained | State::Removed) {
             return;

@@ -480,11 +480,24 @@ async fn mass_crash(path: Path) {
     }
 
     let first = get_by(path, app.proxy_addr).await;
-    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{}", first.text());
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        first.text()
+    );
     assert_eq!(first.headers["retry-after"], "1");
-    assert!(first.text().starts_with("no backend available"), "{}", first.text());
+    assert!(
+        first.text().starts_with("no backend available"),
+        "{}",
+        first.text()
+    );
     assert!(app.proxy.upstreams.load().healthy.is_empty());
-    let connects = counter(&app, "unstick_upstream_errors_total", &[("kind", "connect")]);
+    let connects = counter(
+        &app,
+        "unstick_upstream_errors_total",
+        &[("kind", "connect")],
+    );
     assert!(
         (1.0..=3.0).contains(&connects),
         "{connects} connect errors for 3 backends"
@@ -501,7 +514,10 @@ async fn mass_crash(path: Path) {
         "a request tried a backend while none was in rotation"
     );
     assert_eq!(counter(&app, "unstick_retries_total", &[]), retries);
-    assert_eq!(counter(&app, "unstick_retry_budget_exhausted_total", &[]), 0.0);
+    assert_eq!(
+        counter(&app, "unstick_retry_budget_exhausted_total", &[]),
+        0.0
+    );
 
     backends[1].restart(BIN, &[]);
     let listening = Instant::now();
@@ -558,7 +574,11 @@ async fn refused_connects_do_not_use_up_a_request_s_retries() {
     }
     assert_eq!(app.proxy.upstreams.load().healthy.len(), 1);
     assert_eq!(
-        counter(&app, "unstick_upstream_errors_total", &[("kind", "connect")]),
+        counter(
+            &app,
+            "unstick_upstream_errors_total",
+            &[("kind", "connect")]
+        ),
         4.0
     );
 }
