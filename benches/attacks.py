@@ -276,14 +276,18 @@ async def run(args, name, kind, attack):
 
 async def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--name", required=True)
-    p.add_argument("--pid", type=int, required=True)
-    p.add_argument("--h1", type=int, required=True)
-    p.add_argument("--h2", type=int, required=True)
+    p.add_argument("--name")
+    p.add_argument("--pid", type=int)
+    p.add_argument("--h1", type=int)
+    p.add_argument("--h2", type=int)
     p.add_argument("--conns", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", default="")
+    p.add_argument("--list", action="store_true", help="print the attacks' names and exit")
     args = p.parse_args()
+    if args.list:
+        print("\n".join(ATTACKS))
+        return
     for name, (kind, attack) in ATTACKS.items():
         if args.only and args.only not in name:
             continue

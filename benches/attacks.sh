@@ -132,12 +132,15 @@ haproxy -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 & HPID=$!; PIDS+=($HPID
 for p in "$U1" "$N1" "$N2" "$H1" "$H2"; do wait_port "$p"; done
 
 echo "# attacks, $CONNS connections x $ROUNDS rounds each; $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores; $(git rev-parse --short HEAD)"
-run() { python3 benches/attacks.py --name "$1" --pid "$2" --h1 "$3" --h2 "$4" --conns "$CONNS" --rounds "$ROUNDS" --only "$ONLY"; }
-{
-    run unstick "$UPID" "$U1" "$U1"
-    run nginx "$NPID" "$N1" "$N2"
-    run haproxy "$HPID" "$H1" "$H2"
-} | tee "$WORK/results.jsonl"
+run() { python3 benches/attacks.py --name "$1" --pid "$2" --h1 "$3" --h2 "$4" --conns "$CONNS" --rounds "$ROUNDS" --only "$5"; }
+# Attack by attack, each proxy in turn: load from elsewhere on the machine
+# falls on all three alike.
+python3 benches/attacks.py --list | while IFS= read -r attack; do
+    [ -z "$ONLY" ] || [[ "$attack" == *"$ONLY"* ]] || continue
+    run unstick "$UPID" "$U1" "$U1" "$attack"
+    run nginx "$NPID" "$N1" "$N2" "$attack"
+    run haproxy "$HPID" "$H1" "$H2" "$attack"
+done | tee "$WORK/results.jsonl"
 python3 - "$WORK/results.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
