@@ -193,6 +193,12 @@ impl Rules {
         self.policy
     }
 
+    /// Every rule's label (exact names, then `prefix*` patterns): the `name`
+    /// values `unstick_affinity_cookies_refused_total` can take.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.exact.iter().chain(&self.prefixes).map(|l| &**l)
+    }
+
     /// The rule `name` falls under (the exact name, or the `prefix*`
     /// pattern), or `None`. Case-sensitive; never allocates.
     pub fn matches(&self, name: &[u8]) -> Option<&str> {
@@ -478,6 +484,16 @@ impl Tracker {
             backends: DashMap::new(),
             clients: DashMap::new(),
             log_every: every,
+        }
+    }
+
+    /// Creates the refusal series of every rule, both directions, at 0, so
+    /// the family and its rates exist before the first refusal.
+    pub fn expect(&self, rules: &Rules) {
+        for label in rules.labels() {
+            for direction in [Direction::Request, Direction::Response] {
+                self.refused.with_label_values(&[direction.as_str(), label]);
+            }
         }
     }
 

@@ -109,6 +109,24 @@ pub const EJECTION_REASONS: [&str; 5] = [
     "admin",
 ];
 
+/// What failed before a retry: the `reason` label of `unstick_retries_total`
+/// (the retryable kinds of `ProxyError::reason`).
+pub const RETRY_REASONS: [&str; 3] = ["connect", "connect_timeout", "reset"];
+
+/// Outcomes of a configuration reload: `unstick_config_reloads_total{result}`.
+pub const CONFIG_RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
+
+/// Outcomes of a certificate reload: `unstick_tls_reloads_total{result}`.
+pub const TLS_RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
+
+/// Creates the series of `vec` for each label value in `values` (at 0), so
+/// the family is exported with its HELP and TYPE before its first event.
+fn at_zero(vec: &IntCounterVec, values: &[&str]) {
+    for v in values {
+        vec.with_label_values(&[v]);
+    }
+}
+
 /// Every metric family unstick exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -335,6 +353,7 @@ impl Metrics {
             "Retries made on another backend, by the failure that caused them.",
             &["reason"],
         );
+        at_zero(&retries, &RETRY_REASONS);
         let retry_budget_exhausted = counter(
             r,
             "unstick_retry_budget_exhausted_total",
@@ -434,6 +453,7 @@ impl Metrics {
              certificates stay in use).",
             &["result"],
         );
+        at_zero(&tls_reloads, &TLS_RELOAD_RESULTS);
         Listeners {
             connections_open,
             worker_connections,
@@ -456,6 +476,7 @@ impl Metrics {
             "Configuration reloads (SIGHUP, file change, admin API), by result: success, failure.",
             &["result"],
         );
+        at_zero(&config_reloads, &CONFIG_RELOAD_RESULTS);
         let build_info = gauge_vec(
             r,
             "unstick_build_info",
@@ -511,6 +532,9 @@ impl Metrics {
     pub fn backend(&self, name: &str) -> BackendMetrics {
         let healthy = self.backend_healthy.with_label_values(&[name]);
         healthy.set(1);
+        for reason in EJECTION_REASONS {
+            self.ejections.with_label_values(&[name, reason]);
+        }
         BackendMetrics {
             name: name.to_owned(),
             requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[name, c])),
@@ -537,6 +561,13 @@ impl Metrics {
         for r in EJECTION_REASONS {
             let _ = self.ejections.remove_label_values(&[name, r]);
         }
+    }
+
+    /// Creates a backend name's discovery series at 0 (its lookups are
+    /// expected from the moment it is configured).
+    pub fn discovery_name(&self, name: &str) {
+        self.discovery_failures.with_label_values(&[name]);
+        self.discovery_backends.with_label_values(&[name]);
     }
 
     /// Counts a client fault.

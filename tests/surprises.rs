@@ -2,9 +2,11 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use support::run;
+use support::{metrics, run, Serve};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -91,5 +93,189 @@ fn no_shipped_file_puts_the_admin_listener_on_prometheus_port() {
         found.is_empty(),
         "9090 is Prometheus's port:\n{}",
         found.join("\n")
+    );
+}
+
+/// An address nothing listens on: a port bound and released.
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// How long a startup warning may take to appear (a connect probe on a busy machine).
+const WARN_LIMIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn serve_with_no_backends_says_so_at_start() {
+    let rig = Serve::new().start();
+    let line = rig
+        .lb
+        .stderr()
+        .wait_for("no backends configured", WARN_LIMIT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", rig.lb.stderr().text()));
+    assert!(line.contains("503"), "{line}");
+    assert!(line.contains("--backend"), "{line}");
+}
+
+#[test]
+fn serve_with_only_unreachable_backends_names_them_at_start() {
+    let dead = [dead_addr(), dead_addr()];
+    let rig = Serve::new().backends(&dead).start();
+    let line = rig
+        .lb
+        .stderr()
+        .wait_for("no backend accepts a connection", WARN_LIMIT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", rig.lb.stderr().text()));
+    for addr in dead {
+        assert!(line.contains(&addr.to_string()), "{addr} not named: {line}");
+    }
+}
+
+#[test]
+fn serve_names_only_the_backends_that_do_not_answer() {
+    let dead = dead_addr();
+    let rig = Serve::child_backends(1).backends(&[dead]).start();
+    let line = rig
+        .lb
+        .stderr()
+        .wait_for("some backends do not accept a connection", WARN_LIMIT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", rig.lb.stderr().text()));
+    assert!(line.contains(&dead.to_string()), "{line}");
+    let live = rig.backends[0].addr.to_string();
+    assert!(!line.contains(&live), "{live} answers: {line}");
+    let all = rig.lb.stderr().text();
+    assert!(!all.contains("no backend accepts"), "{all}");
+}
+
+/// The families whose label values are known up front, each with every
+/// value: all exported at 0 before their first event.
+#[tokio::test]
+async fn families_with_known_labels_are_exported_at_zero_from_the_start() {
+    let rig = Serve::child_backends(1).start();
+    let backend = rig.backends[0].addr.to_string();
+    let m = metrics::scrape(rig.lb.admin()).await;
+    for family in [
+        "unstick_retries_total",
+        "unstick_ejections_total",
+        "unstick_affinity_cookies_refused_total",
+        "unstick_config_reloads_total",
+        "unstick_tls_reloads_total",
+    ] {
+        assert!(
+            m.text.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}:\n{}",
+            m.text
+        );
+        assert!(
+            m.text.contains(&format!("# TYPE {family} counter")),
+            "no TYPE for {family}:\n{}",
+            m.text
+        );
+    }
+    for reason in ["connect", "connect_timeout", "reset"] {
+        m.assert_value("unstick_retries_total", &[("reason", reason)], 0.0);
+    }
+    for reason in [
+        "connect_refused",
+        "failures",
+        "health_check",
+        "drain",
+        "admin",
+    ] {
+        let labels = [("backend", backend.as_str()), ("reason", reason)];
+        m.assert_value("unstick_ejections_total", &labels, 0.0);
+    }
+    for direction in ["request", "response"] {
+        for name in ["SERVERID", "AWSALB", "BIGipServer*"] {
+            let labels = [("direction", direction), ("name", name)];
+            m.assert_value("unstick_affinity_cookies_refused_total", &labels, 0.0);
+        }
+    }
+    for result in ["success", "failure"] {
+        m.assert_value("unstick_config_reloads_total", &[("result", result)], 0.0);
+    }
+    for result in ["ok", "error"] {
+        m.assert_value("unstick_tls_reloads_total", &[("result", result)], 0.0);
+    }
+}
+
+/// Every `unstick_*` metric the shipped Grafana dashboard queries, from its
+/// PromQL expressions.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = Path::new(ROOT).join("docs/grafana-dashboard.json");
+    let text = std::fs::read_to_string(&path).expect("docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "only {} queries", exprs.len());
+    let mut names = std::collections::BTreeSet::new();
+    for expr in exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("unstick_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(list) => list.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The Grafana dashboard queries only metrics unstick exports, every one of
+/// them present in the first scrape (a backend named by DNS, a watched
+/// session cookie configured), and it covers the families dashboards and
+/// alerts need before the first event.
+#[tokio::test]
+async fn the_grafana_dashboard_names_only_metrics_in_the_first_scrape() {
+    let names = dashboard_metrics();
+    for needed in [
+        "unstick_retries_total",
+        "unstick_ejections_total",
+        "unstick_affinity_cookies_refused_total",
+        "unstick_config_reloads_total",
+        "unstick_tls_reloads_total",
+        "unstick_session_hops_total",
+        "unstick_requests_total",
+    ] {
+        assert!(names.contains(needed), "the dashboard has no {needed}");
+    }
+    let backend = support::backends::child("b0", &[]);
+    let by_name = format!("localhost:{}", backend.addr.port());
+    let rig = Serve::new()
+        .toml("[session_watch]\nnames = [\"sid\"]\n")
+        .args(&["--backend", &by_name])
+        .start();
+    let m = metrics::scrape(rig.lb.admin()).await;
+    let samples: std::collections::BTreeSet<&str> = m
+        .text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !samples.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, not in /metrics:\n{}",
+        m.text
     );
 }

@@ -157,6 +157,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let signals = StopSignals::install();
         reload_on_sighup(&app);
         eprintln!("{}", startup_line(&app, &config, file.as_deref()));
+        // Nothing to balance is said at once, not found out from 502s.
+        tokio::spawn(app.warn_unreachable_backends(config.timeouts.connect));
         let shutdown = app.shutdown.clone();
         tokio::spawn(async move {
             let Some(mut signals) = signals else { return };

@@ -284,4 +284,18 @@ mod tests {
         assert_eq!(GrpcStatus::Unavailable.code(), "14");
         assert_eq!(GrpcStatus::DeadlineExceeded as u8, 4);
     }
+
+    /// The failures a request may be retried after (connect failures and
+    /// resets; a response-header timeout never is) are the reasons
+    /// `unstick_retries_total` is exported with from the start.
+    #[test]
+    fn retryable_failures_are_the_exported_retry_reasons() {
+        let e = |kind| ProxyError::new(Source::Upstream, kind, Retry::Safe);
+        let reasons = [
+            e(Kind::Connect("refused".into())).reason(),
+            e(Kind::ConnectTimeout(Duration::from_secs(1))).reason(),
+            e(Kind::Reset("eof".into())).reason(),
+        ];
+        assert_eq!(reasons, crate::metrics::RETRY_REASONS);
+    }
 }

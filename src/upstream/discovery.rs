@@ -226,6 +226,7 @@ impl Discovery {
                 failures: 0,
                 next: now,
             };
+            self.metrics.discovery_name(&key);
             self.record(&key, &mut name, result, &timing);
             m.names.insert(key, name);
         }
