@@ -104,12 +104,18 @@ fn fill_headers(
     // those inserts, up to three times for a request with one field.
     map.reserve(indices.len() + ADDED_FIELDS);
     for idx in indices {
-        let name = HeaderName::from_bytes(&head[range(idx.name)])
-            .map_err(|_| HeadError::Malformed("header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(range(idx.value)))
-            .map_err(|_| HeadError::Malformed("header value"))?;
-        map.append(name, value);
+        append_field(map, head, idx)?;
     }
+    Ok(())
+}
+
+/// Appends field `idx` of `head` to `map` (its value shares `head`).
+fn append_field(map: &mut HeaderMap, head: &Bytes, idx: &HeaderIndices) -> Result<(), HeadError> {
+    let name = HeaderName::from_bytes(&head[range(idx.name)])
+        .map_err(|_| HeadError::Malformed("header name"))?;
+    let value = HeaderValue::from_maybe_shared(head.slice(range(idx.value)))
+        .map_err(|_| HeadError::Malformed("header value"))?;
+    map.append(name, value);
     Ok(())
 }
 
@@ -338,6 +344,30 @@ pub fn response_parts(
     parts.status = parsed.status;
     parts.version = parsed.version;
     parts.headers = build_headers(head, fields)?;
+    Ok(parts)
+}
+
+/// [`response_parts`] with only the fields `keep` takes (given each
+/// field's name and value as sent), and room for `extra` fields more: a
+/// head whose dropped fields are known field by field is built without
+/// inserting them into the map and removing them again.
+pub fn response_parts_kept(
+    head: &Bytes,
+    parsed: &ResponseHead,
+    fields: &[HeaderIndices],
+    extra: usize,
+    mut keep: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<http::response::Parts, HeadError> {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = parsed.status;
+    parts.version = parsed.version;
+    parts.headers = HeaderMap::with_capacity(fields.len() + extra);
+    for idx in fields {
+        let (name, value) = idx.field(head);
+        if keep(name, value) {
+            append_field(&mut parts.headers, head, idx)?;
+        }
+    }
     Ok(parts)
 }
 

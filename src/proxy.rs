@@ -21,7 +21,6 @@ use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
 use crate::health::Health;
 use crate::hops::{self, Watch};
-use crate::http1;
 use crate::metrics::Metrics;
 use crate::shutdown::{Phase, TunnelHold};
 use crate::upstream::raw::RawConn;
@@ -295,6 +294,18 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let hold = req.extensions_mut().remove::<TunnelHold>();
         let (mut parts, body) = req.into_parts();
+        if self.takes_raw_path_in_place(&settings, &parts, body.is_end_stream()) {
+            let scan = request_head::Scan::of_h2(
+                &parts.headers,
+                &settings.affinity,
+                settings.underscores_in_headers,
+            );
+            if h2::in_place(&parts, &scan) {
+                drop(body);
+                let served = self.serve_raw_in_place((parts, scan), &client, &settings, start);
+                return Box::pin(served).await;
+            }
+        }
         let Begun {
             reply,
             log,
@@ -395,8 +406,7 @@ impl Proxy {
     /// for the backend by `request_head::write`.
     fn begin_in_place(
         &self,
-        head: &[u8],
-        parsed: &http1::RequestHead,
+        (method, version, target): (&http::Method, Version, &[u8]),
         (id, cookie): (Option<&[u8]>, Option<&[u8]>),
         grpc: bool,
         client: &ClientInfo,
@@ -405,15 +415,14 @@ impl Proxy {
             .filter(|v| headers::request_id_kept(v))
             .and_then(|v| HeaderValue::from_bytes(v).ok())
             .map_or_else(|| self.ids.next(), RequestId::Kept);
-        let log = self.access_log.enabled().then(|| {
-            let path = parsed.target(head);
-            self.log_entry(client, &parsed.method, parsed.version, path, &request_id)
-        });
-        let session =
-            cookie.and_then(|c| self.hops.on_request(c, &parsed.method, parsed.target(head)));
+        let log = self
+            .access_log
+            .enabled()
+            .then(|| self.log_entry(client, method, version, target, &request_id));
+        let session = cookie.and_then(|c| self.hops.on_request(c, method, target));
         let reply = ReplyTo {
             request_id,
-            version: parsed.version,
+            version,
             grpc,
             // `TE` sends a request to the map path: only gRPC's here.
             trailers: grpc,

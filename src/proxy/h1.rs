@@ -402,7 +402,8 @@ impl Proxy {
         } = reuse;
         let bytes = &input[..head.len];
         let found = (scan.request_id(bytes, fields), scan.cookie(bytes, fields));
-        let (reply, log) = self.begin_in_place(bytes, &head, found, scan.grpc, client);
+        let line = (&head.method, head.version, head.target(bytes));
+        let (reply, log) = self.begin_in_place(line, found, scan.grpc, client);
         scratch.clear();
         let ours = Forwarding {
             client_ip: client.ip.as_bytes(),

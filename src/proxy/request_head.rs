@@ -78,16 +78,43 @@ impl Scan {
         affinity: &affinity::Rules,
         underscores: bool,
     ) -> Scan {
+        let fields = fields.iter().map(|f| f.field(head));
+        let mut scan = Scan::of_fields(fields, affinity, underscores);
+        scan.needs_map |= scan.host.is_none();
+        scan
+    }
+
+    /// [`Scan::of`] over an HTTP/2 request's fields (its `HeaderMap`, in
+    /// its order). Its authority is in `:authority`: a `host` field as
+    /// well takes the map path, which checks that they agree, and so do
+    /// more fields than the scan keeps a bit for.
+    pub fn of_h2(headers: &http::HeaderMap, affinity: &affinity::Rules, underscores: bool) -> Scan {
+        let fields = headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        let mut scan = Scan::of_fields(fields, affinity, underscores);
+        scan.needs_map |= scan.host.is_some();
+        scan
+    }
+
+    /// The pass itself, over each field's name and value.
+    fn of_fields<'a>(
+        fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+        affinity: &affinity::Rules,
+        underscores: bool,
+    ) -> Scan {
         let mut scan = Scan::default();
-        for (i, f) in fields.iter().enumerate() {
-            let (name, value) = f.field(head);
+        for (i, (name, value)) in fields.enumerate() {
+            if i >= u128::BITS as usize {
+                scan.needs_map = true;
+                break;
+            }
             let drop =
                 (!underscores && has_underscore(name)) || scan.field(i, name, value, affinity);
             if drop {
                 scan.dropped |= 1 << i;
             }
         }
-        scan.needs_map |= scan.host.is_none();
         scan
     }
 
@@ -205,6 +232,13 @@ impl Scan {
         self.needs_map || !http1::plain_target(parsed.target(head))
     }
 
+    /// [`Scan::needs_map`] for an HTTP/2 request (see [`Scan::of_h2`]),
+    /// which also takes the map path with a framing field (`Content-Length`,
+    /// `Transfer-Encoding`): the map path checks those.
+    pub fn needs_map_h2(&self) -> bool {
+        self.needs_map || self.framed
+    }
+
     /// The request's framing (`http1::request_framing_fields`).
     pub fn framing(&self, head: &[u8], fields: &[HeaderIndices]) -> Result<Framing, HeadError> {
         if !self.framed {
@@ -216,6 +250,21 @@ impl Scan {
     /// The client's `Cookie` field (a head passed on in place has one at most).
     pub fn cookie<'a>(&self, head: &'a [u8], fields: &[HeaderIndices]) -> Option<&'a [u8]> {
         self.cookie.map(|i| fields[i].field(head).1)
+    }
+
+    /// An HTTP/2 request's `X-Request-Id` and `Cookie` (one at most, for
+    /// a head passed on in place), from its map (`headers`, scanned).
+    pub fn found_h2<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+    ) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+        let value = |at: Option<usize>, name: &http::HeaderName| {
+            at.and(headers.get(name)).map(http::HeaderValue::as_bytes)
+        };
+        (
+            value(self.request_id, &super::headers::X_REQUEST_ID),
+            value(self.cookie, &http::header::COOKIE),
+        )
     }
 
     /// The client's `X-Request-Id`, if it sent one.
@@ -262,6 +311,54 @@ pub fn write(
         out.extend_from_slice(b"x-forwarded-host");
         http1::put_field_value(out, fields[i].field(head).1);
     }
+    out.extend_from_slice(b"x-request-id");
+    http1::put_field_value(out, ours.request_id);
+    if let Some(n) = ours.body_len {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// [`write`] for an HTTP/2 request without a body (`parts`, as the client
+/// sent it, and `scan`, of its fields, not [`Scan::needs_map`]): the
+/// request line with its origin-form `path`, every field the scan kept,
+/// `Host` from `:authority` (`authority`), then the forwarding fields and
+/// the request id, and `content-length: 0` if `ours.body_len` says so.
+pub fn write_h2(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    (path, authority): (&[u8], &[u8]),
+    scan: &Scan,
+    ours: &Forwarding<'_>,
+) {
+    out.reserve(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (i, (name, value)) in parts.headers.iter().enumerate() {
+        if scan.dropped & (1 << i) == 0 {
+            out.extend_from_slice(name.as_str().as_bytes());
+            http1::put_field_value(out, value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"host");
+    http1::put_field_value(out, authority);
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(v) = scan.forwarded_for.and(parts.headers.get("x-forwarded-for")) {
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ours.client_ip);
+    out.extend_from_slice(if ours.https {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
+    out.extend_from_slice(b"x-forwarded-host");
+    http1::put_field_value(out, authority);
     out.extend_from_slice(b"x-request-id");
     http1::put_field_value(out, ours.request_id);
     if let Some(n) = ours.body_len {
@@ -466,6 +563,74 @@ mod tests {
                 body_len,
             };
             write(&mut written, raw, &head, &fields, &scan, &ours);
+            prepare_request(&mut parts, &client, &id, false);
+            let mut by_map = Vec::new();
+            http1::write_request_head(&mut by_map, &parts, body_len.map(|n| n as u64));
+            assert_eq!(normalized(&written), normalized(&by_map), "{chosen:?}");
+        }
+        assert!(in_place > 500 && via_map > 500, "{in_place} / {via_map}");
+    }
+
+    /// For random HTTP/2 requests without a body, the scan sends to the map
+    /// exactly the heads that need it, and the head written from the
+    /// client's fields is the map path's (`check_h2`, then the rewriting
+    /// and writing of `Proxy::begin` and `serve_raw`), field for field.
+    #[test]
+    fn h2_heads_written_from_their_fields_are_the_map_paths() {
+        let affinity = affinity::Rules::new(AffinityPolicy::Strip, &[], &[]);
+        let paths = ["/", "/a/b?c=d&e", "/x%20y?"];
+        let mut rng = SmallRng::seed_from_u64(0x42);
+        let (mut in_place, mut via_map) = (0, 0);
+        for _ in 0..5000 {
+            let method = ["GET", "POST", "HEAD", "DELETE"][rng.random_range(0..4)];
+            let path = paths[rng.random_range(0..paths.len())];
+            let mut chosen: Vec<(&str, &str)> = (0..rng.random_range(0..9))
+                .map(|_| POOL[rng.random_range(0..POOL.len())])
+                .filter(|(n, _)| !["Connection", "Upgrade", "Transfer-Encoding"].contains(n))
+                .collect();
+            if rng.random_bool(0.8) {
+                chosen.retain(|(n, _)| *n != "Host");
+            }
+            let mut request = http::Request::builder()
+                .method(method)
+                .uri(format!("https://t.example{path}"))
+                .version(http::Version::HTTP_2);
+            for (name, value) in &chosen {
+                request = request.header(name.to_ascii_lowercase(), *value);
+            }
+            let (mut parts, ()) = request.body(()).unwrap().into_parts();
+            let scan = Scan::of_h2(&parts.headers, &affinity, true);
+            let count = |name: &str| chosen.iter().filter(|(n, _)| *n == name).count();
+            let has = |name: &str, value: &str| chosen.contains(&(name, value));
+            let needs_map = count("Host") > 0
+                || count("Cookie") > 1
+                || count("X-Forwarded-For") > 1
+                || count("Content-Length") > 0
+                || has("Cookie", "AWSALB=2; b=3")
+                || has("TE", "trailers");
+            assert_eq!(scan.needs_map_h2(), needs_map, "{chosen:?}");
+            if needs_map {
+                via_map += 1;
+                continue;
+            }
+            in_place += 1;
+
+            let (id, cookie) = scan.found_h2(&parts.headers);
+            assert_eq!(id.is_some(), count("X-Request-Id") > 0);
+            assert_eq!(cookie, parts.headers.get("cookie").map(|v| v.as_bytes()));
+            let client = ClientInfo::new(([127, 0, 0, 1], 4000).into(), rng.random());
+            let id = RequestId::Kept(HeaderValue::from_static("id-1"));
+            let body_len = (method == "POST").then_some(0);
+            let mut written = Vec::new();
+            let ours = Forwarding {
+                client_ip: client.ip.as_bytes(),
+                https: client.https,
+                request_id: id.as_bytes(),
+                body_len,
+            };
+            let target = (path.as_bytes(), &b"t.example"[..]);
+            write_h2(&mut written, &parts, target, &scan, &ours);
+            crate::proxy::target::check_h2(&mut parts).unwrap();
             prepare_request(&mut parts, &client, &id, false);
             let mut by_map = Vec::new();
             http1::write_request_head(&mut by_map, &parts, body_len.map(|n| n as u64));
