@@ -533,7 +533,12 @@ impl<'a> Locator<'a> {
         // flag or variable (`--tls-cert` sets `tls`): that flag or variable.
         if span.is_none() {
             let child = format!("{key}.");
-            if let Some(o) = self.overrides.iter().rev().find(|o| o.key.starts_with(&child)) {
+            if let Some(o) = self
+                .overrides
+                .iter()
+                .rev()
+                .find(|o| o.key.starts_with(&child))
+            {
                 return o.origin.clone();
             }
         }

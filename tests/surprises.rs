@@ -296,12 +296,20 @@ fn both_refuse(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = run(&check, env);
     assert_eq!(out.code, 2, "check {args:?}: {}", out.stderr);
     assert!(!out.stderr.contains("key ``"), "{}", out.stderr);
-    assert!(!out.stderr.contains("configuration is valid"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("configuration is valid"),
+        "{}",
+        out.stderr
+    );
     let mut serve = vec!["serve", "--listen", "127.0.0.1:0", "--admin", "off"];
     serve.extend(args);
     let served = run(&serve, env);
     assert_eq!(served.code, 2, "serve {args:?}: {}", served.stderr);
-    let first = |s: &str| s.lines().find(|l| l.starts_with("error: ")).map(str::to_owned);
+    let first = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("error: "))
+            .map(str::to_owned)
+    };
     assert_eq!(first(&out.stderr), first(&served.stderr));
     out.stderr
 }
@@ -363,7 +371,11 @@ fn check_prints_the_tls_keys_whether_set_or_not() {
     let cert_line = format!("cert = {:?}  # flag --tls-cert", cert.display());
     assert!(out.stdout.contains("[tls]"), "{}", out.stdout);
     assert!(out.stdout.contains(&cert_line), "{}", out.stdout);
-    assert!(out.stdout.contains("reload_interval = \"10s\""), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("reload_interval = \"10s\""),
+        "{}",
+        out.stdout
+    );
     // TLS off: its keys are listed as not set, with their variables.
     let out = run(&["check"], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -372,7 +384,10 @@ fn check_prints_the_tls_keys_whether_set_or_not() {
     }
     // What is printed is a config file unstick accepts.
     let again = files.write("printed.toml", &out.stdout);
-    assert_eq!(run(&["check", "--config", again.to_str().unwrap()], &[]).code, 0);
+    assert_eq!(
+        run(&["check", "--config", again.to_str().unwrap()], &[]).code,
+        0
+    );
 }
 
 #[test]
@@ -413,7 +428,10 @@ fn a_misspelled_variable_is_an_error_naming_the_closest_one() {
         err.contains("environment variable UNSTICK_TIMEOUTS_CONECT"),
         "{err}"
     );
-    assert!(err.contains("did you mean UNSTICK_TIMEOUTS_CONNECT?"), "{err}");
+    assert!(
+        err.contains("did you mean UNSTICK_TIMEOUTS_CONNECT?"),
+        "{err}"
+    );
     assert!(err.contains("UNSTICK_ENV_IGNORE"), "{err}");
     // Listed in UNSTICK_ENV_IGNORE, it is left alone.
     let out = run(
