@@ -430,12 +430,18 @@ mod tests {
             ),
             (E::InvalidCertificate(C::Expired), "has expired: renew it"),
             (E::InvalidCertificate(C::UnknownIssuer), "pass --insecure"),
-            (E::InvalidCertificate(C::NotValidForName), "does not cover the name"),
+            (
+                E::InvalidCertificate(C::NotValidForName),
+                "does not cover the name",
+            ),
         ];
         for (e, words) in cases {
             let text = explain(&e);
             assert!(text.contains(words), "{e:?}: {text}");
-            assert!(!text.contains("KeyMismatch") && !text.contains("UnknownIssuer"), "{text}");
+            assert!(
+                !text.contains("KeyMismatch") && !text.contains("UnknownIssuer"),
+                "{text}"
+            );
         }
         let io = io::Error::new(
             io::ErrorKind::InvalidData,

@@ -491,7 +491,10 @@ fn with_log_format_json_every_stderr_line_is_a_json_object() {
     let status = rt.block_on(rig.lb.exit_within(Duration::from_secs(10)));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", stderr.text());
     let lines = json_lines(&stderr.all());
-    let started = lines.iter().find(|v| v["event"] == "started").expect("started");
+    let started = lines
+        .iter()
+        .find(|v| v["event"] == "started")
+        .expect("started");
     assert_eq!(started["message"], "started");
     assert!(started["listen"].is_string(), "{started}");
     let warned = lines
@@ -499,13 +502,15 @@ fn with_log_format_json_every_stderr_line_is_a_json_object() {
         .find(|v| v["level"] == "warn")
         .expect("the warning");
     assert!(
-        warned["backends"].as_str().unwrap().contains(&dead.to_string()),
+        warned["backends"]
+            .as_str()
+            .unwrap()
+            .contains(&dead.to_string()),
         "{warned}"
     );
-    assert!(lines.iter().any(|v| v["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("stopping")));
+    assert!(lines
+        .iter()
+        .any(|v| v["message"].as_str().unwrap().starts_with("stopping")));
     // A refused configuration, too.
     let out = run(
         &["serve", "--log-format", "json", "--tls-cert", "missing.pem"],
@@ -533,7 +538,9 @@ fn text_is_all_text_and_the_level_comes_from_the_flag_or_rust_log() {
     );
     assert!(rig.lb.stderr().text().contains("backend added"));
     // --log-level warn drops the info lines (RUST_LOG=unstick=info is set).
-    let quiet = Serve::child_backends(1).args(&["--log-level", "warn"]).start();
+    let quiet = Serve::child_backends(1)
+        .args(&["--log-level", "warn"])
+        .start();
     assert!(!quiet.lb.stderr().text().contains("backend added"));
     // RUST_LOG alone still filters.
     let quiet = Serve::child_backends(1)

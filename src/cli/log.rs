@@ -36,7 +36,9 @@ pub fn init(format: LogFormat, level: Option<tracing::Level>) {
     let _ = FORMAT.set(format);
     let filter = match level {
         Some(l) => EnvFilter::new(format!("unstick={l}")),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("unstick=info")),
+        None => {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("unstick=info"))
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
