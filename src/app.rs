@@ -114,15 +114,9 @@ impl App {
         // Pools are sharded per worker: set before any backend is made.
         worker::set_count(workers);
         let listeners = Listeners::bind(&config, workers)?;
-        let certs = match &config.tls {
-            Some(t) => Some(Arc::new(ServerCerts::load(t)?)),
-            None => None,
-        };
+        let certs = load_certs(&config)?;
         let redirect = bind_redirect(&config)?;
-        let mut server_options = ServerOptions::from_config(&config);
-        if let Some(certs) = &certs {
-            server_options.tls = Some(certs.server_config(config.http2.enabled)?);
-        }
+        let server_options = server_options(&config, certs.as_deref())?;
         let StartOptions {
             metrics,
             log,
@@ -146,13 +140,7 @@ impl App {
             background.push(tokio::spawn(reload::watch_file(reloader.clone(), path)));
         }
         if let Some(listener) = listeners.admin {
-            let admin = Arc::new(Admin {
-                proxy: proxy.clone(),
-                shutdown: shutdown.clone(),
-                reloader: reloader.clone(),
-                started: std::time::SystemTime::now(),
-            });
-            background.push(tokio::spawn(admin.serve(listener)));
+            background.push(spawn_admin(listener, &proxy, &shutdown, &reloader));
         }
         if let Some(certs) = &certs {
             background.push(tokio::spawn(watch_certs(
@@ -162,15 +150,8 @@ impl App {
         }
         let redirect_addr = redirect.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = redirect {
-            let redirect = server::serve_redirect(
-                listener,
-                listeners.proxy_addr.port(),
-                server_options.clone(),
-                shutdown.clone(),
-            );
-            background.push(tokio::spawn(async move {
-                let _ = redirect.await;
-            }));
+            let port = listeners.proxy_addr.port();
+            background.push(spawn_redirect(listener, port, &server_options, &shutdown));
         }
         background.push(tokio::spawn(server::drain_deadline(
             shutdown.clone(),
@@ -309,6 +290,18 @@ pub enum BackendsAtStart {
     NoneAnswers,
 }
 
+/// Reads and checks every file `serve` loads at start, as it loads them: the
+/// listener's certificates and keys (each chain parsed, each key matched to
+/// its certificate) and the backends' CA bundle and client certificate.
+/// `unstick check` runs it, so it refuses what `serve` would.
+pub fn load_files(config: &Config) -> Result<(), TlsError> {
+    if let Some(tls) = &config.tls {
+        ServerCerts::load(tls)?.server_config(config.http2.enabled)?;
+    }
+    upstream::pool_settings(config)?;
+    Ok(())
+}
+
 /// The proxy's listeners (one per worker) and the admin listener, bound.
 struct Listeners {
     proxy: Vec<std::net::TcpListener>,
@@ -338,6 +331,55 @@ impl Listeners {
             admin,
         })
     }
+}
+
+/// The listener's certificates, when it speaks TLS.
+fn load_certs(config: &Config) -> Result<Option<Arc<ServerCerts>>, StartError> {
+    match &config.tls {
+        Some(t) => Ok(Some(Arc::new(ServerCerts::load(t)?))),
+        None => Ok(None),
+    }
+}
+
+/// The workers' options, with the TLS server config when there are certificates.
+fn server_options(
+    config: &Config,
+    certs: Option<&ServerCerts>,
+) -> Result<ServerOptions, StartError> {
+    let mut options = ServerOptions::from_config(config);
+    if let Some(certs) = certs {
+        options.tls = Some(certs.server_config(config.http2.enabled)?);
+    }
+    Ok(options)
+}
+
+/// Serves the admin API on `listener`.
+fn spawn_admin(
+    listener: tokio::net::TcpListener,
+    proxy: &Arc<Proxy>,
+    shutdown: &Shutdown,
+    reloader: &Arc<Reloader>,
+) -> JoinHandle<()> {
+    let admin = Arc::new(Admin {
+        proxy: proxy.clone(),
+        shutdown: shutdown.clone(),
+        reloader: reloader.clone(),
+        started: std::time::SystemTime::now(),
+    });
+    tokio::spawn(admin.serve(listener))
+}
+
+/// Redirects plain HTTP on `listener` to HTTPS on `port`.
+fn spawn_redirect(
+    listener: tokio::net::TcpListener,
+    port: u16,
+    options: &ServerOptions,
+    shutdown: &Shutdown,
+) -> JoinHandle<()> {
+    let redirect = server::serve_redirect(listener, port, options.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let _ = redirect.await;
+    })
 }
 
 /// The HTTP->HTTPS redirect listener, if `tls.redirect_listen` asks for one.

@@ -154,6 +154,114 @@ fn every_file_opens_with_its_purpose() {
     );
 }
 
+/// The longest a function outside tests may be, in lines from its `fn` to
+/// its closing brace: one idea that fits a screen.
+const MAX_FN_LINES: usize = 80;
+
+/// Functions allowed past [`MAX_FN_LINES`], as `path:name` under `src/`:
+/// generated tables and the like (none now).
+const LONG_FN_ALLOWED: &[&str] = &[];
+
+/// No function outside test code is longer than [`MAX_FN_LINES`].
+#[test]
+fn functions_fit_a_screen() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    files.sort();
+    let mut long = Vec::new();
+    for file in &files {
+        if module_of(&src, file).is_none() && !file.ends_with("main.rs") {
+            continue; // `tests.rs`: test code.
+        }
+        let text = std::fs::read_to_string(file).expect("a source file");
+        let rel = file.strip_prefix(&src).expect("under src").display();
+        for (name, lines) in functions(&without_tests(&strip(&text))) {
+            let key = format!("{rel}:{name}");
+            if lines > MAX_FN_LINES && !LONG_FN_ALLOWED.contains(&key.as_str()) {
+                long.push(format!("{key} is {lines} lines"));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines (split them into named steps):\n{}",
+        long.join("\n")
+    );
+}
+
+/// The function reader, on made-up sources: it must count a long body, see
+/// nested and `async`/`pub(crate)` functions, and skip test code and
+/// bodiless trait items.
+#[test]
+fn the_function_reader_counts_lines_from_fn_to_its_brace() {
+    let body = "    let x = 1;\n".repeat(90);
+    let text = format!(
+        "pub(crate) async fn long(a: u8) -> u8 {{\n{body}    fn inner() {{ }}\n    a\n}}\n\
+         trait T {{ fn bodiless(&self); }}\n\
+         #[cfg(test)]\nmod tests {{ fn hidden() {{\n{body}}} }}\n\
+         fn one_line() {{ let s = \"}}\"; }}\n"
+    );
+    let found = functions(&without_tests(&strip(&text)));
+    assert_eq!(
+        found,
+        [
+            ("long".to_owned(), 94),
+            ("inner".to_owned(), 1),
+            ("one_line".to_owned(), 1)
+        ]
+    );
+}
+
+/// `code` (stripped) with `#[cfg(test)]` items blanked out, inline
+/// modules included.
+fn without_tests(code: &str) -> String {
+    let mut out = code.to_owned();
+    for (name, range) in inline_modules(code) {
+        let inner = match name {
+            None => code.as_bytes()[range.clone()]
+                .iter()
+                .map(|&c| if c == b'\n' { '\n' } else { ' ' })
+                .collect(),
+            Some(_) => without_tests(&code[range.clone()]),
+        };
+        out.replace_range(range, &inner);
+    }
+    out
+}
+
+/// Every function with a body in `code` (stripped): its name and its
+/// length in lines, from the line of `fn` to that of its closing brace.
+fn functions(code: &str) -> Vec<(String, usize)> {
+    let b = code.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(n) = code[i..].find("fn ") {
+        let at = i + n;
+        i = at + 3;
+        if at > 0 && (b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_') {
+            continue;
+        }
+        let name: String = code[i..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        // The body's `{`, unless a `;` ends the item first (a trait's
+        // declaration); `{` inside the signature's generics or types
+        // does not occur in this crate's style.
+        let Some(end) = code[i..].find(['{', ';']).map(|e| i + e) else {
+            break;
+        };
+        if name.is_empty() || b[end] == b';' {
+            continue;
+        }
+        let close = matching_brace(code, end);
+        let lines = code[at..close].matches('\n').count() + 1;
+        out.push((name, lines));
+    }
+    out
+}
+
 fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
 }

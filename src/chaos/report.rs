@@ -139,17 +139,27 @@ fn status(c: &Check) -> &'static str {
 
 /// JUnit XML: one test case per check; a failed check or validity check is a `<failure>`.
 pub fn junit(doc: &Document) -> String {
+    let class = match &doc.label {
+        Some(l) => format!("unstick.chaos.{l}"),
+        None => "unstick.chaos".to_owned(),
+    };
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    junit_suite_head(&mut x, doc);
+    for c in &doc.analysis.checks {
+        junit_case(&mut x, doc, &class, c);
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+/// The `<testsuites>` and `<testsuite>` openings and the run's properties.
+fn junit_suite_head(x: &mut String, doc: &Document) {
     let checks = &doc.analysis.checks;
     let failures = checks.iter().filter(|c| !c.passed).count();
     let suite = match &doc.label {
         Some(l) => format!("unstick chaos ({l})"),
         None => "unstick chaos".to_owned(),
     };
-    let class = match &doc.label {
-        Some(l) => format!("unstick.chaos.{l}"),
-        None => "unstick.chaos".to_owned(),
-    };
-    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         x,
         "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{:.3}\">",
@@ -181,51 +191,52 @@ pub fn junit(doc: &Document) -> String {
         );
     }
     x.push_str("    </properties>\n");
-    for c in checks {
+}
+
+/// One check's `<testcase>`: a `<failure>` when it failed, and its
+/// observation, detail and examples as output.
+fn junit_case(x: &mut String, doc: &Document, class: &str, c: &Check) {
+    let _ = writeln!(
+        x,
+        "    <testcase classname=\"{}\" name=\"{}\" time=\"0\">",
+        escape(class),
+        c.name
+    );
+    let summary = format!("observed {}; threshold {}", c.observed, c.threshold);
+    if !c.passed {
+        let kind = if c.kind == Kind::Validity {
+            "inconclusive"
+        } else {
+            "check"
+        };
         let _ = writeln!(
             x,
-            "    <testcase classname=\"{}\" name=\"{}\" time=\"0\">",
-            escape(&class),
-            c.name
+            "      <failure type=\"{kind}\" message=\"{}\">{}</failure>",
+            escape(&summary),
+            escape(c.detail.as_deref().unwrap_or(&summary))
         );
-        let summary = format!("observed {}; threshold {}", c.observed, c.threshold);
-        if !c.passed {
-            let kind = if c.kind == Kind::Validity {
-                "inconclusive"
-            } else {
-                "check"
-            };
-            let _ = writeln!(
-                x,
-                "      <failure type=\"{kind}\" message=\"{}\">{}</failure>",
-                escape(&summary),
-                escape(c.detail.as_deref().unwrap_or(&summary))
-            );
-        }
-        let mut out = summary;
-        if let Some(d) = &c.detail {
-            out.push('\n');
-            out.push_str(d);
-        }
-        let examples: Vec<&str> = match c.name {
-            "broken_expectations" => doc
-                .analysis
-                .broken_examples
-                .iter()
-                .map(|e| &*e.message)
-                .collect(),
-            "session_hops" => hop_examples(&doc.session_hops).collect(),
-            _ => vec![],
-        };
-        for e in examples {
-            out.push('\n');
-            out.push_str(e);
-        }
-        let _ = writeln!(x, "      <system-out>{}</system-out>", escape(&out));
-        x.push_str("    </testcase>\n");
     }
-    x.push_str("  </testsuite>\n</testsuites>\n");
-    x
+    let mut out = summary;
+    if let Some(d) = &c.detail {
+        out.push('\n');
+        out.push_str(d);
+    }
+    let examples: Vec<&str> = match c.name {
+        "broken_expectations" => doc
+            .analysis
+            .broken_examples
+            .iter()
+            .map(|e| &*e.message)
+            .collect(),
+        "session_hops" => hop_examples(&doc.session_hops).collect(),
+        _ => vec![],
+    };
+    for e in examples {
+        out.push('\n');
+        out.push_str(e);
+    }
+    let _ = writeln!(x, "      <system-out>{}</system-out>", escape(&out));
+    x.push_str("    </testcase>\n");
 }
 
 /// The broken hops of the cookies that fail the `session_hops` check.

@@ -109,32 +109,11 @@ fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
 /// `unstick load`: exit 0 when the run got responses, 1 when it could not
 /// run or got none, 2 on bad arguments.
 pub fn run(args: LoadArgs) -> ExitCode {
-    let body = match (&args.body, &args.body_file) {
-        (Some(b), _) => Bytes::from(b.clone()),
-        (None, Some(f)) => match std::fs::read(f) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                eprintln!("error: cannot read --body-file {}: {e}", f.display());
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
-        (None, None) => Bytes::new(),
+    let body = match read_body(&args) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut settings = Settings::new(args.url.clone());
-    settings.connections = args.connections as usize;
-    settings.threads = args.threads.map_or(cpus, |t| t as usize);
-    settings.rate = args.rate;
-    settings.requests = args.requests;
-    settings.duration = match (args.duration, args.requests) {
-        (None, None) => Some(DEFAULT_DURATION),
-        (d, _) => d,
-    };
-    settings.timeout = args.timeout;
-    settings.keepalive = !args.no_keepalive;
-    settings.http2 = args.http2;
-    settings.insecure = args.insecure;
-    settings.late_after = args.late_after;
+    let settings = settings_of(&args);
     let workload = FixedRequest::new(
         &args.url,
         args.method.clone(),
@@ -154,25 +133,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let report = runtime.block_on(async move {
-        engine.probe().await?;
-        let progress = std::io::stderr()
-            .is_terminal()
-            .then(|| Progress::start(engine.live(), engine.settings()));
-        let stopper = engine.stopper();
-        let ctrl_c = tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stopper.stop();
-            }
-        });
-        let report = engine.run().await;
-        ctrl_c.abort();
-        if let Some(p) = progress {
-            p.finish().await;
-        }
-        report
-    });
-    let mut report: Report = match report {
+    let mut report: Report = match runtime.block_on(drive(engine)) {
         Ok(r) => r,
         Err(e @ LoadError::Settings(_)) => {
             eprintln!("error: {e}");
@@ -184,8 +145,70 @@ pub fn run(args: LoadArgs) -> ExitCode {
         }
     };
     report.run.method = Some(args.method.to_string());
+    write_out(&report, args.json.as_deref())
+}
+
+/// The request body from `--body` or `--body-file` (empty without either).
+fn read_body(args: &LoadArgs) -> Result<Bytes, ExitCode> {
+    match (&args.body, &args.body_file) {
+        (Some(b), _) => Ok(Bytes::from(b.clone())),
+        (None, Some(f)) => match std::fs::read(f) {
+            Ok(b) => Ok(Bytes::from(b)),
+            Err(e) => {
+                eprintln!("error: cannot read --body-file {}: {e}", f.display());
+                Err(ExitCode::from(EXIT_USAGE))
+            }
+        },
+        (None, None) => Ok(Bytes::new()),
+    }
+}
+
+/// The engine's settings from the arguments.
+fn settings_of(args: &LoadArgs) -> Settings {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut settings = Settings::new(args.url.clone());
+    settings.connections = args.connections as usize;
+    settings.threads = args.threads.map_or(cpus, |t| t as usize);
+    settings.rate = args.rate;
+    settings.requests = args.requests;
+    settings.duration = match (args.duration, args.requests) {
+        (None, None) => Some(DEFAULT_DURATION),
+        (d, _) => d,
+    };
+    settings.timeout = args.timeout;
+    settings.keepalive = !args.no_keepalive;
+    settings.http2 = args.http2;
+    settings.insecure = args.insecure;
+    settings.late_after = args.late_after;
+    settings
+}
+
+/// Probes the target, then runs the load with a progress bar (on a
+/// terminal) until it ends or Ctrl-C stops it.
+async fn drive(engine: Engine<FixedRequest>) -> Result<Report, LoadError> {
+    engine.probe().await?;
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| Progress::start(engine.live(), engine.settings()));
+    let stopper = engine.stopper();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stopper.stop();
+        }
+    });
+    let report = engine.run().await;
+    ctrl_c.abort();
+    if let Some(p) = progress {
+        p.finish().await;
+    }
+    report
+}
+
+/// Prints the report (and writes its JSON to `json`); fails when no
+/// request got a response.
+fn write_out(report: &Report, json: Option<&std::path::Path>) -> ExitCode {
     print!("{report}");
-    if let Some(path) = &args.json {
+    if let Some(path) = json {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
             eprintln!("error: cannot write {}: {e}", path.display());
             return ExitCode::from(EXIT_FAILURE);

@@ -530,6 +530,35 @@ fn keep_line(tail: &Tail, echo: Option<&str>, line: String) {
 /// Starts copy `index` on `port` and waits until it is ready.
 fn spawn(shared: &Shared, index: usize, port: u16) -> Result<Started, String> {
     let spec = &shared.spec;
+    let mut child = command(spec, port)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", spec.program.display()))?;
+    let (addr_rx, readers) = read_output(shared, index, &mut child);
+    let deadline = Instant::now() + shared.options.start_timeout;
+    match &shared.options.readiness {
+        Readiness::Line => wait_for_line(shared, child, addr_rx, deadline, readers),
+        Readiness::Http {
+            path,
+            identity_headers,
+        } => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            wait_for_http(
+                shared,
+                child,
+                addr,
+                path,
+                identity_headers,
+                deadline,
+                readers,
+            )
+        }
+    }
+}
+
+/// The command for a copy on `port`: in its own process group, its output
+/// piped, and (on Linux) sent SIGTERM when the supervisor dies.
+fn command(spec: &CommandSpec, port: u16) -> Command {
+    use std::os::unix::process::CommandExt;
     let port_text = port.to_string();
     let mut cmd = Command::new(&spec.program);
     cmd.args(spec.args.iter().map(|a| a.replace("{port}", &port_text)))
@@ -538,32 +567,37 @@ fn spawn(shared: &Shared, index: usize, port: u16) -> Result<Started, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
     {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: getpid is async-signal-safe; read before the fork.
-            let parent = unsafe { libc::getpid() };
-            // SAFETY: only async-signal-safe calls (prctl, getppid) in the child.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // The parent died before prctl: do not run orphaned.
-                    if libc::getppid() != parent {
-                        return Err(std::io::Error::other("the supervisor is gone"));
-                    }
-                    Ok(())
-                });
-            }
+        // SAFETY: getpid is async-signal-safe; read before the fork.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: only async-signal-safe calls (prctl, getppid) in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl: do not run orphaned.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the supervisor is gone"));
+                }
+                Ok(())
+            });
         }
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", spec.program.display()))?;
-    let prefix = format!("{}-{index}", spec.name);
+    cmd
+}
+
+/// Starts the threads that read copy `index`'s stdout and stderr into its
+/// tail: the address its `listening ADDR` line names (line readiness)
+/// arrives on the receiver.
+fn read_output(
+    shared: &Shared,
+    index: usize,
+    child: &mut Child,
+) -> (mpsc::Receiver<Result<SocketAddr, String>>, Readers) {
+    let prefix = format!("{}-{index}", shared.spec.name);
     let echo = shared.options.echo_output;
     let tail = shared.output[index].clone();
     let line_mode = shared.options.readiness == Readiness::Line;
@@ -600,25 +634,7 @@ fn spawn(shared: &Shared, index: usize, port: u16) -> Result<Started, String> {
             }
         });
     }
-    let deadline = Instant::now() + shared.options.start_timeout;
-    match &shared.options.readiness {
-        Readiness::Line => wait_for_line(shared, child, addr_rx, deadline, readers),
-        Readiness::Http {
-            path,
-            identity_headers,
-        } => {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            wait_for_http(
-                shared,
-                child,
-                addr,
-                path,
-                identity_headers,
-                deadline,
-                readers,
-            )
-        }
-    }
+    (addr_rx, readers)
 }
 
 /// The output readers of a copy that is starting.

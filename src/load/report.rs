@@ -385,8 +385,21 @@ fn num(x: f64) -> String {
 /// The human summary printed on stdout.
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.run;
         let mut out = String::new();
+        self.write_run(&mut out);
+        self.write_counts(&mut out);
+        self.write_outcomes(&mut out);
+        self.write_timeline(&mut out);
+        f.write_str(&out)
+    }
+}
+
+// === the summary's parts ===
+
+impl Report {
+    /// The target and the load model.
+    fn write_run(&self, out: &mut String) {
+        let r = &self.run;
         let method = r
             .method
             .as_deref()
@@ -413,7 +426,12 @@ impl fmt::Display for Report {
                 r.connections, r.threads
             ),
         };
-        let target = r
+    }
+
+    /// Requests, responses and latency.
+    fn write_counts(&self, out: &mut String) {
+        let target = self
+            .run
             .target_rate
             .map(|t| format!(" (target {}/s)", num(t)))
             .unwrap_or_default();
@@ -435,6 +453,10 @@ impl fmt::Display for Report {
             ),
             None => writeln!(out, "latency     no responses"),
         };
+    }
+
+    /// Status codes, error counts and the first error of each class.
+    fn write_outcomes(&self, out: &mut String) {
         let status: Vec<String> = self
             .status
             .iter()
@@ -455,6 +477,10 @@ impl fmt::Display for Report {
         for (class, message) in &self.error_examples {
             let _ = writeln!(out, "  first {class}: {message}");
         }
+    }
+
+    /// The per-second table when short enough, else where to find it.
+    fn write_timeline(&self, out: &mut String) {
         if !self.timeline.is_empty() && self.timeline.len() <= SUMMARY_TIMELINE_ROWS {
             let _ = writeln!(
                 out,
@@ -474,7 +500,6 @@ impl fmt::Display for Report {
                 self.timeline.len()
             );
         }
-        f.write_str(&out)
     }
 }
 

@@ -157,24 +157,7 @@ impl Proxy {
             in_flight,
         } = answered;
         let backend = in_flight.backend().clone();
-        let kept = kept_fields(&conn, framing, settings.backend_header.as_ref());
-        if kept.is_some() {
-            self.watch_plain(&reply, &backend, head.status, &conn);
-        }
-        let bytes = conn.buf.split_to(head.len).freeze();
-        let invalid = |e| Kind::Reset(format!("invalid response from the backend: {e}"));
-        let scrubbed = if let Some(kept) = kept {
-            let fields = (&conn.fields[..], kept);
-            plain_parts(&bytes, &head, fields, &reply, settings, &backend).map_err(invalid)
-        } else {
-            http1::response_parts(&bytes, &head, &conn.fields)
-                .map_err(invalid)
-                .and_then(|mut parts| {
-                    self.scrub_response(&mut parts, &backend, settings, &reply, false)
-                        .map(|()| parts)
-                        .map_err(Kind::AffinityRejected)
-                })
-        };
+        let scrubbed = self.raw_parts(&mut conn, &head, framing, &reply, settings, &backend);
         let mut parts = match scrubbed {
             Ok(parts) => parts,
             Err(kind) => {
@@ -216,6 +199,36 @@ impl Proxy {
             }
         };
         Response::from_parts(parts, body)
+    }
+
+    /// The client's response head from the backend's (taken off `conn`'s
+    /// buffer): built from the kept fields when none needs scrubbing (and
+    /// the session watch sees the response), else parsed whole and
+    /// scrubbed as on the hyper path.
+    fn raw_parts(
+        &self,
+        conn: &mut RawConn,
+        head: &http1::ResponseHead,
+        framing: Framing,
+        reply: &ReplyTo,
+        settings: &Settings,
+        backend: &Arc<Backend>,
+    ) -> Result<response::Parts, Kind> {
+        let kept = kept_fields(conn, framing, settings.backend_header.as_ref());
+        if kept.is_some() {
+            self.watch_plain(reply, backend, head.status, conn);
+        }
+        let bytes = conn.buf.split_to(head.len).freeze();
+        let invalid = |e| Kind::Reset(format!("invalid response from the backend: {e}"));
+        if let Some(kept) = kept {
+            let fields = (&conn.fields[..], kept);
+            plain_parts(&bytes, head, fields, reply, settings, backend).map_err(invalid)
+        } else {
+            let mut parts = http1::response_parts(&bytes, head, &conn.fields).map_err(invalid)?;
+            self.scrub_response(&mut parts, backend, settings, reply, false)
+                .map_err(Kind::AffinityRejected)?;
+            Ok(parts)
+        }
     }
 }
 
