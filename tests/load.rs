@@ -741,6 +741,10 @@ async fn https_with_a_self_signed_certificate() {
         "{}",
         run.stderr
     );
+    // In words, with the fix: a self-signed test server wants --insecure.
+    assert!(run.stderr.contains("does not trust"), "{}", run.stderr);
+    assert!(run.stderr.contains("pass --insecure"), "{}", run.stderr);
+    assert!(!run.stderr.contains("UnknownIssuer"), "{}", run.stderr);
 
     let run = load("tls", &[&u, "-n", "50", "-c", "2", "--insecure"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
