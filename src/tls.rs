@@ -418,6 +418,39 @@ pub fn simple_server_config(
 mod tests {
     use super::*;
 
+    /// The certificate problems an operator meets read as words with a fix,
+    /// never as rustls's enum names.
+    #[test]
+    fn tls_errors_are_explained_in_words() {
+        use rustls::{CertificateError as C, Error as E, InconsistentKeys};
+        let cases = [
+            (
+                E::InconsistentKeys(InconsistentKeys::KeyMismatch),
+                "does not match the certificate",
+            ),
+            (E::InvalidCertificate(C::Expired), "has expired: renew it"),
+            (E::InvalidCertificate(C::UnknownIssuer), "pass --insecure"),
+            (
+                E::InvalidCertificate(C::NotValidForName),
+                "does not cover the name",
+            ),
+        ];
+        for (e, words) in cases {
+            let text = explain(&e);
+            assert!(text.contains(words), "{e:?}: {text}");
+            assert!(
+                !text.contains("KeyMismatch") && !text.contains("UnknownIssuer"),
+                "{text}"
+            );
+        }
+        let io = io::Error::new(
+            io::ErrorKind::InvalidData,
+            E::InvalidCertificate(C::UnknownIssuer),
+        );
+        assert!(explain_io(&io).unwrap().contains("--insecure"));
+        assert!(explain_io(&io::Error::other("plain")).is_none());
+    }
+
     struct Dir(PathBuf);
 
     impl Dir {

@@ -458,3 +458,93 @@ fn a_misspelled_variable_is_an_error_naming_the_closest_one() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// Every stderr line of `lb` so far, each parsed as a JSON object.
+fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v.is_object(), "not an object: {l}");
+            for field in ["timestamp", "level", "message"] {
+                assert!(v[field].is_string(), "no {field}: {l}");
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn with_log_format_json_every_stderr_line_is_a_json_object() {
+    let dead = dead_addr();
+    let mut rig = Serve::new()
+        .backends(&[dead])
+        .args(&["--log-format", "json"])
+        .start();
+    let stderr = rig.lb.stderr().clone();
+    stderr
+        .wait_for("no backend accepts a connection", WARN_LIMIT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", stderr.text()));
+    rig.lb.signal(libc::SIGTERM);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(rig.lb.exit_within(Duration::from_secs(10)));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", stderr.text());
+    let lines = json_lines(&stderr.all());
+    let started = lines
+        .iter()
+        .find(|v| v["event"] == "started")
+        .expect("started");
+    assert_eq!(started["message"], "started");
+    assert!(started["listen"].is_string(), "{started}");
+    let warned = lines
+        .iter()
+        .find(|v| v["level"] == "warn")
+        .expect("the warning");
+    assert!(
+        warned["backends"]
+            .as_str()
+            .unwrap()
+            .contains(&dead.to_string()),
+        "{warned}"
+    );
+    assert!(lines
+        .iter()
+        .any(|v| v["message"].as_str().unwrap().starts_with("stopping")));
+    // A refused configuration, too.
+    let out = run(
+        &["serve", "--log-format", "json", "--tls-cert", "missing.pem"],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let lines: Vec<String> = out.stderr.lines().map(str::to_owned).collect();
+    let refused = json_lines(&lines);
+    assert_eq!(refused[0]["level"], "error", "{}", out.stderr);
+}
+
+#[test]
+fn text_is_all_text_and_the_level_comes_from_the_flag_or_rust_log() {
+    let rig = Serve::child_backends(1).start();
+    let line = rig
+        .lb
+        .stderr()
+        .wait_for("\"event\":\"started\"", WARN_LIMIT)
+        .expect("started");
+    assert!(line.contains("  INFO started {"), "{line}");
+    assert!(
+        rig.lb.stderr().all().iter().all(|l| !l.starts_with('{')),
+        "{}",
+        rig.lb.stderr().text()
+    );
+    assert!(rig.lb.stderr().text().contains("backend added"));
+    // --log-level warn drops the info lines (RUST_LOG=unstick=info is set).
+    let quiet = Serve::child_backends(1)
+        .args(&["--log-level", "warn"])
+        .start();
+    assert!(!quiet.lb.stderr().text().contains("backend added"));
+    // RUST_LOG alone still filters.
+    let quiet = Serve::child_backends(1)
+        .env("RUST_LOG", "unstick=warn")
+        .start();
+    assert!(!quiet.lb.stderr().text().contains("backend added"));
+}

@@ -170,7 +170,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            super::log::error(&e.to_string());
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -185,7 +185,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let config = match args.config.load_checked() {
         Ok((_, c)) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            super::log::error(&e.to_string());
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -205,7 +205,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let app = match App::start_opts(config.clone(), opts).await {
             Ok(app) => app,
             Err(e) => {
-                eprintln!("error: {e}");
+                super::log::error(&e.to_string());
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
@@ -213,7 +213,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         // signal sent as soon as the line appears is handled, not fatal.
         let signals = StopSignals::install();
         reload_on_sighup(&app);
-        eprintln!("{}", startup_line(&app, &config, file.as_deref()));
+        super::log::record("started", startup_line(&app, &config, file.as_deref()));
         // Nothing to balance is said at once, not found out from 502s.
         tokio::spawn(app.warn_unreachable_backends(config.timeouts.connect));
         let shutdown = app.shutdown.clone();
@@ -229,7 +229,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         match app.wait().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
+                super::log::error(&e.to_string());
                 ExitCode::from(EXIT_FAILURE)
             }
         }
@@ -288,10 +288,14 @@ impl StopSignals {
     }
 }
 
-/// The structured startup line (one JSON object on stderr): version,
-/// listeners, config file, backends and the names they came from,
-/// algorithm and policies.
-fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
+/// The startup line's fields (`event: "started"`): version, listeners,
+/// config file, backends and the names they came from, algorithm and
+/// policies.
+fn startup_line(
+    app: &App,
+    config: &Config,
+    file: Option<&Path>,
+) -> serde_json::Map<String, serde_json::Value> {
     let backends = app.proxy.upstreams.names();
     let names: serde_json::Map<String, serde_json::Value> = app
         .discovery
@@ -299,7 +303,7 @@ fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
         .into_iter()
         .map(|(name, addresses)| (name, addresses.into()))
         .collect();
-    serde_json::json!({
+    let fields = serde_json::json!({
         "event": "started",
         "version": env!("CARGO_PKG_VERSION"),
         "listen": app.proxy_addr.to_string(),
@@ -320,8 +324,11 @@ fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
         "access_log": config.access_log,
         "reload": { "sighup": true, "watch": file.is_some() && config.reload.watch },
         "pid": std::process::id(),
-    })
-    .to_string()
+    });
+    match fields {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// What `check` prints: the effective configuration as TOML (every key with

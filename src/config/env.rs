@@ -12,6 +12,8 @@ use super::{ConfigError, Origin, KEYS};
 /// Variables unstick reads that are not configuration keys.
 pub const OTHER_VARIABLES: &[(&str, &str)] = &[
     ("UNSTICK_CONFIG", "the config file (as --config)"),
+    ("UNSTICK_LOG_FORMAT", "diagnostics format (as --log-format)"),
+    ("UNSTICK_LOG_LEVEL", "diagnostics level (as --log-level)"),
     (
         "UNSTICK_ENV_IGNORE",
         "comma-separated UNSTICK_* names or PREFIX* patterns never checked",
