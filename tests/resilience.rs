@@ -436,17 +436,17 @@ async fn all_backends_down_gives_503_at_once() {
 
 /// How a client reaches unstick in [`mass_crash`].
 #[derive(Clone, Copy, Debug)]
-enum Path {
+enum Via {
     FastPath,
     Hyper,
     H2,
 }
 
 /// One GET the way `path` sends it.
-async fn get_by(path: Path, addr: SocketAddr) -> client::Reply {
-    match path {
-        Path::FastPath | Path::Hyper => client::get(addr, "/").await.unwrap(),
-        Path::H2 => {
+async fn get_by(via: Via, addr: SocketAddr) -> client::Reply {
+    match via {
+        Via::FastPath | Via::Hyper => client::get(addr, "/").await.unwrap(),
+        Via::H2 => {
             let conn = client::H2Conn::open(addr).await.unwrap();
             conn.get("/").await.unwrap()
         }
@@ -459,14 +459,14 @@ async fn get_by(path: Path, addr: SocketAddr) -> client::Reply {
 /// or budget spent is counted); a backend listening again on its port
 /// serves again (the all-down probe: the time is printed, the bound is
 /// generous).
-async fn mass_crash(path: Path) {
+async fn mass_crash(via: Via) {
     let mut backends = spawn_backends(3);
     let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
-    config.http1_fast_path = !matches!(path, Path::Hyper);
+    config.http1_fast_path = !matches!(via, Via::Hyper);
     let app = App::start(config).await.unwrap();
     let mut served = std::collections::HashSet::new();
     for _ in 0..30 {
-        let r = get_by(path, app.proxy_addr).await;
+        let r = get_by(via, app.proxy_addr).await;
         assert_eq!(r.status, StatusCode::OK);
         served.insert(r.backend());
         if served.len() == backends.len() {
@@ -479,7 +479,7 @@ async fn mass_crash(path: Path) {
         assert!(b.process.wait_timeout(Duration::from_secs(5)).is_some());
     }
 
-    let first = get_by(path, app.proxy_addr).await;
+    let first = get_by(via, app.proxy_addr).await;
     assert_eq!(
         first.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -504,7 +504,7 @@ async fn mass_crash(path: Path) {
     );
     let retries = counter(&app, "unstick_retries_total", &[]);
     for _ in 0..20 {
-        let r = get_by(path, app.proxy_addr).await;
+        let r = get_by(via, app.proxy_addr).await;
         assert_eq!((r.status, r.text()), (first.status, first.text()));
         assert_eq!(r.headers["retry-after"], "1");
     }
@@ -521,13 +521,13 @@ async fn mass_crash(path: Path) {
 
     backends[1].restart(BIN, &[]);
     let listening = Instant::now();
-    let mut r = get_by(path, app.proxy_addr).await;
+    let mut r = get_by(via, app.proxy_addr).await;
     while r.status != StatusCode::OK && listening.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        r = get_by(path, app.proxy_addr).await;
+        r = get_by(via, app.proxy_addr).await;
     }
     eprintln!(
-        "mass crash ({path:?}): served again {} ms after the backend listened",
+        "mass crash ({via:?}): served again {} ms after the backend listened",
         listening.elapsed().as_millis()
     );
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -536,17 +536,17 @@ async fn mass_crash(path: Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mass_crash_gives_503_at_once_then_serves_again_fast_path() {
-    mass_crash(Path::FastPath).await;
+    mass_crash(Via::FastPath).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mass_crash_gives_503_at_once_then_serves_again_hyper_path() {
-    mass_crash(Path::Hyper).await;
+    mass_crash(Via::Hyper).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mass_crash_gives_503_at_once_then_serves_again_h2() {
-    mass_crash(Path::H2).await;
+    mass_crash(Via::H2).await;
 }
 
 /// With more dead backends than `max_per_request` allows retries, a
