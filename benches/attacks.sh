@@ -3,24 +3,28 @@
 # same timeouts: header 10 s, idle 60 s, a client that sends or takes
 # nothing of a body 10 s, a backend that sends nothing of a body 5 s. Each
 # proxy gets each attack (benches/attacks.py) from N connections at once,
-# while a well-behaved client sends one request at a time beside it; the
-# table gives the time to cut (median), how many were cut within 40 s, the
-# well-behaved client's successes, failures and latency, the proxy's peak
-# RSS and CPU seconds.
+# R rounds each (a round starts at most every 15 s), while a well-behaved
+# client sends one request at a time beside it; the table gives the time to
+# cut (median and slowest), how many of the N x R connections were cut
+# within 40 s, the well-behaved client's successes, failures and latency,
+# the proxy's peak RSS and CPU seconds.
 #
-# Usage:  /work/bin/bench benches/attacks.sh [--conns N] [--only TEXT]
+# Usage:  /work/bin/bench benches/attacks.sh [--conns N] [--rounds R] [--only TEXT]
 # Needs:  apt-get install -y nginx haproxy python3
-# NO_BUILD=1 skips the release build.
+# NO_BUILD=1 skips the release build; KEEP_WORK=1 keeps the work directory
+# (configs, logs, results.jsonl) and prints its path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONNS=100
+ROUNDS=3
 ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --conns) CONNS=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -31,7 +35,10 @@ done
 BIN=$(pwd)/target/release/unstick
 WORK=$(mktemp -d /tmp/unstick-attacks.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -n "${KEEP_WORK:-}" ]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
@@ -76,7 +83,11 @@ UNSTICK_ACCESS_LOG=off UNSTICK_WORKERS=2 \
     >"$WORK/unstick.log" 2>&1 & UPID=$!; PIDS+=($UPID)
 
 N1=$(free_port); N2=$(free_port)
+# nginx's workers (user nobody when started as root) buffer large responses
+# in its temp paths: a directory they can reach and write.
+chmod 755 "$WORK"
 mkdir -p "$WORK/nginx"
+chmod 1777 "$WORK/nginx"
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 2;
 pid $WORK/nginx.pid;
@@ -120,21 +131,24 @@ EOF
 haproxy -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 & HPID=$!; PIDS+=($HPID)
 for p in "$U1" "$N1" "$N2" "$H1" "$H2"; do wait_port "$p"; done
 
-echo "# attacks, $CONNS connections each; $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores; $(git rev-parse --short HEAD)"
-run() { python3 benches/attacks.py --name "$1" --pid "$2" --h1 "$3" --h2 "$4" --conns "$CONNS" --only "$ONLY"; }
-{
-    run unstick "$UPID" "$U1" "$U1"
-    run nginx "$NPID" "$N1" "$N2"
-    run haproxy "$HPID" "$H1" "$H2"
-} | tee "$WORK/results.jsonl"
+echo "# attacks, $CONNS connections x $ROUNDS rounds each; $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores; $(git rev-parse --short HEAD)"
+run() { python3 benches/attacks.py --name "$1" --pid "$2" --h1 "$3" --h2 "$4" --conns "$CONNS" --rounds "$ROUNDS" --only "$5"; }
+# Attack by attack, each proxy in turn: load from elsewhere on the machine
+# falls on all three alike.
+python3 benches/attacks.py --list | while IFS= read -r attack; do
+    [ -z "$ONLY" ] || [[ "$attack" == *"$ONLY"* ]] || continue
+    run unstick "$UPID" "$U1" "$U1" "$attack"
+    run nginx "$NPID" "$N1" "$N2" "$attack"
+    run haproxy "$HPID" "$H1" "$H2" "$attack"
+done | tee "$WORK/results.jsonl"
 python3 - "$WORK/results.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("\n| attack | proxy | cut (of N) | time to cut, median | good client ok / failed | good p50 / p99 ms | peak RSS MiB | CPU s |")
+print("\n| attack | proxy | cut (of N) | time to cut, median / slowest | good client ok / failed | good p50 / p99 ms | peak RSS MiB | CPU s |")
 print("|---|---|---|---|---|---|---|---|")
 for attack in dict.fromkeys(r["attack"] for r in rows):
     for r in (r for r in rows if r["attack"] == attack):
-        cut = f'{r["cut_median_s"]} s' if r["cut_median_s"] is not None else "never (40 s)"
-        print(f'| {attack} | {r["proxy"]} | {r["cut"]}/{r["conns"]} | {cut} | {r["good_ok"]} / {r["good_failed"]} '
+        cut = f'{r["cut_median_s"]} / {r["cut_max_s"]} s' if r["cut_median_s"] is not None else "never (40 s)"
+        print(f'| {attack} | {r["proxy"]} | {r["cut"]}/{r["samples"]} | {cut} | {r["good_ok"]} / {r["good_failed"]} '
               f'| {r["good_p50_ms"]} / {r["good_p99_ms"]} | {r["rss_peak_mib"]} | {r["cpu_s"]} |')
 EOF

@@ -290,6 +290,18 @@ pub enum BackendsAtStart {
     NoneAnswers,
 }
 
+/// Reads and checks every file `serve` loads at start, as it loads them: the
+/// listener's certificates and keys (each chain parsed, each key matched to
+/// its certificate) and the backends' CA bundle and client certificate.
+/// `unstick check` runs it, so it refuses what `serve` would.
+pub fn load_files(config: &Config) -> Result<(), TlsError> {
+    if let Some(tls) = &config.tls {
+        ServerCerts::load(tls)?.server_config(config.http2.enabled)?;
+    }
+    upstream::pool_settings(config)?;
+    Ok(())
+}
+
 /// The proxy's listeners (one per worker) and the admin listener, bound.
 struct Listeners {
     proxy: Vec<std::net::TcpListener>,

@@ -11,6 +11,7 @@ mod chaos;
 mod demo;
 mod healthcheck;
 mod load;
+pub mod log;
 mod serve;
 mod shell;
 mod testkit;
@@ -21,6 +22,19 @@ mod testkit;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Diagnostics on stderr: `text`, or `json` (one JSON object a line)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "UNSTICK_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: log::LogFormat,
+    /// Diagnostics level: error, warn, info, debug or trace [default: `RUST_LOG`, else info]
+    #[arg(long, global = true, value_name = "LEVEL", env = "UNSTICK_LOG_LEVEL")]
+    pub log_level: Option<tracing::Level>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,7 +77,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    init_tracing();
+    log::init(cli.log_format, cli.log_level);
     match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Check(args) => serve::check(args),
@@ -76,22 +90,6 @@ pub fn main() -> ExitCode {
         Command::Man(args) => shell::man(args),
         Command::TestkitBackend(args) => testkit::run(args),
     }
-}
-
-/// Diagnostics go to stderr, filtered by `RUST_LOG` (default: unstick at info).
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("unstick=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // A closed stderr must not panic the task that logs (the default
-        // reports write errors with `eprintln!`, which panics then).
-        .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
 }
 
 /// How a subcommand wants its tokio runtime.

@@ -20,10 +20,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod env;
 mod keys;
 mod raw;
 mod value;
 
+pub use env::{check_names as check_env_names, OTHER_VARIABLES};
 pub use keys::{markdown_table, KeySpec, Kind, KEYS};
 pub use raw::RawConfig;
 pub use value::{parse_duration, parse_size, BackendSpec, StatusRange, UpstreamProtocol};
@@ -31,8 +33,12 @@ pub use value::{parse_duration, parse_size, BackendSpec, StatusRange, UpstreamPr
 /// Where a configuration value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// A line of a config file.
-    File { path: PathBuf, line: Option<usize> },
+    /// A line (and column, for a syntax error) of a config file.
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
     /// An environment variable.
     Env(String),
     /// A command-line flag.
@@ -47,8 +53,16 @@ impl fmt::Display for Origin {
             Origin::File {
                 path,
                 line: Some(l),
+                column: Some(c),
+            } => write!(f, "{}:{l}:{c}", path.display()),
+            Origin::File {
+                path,
+                line: Some(l),
+                column: None,
             } => write!(f, "{}:{l}", path.display()),
-            Origin::File { path, line: None } => write!(f, "{}", path.display()),
+            Origin::File {
+                path, line: None, ..
+            } => write!(f, "{}", path.display()),
             Origin::Env(name) => write!(f, "environment variable {name}"),
             Origin::Flag(name) => write!(f, "flag {name}"),
             Origin::Default => write!(f, "built-in default"),
@@ -57,13 +71,24 @@ impl fmt::Display for Origin {
 }
 
 /// A configuration mistake: where it is, which key, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{origin}: key `{key}`: {message}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub origin: Origin,
-    /// Dotted path of the key, e.g. `timeouts.connect` or `backends[1].weight`.
+    /// Dotted path of the key, e.g. `timeouts.connect` or `backends[1].weight`;
+    /// empty for a mistake no key holds (a syntax error, an unreadable file).
     pub key: String,
     pub message: String,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.key.as_str() {
+            "" => write!(f, "{}: {}", self.origin, self.message),
+            key => write!(f, "{}: key `{key}`: {}", self.origin, self.message),
+        }
+    }
 }
 
 /// One value set from outside the file: an environment variable or a flag.
@@ -326,9 +351,10 @@ impl RawConfig {
                 origin: Origin::File {
                     path: path.to_owned(),
                     line: None,
+                    column: None,
                 },
                 key: String::new(),
-                message: format!("cannot read the file: {e}"),
+                message: format!("cannot read the config file: {e}"),
             })?,
             None => String::new(),
         };
@@ -347,7 +373,7 @@ impl RawConfig {
             overrides,
         };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
-            origin: locator.file_origin(e.span().map(|s| s.start)),
+            origin: locator.syntax_origin(e.span().map(|s| s.start)),
             key: String::new(),
             message: format!("not valid TOML: {}", e.message().trim()),
         })?;
@@ -477,8 +503,22 @@ impl<'a> Locator<'a> {
             Some(path) => Origin::File {
                 path: path.clone(),
                 line: offset.map(|o| line_of(self.text, o)),
+                column: None,
             },
             None => Origin::Default,
+        }
+    }
+
+    /// Where a syntax error is: line and column (1-based, in characters).
+    fn syntax_origin(&self, offset: Option<usize>) -> Origin {
+        match (self.file_origin(offset), offset) {
+            (Origin::File { path, line, .. }, Some(o)) => {
+                let o = o.min(self.text.len());
+                let start = self.text[..o].rfind('\n').map_or(0, |i| i + 1);
+                let column = self.text.get(start..o).map(|t| t.chars().count() + 1);
+                Origin::File { path, line, column }
+            }
+            (origin, _) => origin,
         }
     }
 
@@ -494,7 +534,21 @@ impl<'a> Locator<'a> {
         {
             return o.origin.clone();
         }
-        self.file_origin(self.span_of(key))
+        let span = self.span_of(key);
+        // A table the file does not have, set through one of its keys by a
+        // flag or variable (`--tls-cert` sets `tls`): that flag or variable.
+        if span.is_none() {
+            let child = format!("{key}.");
+            if let Some(o) = self
+                .overrides
+                .iter()
+                .rev()
+                .find(|o| o.key.starts_with(&child))
+            {
+                return o.origin.clone();
+            }
+        }
+        self.file_origin(span)
     }
 
     fn span_of(&self, key: &str) -> Option<usize> {
@@ -573,6 +627,20 @@ fn key_path_segments(key: &str) -> Vec<Segment<'_>> {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Where `key`'s value came from: the last flag or environment variable
+/// that set it (or the table it is in), else its line in `file`.
+pub fn origin_of_key(file: Option<&Path>, overrides: &[Override], key: &str) -> Origin {
+    let text = file
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let locator = Locator {
+        path: file.map(Path::to_owned),
+        text: &text,
+        overrides,
+    };
+    locator.origin_of(key)
 }
 
 /// Shortcut used by validation: an error at `key`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{header, Request, StatusCode};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config;
 use crate::upstream::{Backend, RequestBody, State, Upstreams};
@@ -18,6 +19,10 @@ pub static X_UNSTICK_DRAIN: http::HeaderName = http::HeaderName::from_static("x-
 
 /// The longest wait between backoff probes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often a backend out of rotation is probed while none is in
+/// rotation: one listening again serves within this (plus its answer).
+pub const ALL_DOWN_PROBE: Duration = Duration::from_millis(250);
 
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,12 +102,9 @@ impl Health {
         }
     }
 
-    /// Makes sure something will bring `b` back: the active checker if it
-    /// runs, otherwise a backoff probe.
+    /// Makes sure something will bring `b` back: a probe task per
+    /// backend out of rotation (see [`Health::return_probe`]).
     pub fn watch_return(self: &Arc<Self>, b: &Arc<Backend>) {
-        if self.config.load().active.enabled {
-            return;
-        }
         {
             let mut probing = self.probing.lock().unwrap_or_else(|e| e.into_inner());
             if probing.iter().any(|p| Arc::ptr_eq(p, b)) {
@@ -113,7 +115,7 @@ impl Health {
         let this = self.clone();
         let b = b.clone();
         tokio::spawn(async move {
-            this.backoff_probe(&b).await;
+            this.return_probe(&b).await;
             this.probing
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -121,27 +123,42 @@ impl Health {
         });
     }
 
-    /// Probes an ejected backend with growing pauses until it answers (or
-    /// active checks take over). Lenient: any answer below 500 without a
-    /// drain request counts, since the app may have no health path.
-    async fn backoff_probe(&self, b: &Arc<Backend>) {
+    /// Probes a backend out of rotation until it is back (or gone). With
+    /// active checks off: after `health.backoff`, doubling to 30 s, and
+    /// leniently, since the app may have no health path (any answer below
+    /// 500 without a drain request counts). While no backend at all is in
+    /// rotation, every [`ALL_DOWN_PROBE`] whatever the backoff, and with
+    /// active checks on as well (strictly, and one good answer is enough:
+    /// a backend that answers its health check beats a 503 for everyone).
+    async fn return_probe(&self, b: &Arc<Backend>) {
         let mut wait = self.config.load().backoff;
+        let mut due = Instant::now() + wait;
         loop {
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep_until(due.min(Instant::now() + ALL_DOWN_PROBE)).await;
             let config = self.config.load_full();
             let state = b.state();
-            if config.active.enabled || !matches!(state, State::Ejected | State::Draining) {
+            if !matches!(state, State::Ejected | State::Draining) {
                 return;
             }
-            match probe(b, &config.active, true).await {
+            let all_down = self.upstreams.load().healthy.is_empty();
+            let backoff_due = !config.active.enabled && Instant::now() >= due;
+            if !(all_down || backoff_due) {
+                continue;
+            }
+            match probe(b, &config.active, !config.active.enabled).await {
                 Probe::Up => {
                     if b.transition(state, State::Healthy) {
-                        tracing::info!(backend = %b.name, "backend back in rotation (probe)");
+                        let how = if all_down { "all down" } else { "backoff" };
+                        tracing::info!(backend = %b.name, probe = how, "backend back in rotation (probe)");
                         self.upstreams.refresh();
                     }
                     return;
                 }
-                Probe::Draining | Probe::Down(_) => wait = (wait * 2).min(MAX_BACKOFF),
+                Probe::Draining | Probe::Down(_) if backoff_due => {
+                    wait = (wait * 2).min(MAX_BACKOFF);
+                    due = Instant::now() + wait;
+                }
+                Probe::Draining | Probe::Down(_) => {}
             }
         }
     }
@@ -173,7 +190,12 @@ impl Health {
     }
 
     /// Applies one active-check result with rise/fall thresholds.
-    fn apply_probe(&self, b: &Arc<Backend>, result: Probe, active: &config::ActiveHealth) {
+    fn apply_probe(
+        self: &Arc<Self>,
+        b: &Arc<Backend>,
+        result: Probe,
+        active: &config::ActiveHealth,
+    ) {
         let state = b.state();
         if matches!(state, State::AdminDrained | State::Removed) {
             return;
@@ -196,6 +218,7 @@ impl Health {
                     tracing::info!(backend = %b.name, "backend draining (health check answered 503)");
                     b.metrics.ejection("drain");
                     self.upstreams.refresh();
+                    self.watch_return(b);
                 }
             }
             Probe::Down(why) => {
@@ -206,6 +229,7 @@ impl Health {
                     b.metrics.ejection("health_check");
                     b.record_error(format!("health check: {why}"));
                     self.upstreams.refresh();
+                    self.watch_return(b);
                 }
             }
         }

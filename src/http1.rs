@@ -347,24 +347,23 @@ pub fn response_parts(
     Ok(parts)
 }
 
-/// [`response_parts`] with only the fields `keep` takes (given each
-/// field's name and value as sent), and room for `extra` fields more: a
-/// head whose dropped fields are known field by field is built without
-/// inserting them into the map and removing them again.
+/// [`response_parts`] with only the fields whose bit is set in `kept`
+/// (bit i: field i), and room for `extra` fields more: a head whose
+/// dropped fields are known field by field is built without inserting them
+/// into the map and removing them again.
 pub fn response_parts_kept(
     head: &Bytes,
     parsed: &ResponseHead,
     fields: &[HeaderIndices],
+    kept: u128,
     extra: usize,
-    mut keep: impl FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<http::response::Parts, HeadError> {
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = parsed.status;
     parts.version = parsed.version;
-    parts.headers = HeaderMap::with_capacity(fields.len() + extra);
-    for idx in fields {
-        let (name, value) = idx.field(head);
-        if keep(name, value) {
+    parts.headers = HeaderMap::with_capacity(kept.count_ones() as usize + extra);
+    for (i, idx) in fields.iter().enumerate().take(u128::BITS as usize) {
+        if kept & (1 << i) != 0 {
             append_field(&mut parts.headers, head, idx)?;
         }
     }

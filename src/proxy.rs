@@ -198,27 +198,41 @@ struct Attempts {
     last: Option<Failed>,
     /// Why the previous attempt failed, when another one is wanted.
     retry_reason: Option<&'static str>,
+    /// Retries counted against `retries.max_per_request` (those after a
+    /// failed connect are not: see [`Attempts::failed`]).
+    counted: u32,
+    /// Some attempt failed otherwise than by a connect error (a connect
+    /// timeout is other: it cost its wait).
+    other_failure: bool,
 }
 
 // === impl Attempts ===
 
 impl Attempts {
     /// Records a failed attempt on `backend`; true if another is wanted
-    /// (retries on, attempts left, and the failure safe to retry for this
-    /// request: see [`retry::may_retry`]).
+    /// (retries on, and the failure safe to retry for this request: see
+    /// [`retry::may_retry`]). A retry after a failed connect sent nothing
+    /// to anyone, and a refused backend has left rotation: it is not
+    /// counted against `max_per_request` (the backends in rotation and the
+    /// retry budget bound it), so a request finds a live backend, or
+    /// learns that none is left, whatever the number of dead ones.
     fn failed(
         &mut self,
         s: &Settings,
-        attempt: u32,
         error: ProxyError,
         backend: Arc<Backend>,
         (replay_allowed, body_replayable): (bool, bool),
     ) -> bool {
+        let unreached = matches!(error.kind, Kind::Connect(_));
+        self.other_failure |= !unreached;
+        let max = s.retries.max_per_request;
         let again = s.retries.enabled
-            && attempt < s.retries.max_per_request
+            && max > 0
+            && (unreached || self.counted < max)
             && retry::may_retry(&error, replay_allowed, body_replayable);
         if again {
             self.retry_reason = Some(error.reason());
+            self.counted += u32::from(!unreached);
         }
         self.tried.push(backend.clone());
         self.last = Some(Failed {
@@ -228,12 +242,18 @@ impl Attempts {
         again
     }
 
-    /// The failure to answer with: the last attempt's, or no backend at all.
-    fn into_failure(self) -> Failed {
-        self.last.unwrap_or(Failed {
-            error: ProxyError::no_backends(),
-            backend: None,
-        })
+    /// The failure to answer with: the last attempt's; or no backend at
+    /// all, when none was in rotation, or when no attempt could connect
+    /// and none is left in rotation now (all down: the first request after
+    /// a mass crash gets the 503 the next ones get, not a 502).
+    fn into_failure(self, upstreams: &Upstreams) -> Failed {
+        match self.last {
+            Some(last) if self.other_failure || !upstreams.load().healthy.is_empty() => last,
+            _ => Failed {
+                error: ProxyError::no_backends(),
+                backend: None,
+            },
+        }
     }
 }
 
@@ -475,11 +495,8 @@ impl Proxy {
         let keep_copy = replay_allowed && body.try_clone().is_some();
         let mut request = Some(Request::from_parts(parts, body));
         let mut attempts = Attempts::default();
-        for attempt in 0..=s.retries.max_per_request {
-            if request.is_none() {
-                break;
-            }
-            let Some(backend) = self.next_backend(s, &mut attempts, attempt, done) else {
+        while request.is_some() {
+            let Some(backend) = self.next_backend(s, &mut attempts, done) else {
                 break;
             };
             let sending = (&mut request, keep_copy, replay_allowed);
@@ -506,13 +523,13 @@ impl Proxy {
                 Err(error) => {
                     let error = error.with_backend(&backend.name);
                     let replay = (replay_allowed, request.is_some());
-                    if !attempts.failed(s, attempt, error, backend, replay) {
+                    if !attempts.failed(s, error, backend, replay) {
                         break;
                     }
                 }
             }
         }
-        Err(attempts.into_failure())
+        Err(attempts.into_failure(&self.upstreams))
     }
 
     /// The response of `fwd` held until it is whole, if it is small and
@@ -592,9 +609,9 @@ impl Proxy {
         &self,
         s: &Settings,
         attempts: &mut Attempts,
-        attempt: u32,
         done: &mut Completion,
     ) -> Option<Arc<Backend>> {
+        let attempt = attempts.tried.len() as u32;
         let backend = self.pick(s, &attempts.tried)?;
         if let Some(reason) = attempts.retry_reason.take() {
             if !self.pay_for_retry(s, reason, &backend, attempts.last.as_ref(), attempt) {

@@ -45,8 +45,61 @@ pub enum TlsError {
         key: PathBuf,
         message: String,
     },
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS setup failed: {}", explain(.0))]
     Rustls(#[from] rustls::Error),
+}
+
+/// A rustls error in words, with what to do about it: the certificate
+/// problems an operator meets (a key that does not match, an expired or
+/// untrusted certificate, a CA certificate served as a server's, a name the
+/// certificate does not cover), else rustls's own text.
+pub fn explain(e: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E, InconsistentKeys};
+    match e {
+        E::InconsistentKeys(InconsistentKeys::KeyMismatch) => {
+            "the private key does not match the certificate (it is not the key the certificate \
+             was issued for): give the key file made together with this certificate"
+                .into()
+        }
+        E::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => {
+                "the certificate has expired: renew it (its validity is in `openssl x509 -noout \
+                 -dates -in FILE`)"
+                    .into()
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the certificate is not valid yet: check the clock, or its start date".into()
+            }
+            C::UnknownIssuer => "the certificate is signed by an authority this side does not \
+                 trust (self-signed or a private CA): give that CA's certificate as the trusted \
+                 CA (`upstream_tls.ca_file` for backends), or for a test with `unstick load`, \
+                 pass --insecure"
+                .into(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+                "the certificate does not cover the name connected to ({e}): connect by a name \
+                 it lists, or issue one that lists this name"
+            ),
+            C::BadSignature => "the certificate's signature does not verify: the chain is \
+                 wrong or corrupted"
+                .into(),
+            C::Revoked => "the certificate has been revoked: get a new one".into(),
+            other if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+                "the certificate is a CA certificate (basicConstraints CA:TRUE) served as a \
+                 server's own: clients refuse it; serve a certificate issued by that CA for the \
+                 server's name instead"
+                    .into()
+            }
+            _ => format!("invalid certificate: {e}"),
+        },
+        _ => e.to_string(),
+    }
+}
+
+/// [`explain`] for an I/O error that carries a rustls error (as a TLS
+/// connect's does); `None` for any other error.
+pub fn explain_io(e: &io::Error) -> Option<String> {
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(explain(inner))
 }
 
 /// The crypto provider: ring (aws-lc is kept out of the build).
@@ -99,7 +152,7 @@ fn certified_key(
     CertifiedKey::from_der(chain, private, provider).map_err(|e| TlsError::Pair {
         cert: cert.to_owned(),
         key: key.to_owned(),
-        message: e.to_string(),
+        message: explain(&e),
     })
 }
 
@@ -364,6 +417,39 @@ pub fn simple_server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The certificate problems an operator meets read as words with a fix,
+    /// never as rustls's enum names.
+    #[test]
+    fn tls_errors_are_explained_in_words() {
+        use rustls::{CertificateError as C, Error as E, InconsistentKeys};
+        let cases = [
+            (
+                E::InconsistentKeys(InconsistentKeys::KeyMismatch),
+                "does not match the certificate",
+            ),
+            (E::InvalidCertificate(C::Expired), "has expired: renew it"),
+            (E::InvalidCertificate(C::UnknownIssuer), "pass --insecure"),
+            (
+                E::InvalidCertificate(C::NotValidForName),
+                "does not cover the name",
+            ),
+        ];
+        for (e, words) in cases {
+            let text = explain(&e);
+            assert!(text.contains(words), "{e:?}: {text}");
+            assert!(
+                !text.contains("KeyMismatch") && !text.contains("UnknownIssuer"),
+                "{text}"
+            );
+        }
+        let io = io::Error::new(
+            io::ErrorKind::InvalidData,
+            E::InvalidCertificate(C::UnknownIssuer),
+        );
+        assert!(explain_io(&io).unwrap().contains("--insecure"));
+        assert!(explain_io(&io::Error::other("plain")).is_none());
+    }
 
     struct Dir(PathBuf);
 

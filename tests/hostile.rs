@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use support::backends::fake;
+use support::metrics::Scrape;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use unstick::app::App;
@@ -261,12 +262,12 @@ async fn attack(fast_path: bool) {
     );
 }
 
-/// Both backends are in rotation, and none has a failure counted.
+/// Every backend is in rotation, and none has a failure counted.
 fn assert_healthy(app: &App, after: &str) {
     let snapshot = app.proxy.upstreams.load();
     assert_eq!(
         snapshot.healthy.len(),
-        2,
+        snapshot.all.len(),
         "after `{after}`: a backend left rotation"
     );
     for b in &snapshot.all {
@@ -296,4 +297,122 @@ async fn hostile_clients_never_eject_a_backend_on_the_fast_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_never_eject_a_backend_through_hyper() {
     attack(false).await;
+}
+
+/// A body far larger than socket buffers: the proxy is still sending it
+/// when the client leaves.
+const LARGE: &str = "/bytes/67108864";
+
+/// Sends `GET LARGE` over HTTP/1.1, reads the response head, then resets
+/// the connection.
+async fn h1_leave_after_head(addr: SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.expect("connects");
+    s.write_all(format!("GET {LARGE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .expect("sends");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the head within 10 s")
+            .expect("reads");
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    support::many::reset(s);
+}
+
+/// Sends `GET LARGE` over HTTP/2, takes the response head, cancels the
+/// stream; then a second request on the same connection still gets a 200.
+async fn h2_leave_after_head(addr: SocketAddr) {
+    let tcp = TcpStream::connect(addr).await.expect("connects");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.expect("ready");
+    let get = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(())
+            .expect("a request")
+    };
+    let (response, _) = send.send_request(get(LARGE), true).expect("sent");
+    let head = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("the head within 10 s")
+        .expect("a response");
+    assert_eq!(head.status(), http::StatusCode::OK);
+    let (_, mut body) = head.into_parts();
+    body.data()
+        .await
+        .expect("a first data frame")
+        .expect("data");
+    // Dropping the body stream of an open stream resets it (CANCEL).
+    drop(body);
+    let mut send = send.ready().await.expect("ready");
+    let (response, _) = send.send_request(get("/"), true).expect("sent");
+    let r = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer within 10 s")
+        .expect("a response");
+    assert_eq!(r.status(), http::StatusCode::OK);
+    drop(send);
+    conn.abort();
+}
+
+/// A client that leaves once its response head has been sent: the request
+/// is counted as `error` in `unstick_requests_total` (not `2xx`) and as an
+/// aborted client, and the backend is neither blamed nor ejected.
+async fn leave_after_head(fast_path: bool, h2: bool) {
+    let backend = fake("b0").await;
+    let mut config = test_config(&[backend.addr]);
+    config.http1_fast_path = fast_path;
+    let app = App::start(config).await.unwrap();
+    let name = app.proxy.upstreams.load().all[0].name.to_string();
+    if h2 {
+        h2_leave_after_head(app.proxy_addr).await;
+    } else {
+        h1_leave_after_head(app.proxy_addr).await;
+    }
+    let errors = [("backend", name.as_str()), ("code_class", "error")];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Scrape::of(&app).value("unstick_requests_total", &errors) != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `error` counted: {}",
+            Scrape::of(&app).text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ok: &[(&str, &str)] = &[("backend", &name), ("code_class", "2xx")];
+    let expected: &[(&[(&str, &str)], f64)] = if h2 {
+        &[(&errors, 1.0), (ok, 1.0)]
+    } else {
+        &[(&errors, 1.0)]
+    };
+    let m = Scrape::of(&app);
+    m.assert_family("unstick_requests_total", expected);
+    let client_errors = &app.proxy.metrics.client_errors;
+    assert_eq!(client_errors[ClientErrorKind::Aborted as usize].get(), 1);
+    assert_eq!(client_errors.iter().map(|c| c.get()).sum::<u64>(), 1);
+    assert_healthy(&app, "a client left after the head");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_after_the_head_is_its_fault_on_the_fast_path() {
+    leave_after_head(true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_after_the_head_is_its_fault_through_hyper() {
+    leave_after_head(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_cancels_after_the_head_is_its_fault() {
+    leave_after_head(true, true).await;
 }

@@ -15,8 +15,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpListener;
-use unstick::load::{Engine, ErrorClass, FixedRequest, Record, Report, Settings, Target, Workload};
+use unstick::load::{Engine, ErrorClass, FixedRequest, Record, Report, Workload};
 use unstick::testkit::{BackendOptions, FakeBackend};
+
+mod support;
+use support::load::{self, url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
 
@@ -154,10 +157,6 @@ async fn load(name: &str, args: &[&str]) -> Run {
     }
 }
 
-fn url(addr: SocketAddr, path: &str) -> String {
-    format!("http://{addr}{path}")
-}
-
 /// The words after `key` on the summary line that starts with it.
 fn line<'a>(stdout: &'a str, key: &str) -> Vec<&'a str> {
     let l = stdout
@@ -260,17 +259,12 @@ async fn a_stall_is_not_hidden_by_the_open_model() {
         }
     })
     .await;
-    let target = Target::parse(&url(server.addr, "/")).unwrap();
-    let mut settings = Settings::new(target.clone());
-    settings.connections = 32;
-    settings.rate = Some(500.0);
-    settings.duration = Some(Duration::from_secs(3));
-    let workload = keep_alive_get(&target);
-    let report = Engine::new(settings, workload)
-        .unwrap()
-        .run()
-        .await
-        .unwrap();
+    let report = load::run_get(&url(server.addr, "/"), |s| {
+        s.connections = 32;
+        s.rate = Some(500.0);
+        s.duration = Some(Duration::from_secs(3));
+    })
+    .await;
     eprintln!("{report}");
     let l = report.latency_ms.clone().unwrap();
     assert_eq!(report.requests, 1500);
@@ -287,23 +281,13 @@ async fn a_stall_is_not_hidden_by_the_open_model() {
 
 // --- error classes -------------------------------------------------------------------
 
-/// A keep-alive HTTP/1.1 `GET` of the target's URL.
-fn keep_alive_get(target: &Target) -> FixedRequest {
-    FixedRequest::new(target, http::Method::GET, vec![], Bytes::new(), false, true)
-}
-
 async fn run_engine(u: &str, requests: u64, timeout: Duration) -> Report {
-    let target = Target::parse(u).unwrap();
-    let mut settings = Settings::new(target.clone());
-    settings.connections = 2;
-    settings.requests = Some(requests);
-    settings.timeout = timeout;
-    let workload = keep_alive_get(&target);
-    Engine::new(settings, workload)
-        .unwrap()
-        .run()
-        .await
-        .unwrap()
+    load::run_get(u, |s| {
+        s.connections = 2;
+        s.requests = Some(requests);
+        s.timeout = timeout;
+    })
+    .await
 }
 
 fn only(report: &Report, class: ErrorClass, n: u64) {
@@ -356,17 +340,12 @@ async fn the_timeout_is_per_request_not_per_connection() {
     // One connection, 250 ms per answer, 400 ms timeout: every request fits
     // its own timeout although the connection outlives several of them.
     let backend = FakeBackend::start(BackendOptions::default()).await;
-    let target = Target::parse(&url(backend.addr, "/slow/250")).unwrap();
-    let mut settings = Settings::new(target.clone());
-    settings.connections = 1;
-    settings.requests = Some(4);
-    settings.timeout = Duration::from_millis(400);
-    let workload = keep_alive_get(&target);
-    let report = Engine::new(settings, workload)
-        .unwrap()
-        .run()
-        .await
-        .unwrap();
+    let report = load::run_get(&url(backend.addr, "/slow/250"), |s| {
+        s.connections = 1;
+        s.requests = Some(4);
+        s.timeout = Duration::from_millis(400);
+    })
+    .await;
     assert_eq!(
         (report.responses, report.errors.total()),
         (4, 0),
@@ -436,11 +415,11 @@ async fn every_request_reaches_the_workload_record_hook() {
         ..Default::default()
     })
     .await;
-    let target = Target::parse(&url(backend.addr, "/")).unwrap();
-    let mut settings = Settings::new(target);
-    settings.connections = 3;
-    settings.threads = 2;
-    settings.requests = Some(60);
+    let (settings, _) = load::get(&url(backend.addr, "/"), |s| {
+        s.connections = 3;
+        s.threads = 2;
+        s.requests = Some(60);
+    });
     let recording = Recording::default();
     let engine = Engine::new(settings, recording.clone()).unwrap();
     let live = engine.live();
@@ -486,11 +465,10 @@ impl Workload for FirstUserPanics {
 #[tokio::test]
 async fn a_user_that_panics_does_not_hold_back_the_others() {
     let backend = FakeBackend::start(BackendOptions::default()).await;
-    let target = Target::parse(&url(backend.addr, "/")).unwrap();
-    let mut settings = Settings::new(target.clone());
-    settings.connections = 3;
-    settings.requests = Some(30);
-    let fixed = keep_alive_get(&target);
+    let (settings, fixed) = load::get(&url(backend.addr, "/"), |s| {
+        s.connections = 3;
+        s.requests = Some(30);
+    });
     let engine = Engine::new(settings, FirstUserPanics(fixed)).unwrap();
     let report = tokio::time::timeout(Duration::from_secs(10), engine.run())
         .await
@@ -763,6 +741,10 @@ async fn https_with_a_self_signed_certificate() {
         "{}",
         run.stderr
     );
+    // In words, with the fix: a self-signed test server wants --insecure.
+    assert!(run.stderr.contains("does not trust"), "{}", run.stderr);
+    assert!(run.stderr.contains("pass --insecure"), "{}", run.stderr);
+    assert!(!run.stderr.contains("UnknownIssuer"), "{}", run.stderr);
 
     let run = load("tls", &[&u, "-n", "50", "-c", "2", "--insecure"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -878,13 +860,12 @@ impl Workload for ViaHyper {
 /// or hyper (`ViaHyper`); `rate` for the open model.
 async fn framing_run(path: &str, n: u64, rate: Option<f64>, hyper: bool) -> (Report, Arc<RawSeen>) {
     let (addr, seen, task) = framing_server().await;
-    let target = Target::parse(&url(addr, path)).unwrap();
-    let mut settings = Settings::new(target.clone());
-    settings.connections = 1;
-    settings.requests = Some(n);
-    settings.rate = rate;
-    settings.timeout = Duration::from_secs(5);
-    let fixed = keep_alive_get(&target);
+    let (settings, fixed) = load::get(&url(addr, path), |s| {
+        s.connections = 1;
+        s.requests = Some(n);
+        s.rate = rate;
+        s.timeout = Duration::from_secs(5);
+    });
     let report = if hyper {
         Engine::new(settings, ViaHyper(fixed)).unwrap().run().await
     } else {

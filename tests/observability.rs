@@ -827,8 +827,10 @@ async fn backend_api_addresses_and_health_states() {
     assert_eq!(drained[0]["address"], v6);
     assert_eq!(drained[0]["configured"], v6);
     assert_eq!(drained[0]["state"], "drained");
+    // The one backend in rotation refuses: none is left, so 503.
     let r = client::get(app.proxy_addr, "/").await.unwrap();
-    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
 
     let list = backends(admin).await;
     let d = find(&list, &nd);
@@ -861,14 +863,15 @@ async fn backend_api_addresses_and_health_states() {
 /// process drains, and the admin listener keeps answering during the drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_backends_and_drain() {
-    // All backends dead: ready until a request finds out, then not.
+    // All backends dead: ready until a request finds out (and gets the
+    // 503 of a balancer with none in rotation), then not.
     let dead = dead_address().await;
     let (app, admin, _log) = start(config(&[dead.to_string()])).await;
     let ready = |admin| async move { client::get(admin, "/readyz").await.unwrap() };
     assert_eq!(ready(admin).await.status, StatusCode::OK);
     assert_eq!(
         client::get(app.proxy_addr, "/").await.unwrap().status,
-        StatusCode::BAD_GATEWAY
+        StatusCode::SERVICE_UNAVAILABLE
     );
     let r = ready(admin).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -20,7 +20,7 @@ use unstick::app::App;
 use unstick::config::{SniCert, Tls, UpstreamProtocol};
 use unstick::testkit::client::{self, Conn, H2Conn};
 use unstick::testkit::process::{ChildBackend, ChildUnstick};
-use unstick::testkit::{test_config, BackendOptions, FakeBackend};
+use unstick::testkit::{test_config, BackendOptions, DeadPort, FakeBackend};
 use unstick::tls::{ALPN_H2, ALPN_HTTP11};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
@@ -1015,28 +1015,37 @@ async fn grpc_failures_get_a_grpc_status_not_a_bare_http_error() {
         1.0
     );
 
-    // A backend that refuses connections: UNAVAILABLE; plain HTTP gets a 502.
-    let dead = unstick::testkit::DeadPort::new();
-    let dead_addr = dead.addr;
-    let mut config = test_config(&[dead_addr]);
-    config.health.eject_after_failures = 1000;
+    // Backends that refuse connections (retries off): UNAVAILABLE while
+    // another is still in rotation; then none is left, and plain HTTP gets
+    // the 503 of a balancer with no backend, gRPC UNAVAILABLE again.
+    let dead = [DeadPort::new(), DeadPort::new()];
+    let mut config = test_config(&[dead[0].addr, dead[1].addr]);
     config.retries.enabled = false;
     let app = App::start(config).await.unwrap();
+    let grpc_call = || {
+        client::request(
+            app.proxy_addr,
+            Method::POST,
+            "/x",
+            GRPC_HEADERS,
+            grpc_frame(b"x"),
+        )
+    };
+    let r = grpc_call().await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], "14", "{:?}", r.headers);
+    let msg = r.headers["grpc-message"].to_str().unwrap();
+    assert!(msg.contains("could not connect"), "{msg}");
     let r = client::request(app.proxy_addr, Method::POST, "/x", &[], "plain")
         .await
         .unwrap();
-    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-    let r = client::request(
-        app.proxy_addr,
-        Method::POST,
-        "/x",
-        GRPC_HEADERS,
-        grpc_frame(b"x"),
-    )
-    .await
-    .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
+    let r = grpc_call().await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["grpc-status"], "14", "{:?}", r.headers);
+    let msg = r.headers["grpc-message"].to_str().unwrap();
+    assert!(msg.contains("no backend"), "{msg}");
 
     // A backend that never answers: DEADLINE_EXCEEDED.
     let b = backends(1).await;

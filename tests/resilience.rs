@@ -13,7 +13,7 @@ use unstick::app::App;
 use unstick::config::Config;
 use unstick::testkit::client::{self, Conn};
 use unstick::testkit::process::ChildBackend;
-use unstick::testkit::{test_config, BackendOptions, FakeBackend};
+use unstick::testkit::{test_config, BackendOptions, DeadPort, FakeBackend};
 use unstick::upstream::State;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
@@ -432,6 +432,155 @@ async fn all_backends_down_gives_503_at_once() {
     let median = times[times.len() / 2];
     eprintln!("all down: median 503 in {} us", median.as_micros());
     assert!(median < Duration::from_millis(50), "median {median:?}");
+}
+
+/// How a client reaches unstick in [`mass_crash`].
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    FastPath,
+    Hyper,
+    H2,
+}
+
+/// One GET the way `path` sends it.
+async fn get_by(via: Via, addr: SocketAddr) -> client::Reply {
+    match via {
+        Via::FastPath | Via::Hyper => client::get(addr, "/").await.unwrap(),
+        Via::H2 => {
+            let conn = client::H2Conn::open(addr).await.unwrap();
+            conn.get("/").await.unwrap()
+        }
+    }
+}
+
+/// Every backend SIGKILLed at once (active checks off, pooled connections
+/// to each): the first request already gets the 503 with `Retry-After`
+/// the next ones get, and they try no connect (no upstream error, retry
+/// or budget spent is counted); a backend listening again on its port
+/// serves again (the all-down probe: the time is printed, the bound is
+/// generous).
+async fn mass_crash(via: Via) {
+    let mut backends = spawn_backends(3);
+    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
+    config.http1_fast_path = !matches!(via, Via::Hyper);
+    let app = App::start(config).await.unwrap();
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let r = get_by(via, app.proxy_addr).await;
+        assert_eq!(r.status, StatusCode::OK);
+        served.insert(r.backend());
+        if served.len() == backends.len() {
+            break;
+        }
+    }
+    assert_eq!(served.len(), backends.len(), "served by {served:?}");
+    for b in &mut backends {
+        assert!(b.process.signal(libc::SIGKILL));
+        assert!(b.process.wait_timeout(Duration::from_secs(5)).is_some());
+    }
+
+    let first = get_by(via, app.proxy_addr).await;
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        first.text()
+    );
+    assert_eq!(first.headers["retry-after"], "1");
+    assert!(
+        first.text().starts_with("no backend available"),
+        "{}",
+        first.text()
+    );
+    assert!(app.proxy.upstreams.load().healthy.is_empty());
+    let connects = counter(
+        &app,
+        "unstick_upstream_errors_total",
+        &[("kind", "connect")],
+    );
+    assert!(
+        (1.0..=3.0).contains(&connects),
+        "{connects} connect errors for 3 backends"
+    );
+    let retries = counter(&app, "unstick_retries_total", &[]);
+    for _ in 0..20 {
+        let r = get_by(via, app.proxy_addr).await;
+        assert_eq!((r.status, r.text()), (first.status, first.text()));
+        assert_eq!(r.headers["retry-after"], "1");
+    }
+    assert_eq!(
+        counter(&app, "unstick_upstream_errors_total", &[]),
+        connects,
+        "a request tried a backend while none was in rotation"
+    );
+    assert_eq!(counter(&app, "unstick_retries_total", &[]), retries);
+    assert_eq!(
+        counter(&app, "unstick_retry_budget_exhausted_total", &[]),
+        0.0
+    );
+
+    backends[1].restart(BIN, &[]);
+    let listening = Instant::now();
+    let mut r = get_by(via, app.proxy_addr).await;
+    while r.status != StatusCode::OK && listening.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        r = get_by(via, app.proxy_addr).await;
+    }
+    eprintln!(
+        "mass crash ({via:?}): served again {} ms after the backend listened",
+        listening.elapsed().as_millis()
+    );
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.backend(), "b1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_crash_gives_503_at_once_then_serves_again_fast_path() {
+    mass_crash(Via::FastPath).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_crash_gives_503_at_once_then_serves_again_hyper_path() {
+    mass_crash(Via::Hyper).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_crash_gives_503_at_once_then_serves_again_h2() {
+    mass_crash(Via::H2).await;
+}
+
+/// With more dead backends than `max_per_request` allows retries, a
+/// request still finds the live one: a refused connect sent nothing and
+/// is not counted against the request's retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connects_do_not_use_up_a_request_s_retries() {
+    let live = FakeBackend::start(BackendOptions {
+        id: "live".into(),
+        ..Default::default()
+    })
+    .await;
+    let dead: Vec<DeadPort> = (0..4).map(|_| DeadPort::new()).collect();
+    let mut addrs: Vec<SocketAddr> = dead.iter().map(|d| d.addr).collect();
+    addrs.push(live.addr);
+    let mut config = test_config(&addrs);
+    config.retries.max_per_request = 1;
+    let app = App::start(config).await.unwrap();
+    for _ in 0..20 {
+        let r = client::get(app.proxy_addr, "/").await.unwrap();
+        assert_eq!((r.status, r.backend()), (StatusCode::OK, "live".into()));
+        if app.proxy.upstreams.load().healthy.len() == 1 {
+            break;
+        }
+    }
+    assert_eq!(app.proxy.upstreams.load().healthy.len(), 1);
+    assert_eq!(
+        counter(
+            &app,
+            "unstick_upstream_errors_total",
+            &[("kind", "connect")]
+        ),
+        4.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use unstick::app::App;
 use unstick::config::Algorithm;
 use unstick::testkit::client::{self, Conn};
 use unstick::testkit::process::ChildProcess;
-use unstick::testkit::{test_config, BackendOptions, FakeBackend};
+use unstick::testkit::{test_config, BackendOptions, DeadPort, FakeBackend};
 
 /// Sends `total` GETs over `conns` keep-alive connections; all must be 200.
 async fn drive(addr: SocketAddr, total: usize, conns: usize) {
@@ -257,17 +257,33 @@ async fn each_error_class_has_its_status_and_body_with(fast: bool) {
     assert_eq!(r.headers["retry-after"], "1");
     assert!(r.text().contains("no backend available"), "{}", r.text());
 
-    // Nothing listens: 502 naming the cause.
-    let dead_port = unstick::testkit::DeadPort::new();
-    let dead = dead_port.addr;
-    let app = local::start(config_with(&[dead])).await;
+    // Nothing listens, retries off, another backend still in rotation:
+    // 502 naming the cause and the backend.
+    let dead_ports = [DeadPort::new(), DeadPort::new()];
+    let dead: Vec<SocketAddr> = dead_ports.iter().map(|d| d.addr).collect();
+    let mut config = config_with(&dead);
+    config.retries.enabled = false;
+    let app = local::start(config).await;
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(r.text().contains("could not connect"), "{}", r.text());
-    assert!(r.text().contains(&dead.to_string()), "{}", r.text());
-    // It is out of rotation now: 503 at once.
+    let named = dead.iter().filter(|d| r.text().contains(&d.to_string()));
+    assert_eq!(named.count(), 1, "{}", r.text());
+    // The other refuses too: none is left in rotation, so 503 at once.
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
+    let again = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!((again.status, again.text()), (r.status, r.text()));
+
+    // Every backend refuses, retries on: the first request already gets
+    // the 503 (with Retry-After) of a balancer with none in rotation.
+    let app = local::start(config_with(&dead)).await;
+    let r = client::get(app.proxy_addr, "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(r.text().contains("no backend available"), "{}", r.text());
+    drop(dead_ports);
 
     // Reset before the response head (a POST is not retried): 502.
     let b = fakes(1).await;

@@ -279,3 +279,272 @@ async fn the_grafana_dashboard_names_only_metrics_in_the_first_scrape() {
         m.text
     );
 }
+
+/// A self-signed certificate for localhost and its key, written to `files`
+/// as `STEM.pem` and `STEM.key`.
+fn self_signed(files: &support::Files, stem: &str) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("a certificate");
+    let cert = files.write(&format!("{stem}.pem"), &ck.cert.pem());
+    let key = files.write(&format!("{stem}.key"), &ck.signing_key.serialize_pem());
+    (cert, key)
+}
+
+/// `check` and `serve` refuse the same file the same way, exit 2.
+fn both_refuse(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut check = vec!["check"];
+    check.extend(args);
+    let out = run(&check, env);
+    assert_eq!(out.code, 2, "check {args:?}: {}", out.stderr);
+    assert!(!out.stderr.contains("key ``"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("configuration is valid"),
+        "{}",
+        out.stderr
+    );
+    let mut serve = vec!["serve", "--listen", "127.0.0.1:0", "--admin", "off"];
+    serve.extend(args);
+    let served = run(&serve, env);
+    assert_eq!(served.code, 2, "serve {args:?}: {}", served.stderr);
+    let first = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("error: "))
+            .map(str::to_owned)
+    };
+    assert_eq!(first(&out.stderr), first(&served.stderr));
+    out.stderr
+}
+
+#[test]
+fn check_reads_the_tls_files_serve_would_and_blames_the_key_that_names_them() {
+    let files = support::Files::new();
+    let missing = files.path("missing.pem");
+    let (cert, _) = self_signed(&files, "a");
+    let (_, other_key) = self_signed(&files, "b");
+    // A file that is not there, named by a flag.
+    let err = both_refuse(
+        &[
+            "--tls-cert",
+            missing.to_str().unwrap(),
+            "--tls-key",
+            other_key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(err.contains("flag --tls-cert: key `tls.cert`"), "{err}");
+    assert!(err.contains(&*missing.to_string_lossy()), "{err}");
+    // A key that is not the certificate's, named on line 3 of a file.
+    let config = files.write(
+        "mismatch.toml",
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.display(),
+            other_key.display()
+        ),
+    );
+    let err = both_refuse(&["--config", config.to_str().unwrap()], &[]);
+    assert!(
+        err.contains(&format!("{}:3: key `tls.key`", config.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("the private key does not match the certificate"),
+        "{err}"
+    );
+    assert!(!err.contains("KeyMismatch"), "{err}");
+}
+
+#[test]
+fn check_prints_the_tls_keys_whether_set_or_not() {
+    let files = support::Files::new();
+    let (cert, key) = self_signed(&files, "a");
+    let out = run(
+        &[
+            "check",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let cert_line = format!("cert = {:?}  # flag --tls-cert", cert.display());
+    assert!(out.stdout.contains("[tls]"), "{}", out.stdout);
+    assert!(out.stdout.contains(&cert_line), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("reload_interval = \"10s\""),
+        "{}",
+        out.stdout
+    );
+    // TLS off: its keys are listed as not set, with their variables.
+    let out = run(&["check"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for key in ["tls.cert (UNSTICK_TLS_CERT)", "tls.key (UNSTICK_TLS_KEY)"] {
+        assert!(out.stdout.contains(&format!("# {key}")), "{}", out.stdout);
+    }
+    // What is printed is a config file unstick accepts.
+    let again = files.write("printed.toml", &out.stdout);
+    assert_eq!(
+        run(&["check", "--config", again.to_str().unwrap()], &[]).code,
+        0
+    );
+}
+
+#[test]
+fn config_errors_name_their_real_origin() {
+    let files = support::Files::new();
+    // A syntax error: file, line and column.
+    let bad = files.write("syntax.toml", "workers = 2\nlisten = \n");
+    let err = both_refuse(&["--config", bad.to_str().unwrap()], &[]);
+    assert!(
+        err.contains(&format!("{}:2:10: not valid TOML", bad.display())),
+        "{err}"
+    );
+    // A missing config file: its path.
+    let gone = files.path("gone.toml");
+    let err = both_refuse(&["--config", gone.to_str().unwrap()], &[]);
+    assert!(
+        err.contains(&format!("{}: cannot read the config file", gone.display())),
+        "{err}"
+    );
+    // A certificate flag without its key: the flag, not a built-in default.
+    let (cert, _) = self_signed(&files, "a");
+    let err = both_refuse(&["--tls-cert", cert.to_str().unwrap()], &[]);
+    assert!(err.contains("flag --tls-cert: key `tls.cert`"), "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
+    assert!(!err.contains("built-in default"), "{err}");
+    // The same through the environment.
+    let err = both_refuse(&[], &[("UNSTICK_TLS_KEY", cert.to_str().unwrap())]);
+    assert!(
+        err.contains("environment variable UNSTICK_TLS_KEY: key `tls.key`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_misspelled_variable_is_an_error_naming_the_closest_one() {
+    let err = both_refuse(&[], &[("UNSTICK_TIMEOUTS_CONECT", "1s")]);
+    assert!(
+        err.contains("environment variable UNSTICK_TIMEOUTS_CONECT"),
+        "{err}"
+    );
+    assert!(
+        err.contains("did you mean UNSTICK_TIMEOUTS_CONNECT?"),
+        "{err}"
+    );
+    assert!(err.contains("UNSTICK_ENV_IGNORE"), "{err}");
+    // Listed in UNSTICK_ENV_IGNORE, it is left alone.
+    let out = run(
+        &["check"],
+        &[
+            ("UNSTICK_TIMEOUTS_CONECT", "1s"),
+            ("UNSTICK_ENV_IGNORE", "UNSTICK_TIMEOUTS_CON*"),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Variables of the repository's scripts, tests and images are not
+    // unstick's and pass.
+    let out = run(
+        &["check"],
+        &[
+            ("UNSTICK_TEST_REDIS", "redis://127.0.0.1:1"),
+            ("UNSTICK_TEST_IMAGE", "unstick:test"),
+            ("UNSTICK_IMAGE", "unstick:latest"),
+            ("UNSTICK_REQUIRE_BROWSER", "1"),
+            ("UNSTICK_FUZZ_SECONDS", "60"),
+            ("UNSTICK_SHOW_GRAPH", "1"),
+            ("UNSTICK_BIN", "/usr/local/bin/unstick"),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// Every stderr line of `lb` so far, each parsed as a JSON object.
+fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v.is_object(), "not an object: {l}");
+            for field in ["timestamp", "level", "message"] {
+                assert!(v[field].is_string(), "no {field}: {l}");
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn with_log_format_json_every_stderr_line_is_a_json_object() {
+    let dead = dead_addr();
+    let mut rig = Serve::new()
+        .backends(&[dead])
+        .args(&["--log-format", "json"])
+        .start();
+    let stderr = rig.lb.stderr().clone();
+    stderr
+        .wait_for("no backend accepts a connection", WARN_LIMIT)
+        .unwrap_or_else(|| panic!("no warning:\n{}", stderr.text()));
+    rig.lb.signal(libc::SIGTERM);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(rig.lb.exit_within(Duration::from_secs(10)));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", stderr.text());
+    let lines = json_lines(&stderr.all());
+    let started = lines
+        .iter()
+        .find(|v| v["event"] == "started")
+        .expect("started");
+    assert_eq!(started["message"], "started");
+    assert!(started["listen"].is_string(), "{started}");
+    let warned = lines
+        .iter()
+        .find(|v| v["level"] == "warn")
+        .expect("the warning");
+    assert!(
+        warned["backends"]
+            .as_str()
+            .unwrap()
+            .contains(&dead.to_string()),
+        "{warned}"
+    );
+    assert!(lines
+        .iter()
+        .any(|v| v["message"].as_str().unwrap().starts_with("stopping")));
+    // A refused configuration, too.
+    let out = run(
+        &["serve", "--log-format", "json", "--tls-cert", "missing.pem"],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let lines: Vec<String> = out.stderr.lines().map(str::to_owned).collect();
+    let refused = json_lines(&lines);
+    assert_eq!(refused[0]["level"], "error", "{}", out.stderr);
+}
+
+#[test]
+fn text_is_all_text_and_the_level_comes_from_the_flag_or_rust_log() {
+    let rig = Serve::child_backends(1).start();
+    let line = rig
+        .lb
+        .stderr()
+        .wait_for("\"event\":\"started\"", WARN_LIMIT)
+        .expect("started");
+    assert!(line.contains("  INFO started {"), "{line}");
+    assert!(
+        rig.lb.stderr().all().iter().all(|l| !l.starts_with('{')),
+        "{}",
+        rig.lb.stderr().text()
+    );
+    assert!(rig.lb.stderr().text().contains("backend added"));
+    // --log-level warn drops the info lines (RUST_LOG=unstick=info is set).
+    let quiet = Serve::child_backends(1)
+        .args(&["--log-level", "warn"])
+        .start();
+    assert!(!quiet.lb.stderr().text().contains("backend added"));
+    // RUST_LOG alone still filters.
+    let quiet = Serve::child_backends(1)
+        .env("RUST_LOG", "unstick=warn")
+        .start();
+    assert!(!quiet.lb.stderr().text().contains("backend added"));
+}

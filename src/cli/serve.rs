@@ -8,9 +8,12 @@ use clap::Args;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::app::{App, StartOptions};
-use crate::config::{env_overrides, Config, ConfigError, Origin, Override, RawConfig};
+use crate::config::{
+    env_overrides, origin_of_key, Config, ConfigError, Origin, Override, RawConfig,
+};
 use crate::reload::{Trigger, WatchedFile};
 use crate::shutdown::Phase;
+use crate::tls::TlsError;
 
 /// Flags that override the config file (which env vars override in turn).
 #[derive(Debug, Clone, Args, Default)]
@@ -86,10 +89,64 @@ impl ConfigArgs {
         out
     }
 
-    /// Loads and validates the merged configuration.
+    /// Loads and validates the merged configuration; a misspelled
+    /// `UNSTICK_*` variable is refused as a mistyped key in the file is.
     pub fn load(&self) -> Result<(RawConfig, Config), ConfigError> {
+        let vars: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        let ignore = std::env::var("UNSTICK_ENV_IGNORE").unwrap_or_default();
+        crate::config::check_env_names(vars.iter().map(String::as_str), &ignore)?;
         RawConfig::load(self.file().as_deref(), &self.overrides())
     }
+
+    /// [`ConfigArgs::load`], then every file the configuration names read
+    /// and checked as `serve` does at start ([`crate::app::load_files`]); a
+    /// bad file is blamed on the key that names it and where that was set.
+    pub fn load_checked(&self) -> Result<(RawConfig, Config), ConfigError> {
+        let (raw, config) = self.load()?;
+        crate::app::load_files(&config).map_err(|e| {
+            let key = key_of_file(&config, &e);
+            ConfigError {
+                origin: origin_of_key(self.file().as_deref(), &self.overrides(), &key),
+                key,
+                message: e.to_string(),
+            }
+        })?;
+        Ok((raw, config))
+    }
+}
+
+/// The config key naming the file a TLS error is about (`tls` if none).
+fn key_of_file(config: &Config, e: &TlsError) -> String {
+    let path = match e {
+        TlsError::Read { path, .. } | TlsError::Pem { path, .. } => path,
+        TlsError::Pair { key, .. } => key,
+        TlsError::Rustls(_) => return "tls".into(),
+    };
+    let mut named: Vec<(String, &Path)> = Vec::new();
+    if let Some(t) = &config.tls {
+        named.push(("tls.cert".into(), &t.cert));
+        named.push(("tls.key".into(), &t.key));
+        for (i, s) in t.sni.iter().enumerate() {
+            named.push((format!("tls.sni[{i}].cert"), &s.cert));
+            named.push((format!("tls.sni[{i}].key"), &s.key));
+        }
+    }
+    let u = &config.upstream_tls;
+    for (key, p) in [
+        ("upstream_tls.ca_file", &u.ca_file),
+        ("upstream_tls.client_cert", &u.client_cert),
+        ("upstream_tls.client_key", &u.client_key),
+    ] {
+        if let Some(p) = p {
+            named.push((key.into(), p));
+        }
+    }
+    named
+        .into_iter()
+        .find(|(_, p)| *p == path.as_path())
+        .map_or_else(|| "tls".into(), |(k, _)| k)
 }
 
 #[derive(Debug, Args)]
@@ -106,14 +163,14 @@ pub struct CheckArgs {
 
 /// `unstick check`: exit 0 and print the effective config, or exit 2 naming the mistake.
 pub fn check(args: CheckArgs) -> ExitCode {
-    match args.config.load() {
+    match args.config.load_checked() {
         Ok((raw, _)) => {
-            print!("{}", raw.to_toml());
+            print!("{}", effective_toml(&raw, &args.config.overrides()));
             eprintln!("configuration is valid");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            super::log::error(&e.to_string());
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -125,10 +182,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     // The watcher's first look at the file comes before the read, so no
     // edit falls between them unseen.
     let watch = args.config.file().map(WatchedFile::before_read);
-    let config = match args.config.load() {
+    let config = match args.config.load_checked() {
         Ok((_, c)) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            super::log::error(&e.to_string());
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -148,7 +205,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let app = match App::start_opts(config.clone(), opts).await {
             Ok(app) => app,
             Err(e) => {
-                eprintln!("error: {e}");
+                super::log::error(&e.to_string());
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
@@ -156,7 +213,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         // signal sent as soon as the line appears is handled, not fatal.
         let signals = StopSignals::install();
         reload_on_sighup(&app);
-        eprintln!("{}", startup_line(&app, &config, file.as_deref()));
+        super::log::record("started", startup_line(&app, &config, file.as_deref()));
         // Nothing to balance is said at once, not found out from 502s.
         tokio::spawn(app.warn_unreachable_backends(config.timeouts.connect));
         let shutdown = app.shutdown.clone();
@@ -172,7 +229,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         match app.wait().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
+                super::log::error(&e.to_string());
                 ExitCode::from(EXIT_FAILURE)
             }
         }
@@ -231,10 +288,14 @@ impl StopSignals {
     }
 }
 
-/// The structured startup line (one JSON object on stderr): version,
-/// listeners, config file, backends and the names they came from,
-/// algorithm and policies.
-fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
+/// The startup line's fields (`event: "started"`): version, listeners,
+/// config file, backends and the names they came from, algorithm and
+/// policies.
+fn startup_line(
+    app: &App,
+    config: &Config,
+    file: Option<&Path>,
+) -> serde_json::Map<String, serde_json::Value> {
     let backends = app.proxy.upstreams.names();
     let names: serde_json::Map<String, serde_json::Value> = app
         .discovery
@@ -242,7 +303,7 @@ fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
         .into_iter()
         .map(|(name, addresses)| (name, addresses.into()))
         .collect();
-    serde_json::json!({
+    let fields = serde_json::json!({
         "event": "started",
         "version": env!("CARGO_PKG_VERSION"),
         "listen": app.proxy_addr.to_string(),
@@ -263,6 +324,60 @@ fn startup_line(app: &App, config: &Config, file: Option<&Path>) -> String {
         "access_log": config.access_log,
         "reload": { "sighup": true, "watch": file.is_some() && config.reload.watch },
         "pid": std::process::id(),
-    })
-    .to_string()
+    });
+    match fields {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// What `check` prints: the effective configuration as TOML (every key with
+/// a value; each one a flag or variable set marked with it), then every key
+/// left unset (TLS off, no CA file, ...) as a comment with its meaning.
+fn effective_toml(raw: &RawConfig, overrides: &[Override]) -> String {
+    let text = raw.to_toml();
+    let origins = crate::config::describe_origins(overrides);
+    let mut out = String::with_capacity(text.len() + 1024);
+    let mut section = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.trim_matches(['[', ']']).to_owned();
+        }
+        let key = t.split_once(" = ").map(|(k, _)| match section.as_str() {
+            "" => k.to_owned(),
+            s => format!("{s}.{k}"),
+        });
+        out.push_str(line);
+        if let Some(origin) = key.and_then(|k| origins.get(&k)) {
+            out.push_str(&format!("  # {origin}"));
+        }
+        out.push('\n');
+    }
+    let table: toml::Table = text.parse().unwrap_or_default();
+    let unset: Vec<_> = crate::config::KEYS
+        .iter()
+        .filter(|k| !has_path(&table, k.path))
+        .collect();
+    if !unset.is_empty() {
+        out.push_str("\n# Not set:\n");
+        for k in unset {
+            out.push_str(&format!("# {} ({}): {}\n", k.path, k.env_var(), k.help));
+        }
+    }
+    out
+}
+
+/// True if the dotted `path` names a value in `table`.
+fn has_path(table: &toml::Table, path: &str) -> bool {
+    let mut current = table;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        match (current.get(part), parts.peek()) {
+            (Some(_), None) => return true,
+            (Some(toml::Value::Table(t)), Some(_)) => current = t,
+            _ => return false,
+        }
+    }
+    false
 }

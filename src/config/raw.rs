@@ -771,8 +771,31 @@ impl RawAffinity {
 
 impl RawTls {
     fn validate(&self, l: &Locator) -> Result<Tls, ConfigError> {
-        if self.cert.is_empty() || self.key.is_empty() {
-            return Err(invalid(l, "tls", "needs both `cert` and `key` (PEM files)"));
+        match (self.cert.is_empty(), self.key.is_empty()) {
+            (false, false) => {}
+            (false, true) => {
+                return Err(invalid(
+                    l,
+                    "tls.cert",
+                    "a certificate without its private key: set `tls.key` too \
+                     (--tls-key FILE, UNSTICK_TLS_KEY, or `key` under [tls])",
+                ))
+            }
+            (true, false) => {
+                return Err(invalid(
+                    l,
+                    "tls.key",
+                    "a private key without its certificate: set `tls.cert` too \
+                     (--tls-cert FILE, UNSTICK_TLS_CERT, or `cert` under [tls])",
+                ))
+            }
+            (true, true) => {
+                return Err(invalid(
+                    l,
+                    "tls",
+                    "TLS needs `cert` and `key` (PEM files); remove [tls] to serve plain HTTP",
+                ))
+            }
         }
         let sni = self
             .sni
@@ -836,12 +859,22 @@ impl RawHttp2 {
 
 impl RawUpstreamTls {
     fn validate(&self, l: &Locator) -> Result<UpstreamTls, ConfigError> {
-        if self.client_cert.is_some() != self.client_key.is_some() {
-            return Err(invalid(
-                l,
-                "upstream_tls",
-                "`client_cert` and `client_key` go together",
-            ));
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    l,
+                    "upstream_tls.client_cert",
+                    "a client certificate without its key: set `upstream_tls.client_key` too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    l,
+                    "upstream_tls.client_key",
+                    "a client key without its certificate: set `upstream_tls.client_cert` too",
+                ))
+            }
+            _ => {}
         }
         Ok(UpstreamTls {
             ca_file: self.ca_file.as_ref().map(PathBuf::from),

@@ -560,10 +560,14 @@ impl Connector {
         let stream = match &self.tls {
             None => Stream::Plain(tcp),
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| RequestError::io(&e))?;
+                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                    // A certificate problem in words, with its fix (--insecure
+                    // for a self-signed test server).
+                    match crate::tls::explain_io(&e) {
+                        Some(why) => RequestError::new(ErrorClass::Other, why),
+                        None => RequestError::io(&e),
+                    }
+                })?;
                 if self.http2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return Err(RequestError::new(
                         ErrorClass::Other,

@@ -513,8 +513,8 @@ impl Proxy {
             s.budget.record_request();
         }
         let mut attempts = Attempts::default();
-        for attempt in 0..=s.retries.max_per_request {
-            let Some(backend) = self.next_backend(s, &mut attempts, attempt, done) else {
+        loop {
+            let Some(backend) = self.next_backend(s, &mut attempts, done) else {
                 break;
             };
             if let Some((parts, body)) = out.unwritten.take() {
@@ -551,13 +551,13 @@ impl Proxy {
                     }
                     // The body is held whole, so it can always be sent again.
                     let request = (out.replay_allowed, true);
-                    if !attempts.failed(s, attempt, error, backend, request) {
+                    if !attempts.failed(s, error, backend, request) {
                         break;
                     }
                 }
             }
         }
-        Err(attempts.into_failure())
+        Err(attempts.into_failure(&self.upstreams))
     }
 
     /// [`Proxy::attempt_h1`] on `backend`, and once more on a new

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, request, response, HeaderValue, Method, Response, Version};
+use http::{header, request, response, HeaderName, HeaderValue, Method, Response, Version};
 use tokio::time::Instant;
 
 use super::body::Completion;
@@ -214,27 +214,15 @@ impl Proxy {
         settings: &Settings,
         backend: &Arc<Backend>,
     ) -> Result<response::Parts, Kind> {
-        let backend_header = settings.backend_header.as_ref();
-        let plain = conn.fields.iter().all(|f| {
-            let (name, value) = f.field(&conn.buf);
-            headers::response_field_rule(name, value, backend_header) != FieldRule::Scrub
-        });
-        if plain {
+        let kept = kept_fields(conn, framing, settings.backend_header.as_ref());
+        if kept.is_some() {
             self.watch_plain(reply, backend, head.status, conn);
         }
         let bytes = conn.buf.split_to(head.len).freeze();
         let invalid = |e| Kind::Reset(format!("invalid response from the backend: {e}"));
-        if plain {
-            plain_parts(
-                &bytes,
-                head,
-                &conn.fields,
-                framing,
-                reply,
-                settings,
-                backend,
-            )
-            .map_err(invalid)
+        if let Some(kept) = kept {
+            let fields = (&conn.fields[..], kept);
+            plain_parts(&bytes, head, fields, reply, settings, backend).map_err(invalid)
         } else {
             let mut parts = http1::response_parts(&bytes, head, &conn.fields).map_err(invalid)?;
             self.scrub_response(&mut parts, backend, settings, reply, false)
@@ -259,31 +247,50 @@ pub(super) fn in_place(parts: &request::Parts, scan: &Scan) -> bool {
         && (parts.uri.path_and_query()).is_some_and(|pq| pq.as_str().starts_with('/'))
 }
 
+/// The response fields the client gets (bit i: field i of the head at
+/// the start of `conn.buf`) if none needs more than keeping or dropping
+/// (`headers::response_field_rule`, as for the HTTP/1 fast path's heads
+/// passed on in place), else None. A length is kept only where it was the
+/// framing (or, without a body, the representation's).
+fn kept_fields(
+    conn: &RawConn,
+    framing: Framing,
+    backend_header: Option<&HeaderName>,
+) -> Option<u128> {
+    if conn.fields.len() > u128::BITS as usize {
+        return None;
+    }
+    let keep_length = matches!(framing, Framing::Length(_) | Framing::None);
+    let mut kept = 0u128;
+    for (i, f) in conn.fields.iter().enumerate() {
+        let (name, value) = f.field(&conn.buf);
+        match headers::response_field_rule(name, value, backend_header) {
+            FieldRule::Scrub => return None,
+            FieldRule::Keep if keep_length || !name.eq_ignore_ascii_case(b"content-length") => {
+                kept |= 1 << i;
+            }
+            FieldRule::Keep | FieldRule::Drop => {}
+        }
+    }
+    Some(kept)
+}
+
 /// The client's response head from a backend's whose fields all need no
-/// more than keeping or dropping (`headers::response_field_rule`, as for
-/// the HTTP/1 fast path's heads passed on in place): the map is built from
+/// more than keeping or dropping ([`kept_fields`]): the map is built from
 /// the kept fields alone, then unstick's own are added, instead of being
-/// built whole and scrubbed (`Proxy::scrub_response`). A length is kept
-/// only where it was the framing (or, without a body, the representation's).
+/// built whole and scrubbed (`Proxy::scrub_response`).
 fn plain_parts(
     bytes: &Bytes,
     head: &http1::ResponseHead,
-    fields: &[http1::HeaderIndices],
-    framing: Framing,
+    (fields, kept): (&[http1::HeaderIndices], u128),
     reply: &ReplyTo,
     settings: &Settings,
     backend: &Backend,
 ) -> Result<response::Parts, http1::HeadError> {
-    let backend_header = settings.backend_header.as_ref();
-    let keep_length = matches!(framing, Framing::Length(_) | Framing::None);
-    let keep = |name: &[u8], value: &[u8]| {
-        headers::response_field_rule(name, value, backend_header) == FieldRule::Keep
-            && (keep_length || !name.eq_ignore_ascii_case(b"content-length"))
-    };
-    let mut parts = http1::response_parts_kept(bytes, head, fields, 2, keep)?;
+    let mut parts = http1::response_parts_kept(bytes, head, fields, kept, 2)?;
     let id = never_indexed(reply.request_id.to_header());
     parts.headers.insert(X_REQUEST_ID.clone(), id);
-    if let Some(name) = backend_header {
+    if let Some(name) = &settings.backend_header {
         if let Ok(v) = HeaderValue::from_str(&backend.name) {
             parts.headers.insert(name.clone(), v);
         }

@@ -224,7 +224,9 @@ impl ChildUnstick {
             let _ = process.wait_timeout(Duration::from_millis(200));
             panic!("unstick did not start: {}", process.stderr.text())
         };
-        let v: serde_json::Value = serde_json::from_str(&line).expect("startup line is JSON");
+        // `TIME  INFO started {...}` as text, the object itself as JSON.
+        let json = &line[line.find('{').expect("startup line has its fields")..];
+        let v: serde_json::Value = serde_json::from_str(json).expect("startup fields are JSON");
         let addr = v["listen"].as_str().expect("listen").parse().expect("addr");
         let admin = v["admin"].as_str().and_then(|a| a.parse().ok());
         ChildUnstick {

@@ -523,7 +523,7 @@ impl Pool {
         TlsConnector::from(config.clone())
             .connect(self.server_name.clone(), stream)
             .await
-            .map_err(|e| ConnectError::Tls(e.to_string()))
+            .map_err(|e| ConnectError::Tls(crate::tls::explain_io(&e).unwrap_or(e.to_string())))
     }
 }
 

@@ -34,6 +34,7 @@
 //! - [`wire`]: a raw client that reads answers strictly, by unstick's own
 //!   parser, and reports what came (answers, a close, stray bytes) rather
 //!   than failing on it: for hostile exchanges.
+//! - [`load`]: the load engine against a URL, with a test's settings.
 //! - [`wait`]: bounded condition waits ([`wait::until`]); never sleep for a
 //!   condition.
 //! - [`metrics`]: Prometheus scrapes, checked line by line ([`metrics::Scrape`]).
@@ -48,6 +49,7 @@
 
 pub mod admin;
 pub mod backends;
+pub mod load;
 pub mod local;
 pub mod many;
 pub mod metrics;
