@@ -505,7 +505,7 @@ impl Proxy {
                 .await;
             // Held only when a failure could still be retried.
             let hold = replay_allowed
-                && attempt < s.retries.max_per_request
+                && attempts.counted < s.retries.max_per_request
                 && s.retries.response_buffer > 0
                 && request.is_some();
             let tried = match tried {

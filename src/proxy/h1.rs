@@ -536,7 +536,7 @@ impl Proxy {
                 .await;
             // Held only when a failure could still be retried.
             let hold = out.replay_allowed
-                && attempt < s.retries.max_per_request
+                && attempts.counted < s.retries.max_per_request
                 && s.retries.response_buffer > 0;
             let tried = match tried {
                 Ok(answered) if hold => hold_whole(answered, &s.retries, timer).await,
