@@ -531,19 +531,34 @@ impl Proxy {
                 }
             }
             let request = (out.method, &scratch[..], out.large_body);
-            let tried = self
-                .try_backend_h1(&backend, request, s, timer, out.replay_allowed)
-                .await;
             // Held only when a failure could still be retried.
             let hold = out.replay_allowed
                 && attempts.counted < s.retries.max_per_request
                 && s.retries.response_buffer > 0;
-            let tried = match tried {
-                Ok(answered) if hold => hold_whole(answered, &s.retries, timer).await,
-                tried => tried,
-            };
-            match tried {
-                Ok(answered) => return Ok(answered),
+            match self
+                .try_backend_h1(&backend, request, s, timer, out.replay_allowed)
+                .await
+            {
+                // Checked in place: the usual small response, whole with its
+                // head, is not moved through the hold.
+                Ok(answered)
+                    if !hold || Held::wanted(&answered, s.retries.response_buffer).is_none() =>
+                {
+                    return Ok(answered)
+                }
+                Ok(mut answered) => {
+                    if let Err(e) = hold_whole(&mut answered, &s.retries, timer).await {
+                        drop(answered);
+                        let AttemptError { error, .. } = e;
+                        let error = error.with_backend(&backend.name);
+                        self.upstream_failed(&backend, &error, false);
+                        if !attempts.failed(s, error, backend, (true, true)) {
+                            break;
+                        }
+                        continue;
+                    }
+                    return Ok(answered);
+                }
                 Err(AttemptError { error, blame, .. }) => {
                     let error = error.with_backend(&backend.name);
                     if blame {
@@ -1064,26 +1079,26 @@ async fn read_head(conn: &mut RawConn) -> Result<http1::ResponseHead, (Kind, boo
 /// `retries.response_buffer` or not whole within `retries.response_hold`
 /// is returned as it stands, to be passed on as it comes.
 async fn hold_whole(
-    mut a: Answered,
+    a: &mut Answered,
     retries: &crate::config::Retries,
     timer: &mut LazyTimer,
-) -> Result<Answered, AttemptError> {
-    let Some(mut held) = Held::wanted(&a, retries.response_buffer) else {
-        return Ok(a);
+) -> Result<(), AttemptError> {
+    let Some(mut held) = Held::wanted(a, retries.response_buffer) else {
+        return Ok(());
     };
     timer.set(Instant::now() + retries.response_hold);
     loop {
         match read_before(&mut a.conn, timer).await {
-            None => return Ok(a),
+            None => return Ok(()),
             Some(Ok(0)) => return Err(held_cut("the connection closed".into())),
             Some(Err(e)) => return Err(held_cut(format!("connection error: {e}"))),
             Some(Ok(_)) => {}
         }
         match held.more(&a.conn.buf) {
-            Some(true) => return Ok(a),
+            Some(true) => return Ok(()),
             Some(false) if a.conn.buf.len() - a.head.len <= retries.response_buffer => {}
             // Outgrown, or framed wrongly (refused when it is passed on).
-            _ => return Ok(a),
+            _ => return Ok(()),
         }
     }
 }
