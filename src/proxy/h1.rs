@@ -98,6 +98,18 @@ impl LazyTimer {
             self.sleep.as_mut().reset(deadline);
         }
     }
+
+    /// `fut`'s output, or None if the deadline passes first.
+    pub async fn race<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            self.poll_expired(cx).map(|()| None)
+        })
+        .await
+    }
 }
 
 impl Default for LazyTimer {
@@ -971,17 +983,7 @@ async fn await_head(
     timer: &mut LazyTimer,
     timeouts: &Timeouts,
 ) -> Result<http1::ResponseHead, AttemptError> {
-    let head = {
-        let read = read_head(conn);
-        tokio::pin!(read);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            timer.poll_expired(cx).map(|()| None)
-        })
-        .await
-    };
+    let head = timer.race(read_head(conn)).await;
     let (kind, retry, unanswered) = match head {
         Some(Ok(h)) => return Ok(h),
         Some(Err((kind, unanswered))) => (kind, Retry::IfIdempotent, unanswered),
@@ -1154,15 +1156,7 @@ impl Held {
 
 /// Reads more of a held response until `timer` fires (None).
 async fn read_before(conn: &mut RawConn, timer: &mut LazyTimer) -> Option<std::io::Result<usize>> {
-    let read = conn.read_more();
-    tokio::pin!(read);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = read.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        timer.poll_expired(cx).map(|()| None)
-    })
-    .await
+    timer.race(conn.read_more()).await
 }
 
 /// Reads more of a response body: a backend that sends nothing for
@@ -1173,17 +1167,7 @@ async fn read_within(
     stall: Duration,
 ) -> std::io::Result<usize> {
     timer.set(Instant::now() + stall);
-    let read = conn.read_more();
-    tokio::pin!(read);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = read.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        timer
-            .poll_expired(cx)
-            .map(|()| Err(std::io::ErrorKind::TimedOut.into()))
-    })
-    .await
+    (timer.race(conn.read_more()).await).unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// Bytes a client may send ahead (pipelined) while its request is served.

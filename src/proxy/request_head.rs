@@ -296,29 +296,8 @@ pub fn write(
             http1::put_field_lowercase(out, head, f);
         }
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(i) = scan.forwarded_for {
-        out.extend_from_slice(fields[i].field(head).1);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(ours.client_ip);
-    out.extend_from_slice(if ours.https {
-        b"\r\nx-forwarded-proto: https\r\n"
-    } else {
-        b"\r\nx-forwarded-proto: http\r\n"
-    });
-    if let Some(i) = scan.host {
-        out.extend_from_slice(b"x-forwarded-host");
-        http1::put_field_value(out, fields[i].field(head).1);
-    }
-    out.extend_from_slice(b"x-request-id");
-    http1::put_field_value(out, ours.request_id);
-    if let Some(n) = ours.body_len {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let value = |at: Option<usize>| at.map(|i| fields[i].field(head).1);
+    write_ours(out, value(scan.forwarded_for), value(scan.host), ours);
 }
 
 /// [`write`] for an HTTP/2 request without a body (`parts`, as the client
@@ -346,9 +325,28 @@ pub fn write_h2(
     }
     out.extend_from_slice(b"host");
     http1::put_field_value(out, authority);
+    let forwarded_for = scan.forwarded_for.and(parts.headers.get("x-forwarded-for"));
+    write_ours(
+        out,
+        forwarded_for.map(|v| v.as_bytes()),
+        Some(authority),
+        ours,
+    );
+}
+
+/// The fields unstick adds to a request for a backend, then the head's end:
+/// `X-Forwarded-For` (the client's `forwarded_for` list, if any, then its
+/// address), `X-Forwarded-Proto`, `X-Forwarded-Host` (the client's `host`,
+/// if known), the request id and the body's length.
+fn write_ours(
+    out: &mut Vec<u8>,
+    forwarded_for: Option<&[u8]>,
+    host: Option<&[u8]>,
+    ours: &Forwarding<'_>,
+) {
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(v) = scan.forwarded_for.and(parts.headers.get("x-forwarded-for")) {
-        out.extend_from_slice(v.as_bytes());
+    if let Some(list) = forwarded_for {
+        out.extend_from_slice(list);
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(ours.client_ip);
@@ -357,8 +355,10 @@ pub fn write_h2(
     } else {
         b"\r\nx-forwarded-proto: http\r\n"
     });
-    out.extend_from_slice(b"x-forwarded-host");
-    http1::put_field_value(out, authority);
+    if let Some(host) = host {
+        out.extend_from_slice(b"x-forwarded-host");
+        http1::put_field_value(out, host);
+    }
     out.extend_from_slice(b"x-request-id");
     http1::put_field_value(out, ours.request_id);
     if let Some(n) = ours.body_len {
