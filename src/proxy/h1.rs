@@ -547,7 +547,7 @@ impl Proxy {
             let hold = out.replay_allowed
                 && attempts.counted < s.retries.max_per_request
                 && s.retries.response_buffer > 0;
-            match self
+            let failed = match self
                 .try_backend_h1(&backend, request, s, timer, out.replay_allowed)
                 .await
             {
@@ -558,30 +558,21 @@ impl Proxy {
                 {
                     return Ok(answered)
                 }
-                Ok(mut answered) => {
-                    if let Err(e) = hold_whole(&mut answered, &s.retries, timer).await {
-                        drop(answered);
-                        let AttemptError { error, .. } = e;
-                        let error = error.with_backend(&backend.name);
-                        self.upstream_failed(&backend, &error, false);
-                        if !attempts.failed(s, error, backend, (true, true)) {
-                            break;
-                        }
-                        continue;
-                    }
-                    return Ok(answered);
-                }
-                Err(AttemptError { error, blame, .. }) => {
-                    let error = error.with_backend(&backend.name);
-                    if blame {
-                        self.upstream_failed(&backend, &error, false);
-                    }
-                    // The body is held whole, so it can always be sent again.
-                    let request = (out.replay_allowed, true);
-                    if !attempts.failed(s, error, backend, request) {
-                        break;
-                    }
-                }
+                Ok(mut answered) => match hold_whole(&mut answered, &s.retries, timer).await {
+                    Ok(()) => return Ok(answered),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            let AttemptError { error, blame, .. } = failed;
+            let error = error.with_backend(&backend.name);
+            if blame {
+                self.upstream_failed(&backend, &error, false);
+            }
+            // The body is held whole, so it can always be sent again.
+            let request = (out.replay_allowed, true);
+            if !attempts.failed(s, error, backend, request) {
+                break;
             }
         }
         Err(attempts.into_failure(&self.upstreams))
