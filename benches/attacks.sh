@@ -9,7 +9,7 @@
 # within 40 s, the well-behaved client's successes, failures and latency,
 # the proxy's peak RSS and CPU seconds.
 #
-# Usage:  /work/bin/bench benches/attacks.sh [--conns N] [--rounds R] [--only TEXT]
+# Usage:  benches/attacks.sh [--conns N] [--rounds R] [--only TEXT]
 # Needs:  apt-get install -y nginx haproxy python3
 # NO_BUILD=1 skips the release build; KEEP_WORK=1 keeps the work directory
 # (configs, logs, results.jsonl) and prints its path.

@@ -9,7 +9,7 @@
 # nginx: proxy_next_upstream error timeout http_502, max_fails=1
 # fail_timeout=1s. unstick: its defaults. Details: benches/kills.py --help.
 #
-# Usage:  /work/bin/bench benches/kills.sh [--loop N] [kills.py options]
+# Usage:  benches/kills.sh [--loop N] [kills.py options]
 # Needs:  apt-get install -y nginx haproxy python3
 # NO_BUILD=1 skips the release build.
 set -euo pipefail
