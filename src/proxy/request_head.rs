@@ -483,6 +483,13 @@ mod tests {
         assert!(!has_underscore(b"^`\xdf\xde\x5e\x60"));
     }
 
+    /// Up to eight fields drawn from [`POOL`], repeats allowed.
+    fn random_fields(rng: &mut SmallRng) -> Vec<(&'static str, &'static str)> {
+        (0..rng.random_range(0..9))
+            .map(|_| POOL[rng.random_range(0..POOL.len())])
+            .collect()
+    }
+
     /// For random heads, the scan's facts match what the `HeaderMap` says,
     /// it sends to the map exactly the heads that need it, and the head
     /// written in place is the map path's, field for field.
@@ -495,9 +502,7 @@ mod tests {
         for _ in 0..5000 {
             let method = ["GET", "POST", "HEAD", "DELETE"][rng.random_range(0..4)];
             let target = targets[rng.random_range(0..targets.len())];
-            let mut chosen: Vec<(&str, &str)> = (0..rng.random_range(0..9))
-                .map(|_| POOL[rng.random_range(0..POOL.len())])
-                .collect();
+            let mut chosen = random_fields(&mut rng);
             if rng.random_bool(0.7) {
                 chosen.insert(0, POOL[0]);
             }
@@ -584,10 +589,8 @@ mod tests {
         for _ in 0..5000 {
             let method = ["GET", "POST", "HEAD", "DELETE"][rng.random_range(0..4)];
             let path = paths[rng.random_range(0..paths.len())];
-            let mut chosen: Vec<(&str, &str)> = (0..rng.random_range(0..9))
-                .map(|_| POOL[rng.random_range(0..POOL.len())])
-                .filter(|(n, _)| !["Connection", "Upgrade", "Transfer-Encoding"].contains(n))
-                .collect();
+            let mut chosen = random_fields(&mut rng);
+            chosen.retain(|(n, _)| !["Connection", "Upgrade", "Transfer-Encoding"].contains(n));
             if rng.random_bool(0.8) {
                 chosen.retain(|(n, _)| *n != "Host");
             }
