@@ -83,9 +83,12 @@ pub enum ClientErrorKind {
     /// The client closed or reset its connection (or stream) before its
     /// response was complete.
     Aborted = 6,
+    /// The client flooded an HTTP/2 connection with control frames (PING,
+    /// SETTINGS, PRIORITY, empty DATA): the connection was closed.
+    Flood = 7,
 }
 
-pub const CLIENT_ERROR_KINDS: [&str; 7] = [
+pub const CLIENT_ERROR_KINDS: [&str; 8] = [
     "bad_request",
     "timeout",
     "body_too_large",
@@ -93,6 +96,7 @@ pub const CLIENT_ERROR_KINDS: [&str; 7] = [
     "header_too_large",
     "not_implemented",
     "aborted",
+    "flood",
 ];
 
 impl ClientErrorKind {
@@ -137,7 +141,7 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
     /// Client faults by kind, pre-resolved (see [`ClientErrorKind`]).
-    pub client_errors: [IntCounter; 7],
+    pub client_errors: [IntCounter; CLIENT_ERROR_KINDS.len()],
     pub retries: IntCounterVec,
     pub retry_budget_exhausted: IntCounter,
     /// Pooled backend connections found closed by the backend when a
@@ -200,7 +204,7 @@ struct Traffic {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
-    client_errors: [IntCounter; 7],
+    client_errors: [IntCounter; CLIENT_ERROR_KINDS.len()],
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounter,
     stale_connections: IntCounter,
@@ -343,8 +347,8 @@ impl Metrics {
             "unstick_client_errors_total",
             "Requests that failed by the client's doing, by kind: bad_request (400), timeout \
              (408), body_too_large (413), uri_too_long (414), header_too_large (431), \
-             not_implemented (501), aborted (the client left before its response was complete). \
-             Never counted against a backend.",
+             not_implemented (501), aborted (the client left before its response was complete), \
+             flood (an HTTP/2 connection closed for a flood of control frames). Never counted against a backend.",
             &["kind"],
         );
         let client_errors = CLIENT_ERROR_KINDS.map(|k| client_errors.with_label_values(&[k]));

@@ -30,6 +30,7 @@ pub mod balance;
 mod clock;
 mod conn;
 pub mod fast;
+mod h2flood;
 mod handshake;
 mod redirect;
 

@@ -21,6 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::h2flood::{self, ControlFrames};
 use super::{Phase, ServerOptions, Shutdown, TunnelHold};
 use crate::metrics::ClientErrorKind;
 use crate::proxy::{ClientInfo, Proxy, ResponseBody};
@@ -247,6 +248,7 @@ async fn serve_hyper<I>(
         answered: false,
         line: LineWatch::new(a.opts.max_header_bytes),
         last_word: TIMED_OUT_408,
+        frames: ControlFrames::new(a.at, speak != Speak::Http1),
     };
     // Every tunnel made from this connection holds a sender: the connection
     // stays counted as open (for the drain and the connection limit) until
@@ -277,6 +279,8 @@ async fn serve_hyper<I>(
     let fault = keep_time(conn, &activity, a.opts, a.shutdown).await;
     if activity.uri_too_long.load(Ordering::Relaxed) {
         a.proxy.metrics.client_error(ClientErrorKind::UriTooLong);
+    } else if activity.flood.load(Ordering::Relaxed) {
+        a.proxy.metrics.client_error(ClientErrorKind::Flood);
     } else if let Some(kind) = fault {
         a.proxy.metrics.client_error(kind);
     }
@@ -423,6 +427,8 @@ struct ConnActivity {
     answer_408: AtomicBool,
     /// A request line too long was answered 414.
     uri_too_long: AtomicBool,
+    /// The client flooded the connection with HTTP/2 control frames: it was closed.
+    flood: AtomicBool,
     /// Wakes the connection's reader to answer that 408.
     reader: AtomicWaker,
     start: Instant,
@@ -441,6 +447,7 @@ impl ConnActivity {
             http2: AtomicBool::new(false),
             answer_408: AtomicBool::new(false),
             uri_too_long: AtomicBool::new(false),
+            flood: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             start,
         }
@@ -569,6 +576,8 @@ struct WatchedIo<I> {
     line: LineWatch,
     /// What the connection is told before it closes.
     last_word: &'static [u8],
+    /// HTTP/2 frames read, counted for control-frame floods.
+    frames: ControlFrames,
 }
 
 /// A request line that grows past the head limit is answered `414 URI Too
@@ -649,6 +658,25 @@ impl<I: AsyncRead + AsyncWrite + Unpin> WatchedIo<I> {
 }
 
 impl<I> WatchedIo<I> {
+    /// Ends a connection whose client floods it with HTTP/2 control frames:
+    /// this read fails, and every later one, so the connection closes
+    /// without writing the acknowledgements the client asked for.
+    fn flooded(&mut self) -> Poll<io::Result<()>> {
+        if !self.answered {
+            self.answered = true;
+            self.activity.flood.store(true, Ordering::Relaxed);
+            tracing::debug!(
+                limit = h2flood::LIMIT,
+                window = ?h2flood::WINDOW,
+                "client connection closed: HTTP/2 control frame flood"
+            );
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "HTTP/2 control frame flood",
+        )))
+    }
+
     /// Notes whether a write (or flush) waits on the client.
     fn wrote<T>(&self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         let waiting = &self.activity.write_waiting;
@@ -676,6 +704,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedIo<I> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.answered || this.activity.answer_408.load(Ordering::Relaxed) {
+            if this.activity.flood.load(Ordering::Relaxed) {
+                return this.flooded();
+            }
             return this.answer_408(cx);
         }
         let before = buf.filled().len();
@@ -692,6 +723,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedIo<I> {
                 if this.saw(&buf.filled()[before..]) {
                     buf.set_filled(before);
                     return this.answer_408(cx);
+                }
+                if this.frames.read(&buf.filled()[before..]) {
+                    buf.set_filled(before);
+                    return this.flooded();
                 }
             }
             Poll::Ready(_) => {}

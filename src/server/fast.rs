@@ -426,7 +426,7 @@ where
         ClientErrorKind::UriTooLong => "414 URI Too Long",
         ClientErrorKind::HeaderTooLarge => "431 Request Header Fields Too Large",
         ClientErrorKind::NotImplemented => "501 Not Implemented",
-        ClientErrorKind::Aborted => {
+        ClientErrorKind::Aborted | ClientErrorKind::Flood => {
             let _ = io.shutdown().await;
             return;
         }
