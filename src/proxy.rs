@@ -304,6 +304,11 @@ impl Proxy {
     }
 
     /// Handles one client request. Never fails: errors become responses.
+    ///
+    /// The future is kilobytes (the backend's checkout, send and response
+    /// wait are inline): the caller boxes it once, where it is made, so
+    /// that hyper's per-stream task and the task's cell move a pointer,
+    /// not the request's state.
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
@@ -326,7 +331,7 @@ impl Proxy {
             if h2::in_place(&parts, &scan) {
                 drop(body);
                 let served = self.serve_raw_in_place((parts, scan), &client, &settings, start);
-                return Box::pin(served).await;
+                return served.await;
             }
         }
         let Begun {
@@ -346,13 +351,9 @@ impl Proxy {
         }
         if self.takes_raw_path(&settings, &reply, body.is_end_stream()) {
             drop(body);
-            return Box::pin(self.serve_raw(parts, &settings, done, reply)).await;
+            return self.serve_raw(parts, &settings, done, reply).await;
         }
-        // Boxed: the forward future (the backend's checkout, send and
-        // response wait) is kilobytes; inline, every move of this request's
-        // future (into hyper's per-stream task, into the task's cell) copied
-        // it whole.
-        let result = Box::pin(self.forward(parts, body, &settings, &mut done)).await;
+        let result = self.forward(parts, body, &settings, &mut done).await;
         match result {
             Ok(fwd) => {
                 let upgrade = client_upgrade.map(|u| (u, hold));

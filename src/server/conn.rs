@@ -266,13 +266,16 @@ async fn serve_hyper<I>(
             let guard = activity.request_started();
             let proxy = proxy.clone();
             let client = client.clone();
-            async move {
+            // Boxed here, where it is made: hyper moves the service's
+            // future into each HTTP/2 stream's task, and tokio into the
+            // task's cell; a pointer moves instead of the request's state.
+            Box::pin(async move {
                 let response = proxy.handle(req, client).await;
                 Ok::<_, Infallible>(response.map(|body| TrackedBody {
                     body,
                     _guard: guard,
                 }))
-            }
+            })
         })
     };
     let conn = a.builders.serve(speak, TokioIo::new(io), service);
