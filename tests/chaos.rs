@@ -2,142 +2,30 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{run_within, Output};
-use unstick::testkit::process::{signal, ChildProcess};
-
-const BIN: &str = env!("CARGO_BIN_EXE_unstick");
-
-fn demo_scenario() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/chaos/demo.toml")
-}
-
-/// A SQLite store prepared once, before the instances race to create it.
-fn sqlite_store(dir: &Path) -> String {
-    let db = dir.join("demo.db");
-    unstick::demo::store::SqliteStore::init(&db).expect("init the store");
-    format!("sqlite:{}", db.display())
-}
-
-fn demo_app(store: &str) -> String {
-    format!("{BIN} demo-app --port {{port}} --store {store}")
-}
-
-/// Runs `unstick chaos ARGS` to its end (at most `limit`).
-fn chaos(args: &[&str], limit: Duration) -> Output {
-    let args: Vec<&str> = ["chaos"].iter().chain(args).copied().collect();
-    run_within(&args, &[], limit)
-}
-
-fn verdict(dir: &Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("verdict.json")).expect("verdict.json");
-    serde_json::from_str(&text).expect("verdict.json is JSON")
-}
-
-fn check<'a>(v: &'a Value, name: &str) -> &'a Value {
-    v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name}"))
-}
-
-fn alive(pid: u32) -> bool {
-    // Signal 0 checks only; ESRCH once the process is gone (and reaped).
-    signal(pid, 0)
-}
-
-/// Every pid the verdict lists for every instance.
-fn all_pids(v: &Value) -> Vec<u32> {
-    v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|i| i["pids"].as_array().unwrap().clone())
-        .map(|p| p.as_u64().unwrap() as u32)
-        .collect()
-}
-
-/// Pids from `chaos: instance #N started: pid P` and `restarted: pid P` lines.
-fn pids_in(stderr: &str) -> Vec<u32> {
-    stderr
-        .lines()
-        .filter(|l| l.starts_with("chaos: instance #") && l.contains("started: pid "))
-        .map(|l| {
-            let rest = &l[l.find("started: pid ").unwrap() + "started: pid ".len()..];
-            rest.split(' ').next().unwrap().parse().unwrap()
-        })
-        .collect()
-}
-
-/// The `(seconds, instance)` of each fault in `--dry-run` output.
-fn dry_run_faults(text: &str) -> Vec<(String, String, String)> {
-    text.lines()
-        .filter(|l| l.trim_start().starts_with("fault "))
-        .map(|l| {
-            let at = l
-                .split(" at ")
-                .nth(1)
-                .unwrap()
-                .split('s')
-                .next()
-                .unwrap()
-                .trim();
-            let sig = l.split(": ").nth(1).unwrap().split(' ').next().unwrap();
-            let inst = l
-                .split("instance #")
-                .nth(1)
-                .unwrap()
-                .split(',')
-                .next()
-                .unwrap();
-            (at.to_owned(), sig.to_owned(), inst.to_owned())
-        })
-        .collect()
-}
+use support::chaos::{
+    alive, all_pids, assert_none_alive, backend_app, check, dry_run_faults, executed, pids_in,
+    planned_kills, run_args, scenario, verdict, Chaos,
+};
+use support::{Files, BIN};
 
 #[test]
 fn the_sqlite_demo_passes_with_a_sigkill_every_2s_over_20s() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(dir.path());
-    let report = dir.path().join("report");
-    let app = demo_app(&store);
-    let scenario = demo_scenario();
-    let args = [
-        "--app",
-        &app,
-        "--scenario",
-        scenario.to_str().unwrap(),
-        "--faults",
-        "kill",
-        "--every",
-        "2s",
-        "--duration",
-        "20s",
-        "--seed",
-        "42",
+    let chaos = Chaos::new()
+        .sqlite_demo()
+        .scenario(&scenario("demo.toml"))
+        .flags(&["--faults", "kill", "--every", "2s", "--duration", "20s"])
+        .flags(&["--seed", "42"])
         // Every POST carries an Idempotency-Key and the demo app replays
         // keyed responses, so a POST caught by a SIGKILL is sent again:
         // every request succeeds.
-        "--min-success",
-        "100",
-        "--report-dir",
-        report.to_str().unwrap(),
-    ];
+        .flags(&["--min-success", "100"])
+        .reported();
     let started = Instant::now();
-    let run = chaos(&args, Duration::from_secs(60));
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    let run = chaos.run(Duration::from_secs(60));
+    run.assert_code(0);
     assert!(started.elapsed() >= Duration::from_secs(20));
     assert!(
         run.stdout.contains("unstick chaos: PASS  (seed 42)"),
@@ -145,7 +33,7 @@ fn the_sqlite_demo_passes_with_a_sigkill_every_2s_over_20s() {
         run.stdout
     );
 
-    let v = verdict(&report);
+    let v = chaos.verdict();
     assert_eq!(v["verdict"], "PASS");
     assert_eq!(v["exit_code"], 0);
     assert_eq!(v["seed"], 42);
@@ -154,9 +42,8 @@ fn the_sqlite_demo_passes_with_a_sigkill_every_2s_over_20s() {
     }
     // Kills every 2 s through the chaos phase; each hit a pid chaos started,
     // which exited on SIGKILL and came back as a new process.
-    let timeline = v["timeline"].as_array().unwrap();
-    let executed: Vec<&Value> = timeline.iter().filter(|f| !f["at_s"].is_null()).collect();
-    assert!(executed.len() >= 4, "{timeline:?}");
+    let executed = executed(&v);
+    assert!(executed.len() >= 4, "{}", v["timeline"]);
     let pids = all_pids(&v);
     for f in &executed {
         assert_eq!(f["signal"], "SIGKILL");
@@ -195,26 +82,17 @@ fn the_sqlite_demo_passes_with_a_sigkill_every_2s_over_20s() {
     assert_eq!(sid["broken"], 0, "{sid}");
     assert_eq!(check(&v, "session_hops")["value"]["broken"], 0);
     // The plan is the one --dry-run prints for the same seed.
-    let mut dry_args = args.to_vec();
-    dry_args.push("--dry-run");
-    let dry = chaos(&dry_args, Duration::from_secs(10));
+    let dry = chaos.dry_run(Duration::from_secs(10));
     assert_eq!(dry.status.code(), Some(0), "{}", dry.stderr);
-    let planned: Vec<(String, String, String)> = v["plan"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                format!("{:.2}", f["at"].as_f64().unwrap()),
-                "SIGKILL".to_owned(),
-                f["instance"].to_string(),
-            )
-        })
-        .collect();
-    assert_eq!(dry_run_faults(&dry.stdout), planned, "{}", dry.stdout);
+    assert_eq!(
+        dry_run_faults(&dry.stdout),
+        planned_kills(&v),
+        "{}",
+        dry.stdout
+    );
 
     // The CI file: one test case per check, none failed.
-    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    let junit = chaos.report_file("junit.xml");
     assert!(junit.starts_with("<?xml"));
     assert_eq!(
         junit.matches("<testcase ").count(),
@@ -223,7 +101,7 @@ fn the_sqlite_demo_passes_with_a_sigkill_every_2s_over_20s() {
     assert!(junit.contains("failures=\"0\"") && !junit.contains("<failure"));
     assert!(junit.contains("name=\"broken_expectations\""));
     // One self-contained page with the chart and the checks.
-    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    let html = chaos.report_file("report.html");
     assert!(html.contains("<svg") && html.contains("</svg>") && html.contains("PASS"));
     assert!(html.contains("cross_instance_pairs"));
     assert!(
@@ -240,29 +118,14 @@ fn the_sqlite_demo_passes_with_a_sigkill_every_2s_over_20s() {
 
 #[test]
 fn the_memory_store_fails_on_broken_expectations_naming_step_and_instances() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
-    let app = demo_app("memory");
-    let scenario = demo_scenario();
-    let run = chaos(
-        &[
-            "--app",
-            &app,
-            "--scenario",
-            scenario.to_str().unwrap(),
-            "--every",
-            "2s",
-            "--duration",
-            "8s",
-            "--seed",
-            "5",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(40),
-    );
-    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
-    let v = verdict(&report);
+    let chaos = Chaos::new()
+        .memory_demo()
+        .scenario(&scenario("demo.toml"))
+        .flags(&["--every", "2s", "--duration", "8s", "--seed", "5"])
+        .reported();
+    let run = chaos.run(Duration::from_secs(40));
+    run.assert_code(1);
+    let v = chaos.verdict();
     assert_eq!(v["verdict"], "FAIL");
     let broken = check(&v, "broken_expectations");
     assert_eq!(broken["passed"], false);
@@ -293,7 +156,7 @@ fn the_memory_store_fails_on_broken_expectations_naming_step_and_instances() {
         run.stdout
     );
     assert!(run.stdout.contains(msg), "{}", run.stdout);
-    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    let junit = chaos.report_file("junit.xml");
     assert!(junit.contains("<failure type=\"check\""), "{junit}");
     // The balancer's own evidence agrees, naming the requests and instances.
     let hops = check(&v, "session_hops");
@@ -312,30 +175,17 @@ fn the_memory_store_fails_on_broken_expectations_naming_step_and_instances() {
         "{}",
         run.stdout
     );
-    for pid in all_pids(&v) {
-        assert!(!alive(pid), "pid {pid} survived the run");
-    }
+    assert_none_alive(&v);
 }
 
 #[test]
 fn the_same_seed_gives_the_same_plan() {
     let plan = |seed: &str| {
-        let run = chaos(
-            &[
-                "--app",
-                "/bin/true {port}",
-                "--faults",
-                "kill,term,stop",
-                "--every",
-                "1s",
-                "--duration",
-                "60s",
-                "--seed",
-                seed,
-                "--dry-run",
-            ],
-            Duration::from_secs(10),
-        );
+        let run = Chaos::new()
+            .app("/bin/true {port}")
+            .flags(&["--faults", "kill,term,stop", "--every", "1s"])
+            .flags(&["--duration", "60s", "--seed", seed])
+            .dry_run(Duration::from_secs(10));
         assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
         run.stdout
     };
@@ -351,60 +201,37 @@ fn the_same_seed_gives_the_same_plan() {
 
 #[test]
 fn a_run_without_a_seed_records_the_drawn_seed_and_its_command_replays_the_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(dir.path());
-    let report = dir.path().join("report");
-    let app = demo_app(&store);
-    let scenario = demo_scenario();
-    let run = chaos(
-        &[
-            "--app",
-            &app,
-            "--scenario",
-            scenario.to_str().unwrap(),
-            "--every",
-            "1s",
-            "--duration",
-            "6s",
-            "--min-success",
-            "50",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(40),
+    let chaos = Chaos::new()
+        .sqlite_demo()
+        .scenario(&scenario("demo.toml"))
+        .flags(&["--every", "1s", "--duration", "6s", "--min-success", "50"])
+        .reported();
+    let run = chaos.run(Duration::from_secs(40));
+    assert!(
+        chaos.report_dir().join("verdict.json").exists(),
+        "{}",
+        run.stderr
     );
-    assert!(report.join("verdict.json").exists(), "{}", run.stderr);
-    let v = verdict(&report);
+    let v = chaos.verdict();
     let seed = v["seed"].as_u64().unwrap();
     // The recorded command carries the seed that was drawn, in every report.
     let recorded = v["command_line"].as_str().unwrap().to_owned();
     let words = shlex::split(&recorded).unwrap();
     let at = words.iter().position(|w| w == "--seed").expect(&recorded);
     assert_eq!(words[at + 1], seed.to_string(), "{recorded}");
-    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    let junit = chaos.report_file("junit.xml");
     assert!(junit.contains(&format!("--seed {seed}")), "{junit}");
-    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    let html = chaos.report_file("report.html");
     assert!(
         html.contains(&format!("--seed {seed}")),
         "the page's command"
     );
     // Run as recorded, it plans the very faults that ran.
-    let planned: Vec<(String, String, String)> = v["plan"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                format!("{:.2}", f["at"].as_f64().unwrap()),
-                "SIGKILL".to_owned(),
-                f["instance"].to_string(),
-            )
-        })
-        .collect();
+    let planned = planned_kills(&v);
     assert!(!planned.is_empty(), "{}", v["plan"]);
     let mut again: Vec<&str> = words[2..].iter().map(String::as_str).collect();
     again.push("--dry-run");
-    let dry = chaos(&again, Duration::from_secs(10));
+    let dry = run_args(&again, Duration::from_secs(10));
     assert_eq!(dry.status.code(), Some(0), "{}", dry.stderr);
     assert!(
         dry.stdout.starts_with(&format!("seed {seed}\n")),
@@ -416,17 +243,10 @@ fn a_run_without_a_seed_records_the_drawn_seed_and_its_command_replays_the_plan(
 
 #[test]
 fn an_app_that_exits_at_once_gives_exit_4_with_its_stderr() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
-    let run = chaos(
-        &[
-            "--app",
-            "sh -c 'echo booting on $PORT >&2; echo fatal: DATABASE_URL is not set >&2; exit 3'",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(20),
-    );
+    let chaos = Chaos::new()
+        .app("sh -c 'echo booting on $PORT >&2; echo fatal: DATABASE_URL is not set >&2; exit 3'")
+        .reported();
+    let run = chaos.run(Duration::from_secs(20));
     assert_eq!(run.status.code(), Some(4), "{}", run.stderr);
     assert!(
         run.stderr.contains("the app could not be run"),
@@ -440,12 +260,9 @@ fn an_app_that_exits_at_once_gives_exit_4_with_its_stderr() {
         run.stderr
     );
     assert!(run.stderr.contains("| booting on "), "{}", run.stderr);
-    assert!(!report.exists(), "no verdict without an app");
+    assert!(!chaos.report_dir().exists(), "no verdict without an app");
 
-    let run = chaos(
-        &["--app", "/nonexistent/app --port {port}"],
-        Duration::from_secs(20),
-    );
+    let run = run_chaos(&["--app", "/nonexistent/app --port {port}"]);
     assert_eq!(run.status.code(), Some(4), "{}", run.stderr);
     assert!(
         run.stderr.contains("cannot run /nonexistent/app"),
@@ -454,10 +271,7 @@ fn an_app_that_exits_at_once_gives_exit_4_with_its_stderr() {
     );
 
     // Never ready: the timeout names the path.
-    let run = chaos(
-        &["--app", "sleep 30", "--ready-timeout", "1s"],
-        Duration::from_secs(20),
-    );
+    let run = run_chaos(&["--app", "sleep 30", "--ready-timeout", "1s"]);
     assert_eq!(run.status.code(), Some(4), "{}", run.stderr);
     assert!(
         run.stderr.contains("did not answer GET /healthz"),
@@ -466,32 +280,22 @@ fn an_app_that_exits_at_once_gives_exit_4_with_its_stderr() {
     );
 }
 
+/// `unstick chaos ARGS` for an app that never gets going (at most 20 s).
+fn run_chaos(args: &[&str]) -> support::Output {
+    run_args(args, Duration::from_secs(20))
+}
+
 #[test]
 fn a_single_instance_run_is_inconclusive() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(dir.path());
-    let report = dir.path().join("report");
-    let app = demo_app(&store);
-    let scenario = demo_scenario();
-    let run = chaos(
-        &[
-            "--app",
-            &app,
-            "--instances",
-            "1",
-            "--scenario",
-            scenario.to_str().unwrap(),
-            "--every",
-            "1s",
-            "--duration",
-            "6s",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
-    assert_eq!(run.status.code(), Some(3), "{}\n{}", run.stdout, run.stderr);
-    let v = verdict(&report);
+    let chaos = Chaos::new()
+        .sqlite_demo()
+        .flags(&["--instances", "1"])
+        .scenario(&scenario("demo.toml"))
+        .flags(&["--every", "1s", "--duration", "6s"])
+        .reported();
+    let run = chaos.run(Duration::from_secs(30));
+    run.assert_code(3);
+    let v = chaos.verdict();
     assert_eq!(v["verdict"], "INCONCLUSIVE");
     let cross = check(&v, "cross_instance_pairs");
     assert_eq!(cross["passed"], false);
@@ -501,7 +305,7 @@ fn a_single_instance_run_is_inconclusive() {
     assert_eq!(check(&v, "faults_executed")["passed"], false);
     assert_eq!(check(&v, "broken_expectations")["passed"], true);
     assert!(run.stdout.contains("INCONCLUSIVE"), "{}", run.stdout);
-    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    let junit = chaos.report_file("junit.xml");
     assert!(junit.contains("<failure type=\"inconclusive\""), "{junit}");
 }
 
@@ -509,24 +313,14 @@ fn a_single_instance_run_is_inconclusive() {
 fn an_app_without_an_instance_header_is_told_apart_by_the_balancer() {
     // The fake backend sends no X-Backend-Id and no X-Instance-Id: the
     // balancer's x-unstick-backend header names the instance instead.
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
-    let app = format!("{BIN} testkit-backend --anonymous --listen 127.0.0.1:{{port}}");
-    let run = chaos(
-        &[
-            "--app",
-            &app,
-            "--every",
-            "2s",
-            "--duration",
-            "10s",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(40),
-    );
-    assert_eq!(run.status.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
-    let v = verdict(&report);
+    let chaos = Chaos::new()
+        .app(&format!(
+            "{BIN} testkit-backend --anonymous --listen 127.0.0.1:{{port}}"
+        ))
+        .flags(&["--every", "2s", "--duration", "10s"])
+        .reported();
+    chaos.run(Duration::from_secs(40)).assert_code(0);
+    let v = chaos.verdict();
     assert_eq!(v["verdict"], "PASS");
     let cross = check(&v, "cross_instance_pairs");
     assert_eq!(cross["passed"], true, "{cross}");
@@ -536,28 +330,12 @@ fn an_app_without_an_instance_header_is_told_apart_by_the_balancer() {
 
 #[test]
 fn no_instance_survives_a_sigint() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(dir.path());
-    let app = demo_app(&store);
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "chaos",
-        "--app",
-        &app,
-        "--every",
-        "1s",
-        "--restart-after",
-        "300ms",
-        "--duration",
-        "30s",
-        "--warmup",
-        "1s",
-        "--baseline",
-        "1s",
-        "--report-dir",
-    ])
-    .arg(dir.path().join("report"));
-    let mut p = ChildProcess::spawn(cmd).unwrap();
+    let chaos = Chaos::new()
+        .sqlite_demo()
+        .flags(&["--every", "1s", "--restart-after", "300ms"])
+        .flags(&["--duration", "30s", "--warmup", "1s", "--baseline", "1s"])
+        .reported();
+    let mut p = chaos.spawn();
     // Mid-run, after a fault brought a new process in.
     let Some(_) = p.stderr.wait_for("restarted: pid", Duration::from_secs(20)) else {
         panic!("no restart:\n{}", p.stderr.text());
@@ -582,31 +360,20 @@ fn no_instance_survives_a_sigint() {
 
 #[test]
 fn term_and_stop_faults_restart_and_continue_the_same_instances() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
-    let app = demo_app("memory");
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/chaos/read-only.toml");
-    let run = chaos(
-        &[
-            "--app",
-            &app,
-            "--scenario",
-            scenario.to_str().unwrap(),
+    let chaos = Chaos::new()
+        .memory_demo()
+        .scenario(&scenario("read-only.toml"))
+        .flags(&[
             "--faults",
             "term,stop",
             "--every",
             "1500ms",
             "--pause",
             "500ms",
-            "--duration",
-            "12s",
-            "--seed",
-            "11",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(45),
-    );
+        ])
+        .flags(&["--duration", "12s", "--seed", "11"])
+        .reported();
+    let run = chaos.run(Duration::from_secs(45));
     // The verdict depends on how the machine copes with a paused instance;
     // the mechanics do not.
     assert!(
@@ -615,13 +382,8 @@ fn term_and_stop_faults_restart_and_continue_the_same_instances() {
         run.stdout,
         run.stderr
     );
-    let v = verdict(&report);
-    let executed: Vec<&Value> = v["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| !f["at_s"].is_null())
-        .collect();
+    let v = chaos.verdict();
+    let executed = executed(&v);
     let (mut terms, mut stops) = (0, 0);
     for f in &executed {
         match f["signal"].as_str().unwrap() {
@@ -645,9 +407,7 @@ fn term_and_stop_faults_restart_and_continue_the_same_instances() {
     assert!(terms >= 1 && stops >= 1, "{executed:?}");
     // Read-only and not only SIGTERM: the bar is 99.9%.
     assert_eq!(v["thresholds"]["min_success"], 0.999);
-    for pid in all_pids(&v) {
-        assert!(!alive(pid), "pid {pid} survived the run");
-    }
+    assert_none_alive(&v);
 }
 
 /// POSTs without a key and GETs, each 800 ms on an instance, with a SIGKILL
@@ -656,42 +416,19 @@ fn term_and_stop_faults_restart_and_continue_the_same_instances() {
 /// `--strict` fails the run on the POSTs alone.
 #[test]
 fn unkeyed_posts_caught_by_a_kill_are_explained_and_fail_only_under_strict() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
-    let scenario = dir.path().join("slow.toml");
-    std::fs::write(
-        &scenario,
-        "[[steps]]\nmethod = \"POST\"\npath = \"/slow/800\"\nbody = \"x=1\"\n\
-         [[steps]]\npath = \"/slow/800\"\n",
-    )
-    .unwrap();
-    let app = format!("{BIN} testkit-backend --listen 127.0.0.1:{{port}} --id b{{port}}");
-    let run = chaos(
-        &[
-            "--app",
-            &app,
-            "--scenario",
-            scenario.to_str().unwrap(),
-            "--faults",
-            "kill",
-            "--every",
-            "1500ms",
-            "--duration",
-            "12s",
-            "--users",
-            "16",
-            "--rate",
-            "16",
-            "--seed",
-            "5",
-            "--strict",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(45),
-    );
-    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
-    let v = verdict(&report);
+    let chaos = Chaos::new()
+        .app(&backend_app(""))
+        .scenario_text(
+            "slow.toml",
+            "[[steps]]\nmethod = \"POST\"\npath = \"/slow/800\"\nbody = \"x=1\"\n\
+             [[steps]]\npath = \"/slow/800\"\n",
+        )
+        .flags(&["--faults", "kill", "--every", "1500ms", "--duration", "12s"])
+        .flags(&["--users", "16", "--rate", "16", "--seed", "5", "--strict"])
+        .reported();
+    let run = chaos.run(Duration::from_secs(45));
+    run.assert_code(1);
+    let v = chaos.verdict();
     let failures = &v["totals"]["failures"];
     assert_eq!(failures["lost"], 0, "{}", run.stdout);
     assert_eq!(failures["broken"], 0, "{}", run.stdout);
@@ -711,83 +448,50 @@ fn unkeyed_posts_caught_by_a_kill_are_explained_and_fail_only_under_strict() {
         (get["replayable"].as_bool(), get["failed"].as_u64()),
         (Some(true), Some(0))
     );
-    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    let junit = chaos.report_file("junit.xml");
     assert!(junit.contains(&format!(
         "<property name=\"failures.in_flight_not_replayable\" value=\"{in_flight}\"/>"
     )));
-    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    let html = chaos.report_file("report.html");
     assert!(html.contains("Failures by class"), "report.html");
 }
 
 #[test]
 fn mistakes_in_arguments_and_scenarios_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[[steps]]\npath = \"/\"\nexpect_stauts = 200\n").unwrap();
-    let run = chaos(
-        &["--app", "x {port}", "--scenario", bad.to_str().unwrap()],
-        Duration::from_secs(10),
-    );
-    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("bad.toml: line 3"), "{}", run.stderr);
-    assert!(run.stderr.contains("expect_stauts"), "{}", run.stderr);
-
-    let run = chaos(&["--users", "3"], Duration::from_secs(10));
-    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("--app"), "{}", run.stderr);
-
-    let run = chaos(
-        &["--app", "x", "--duration", "10s", "--every", "30s"],
-        Duration::from_secs(10),
-    );
-    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("longer than the chaos phase"),
-        "{}",
+    let files = Files::new();
+    let mistake = |args: &[&str]| {
+        let run = run_args(args, Duration::from_secs(10));
+        assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
         run.stderr
-    );
+    };
+    let bad = files.write("bad.toml", "[[steps]]\npath = \"/\"\nexpect_stauts = 200\n");
+    let stderr = mistake(&["--app", "x {port}", "--scenario", bad.to_str().unwrap()]);
+    assert!(stderr.contains("bad.toml: line 3"), "{stderr}");
+    assert!(stderr.contains("expect_stauts"), "{stderr}");
 
-    let run = chaos(&["--app", "x", "--faults", "nuke"], Duration::from_secs(10));
-    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    let stderr = mistake(&["--users", "3"]);
+    assert!(stderr.contains("--app"), "{stderr}");
 
-    let run = chaos(
-        &["--app", "x", "--rate", "100000", "--duration", "24h"],
-        Duration::from_secs(10),
-    );
-    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("shorten --duration"), "{}", run.stderr);
+    let stderr = mistake(&["--app", "x", "--duration", "10s", "--every", "30s"]);
+    assert!(stderr.contains("longer than the chaos phase"), "{stderr}");
 
-    let cfg = dir.path().join("unstick.toml");
-    std::fs::write(&cfg, "[retries]\nmax_per_request = \"lots\"\n").unwrap();
-    let run = chaos(
-        &["--app", "x", "--config", cfg.to_str().unwrap()],
-        Duration::from_secs(10),
-    );
-    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("retries.max_per_request"),
-        "{}",
-        run.stderr
-    );
+    mistake(&["--app", "x", "--faults", "nuke"]);
+
+    let stderr = mistake(&["--app", "x", "--rate", "100000", "--duration", "24h"]);
+    assert!(stderr.contains("shorten --duration"), "{stderr}");
+
+    let cfg = files.write("unstick.toml", "[retries]\nmax_per_request = \"lots\"\n");
+    let stderr = mistake(&["--app", "x", "--config", cfg.to_str().unwrap()]);
+    assert!(stderr.contains("retries.max_per_request"), "{stderr}");
 }
 
 #[test]
 fn the_demo_mode_runs_both_stores_and_prints_both_verdicts() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
-    let run = chaos(
-        &[
-            "--demo",
-            "--duration",
-            "8s",
-            "--seed",
-            "3",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(run.status.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    let chaos = Chaos::new()
+        .flags(&["--demo", "--duration", "8s", "--seed", "3"])
+        .reported();
+    let run = chaos.run(Duration::from_secs(60));
+    run.assert_code(0);
     assert!(
         run.stdout.contains("unstick chaos (sqlite): PASS"),
         "{}",
@@ -801,8 +505,9 @@ fn the_demo_mode_runs_both_stores_and_prints_both_verdicts() {
     assert!(run
         .stdout
         .contains("sqlite: PASS (expected PASS); memory: FAIL (expected FAIL)"));
+    let report = chaos.report_dir();
     assert_eq!(verdict(&report.join("sqlite"))["verdict"], "PASS");
-    let memory = verdict(&report.join("memory"));
+    let memory: Value = verdict(&report.join("memory"));
     assert_eq!(memory["verdict"], "FAIL");
     assert_eq!(memory["label"], "memory");
     assert_eq!(check(&memory, "broken_expectations")["passed"], false);
@@ -810,28 +515,14 @@ fn the_demo_mode_runs_both_stores_and_prints_both_verdicts() {
 
 #[test]
 fn an_app_that_sets_an_affinity_cookie_fails_and_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
     // The fake backend: GET / answers 200 with X-Backend-Id, and every
     // response tries to pin the client with SERVERID.
-    let app = format!(
-        "{BIN} testkit-backend --listen 127.0.0.1:{{port}} --id b{{port}} --set-cookie 'SERVERID=s1; Path=/'"
-    );
-    let run = chaos(
-        &[
-            "--app",
-            &app,
-            "--every",
-            "1s",
-            "--duration",
-            "6s",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
-    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
-    let v = verdict(&report);
+    let chaos = Chaos::new()
+        .app(&backend_app(" --set-cookie 'SERVERID=s1; Path=/'"))
+        .flags(&["--every", "1s", "--duration", "6s"])
+        .reported();
+    chaos.run(Duration::from_secs(30)).assert_code(1);
+    let v = chaos.verdict();
     let aff = check(&v, "affinity_cookies_seen");
     assert_eq!(aff["passed"], false);
     assert!(aff["value"]["count"].as_u64().unwrap() > 10, "{aff}");
@@ -851,37 +542,20 @@ fn an_app_that_sets_an_affinity_cookie_fails_and_is_named() {
 
 #[test]
 fn sessions_the_scenario_does_not_check_are_caught_by_the_balancer() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report");
     // A scenario that takes a 401 for an answer, as one that only looks for
     // server errors would: the users see nothing wrong.
-    let scenario = dir.path().join("lax.toml");
-    std::fs::write(
-        &scenario,
-        "[[setup]]\nmethod = \"POST\"\npath = \"/login\"\nbody = \"user=vu{{vu}}\"\nexpect_status = 200\n\n\
-         [[steps]]\npath = \"/whoami\"\nexpect_status = [200, 401]\n",
-    )
-    .unwrap();
-    let app = demo_app("memory");
-    let run = chaos(
-        &[
-            "--app",
-            &app,
-            "--scenario",
-            scenario.to_str().unwrap(),
-            "--every",
-            "2s",
-            "--duration",
-            "6s",
-            "--seed",
-            "9",
-            "--report-dir",
-            report.to_str().unwrap(),
-        ],
-        Duration::from_secs(40),
-    );
-    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
-    let v = verdict(&report);
+    let chaos = Chaos::new()
+        .memory_demo()
+        .scenario_text(
+            "lax.toml",
+            "[[setup]]\nmethod = \"POST\"\npath = \"/login\"\nbody = \"user=vu{{vu}}\"\nexpect_status = 200\n\n\
+             [[steps]]\npath = \"/whoami\"\nexpect_status = [200, 401]\n",
+        )
+        .flags(&["--every", "2s", "--duration", "6s", "--seed", "9"])
+        .reported();
+    let run = chaos.run(Duration::from_secs(40));
+    run.assert_code(1);
+    let v = chaos.verdict();
     assert_eq!(check(&v, "broken_expectations")["passed"], true);
     let hops = check(&v, "session_hops");
     assert_eq!(hops["passed"], false, "{hops}");
@@ -901,7 +575,7 @@ fn sessions_the_scenario_does_not_check_are_caught_by_the_balancer() {
         "{}",
         run.stdout
     );
-    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    let junit = chaos.report_file("junit.xml");
     assert!(
         junit.contains("GET /whoami -&gt; 401 (denied) on instance #"),
         "{junit}"

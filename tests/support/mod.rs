@@ -29,11 +29,13 @@
 //!   processes, and [`backends::addrs`] for either.
 //! - [`many`]: thousands of client connections at once (the open-file
 //!   limit raised, source addresses spread over 127.0.0.2 and up).
+//! - [`pki`]: a throwaway CA, certificates and TLS clients that trust it.
 //! - [`raw`]: a raw TCP client that writes bytes and parses the answer
 //!   itself (framings hyper would refuse to write or read).
 //! - [`wire`]: a raw client that reads answers strictly, by unstick's own
 //!   parser, and reports what came (answers, a close, stray bytes) rather
 //!   than failing on it: for hostile exchanges.
+//! - [`chaos`]: `unstick chaos` runs ([`chaos::Chaos`]) and their verdicts.
 //! - [`load`]: the load engine against a URL, with a test's settings.
 //! - [`wait`]: bounded condition waits ([`wait::until`]); never sleep for a
 //!   condition.

@@ -243,6 +243,19 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl Output {
+    /// Asserts the exit code, showing both streams if it differs.
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
 /// Runs `unstick ARGS` (without `UNSTICK_CONFIG` from the test's
 /// environment, with `env` added) to its exit, at most [`RUN_LIMIT`].
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
