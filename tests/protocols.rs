@@ -1,7 +1,8 @@
 //! Protocols end to end: TLS (SNI, ALPN, reload), HTTP/2 multiplexing, upstream h2c/https/h2, WebSocket tunnels, gRPC trailers and status.
 
+mod support;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,165 +10,27 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use unstick::app::App;
-use unstick::config::{SniCert, Tls, UpstreamProtocol};
+use unstick::config::{Config, UpstreamProtocol};
 use unstick::testkit::client::{self, Conn, H2Conn};
-use unstick::testkit::process::{ChildBackend, ChildUnstick};
 use unstick::testkit::{test_config, BackendOptions, DeadPort, FakeBackend};
 use unstick::tls::{ALPN_H2, ALPN_HTTP11};
 
-const BIN: &str = env!("CARGO_BIN_EXE_unstick");
-
-// === test PKI ===
-
-/// A throwaway CA and a folder for the files it issues (removed on drop).
-struct Pki {
-    dir: PathBuf,
-    ca: Issuer<'static, KeyPair>,
-    ca_file: PathBuf,
-}
-
-/// A certificate and key written to files, and the certificate's DER.
-struct Issued {
-    cert: PathBuf,
-    key: PathBuf,
-    der: Vec<u8>,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("unstick-proto-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("unstick test CA {tag}"));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let ca_file = dir.join("ca.pem");
-        std::fs::write(&ca_file, cert.pem()).unwrap();
-        Pki {
-            dir,
-            ca: Issuer::new(params, key),
-            ca_file,
-        }
-    }
-
-    /// Issues a leaf for `names` into `STEM.pem` / `STEM.key` (overwriting).
-    fn issue(&self, stem: &str, names: &[&str], client: bool) -> Issued {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            names.first().copied().unwrap_or("client"),
-        );
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let issued = Issued {
-            cert: self.dir.join(format!("{stem}.pem")),
-            key: self.dir.join(format!("{stem}.key")),
-            der: cert.der().to_vec(),
-        };
-        std::fs::write(&issued.key, key.serialize_pem()).unwrap();
-        std::fs::write(&issued.cert, cert.pem()).unwrap();
-        issued
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn tls_config(cert: &Issued, sni: Vec<SniCert>) -> Tls {
-    Tls {
-        cert: cert.cert.clone(),
-        key: cert.key.clone(),
-        sni,
-        reload_interval: Duration::from_secs(3600),
-        redirect_listen: None,
-    }
-}
+use support::backends::{addrs, child, fake};
+use support::local::{front, start};
+use support::metrics::Scrape;
+use support::pki::{alpn, leaf, sni, tls_config, Pki};
+use support::raw::sent_then_closed;
+use support::wait::until;
+use support::{Local, Serve};
 
 // === helpers ===
 
-async fn backends(n: usize) -> Vec<FakeBackend> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        out.push(
-            FakeBackend::start(BackendOptions {
-                id: format!("b{i}"),
-                ..Default::default()
-            })
-            .await,
-        );
-    }
-    out
-}
-
-fn addrs(b: &[FakeBackend]) -> Vec<SocketAddr> {
-    b.iter().map(|b| b.addr).collect()
-}
-
-/// The leaf certificate the server presented.
-fn leaf<T>(tls: &tokio_rustls::client::TlsStream<T>) -> Vec<u8> {
-    tls.get_ref()
-        .1
-        .peer_certificates()
-        .expect("server certificate")[0]
-        .to_vec()
-}
-
-fn alpn<T>(tls: &tokio_rustls::client::TlsStream<T>) -> Option<Vec<u8>> {
-    tls.get_ref().1.alpn_protocol().map(|p| p.to_vec())
-}
-
+/// The sum of the series `name` whose labels include `labels`.
 fn counter(app: &App, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = app.proxy.metrics.encode();
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
-/// Waits (bounded) until `check` holds.
-async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Scrape::of(app).sum(name, labels)
 }
 
 fn spread(ids: &[String]) -> HashMap<String, usize> {
@@ -208,38 +71,28 @@ fn assert_even(ids: &[String], backends: usize) {
     }
 }
 
+/// Serves TLS with `cert` (no SNI entries).
+fn serve_tls(config: &mut Config, cert: &support::pki::Issued) {
+    config.tls = Some(tls_config(cert, Vec::new()));
+}
+
 // === TLS ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_http1_and_http2_by_alpn_with_the_certificate_sni_asks_for() {
     let pki = Pki::new("sni");
-    let default = pki.issue("default", &["localhost", "default.test"], false);
-    let api = pki.issue("api", &["api.test"], false);
-    let wild = pki.issue("wild", &["*.wild.test"], false);
-    let b = backends(1).await;
-    let mut config = test_config(&addrs(&b));
-    config.tls = Some(tls_config(
-        &default,
-        vec![
-            SniCert {
-                names: vec!["api.test".into()],
-                cert: api.cert.clone(),
-                key: api.key.clone(),
-            },
-            SniCert {
-                names: vec!["*.wild.test".into()],
-                cert: wild.cert.clone(),
-                key: wild.key.clone(),
-            },
-        ],
-    ));
-    let app = App::start(config).await.unwrap();
-    let addr = app.proxy_addr;
+    let default = pki.server("default", &["localhost", "default.test"]);
+    let api = pki.server("api", &["api.test"]);
+    let wild = pki.server("wild", &["*.wild.test"]);
+    let local = Local::start_with(1, |c| {
+        let entries = vec![sni(&["api.test"], &api), sni(&["*.wild.test"], &wild)];
+        c.tls = Some(tls_config(&default, entries));
+    })
+    .await;
+    let addr = local.addr();
 
     // HTTP/2 by ALPN, certificate by SNI.
-    let tls = client::tls(addr, "api.test", &pki.ca_file, &[ALPN_H2, ALPN_HTTP11])
-        .await
-        .unwrap();
+    let tls = pki.connect(addr, "api.test", &[ALPN_H2, ALPN_HTTP11]).await;
     assert_eq!(alpn(&tls).as_deref(), Some(ALPN_H2));
     assert_eq!(
         leaf(&tls),
@@ -254,9 +107,7 @@ async fn tls_serves_http1_and_http2_by_alpn_with_the_certificate_sni_asks_for() 
     assert!(text.contains("x-forwarded-host: api.test"), "{text}");
 
     // HTTP/1.1 by ALPN, the default certificate.
-    let tls = client::tls(addr, "default.test", &pki.ca_file, &[ALPN_HTTP11])
-        .await
-        .unwrap();
+    let tls = pki.connect(addr, "default.test", &[ALPN_HTTP11]).await;
     assert_eq!(alpn(&tls).as_deref(), Some(ALPN_HTTP11));
     assert_eq!(leaf(&tls), default.der);
     let mut h1 = Conn::handshake(tls, "default.test").await.unwrap();
@@ -271,15 +122,11 @@ async fn tls_serves_http1_and_http2_by_alpn_with_the_certificate_sni_asks_for() 
     assert_eq!(r.text(), "b0\n");
 
     // A wildcard entry matches one label.
-    let tls = client::tls(addr, "a.wild.test", &pki.ca_file, &[ALPN_HTTP11])
-        .await
-        .unwrap();
+    let tls = pki.connect(addr, "a.wild.test", &[ALPN_HTTP11]).await;
     assert_eq!(leaf(&tls), wild.der);
 
     // No ALPN: HTTP/1.1 (or h2 by preface) still works.
-    let tls = client::tls(addr, "localhost", &pki.ca_file, &[])
-        .await
-        .unwrap();
+    let tls = pki.connect(addr, "localhost", &[]).await;
     assert_eq!(alpn(&tls), None);
     assert_eq!(leaf(&tls), default.der);
     let mut h1 = Conn::handshake(tls, "localhost").await.unwrap();
@@ -289,27 +136,20 @@ async fn tls_serves_http1_and_http2_by_alpn_with_the_certificate_sni_asks_for() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_without_http2_offers_only_http11() {
     let pki = Pki::new("noh2");
-    let cert = pki.issue("default", &["localhost"], false);
-    let b = backends(1).await;
-    let mut config = test_config(&addrs(&b));
-    config.tls = Some(tls_config(&cert, Vec::new()));
-    config.http2.enabled = false;
-    let app = App::start(config).await.unwrap();
-    let tls = client::tls(
-        app.proxy_addr,
-        "localhost",
-        &pki.ca_file,
-        &[ALPN_H2, ALPN_HTTP11],
-    )
-    .await
-    .unwrap();
+    let cert = pki.server("default", &["localhost"]);
+    let local = Local::start_with(1, |c| {
+        serve_tls(c, &cert);
+        c.http2.enabled = false;
+    })
+    .await;
+    let tls = pki
+        .connect(local.addr(), "localhost", &[ALPN_H2, ALPN_HTTP11])
+        .await;
     assert_eq!(alpn(&tls).as_deref(), Some(ALPN_HTTP11));
     let mut h1 = Conn::handshake(tls, "localhost").await.unwrap();
     assert_eq!(h1.get("/").await.unwrap().status, StatusCode::OK);
     // Cleartext h2c is refused too when HTTP/2 is off.
-    let mut config = test_config(&addrs(&b));
-    config.http2.enabled = false;
-    let app = App::start(config).await.unwrap();
+    let app = front(&addrs(&local.backends), |c| c.http2.enabled = false).await;
     let h2c = tokio::time::timeout(Duration::from_secs(5), async {
         let c = H2Conn::open(app.proxy_addr).await?;
         c.get("/").await
@@ -326,54 +166,43 @@ async fn tls_without_http2_offers_only_http11() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_certificates_apply_to_new_connections_and_open_ones_keep_working() {
     let pki = Pki::new("reload");
-    let first = pki.issue("server", &["localhost"], false);
-    let b = backends(1).await;
-    let mut config = test_config(&addrs(&b));
-    let mut tls = tls_config(&first, Vec::new());
-    tls.reload_interval = Duration::from_millis(100);
-    config.tls = Some(tls);
-    let app = App::start(config).await.unwrap();
-    let addr = app.proxy_addr;
+    let first = pki.server("server", &["localhost"]);
+    let local = Local::start_with(1, |c| {
+        let mut tls = tls_config(&first, Vec::new());
+        tls.reload_interval = Duration::from_millis(100);
+        c.tls = Some(tls);
+    })
+    .await;
+    let (addr, app) = (local.addr(), &local.app);
 
-    let stream = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
-        .await
-        .unwrap();
-    assert_eq!(leaf(&stream), first.der);
-    let mut open = Conn::handshake(stream, "localhost").await.unwrap();
+    let (der, mut open) = pki.h1(addr, "localhost").await;
+    assert_eq!(der, first.der);
     assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
 
     // Replace the files in place.
-    let second = pki.issue("server", &["localhost"], false);
+    let second = pki.server("server", &["localhost"]);
     assert_ne!(first.der, second.der);
-    eventually(
+    until(
         "new connections to get the new certificate",
         Duration::from_secs(10),
-        async || {
-            let s = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
-                .await
-                .unwrap();
-            leaf(&s) == second.der
-        },
+        async || leaf(&pki.connect(addr, "localhost", &[ALPN_HTTP11]).await) == second.der,
     )
     .await;
-    assert!(counter(&app, "unstick_tls_reloads_total", &[("result", "ok")]) >= 1.0);
+    assert!(counter(app, "unstick_tls_reloads_total", &[("result", "ok")]) >= 1.0);
     // The connection made before the swap still works.
     assert!(!open.is_closed());
     assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
 
     // A bad file is refused; the current certificate stays.
     std::fs::write(&second.cert, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
-    eventually(
+    until(
         "the bad file to be noticed",
         Duration::from_secs(10),
-        async || counter(&app, "unstick_tls_reloads_total", &[("result", "error")]) >= 1.0,
+        async || counter(app, "unstick_tls_reloads_total", &[("result", "error")]) >= 1.0,
     )
     .await;
-    let s = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
-        .await
-        .unwrap();
-    assert_eq!(leaf(&s), second.der);
-    let mut c = Conn::handshake(s, "localhost").await.unwrap();
+    let (der, mut c) = pki.h1(addr, "localhost").await;
+    assert_eq!(der, second.der);
     assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
     assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
 }
@@ -381,99 +210,57 @@ async fn new_certificates_apply_to_new_connections_and_open_ones_keep_working() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_certificates_in_the_binary() {
     let pki = Pki::new("sighup");
-    let first = pki.issue("server", &["localhost"], false);
-    let b = backends(1).await;
-    let config = pki.path("unstick.toml");
+    let first = pki.server("server", &["localhost"]);
+    let b = fake("b0").await;
     // A long interval: only the signal can trigger the reload in time.
-    std::fs::write(
-        &config,
-        "[tls]\ncert = \"unused\"\nkey = \"unused\"\nreload_interval = \"1h\"\n",
-    )
-    .unwrap();
-    let backend = b[0].addr.to_string();
-    let unstick = ChildUnstick::spawn(
-        BIN,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backend",
-            &backend,
-            "--tls-cert",
-            first.cert.to_str().unwrap(),
-            "--tls-key",
-            first.key.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let addr = unstick.addr;
-    let s = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
-        .await
-        .unwrap();
-    assert_eq!(leaf(&s), first.der);
-    let mut open = Conn::handshake(s, "localhost").await.unwrap();
+    let rig = Serve::new()
+        .toml("[tls]\ncert = \"unused\"\nkey = \"unused\"\nreload_interval = \"1h\"\n")
+        .args(&["--backend", &b.addr.to_string()])
+        .args(&["--tls-cert", first.cert.to_str().unwrap()])
+        .args(&["--tls-key", first.key.to_str().unwrap()])
+        .start();
+    let addr = rig.lb.addr;
+    let (der, mut open) = pki.h1(addr, "localhost").await;
+    assert_eq!(der, first.der);
     assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
 
-    let second = pki.issue("server", &["localhost"], false);
-    assert!(unstick.process.signal(libc::SIGHUP));
-    eventually(
+    let second = pki.server("server", &["localhost"]);
+    assert!(rig.lb.signal(libc::SIGHUP));
+    until(
         "SIGHUP to load the new certificate",
         Duration::from_secs(10),
-        async || {
-            let s = client::tls(addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
-                .await
-                .unwrap();
-            leaf(&s) == second.der
-        },
+        async || leaf(&pki.connect(addr, "localhost", &[ALPN_HTTP11]).await) == second.der,
     )
     .await;
     assert_eq!(open.get("/").await.unwrap().status, StatusCode::OK);
-    assert!(unstick
-        .process
-        .stderr
-        .text()
-        .contains("certificates reloaded"));
+    assert!(rig.lb.stderr().text().contains("certificates reloaded"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_and_bad_handshakes_on_the_tls_port_end_quickly_and_are_counted() {
     let pki = Pki::new("bad");
-    let cert = pki.issue("server", &["localhost"], false);
-    let b = backends(1).await;
-    let mut config = test_config(&addrs(&b));
-    config.tls = Some(tls_config(&cert, Vec::new()));
-    config.timeouts.client_header = Duration::from_millis(500);
-    let app = App::start(config).await.unwrap();
-    let addr = app.proxy_addr;
+    let cert = pki.server("server", &["localhost"]);
+    let local = Local::start_with(1, |c| {
+        serve_tls(c, &cert);
+        c.timeouts.client_header = Duration::from_millis(500);
+    })
+    .await;
+    let (addr, app) = (local.addr(), &local.app);
+    let failures = || counter(app, "unstick_tls_handshake_failures_total", &[]);
+    let five = Duration::from_secs(5);
 
     // Plain HTTP: a 400, then the close.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
-        .await
-        .expect("closed, not hung")
-        .unwrap();
+    let (r, got) = sent_then_closed(addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", five).await;
+    r.unwrap();
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
 
     // Garbage: closed.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&[0u8, 1, 2, 3, 4, 5, 6, 7]).await.unwrap();
-    let mut got = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
-        .await
-        .expect("closed, not hung");
+    let (r, got) = sent_then_closed(addr, &[0u8, 1, 2, 3, 4, 5, 6, 7], five).await;
     assert!(r.is_err() || got.is_empty(), "{got:?}");
 
     // A TLS record that is not a valid ClientHello.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&[0x16, 3, 1, 0, 4, 9, 9, 9, 9]).await.unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
-        .await
-        .expect("closed, not hung");
+    let _ = sent_then_closed(addr, &[0x16, 3, 1, 0, 4, 9, 9, 9, 9], five).await;
 
     // A client that does not trust the certificate aborts the handshake.
     let other = Pki::new("bad-other");
@@ -481,49 +268,35 @@ async fn plain_http_and_bad_handshakes_on_the_tls_port_end_quickly_and_are_count
         .await
         .is_err());
 
-    eventually("4 failures counted", Duration::from_secs(5), async || {
-        counter(&app, "unstick_tls_handshake_failures_total", &[]) >= 4.0
-    })
-    .await;
+    until("4 failures counted", five, async || failures() >= 4.0).await;
     // A connection that sends nothing is not a failure.
     drop(TcpStream::connect(addr).await.unwrap());
     // The listener still serves.
-    let s = client::tls(addr, "localhost", &pki.ca_file, &[])
-        .await
-        .unwrap();
+    let s = pki.connect(addr, "localhost", &[]).await;
     let mut c = Conn::handshake(s, "localhost").await.unwrap();
     assert_eq!(c.get("/").await.unwrap().status, StatusCode::OK);
-    assert_eq!(
-        counter(&app, "unstick_tls_handshake_failures_total", &[]),
-        4.0
-    );
+    assert_eq!(failures(), 4.0);
 
     // A client that connects and says nothing is closed after the header timeout.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
-        .await
-        .expect("a silent client is closed, not kept");
+    let (_, got) = sent_then_closed(addr, b"", Duration::from_secs(10)).await;
     assert!(got.is_empty());
-    eventually(
-        "the timeout to be counted",
-        Duration::from_secs(5),
-        async || counter(&app, "unstick_tls_handshake_failures_total", &[]) == 5.0,
-    )
+    until("the timeout to be counted", five, async || {
+        failures() == 5.0
+    })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redirect_listener_sends_308_to_https() {
     let pki = Pki::new("redirect");
-    let cert = pki.issue("server", &["localhost"], false);
-    let b = backends(1).await;
-    let mut config = test_config(&addrs(&b));
-    let mut tls = tls_config(&cert, Vec::new());
-    tls.redirect_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.tls = Some(tls);
-    let app = App::start(config).await.unwrap();
-    let redirect = app.redirect_addr.expect("redirect listener");
+    let cert = pki.server("server", &["localhost"]);
+    let local = Local::start_with(1, |c| {
+        let mut tls = tls_config(&cert, Vec::new());
+        tls.redirect_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.tls = Some(tls);
+    })
+    .await;
+    let redirect = local.app.redirect_addr.expect("redirect listener");
     let r = client::request(
         redirect,
         Method::GET,
@@ -534,29 +307,31 @@ async fn the_redirect_listener_sends_308_to_https() {
     .await
     .unwrap();
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
-    let want = format!("https://example.test:{}/a/b?c=1", app.proxy_addr.port());
+    let want = format!("https://example.test:{}/a/b?c=1", local.addr().port());
     assert_eq!(r.headers["location"], want.as_str());
-    assert_eq!(b[0].requests(), 0, "redirects never reach a backend");
+    assert_eq!(
+        local.backends[0].requests(),
+        0,
+        "redirects never reach a backend"
+    );
 }
 
 // === HTTP/2 ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_h2c_connection_spreads_300_streams_evenly() {
-    let b = backends(3).await;
-    let app = App::start(test_config(&addrs(&b))).await.unwrap();
-    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let local = Local::start(3).await;
+    let conn = H2Conn::open(local.addr()).await.unwrap();
     let ids = multiplexed(&conn, 300).await;
     assert_even(&ids, 3);
     assert!(!conn.is_closed());
-    assert_eq!(counter(&app, "unstick_connections_open", &[]), 1.0);
+    assert_eq!(counter(&local.app, "unstick_connections_open", &[]), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_cookie_headers_reach_an_http1_backend_as_one() {
-    let b = backends(1).await;
-    let app = App::start(test_config(&addrs(&b))).await.unwrap();
-    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let local = Local::start(1).await;
+    let conn = H2Conn::open(local.addr()).await.unwrap();
     // An HTTP/2 client sends each cookie in its own header, one of them an
     // affinity cookie that unstick strips.
     let r = conn
@@ -580,39 +355,47 @@ async fn h2_cookie_headers_reach_an_http1_backend_as_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_h2_tls_connection_spreads_300_streams_evenly() {
     let pki = Pki::new("h2spread");
-    let cert = pki.issue("server", &["localhost"], false);
-    let b = backends(3).await;
-    let mut config = test_config(&addrs(&b));
-    config.tls = Some(tls_config(&cert, Vec::new()));
-    let app = App::start(config).await.unwrap();
-    let tls = client::tls(app.proxy_addr, "localhost", &pki.ca_file, &[ALPN_H2])
-        .await
-        .unwrap();
+    let cert = pki.server("server", &["localhost"]);
+    let local = Local::start_with(3, |c| serve_tls(c, &cert)).await;
+    let tls = pki.connect(local.addr(), "localhost", &[ALPN_H2]).await;
     assert_eq!(alpn(&tls).as_deref(), Some(ALPN_H2));
     let conn = H2Conn::handshake(tls, "https", "localhost").await.unwrap();
     let ids = multiplexed(&conn, 300).await;
     assert_even(&ids, 3);
-    assert_eq!(counter(&app, "unstick_connections_open", &[]), 1.0);
+    assert_eq!(counter(&local.app, "unstick_connections_open", &[]), 1.0);
 }
 
 // === upstream protocols ===
 
-fn with_protocol(config: &mut unstick::config::Config, protocol: UpstreamProtocol) {
+fn with_protocol(config: &mut Config, protocol: UpstreamProtocol) {
     for b in &mut config.backends {
         b.protocol = protocol;
     }
 }
 
+/// A fake backend serving TLS with `cert` (ALPN `alpn`), requiring a client
+/// certificate from `client_ca` if given.
+async fn tls_backend(
+    id: &str,
+    cert: &support::pki::Issued,
+    alpn: &[&[u8]],
+    client_ca: Option<&std::path::Path>,
+) -> FakeBackend {
+    let tls = unstick::tls::simple_server_config(&cert.cert, &cert.key, alpn, client_ca).unwrap();
+    let opts = BackendOptions {
+        id: id.into(),
+        ..Default::default()
+    };
+    FakeBackend::start_tls(opts, tls).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_backends_get_one_shared_connection_each() {
-    let b = backends(2).await;
-    let mut config = test_config(&addrs(&b));
-    with_protocol(&mut config, UpstreamProtocol::H2c);
-    let app = App::start(config).await.unwrap();
+    let local = Local::start_with(2, |c| with_protocol(c, UpstreamProtocol::H2c)).await;
     // 200 requests from 8 HTTP/1.1 client connections at once.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
-        let addr = app.proxy_addr;
+        let addr = local.addr();
         tasks.spawn(async move {
             let mut c = Conn::open(addr).await.unwrap();
             let mut ids = Vec::new();
@@ -633,12 +416,12 @@ async fn h2c_backends_get_one_shared_connection_each() {
         ids.extend(r.unwrap());
     }
     assert_even(&ids, 2);
-    for backend in &b {
+    for backend in &local.backends {
         let n = backend.counters.connections.load(Ordering::Relaxed);
         assert_eq!(n, 1, "one shared HTTP/2 connection per backend, got {n}");
     }
     // The backend sees HTTP/2 with the client's authority.
-    let r = client::get(app.proxy_addr, "/headers").await.unwrap();
+    let r = client::get(local.addr(), "/headers").await.unwrap();
     assert!(
         !r.text().lines().any(|l| l.starts_with("host:")),
         "HTTP/2 carries the authority in the URI: {}",
@@ -653,17 +436,18 @@ async fn h2c_backends_get_one_shared_connection_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_backend_that_restarts_gets_a_new_connection() {
-    let mut backend = ChildBackend::spawn(BIN, "h2c", &[]);
-    let mut config = test_config(&[backend.addr]);
-    with_protocol(&mut config, UpstreamProtocol::H2c);
-    config.health.backoff = Duration::from_millis(100);
-    let app = App::start(config).await.unwrap();
+    let mut backend = child("h2c", &[]);
+    let app = front(&[backend.addr], |c| {
+        with_protocol(c, UpstreamProtocol::H2c);
+        c.health.backoff = Duration::from_millis(100);
+    })
+    .await;
     assert_eq!(
         client::get(app.proxy_addr, "/").await.unwrap().text(),
         "h2c\n"
     );
-    backend.restart(BIN, &[]);
-    eventually("requests to succeed again", Duration::from_secs(15), async || {
+    backend.restart(support::BIN, &[]);
+    until("requests to succeed again", Duration::from_secs(15), async || {
         matches!(client::get(app.proxy_addr, "/").await, Ok(r) if r.status == StatusCode::OK)
     })
     .await;
@@ -678,30 +462,16 @@ async fn an_h2c_backend_that_restarts_gets_a_new_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_backends_are_checked_against_the_ca_file_and_get_the_client_certificate() {
     let pki = Pki::new("mtls");
-    let server = pki.issue("backend", &["127.0.0.1"], false);
+    let server = pki.server("backend", &["127.0.0.1"]);
     let client_cert = pki.issue("client", &["unstick-client"], true);
-    let tls = unstick::tls::simple_server_config(
-        &server.cert,
-        &server.key,
-        &[ALPN_HTTP11],
-        Some(&pki.ca_file),
-    )
-    .unwrap();
-    let backend = FakeBackend::start_tls(
-        BackendOptions {
-            id: "secure".into(),
-            ..Default::default()
-        },
-        tls,
-    )
-    .await;
+    let backend = tls_backend("secure", &server, &[ALPN_HTTP11], Some(&pki.ca_file)).await;
     let mut config = test_config(&[backend.addr]);
     with_protocol(&mut config, UpstreamProtocol::Https);
     config.health.eject_after_failures = 1000;
     config.upstream_tls.ca_file = Some(pki.ca_file.clone());
     config.upstream_tls.client_cert = Some(client_cert.cert.clone());
     config.upstream_tls.client_key = Some(client_cert.key.clone());
-    let app = App::start(config.clone()).await.unwrap();
+    let app = start(config.clone()).await;
     for _ in 0..5 {
         let r = client::request(app.proxy_addr, Method::POST, "/echo", &[], "over tls")
             .await
@@ -715,14 +485,14 @@ async fn https_backends_are_checked_against_the_ca_file_and_get_the_client_certi
     let mut no_client = config.clone();
     no_client.upstream_tls.client_cert = None;
     no_client.upstream_tls.client_key = None;
-    let app = App::start(no_client).await.unwrap();
+    let app = start(no_client).await;
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
 
     // Without the CA file (the built-in roots), the backend is not trusted.
     let mut no_ca = config.clone();
     no_ca.upstream_tls.ca_file = None;
-    let app = App::start(no_ca).await.unwrap();
+    let app = start(no_ca).await;
     let r = client::get(app.proxy_addr, "/").await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(r.text().contains("TLS handshake failed"), "{}", r.text());
@@ -730,8 +500,8 @@ async fn https_backends_are_checked_against_the_ca_file_and_get_the_client_certi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_upstream_ca_file_stops_the_start() {
-    let b = backends(1).await;
-    let mut config = test_config(&addrs(&b));
+    let b = fake("b0").await;
+    let mut config = test_config(&[b.addr]);
     config.upstream_tls.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
     let err = App::start(config).await.err().expect("refused").to_string();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
@@ -788,10 +558,19 @@ where
     }
 }
 
+/// Waits (bounded) until backend `b` has nothing in flight and no client
+/// connection is open.
+async fn tunnel_released(what: &str, app: &App, b: &unstick::upstream::Backend) {
+    until(what, Duration::from_secs(5), async || {
+        b.in_flight() == 0 && counter(app, "unstick_connections_open", &[]) == 0.0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echoes_through_the_proxy_and_closes_when_the_backend_dies() {
-    let backend = ChildBackend::spawn(BIN, "ws", &[]);
-    let app = App::start(test_config(&[backend.addr])).await.unwrap();
+    let backend = child("ws", &[]);
+    let app = front(&[backend.addr], |_| {}).await;
     let stream = TcpStream::connect(app.proxy_addr).await.unwrap();
     let mut ws = ws_connect(stream, &app.proxy_addr.to_string()).await;
     ws_echo(&mut ws, 100).await;
@@ -801,40 +580,26 @@ async fn websocket_echoes_through_the_proxy_and_closes_when_the_backend_dies() {
 
     assert!(backend.process.signal(libc::SIGKILL));
     ws_closed(&mut ws, Duration::from_secs(5)).await;
-    eventually(
-        "the tunnel to release its backend",
-        Duration::from_secs(5),
-        async || b.in_flight() == 0 && counter(&app, "unstick_connections_open", &[]) == 0.0,
-    )
-    .await;
+    tunnel_released("the tunnel to release its backend", &app, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_works_over_tls_and_a_client_close_ends_the_tunnel() {
     let pki = Pki::new("wss");
-    let cert = pki.issue("server", &["localhost"], false);
-    let backend = FakeBackend::start(BackendOptions {
-        id: "ws".into(),
-        ..Default::default()
-    })
-    .await;
-    let mut config = test_config(&[backend.addr]);
-    config.tls = Some(tls_config(&cert, Vec::new()));
-    let app = App::start(config).await.unwrap();
+    let cert = pki.server("server", &["localhost"]);
+    let backend = fake("ws").await;
+    let app = front(&[backend.addr], |c| serve_tls(c, &cert)).await;
     // WebSocket (RFC 6455) needs HTTP/1.1: a WebSocket client offers only http/1.1.
-    let tls = client::tls(app.proxy_addr, "localhost", &pki.ca_file, &[ALPN_HTTP11])
-        .await
-        .unwrap();
+    let tls = pki
+        .connect(app.proxy_addr, "localhost", &[ALPN_HTTP11])
+        .await;
     let mut ws = ws_connect(tls, "localhost").await;
     ws_echo(&mut ws, 20).await;
     let b = app.proxy.upstreams.load().all[0].clone();
     assert_eq!(b.in_flight(), 1);
     ws.close(None).await.unwrap();
     ws_closed(&mut ws, Duration::from_secs(5)).await;
-    eventually("the tunnel to end", Duration::from_secs(5), async || {
-        b.in_flight() == 0 && counter(&app, "unstick_connections_open", &[]) == 0.0
-    })
-    .await;
+    tunnel_released("the tunnel to end", &app, &b).await;
 }
 
 #[test]
@@ -844,22 +609,13 @@ fn sigterm_closes_websockets_after_the_drain_timeout() {
         .enable_all()
         .build()
         .unwrap();
-    let pki = Pki::new("wsdrain");
-    let config = pki.path("unstick.toml");
-    std::fs::write(&config, "[timeouts]\ndrain = \"1500ms\"\n").unwrap();
-    let backend = ChildBackend::spawn(BIN, "ws", &[]);
-    let mut unstick = ChildUnstick::spawn(
-        BIN,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backend",
-            &backend.addr.to_string(),
-        ],
-        &[],
-    );
-    let addr = unstick.addr;
-    let pid = unstick.pid();
+    let backend = child("ws", &[]);
+    let mut rig = Serve::new()
+        .toml("[timeouts]\ndrain = \"1500ms\"\n")
+        .args(&["--backend", &backend.addr.to_string()])
+        .start();
+    let addr = rig.lb.addr;
+    let pid = rig.lb.pid();
     let elapsed = rt.block_on(async move {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut ws = ws_connect(stream, &addr.to_string()).await;
@@ -876,12 +632,13 @@ fn sigterm_closes_websockets_after_the_drain_timeout() {
         elapsed >= Duration::from_millis(1500),
         "closed after {elapsed:?}, before the 1.5 s drain timeout"
     );
-    let status = unstick
+    let status = rig
+        .lb
         .process
         .wait_timeout(Duration::from_secs(10))
         .expect("unstick exits after the drain");
     assert!(status.success(), "{status:?}");
-    assert!(unstick.process.stderr.text().contains("drain timeout"));
+    assert!(rig.lb.stderr().text().contains("drain timeout"));
 }
 
 // === gRPC ===
@@ -896,6 +653,18 @@ fn grpc_frame(msg: &[u8]) -> Bytes {
     Bytes::from(b)
 }
 
+/// A gRPC call to `/grpc.test.Echo/Say` with `body` on `conn`.
+async fn say(conn: &H2Conn, body: &Bytes) -> client::Reply {
+    conn.request(
+        Method::POST,
+        "/grpc.test.Echo/Say",
+        GRPC_HEADERS,
+        body.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 fn assert_grpc_echo(r: &client::Reply, sent: &Bytes, backend: &str) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.headers["content-type"], "application/grpc");
@@ -905,25 +674,23 @@ fn assert_grpc_echo(r: &client::Reply, sent: &Bytes, backend: &str) {
     assert_eq!(trailers["x-backend-id"], backend);
 }
 
+/// Asserts a gRPC status in the reply's headers (a trailers-only answer),
+/// with `message` in `grpc-message`.
+fn assert_grpc_status(r: &client::Reply, status: &str, message: &str) {
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["grpc-status"], status, "{:?}", r.headers);
+    let msg = r.headers["grpc-message"].to_str().unwrap();
+    assert!(msg.contains(message), "{msg}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_h2c_round_trips_with_its_trailers() {
-    let b = backends(2).await;
-    let mut config = test_config(&addrs(&b));
-    with_protocol(&mut config, UpstreamProtocol::H2c);
-    let app = App::start(config).await.unwrap();
-    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let local = Local::start_with(2, |c| with_protocol(c, UpstreamProtocol::H2c)).await;
+    let conn = H2Conn::open(local.addr()).await.unwrap();
     let mut seen = Vec::new();
     for i in 0..10 {
         let body = grpc_frame(format!("hello {i}").as_bytes());
-        let r = conn
-            .request(
-                Method::POST,
-                "/grpc.test.Echo/Say",
-                GRPC_HEADERS,
-                body.clone(),
-            )
-            .await
-            .unwrap();
+        let r = say(&conn, &body).await;
         let id = r.backend();
         assert_grpc_echo(&r, &body, &id);
         seen.push(id);
@@ -934,50 +701,25 @@ async fn grpc_over_h2c_round_trips_with_its_trailers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_tls_to_an_h2_backend_round_trips_with_its_trailers() {
     let pki = Pki::new("grpctls");
-    let front = pki.issue("front", &["localhost"], false);
-    let back = pki.issue("back", &["127.0.0.1"], false);
-    let tls = unstick::tls::simple_server_config(&back.cert, &back.key, &[ALPN_H2], None).unwrap();
-    let backend = FakeBackend::start_tls(
-        BackendOptions {
-            id: "h2tls".into(),
-            ..Default::default()
-        },
-        tls,
-    )
+    let front_cert = pki.server("front", &["localhost"]);
+    let back = pki.server("back", &["127.0.0.1"]);
+    let backend = tls_backend("h2tls", &back, &[ALPN_H2], None).await;
+    let app = front(&[backend.addr], |c| {
+        with_protocol(c, UpstreamProtocol::H2);
+        c.upstream_tls.ca_file = Some(pki.ca_file.clone());
+        serve_tls(c, &front_cert);
+    })
     .await;
-    let mut config = test_config(&[backend.addr]);
-    with_protocol(&mut config, UpstreamProtocol::H2);
-    config.upstream_tls.ca_file = Some(pki.ca_file.clone());
-    config.tls = Some(tls_config(&front, Vec::new()));
-    let app = App::start(config).await.unwrap();
-    let stream = client::tls(app.proxy_addr, "localhost", &pki.ca_file, &[ALPN_H2])
-        .await
-        .unwrap();
+    let stream = pki.connect(app.proxy_addr, "localhost", &[ALPN_H2]).await;
     let conn = H2Conn::handshake(stream, "https", "localhost")
         .await
         .unwrap();
     let body = grpc_frame(&[7u8; 100_000]);
-    let r = conn
-        .request(
-            Method::POST,
-            "/grpc.test.Echo/Say",
-            GRPC_HEADERS,
-            body.clone(),
-        )
-        .await
-        .unwrap();
+    let r = say(&conn, &body).await;
     assert_grpc_echo(&r, &body, "h2tls");
     // The backend got HTTP/2 over TLS, and one connection for every call.
     for _ in 0..20 {
-        let r = conn
-            .request(
-                Method::POST,
-                "/grpc.test.Echo/Say",
-                GRPC_HEADERS,
-                body.clone(),
-            )
-            .await
-            .unwrap();
+        let r = say(&conn, &body).await;
         assert_grpc_echo(&r, &body, "h2tls");
     }
     assert_eq!(backend.counters.connections.load(Ordering::Relaxed), 1);
@@ -986,17 +728,9 @@ async fn grpc_over_tls_to_an_h2_backend_round_trips_with_its_trailers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_failures_get_a_grpc_status_not_a_bare_http_error() {
     // No backend in rotation: UNAVAILABLE.
-    let app = App::start(test_config(&[])).await.unwrap();
+    let app = front(&[], |_| {}).await;
     let conn = H2Conn::open(app.proxy_addr).await.unwrap();
-    let r = conn
-        .request(
-            Method::POST,
-            "/grpc.test.Echo/Say",
-            GRPC_HEADERS,
-            grpc_frame(b"x"),
-        )
-        .await
-        .unwrap();
+    let r = say(&conn, &grpc_frame(b"x")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["content-type"], "application/grpc");
     assert_eq!(r.headers["grpc-status"], "14");
@@ -1019,9 +753,7 @@ async fn grpc_failures_get_a_grpc_status_not_a_bare_http_error() {
     // another is still in rotation; then none is left, and plain HTTP gets
     // the 503 of a balancer with no backend, gRPC UNAVAILABLE again.
     let dead = [DeadPort::new(), DeadPort::new()];
-    let mut config = test_config(&[dead[0].addr, dead[1].addr]);
-    config.retries.enabled = false;
-    let app = App::start(config).await.unwrap();
+    let app = front(&[dead[0].addr, dead[1].addr], |c| c.retries.enabled = false).await;
     let grpc_call = || {
         client::request(
             app.proxy_addr,
@@ -1032,34 +764,25 @@ async fn grpc_failures_get_a_grpc_status_not_a_bare_http_error() {
         )
     };
     let r = grpc_call().await.unwrap();
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.headers["grpc-status"], "14", "{:?}", r.headers);
-    let msg = r.headers["grpc-message"].to_str().unwrap();
-    assert!(msg.contains("could not connect"), "{msg}");
+    assert_grpc_status(&r, "14", "could not connect");
     let r = client::request(app.proxy_addr, Method::POST, "/x", &[], "plain")
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers["retry-after"], "1");
     let r = grpc_call().await.unwrap();
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.headers["grpc-status"], "14", "{:?}", r.headers);
-    let msg = r.headers["grpc-message"].to_str().unwrap();
-    assert!(msg.contains("no backend"), "{msg}");
+    assert_grpc_status(&r, "14", "no backend");
 
     // A backend that never answers: DEADLINE_EXCEEDED.
-    let b = backends(1).await;
-    let mut config = test_config(&addrs(&b));
-    with_protocol(&mut config, UpstreamProtocol::H2c);
-    config.timeouts.response_header = Duration::from_millis(300);
-    let app = App::start(config).await.unwrap();
-    let conn = H2Conn::open(app.proxy_addr).await.unwrap();
+    let local = Local::start_with(1, |c| {
+        with_protocol(c, UpstreamProtocol::H2c);
+        c.timeouts.response_header = Duration::from_millis(300);
+    })
+    .await;
+    let conn = H2Conn::open(local.addr()).await.unwrap();
     let r = conn
         .request(Method::POST, "/hang", GRPC_HEADERS, grpc_frame(b"x"))
         .await
         .unwrap();
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.headers["grpc-status"], "4");
-    let msg = r.headers["grpc-message"].to_str().unwrap();
-    assert!(msg.contains("gateway timeout"), "{msg}");
+    assert_grpc_status(&r, "4", "gateway timeout");
 }

@@ -53,6 +53,14 @@ impl Local {
     }
 }
 
+/// Starts unstick in-process in front of `backends` with [`test_config`]
+/// and `edit` applied to it (panics if it does not start).
+pub async fn front(backends: &[SocketAddr], edit: impl FnOnce(&mut Config)) -> App {
+    let mut config = test_config(backends);
+    edit(&mut config);
+    start(config).await
+}
+
 /// Starts unstick in-process with `config` (panics if it does not start).
 pub async fn start(config: Config) -> App {
     App::start(config).await.expect("unstick starts")

@@ -51,10 +51,12 @@
 
 pub mod admin;
 pub mod backends;
+pub mod chaos;
 pub mod load;
 pub mod local;
 pub mod many;
 pub mod metrics;
+pub mod pki;
 pub mod raw;
 pub mod unstick;
 pub mod wait;

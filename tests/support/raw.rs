@@ -230,3 +230,20 @@ pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
         }
     }
 }
+
+/// Sends `bytes` (maybe none) on a new connection and reads until the peer
+/// closes; panics if it has not closed within `limit`. The read's result
+/// (an error for a reset) and the bytes read.
+pub async fn sent_then_closed(
+    addr: SocketAddr,
+    bytes: &[u8],
+    limit: Duration,
+) -> (std::io::Result<usize>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(limit, s.read_to_end(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("not closed within {limit:?}: hung"));
+    (r, got)
+}
