@@ -16,9 +16,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use unstick::load::{Engine, ErrorClass, FixedRequest, Record, Report, Workload};
-use unstick::testkit::{BackendOptions, FakeBackend};
+use unstick::testkit::{BackendOptions, DeadPort, FakeBackend};
 
 mod support;
+use support::backends::fake;
 use support::load::{self, url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
@@ -157,6 +158,13 @@ async fn load(name: &str, args: &[&str]) -> Run {
     }
 }
 
+/// Runs `unstick load URL FLAGS` (the flags split at spaces) with `--json`.
+async fn load_url(name: &str, url: &str, flags: &str) -> Run {
+    let mut args = vec![url];
+    args.extend(flags.split_whitespace());
+    load(name, &args).await
+}
+
 /// The words after `key` on the summary line that starts with it.
 fn line<'a>(stdout: &'a str, key: &str) -> Vec<&'a str> {
     let l = stdout
@@ -181,16 +189,8 @@ fn num(word: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_5000_sends_exactly_5000() {
-    let backend = FakeBackend::start(BackendOptions {
-        id: "b1".into(),
-        ..Default::default()
-    })
-    .await;
-    let run = load(
-        "5000",
-        &[&url(backend.addr, "/"), "--requests", "5000", "-c", "16"],
-    )
-    .await;
+    let backend = fake("b1").await;
+    let run = load_url("5000", &url(backend.addr, "/"), "--requests 5000 -c 16").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(backend.requests(), 5000);
     let j = run.json.unwrap();
@@ -204,19 +204,8 @@ async fn requests_5000_sends_exactly_5000() {
 async fn rate_500_for_4s_sends_2000() {
     let server = serve(false, ok).await;
     let t = Instant::now();
-    let run = load(
-        "rate",
-        &[
-            &url(server.addr, "/"),
-            "--rate",
-            "500",
-            "--duration",
-            "4s",
-            "-c",
-            "8",
-        ],
-    )
-    .await;
+    let u = url(server.addr, "/");
+    let run = load_url("rate", &u, "--rate 500 --duration 4s -c 8").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let sent = server.seen.requests.load(Ordering::Relaxed);
     assert!((1960..=2040).contains(&sent), "sent {sent}");
@@ -301,18 +290,8 @@ fn only(report: &Report, class: ErrorClass, n: u64) {
 
 #[tokio::test]
 async fn refused_when_nothing_listens() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let report = run_engine(
-        &format!("http://127.0.0.1:{port}/"),
-        20,
-        Duration::from_secs(2),
-    )
-    .await;
+    let dead = DeadPort::new();
+    let report = run_engine(&url(dead.addr, "/"), 20, Duration::from_secs(2)).await;
     only(&report, ErrorClass::Refused, 20);
 }
 
@@ -410,11 +389,7 @@ impl Workload for Recording {
 
 #[tokio::test]
 async fn every_request_reaches_the_workload_record_hook() {
-    let backend = FakeBackend::start(BackendOptions {
-        id: "b7".into(),
-        ..Default::default()
-    })
-    .await;
+    let backend = fake("b7").await;
     let (settings, _) = load::get(&url(backend.addr, "/"), |s| {
         s.connections = 3;
         s.threads = 2;
@@ -492,19 +467,7 @@ async fn json_matches_the_printed_summary() {
         }
     })
     .await;
-    let run = load(
-        "json",
-        &[
-            &url(server.addr, "/x?y=1"),
-            "-n",
-            "400",
-            "-c",
-            "4",
-            "-t",
-            "2",
-        ],
-    )
-    .await;
+    let run = load_url("json", &url(server.addr, "/x?y=1"), "-n 400 -c 4 -t 2").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let j = run.json.unwrap();
     let out = &run.stdout;
@@ -582,31 +545,17 @@ async fn bad_input_gets_one_error_line_and_the_right_exit_code() {
         run.stderr
     );
 
-    let run = load(
+    let run = load_url(
         "both",
-        &[
-            "http://127.0.0.1:1/",
-            "--body",
-            "a",
-            "--body-file",
-            "/etc/hostname",
-        ],
+        "http://127.0.0.1:1/",
+        "--body a --body-file /etc/hostname",
     )
     .await;
     assert_eq!(run.code, 2, "{}", run.stderr);
 
     // Nothing listening: the run cannot start.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let run = load(
-        "unreachable",
-        &[&format!("http://127.0.0.1:{port}/"), "-n", "5"],
-    )
-    .await;
+    let dead = DeadPort::new();
+    let run = load_url("unreachable", &url(dead.addr, "/"), "-n 5").await;
     assert_eq!(run.code, 1);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert!(
@@ -618,19 +567,8 @@ async fn bad_input_gets_one_error_line_and_the_right_exit_code() {
 
     // It connects but nothing answers: the run happened, and failed.
     let backend = FakeBackend::start(BackendOptions::default()).await;
-    let run = load(
-        "noanswer",
-        &[
-            &url(backend.addr, "/hang"),
-            "-n",
-            "2",
-            "-c",
-            "2",
-            "--timeout",
-            "200ms",
-        ],
-    )
-    .await;
+    let u = url(backend.addr, "/hang");
+    let run = load_url("noanswer", &u, "-n 2 -c 2 --timeout 200ms").await;
     assert_eq!(run.code, 1);
     assert!(
         run.stderr.starts_with("error: no request got a response"),
@@ -690,18 +628,8 @@ async fn method_headers_and_body_are_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_keepalive_opens_a_connection_per_request() {
     let server = serve(false, ok).await;
-    let run = load(
-        "nokeep",
-        &[
-            &url(server.addr, "/"),
-            "-n",
-            "50",
-            "-c",
-            "2",
-            "--no-keepalive",
-        ],
-    )
-    .await;
+    let u = url(server.addr, "/");
+    let run = load_url("nokeep", &u, "-n 50 -c 2 --no-keepalive").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let j = run.json.unwrap();
     assert_eq!(j["connections_opened"], 50);
@@ -713,11 +641,7 @@ async fn no_keepalive_opens_a_connection_per_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge() {
     let server = serve(false, ok).await;
-    let run = load(
-        "h2c",
-        &[&url(server.addr, "/"), "-n", "100", "-c", "4", "--http2"],
-    )
-    .await;
+    let run = load_url("h2c", &url(server.addr, "/"), "-n 100 -c 4 --http2").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json.unwrap()["protocol"], "HTTP/2");
     assert_eq!(server.seen.http2.load(Ordering::Relaxed), 100);
@@ -729,7 +653,7 @@ async fn https_with_a_self_signed_certificate() {
     let u = format!("https://localhost:{}/", server.addr.port());
 
     // Verified by default: a self-signed certificate is refused.
-    let run = load("tls-verify", &[&u, "-n", "10"]).await;
+    let run = load_url("tls-verify", &u, "-n 10").await;
     assert_eq!(run.code, 1);
     assert!(
         run.stderr.starts_with("error: cannot connect"),
@@ -746,12 +670,12 @@ async fn https_with_a_self_signed_certificate() {
     assert!(run.stderr.contains("pass --insecure"), "{}", run.stderr);
     assert!(!run.stderr.contains("UnknownIssuer"), "{}", run.stderr);
 
-    let run = load("tls", &[&u, "-n", "50", "-c", "2", "--insecure"]).await;
+    let run = load_url("tls", &u, "-n 50 -c 2 --insecure").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json.unwrap()["status"]["200"], 50);
     assert_eq!(server.seen.http2.load(Ordering::Relaxed), 0);
 
-    let run = load("tls-h2", &[&u, "-n", "50", "-c", "2", "-k", "--http2"]).await;
+    let run = load_url("tls-h2", &u, "-n 50 -c 2 -k --http2").await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json.unwrap()["protocol"], "HTTP/2");
     assert_eq!(server.seen.http2.load(Ordering::Relaxed), 50);
