@@ -23,6 +23,9 @@ use unstick::testkit::{test_config, BackendOptions, FakeBackend};
 use unstick::upstream::discovery::{Discovery, Lookup, Resolve};
 use unstick::upstream::{State, Upstreams};
 
+mod support;
+use support::backends::fake;
+
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
 
 // === helpers ===
@@ -495,12 +498,8 @@ async fn invalid_edit_keeps_the_running_config_and_the_watcher_applies_a_valid_o
 /// read (`WatchedFile::before_read`), as `unstick serve` takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_before_the_watcher_starts_is_applied() {
-    let opts = |id: &str| BackendOptions {
-        id: id.into(),
-        ..Default::default()
-    };
-    let a = FakeBackend::start(opts("a")).await;
-    let b = FakeBackend::start(opts("b")).await;
+    let a = fake("a").await;
+    let b = fake("b").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unstick.toml");
     let extra = "listen = \"127.0.0.1:0\"\nadmin = \"off\"\n";
@@ -536,16 +535,8 @@ async fn an_edit_before_the_watcher_starts_is_applied() {
 /// backend that keeps its state (a drained backend stays drained).
 #[tokio::test]
 async fn a_weight_change_keeps_the_backend_state() {
-    let a = FakeBackend::start(BackendOptions {
-        id: "a".into(),
-        ..Default::default()
-    })
-    .await;
-    let b = FakeBackend::start(BackendOptions {
-        id: "b".into(),
-        ..Default::default()
-    })
-    .await;
+    let a = fake("a").await;
+    let b = fake("b").await;
     let config = test_config(&[a.addr, b.addr]);
     let app = App::start(config.clone()).await.unwrap();
     let seen = ids(app.proxy_addr, 4).await;
@@ -790,16 +781,8 @@ async fn localhost_yields_a_backend_per_address() {
 /// disappears stops getting requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolver_change_reaches_the_traffic() {
-    let a = FakeBackend::start(BackendOptions {
-        id: "a".into(),
-        ..Default::default()
-    })
-    .await;
-    let b = FakeBackend::start(BackendOptions {
-        id: "b".into(),
-        ..Default::default()
-    })
-    .await;
+    let a = fake("a").await;
+    let b = fake("b").await;
     let resolver = Arc::new(FakeResolver::default());
     resolver.set("app", Ok(vec![a.addr]));
     let mut config = test_config(&[]);

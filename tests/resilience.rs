@@ -13,15 +13,17 @@ use unstick::app::App;
 use unstick::config::Config;
 use unstick::testkit::client::{self, Conn};
 use unstick::testkit::process::ChildBackend;
-use unstick::testkit::{test_config, BackendOptions, DeadPort, FakeBackend};
+use unstick::testkit::{test_config, DeadPort, FakeBackend};
 use unstick::upstream::State;
+
+mod support;
+use support::backends::{addrs, children, fake, fakes_named};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
 
+/// `n` backend processes `b0`, `b1`, ... that drain for 300 ms on SIGTERM.
 fn spawn_backends(n: usize) -> Vec<ChildBackend> {
-    (0..n)
-        .map(|i| ChildBackend::spawn(BIN, &format!("b{i}"), &["--drain", "300ms"]))
-        .collect()
+    children(n, &["--drain", "300ms"])
 }
 
 /// Health checks as the chaos runner would set them: fast.
@@ -254,11 +256,7 @@ async fn sigkill_loses_only_posts_in_flight_at_the_kill() {
 #[tokio::test]
 async fn the_split_route_sends_the_head_before_the_body() {
     use tokio::io::AsyncWriteExt;
-    let backend = FakeBackend::start(BackendOptions {
-        id: "b7".into(),
-        ..Default::default()
-    })
-    .await;
+    let backend = fake("b7").await;
     // A body an hour away: whatever was read so far is the head alone.
     let mut s = tokio::net::TcpStream::connect(backend.addr).await.unwrap();
     s.write_all(b"GET /split/3600000 HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -554,11 +552,7 @@ async fn a_mass_crash_gives_503_at_once_then_serves_again_h2() {
 /// is not counted against the request's retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connects_do_not_use_up_a_request_s_retries() {
-    let live = FakeBackend::start(BackendOptions {
-        id: "live".into(),
-        ..Default::default()
-    })
-    .await;
+    let live = fake("live").await;
     let dead: Vec<DeadPort> = (0..4).map(|_| DeadPort::new()).collect();
     let mut addrs: Vec<SocketAddr> = dead.iter().map(|d| d.addr).collect();
     addrs.push(live.addr);
@@ -585,17 +579,8 @@ async fn refused_connects_do_not_use_up_a_request_s_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_the_budget() {
-    let mut fakes = Vec::new();
-    for i in 0..3 {
-        fakes.push(
-            FakeBackend::start(BackendOptions {
-                id: format!("r{i}"),
-                ..Default::default()
-            })
-            .await,
-        );
-    }
-    let mut config = test_config(&fakes.iter().map(|b| b.addr).collect::<Vec<_>>());
+    let fakes = fakes_named("r", 3).await;
+    let mut config = test_config(&addrs(&fakes));
     // Keep every backend in rotation so each request can be retried.
     config.health.eject_after_failures = 1000;
     let ratio = config.retries.budget_ratio;
@@ -673,17 +658,8 @@ async fn passive_ejection_and_backoff_probe_readmission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_with_idempotency_key_is_retried_after_a_reset() {
-    let mut fakes = Vec::new();
-    for i in 0..2 {
-        fakes.push(
-            FakeBackend::start(BackendOptions {
-                id: format!("k{i}"),
-                ..Default::default()
-            })
-            .await,
-        );
-    }
-    let mut config = test_config(&fakes.iter().map(|b| b.addr).collect::<Vec<_>>());
+    let fakes = fakes_named("k", 2).await;
+    let mut config = test_config(&addrs(&fakes));
     config.health.eject_after_failures = 1000;
     let app = App::start(config).await.unwrap();
     // Without the key: one attempt, 502.
@@ -893,11 +869,7 @@ async fn dying_after_head(
         Scripted::bytes(&b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n"[..]).then_close()
     })
     .await;
-    let healthy = FakeBackend::start(BackendOptions {
-        id: "ok".into(),
-        ..Default::default()
-    })
-    .await;
+    let healthy = fake("ok").await;
     let mut config = test_config(&[dying.addr, healthy.addr]);
     config.health.eject_after_failures = 1000;
     edit(&mut config);

@@ -35,6 +35,15 @@ pub async fn slow_fakes(n: usize, delay: Duration) -> Vec<FakeBackend> {
     .await
 }
 
+/// `n` in-process fake backends named `PREFIX0`, `PREFIX1`, ...
+pub async fn fakes_named(prefix: &str, n: usize) -> Vec<FakeBackend> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(fake(&format!("{prefix}{i}")).await);
+    }
+    out
+}
+
 /// `n` in-process fake backends named `b0`, `b1`, ... with `opts` (its `id`
 /// is replaced).
 pub async fn fakes_with(n: usize, opts: BackendOptions) -> Vec<FakeBackend> {
