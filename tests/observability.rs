@@ -1,6 +1,5 @@
 //! Observability end to end: exact Prometheus counters, the backend API, readiness, drain and access logs.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use prometheus_parse::{LineInfo, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use unstick::app::{AccessLoggerChoice, App};
@@ -19,8 +17,13 @@ use unstick::metrics::Metrics;
 use unstick::proxy::AccessLogger;
 use unstick::testkit::client::{self, Reply};
 use unstick::testkit::process::ChildUnstick;
-use unstick::testkit::{BackendOptions, FakeBackend};
 use unstick::timefmt::Rfc3339;
+
+mod support;
+use support::admin::{self, backends, find};
+use support::backends::fake;
+use support::metrics::{self, scrape, Scrape};
+use support::raw;
 
 // --- harness ---------------------------------------------------------------
 
@@ -93,14 +96,6 @@ async fn start(config: Config) -> (App, SocketAddr, Captured) {
     (app, admin, log)
 }
 
-async fn fake(id: &str) -> FakeBackend {
-    FakeBackend::start(BackendOptions {
-        id: id.into(),
-        ..Default::default()
-    })
-    .await
-}
-
 /// An address where nothing listens (connect is refused).
 /// A port where nothing listens, held (leaked) for the test's life so the
 /// kernel cannot give it to the proxy under test.
@@ -165,185 +160,19 @@ async fn admin_post(admin: SocketAddr, path: &str) -> Reply {
         .unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
 
-fn json(r: &Reply) -> serde_json::Value {
-    assert_eq!(
-        r.headers.get("content-type").map(|v| v.as_bytes()),
-        Some(&b"application/json"[..]),
-        "{r:?}"
-    );
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
-}
-
 async fn drain(admin: SocketAddr, backend: &str) -> serde_json::Value {
-    let r = admin_post(admin, &format!("/api/backends/{backend}/drain")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    json(&r)
+    admin::post(admin, &format!("/api/backends/{backend}/drain")).await
 }
 
 async fn undrain(admin: SocketAddr, backend: &str) -> serde_json::Value {
-    let r = admin_post(admin, &format!("/api/backends/{backend}/undrain")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    json(&r)
-}
-
-async fn backends(admin: SocketAddr) -> Vec<serde_json::Value> {
-    let r = client::get(admin, "/api/backends").await.unwrap();
-    assert_eq!(r.status, StatusCode::OK);
-    json(&r).as_array().expect("a JSON list").clone()
-}
-
-fn find<'a>(list: &'a [serde_json::Value], address: &str) -> &'a serde_json::Value {
-    list.iter()
-        .find(|b| b["address"] == address)
-        .unwrap_or_else(|| panic!("no {address} in {list:?}"))
+    admin::post(admin, &format!("/api/backends/{backend}/undrain")).await
 }
 
 // --- Prometheus text -------------------------------------------------------
 
-/// A scrape, checked line by line and parsed.
-struct Scrape {
-    text: String,
-    samples: Vec<prometheus_parse::Sample>,
-}
-
-async fn scrape(admin: SocketAddr) -> Scrape {
-    let r = client::get(admin, "/metrics").await.unwrap();
-    assert_eq!(r.status, StatusCode::OK);
-    let ct = r.headers.get("content-type").unwrap().to_str().unwrap();
-    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
-    Scrape::parse(r.text())
-}
-
-impl Scrape {
-    /// Parses `text`, failing on any line that is not valid exposition format.
-    fn parse(text: String) -> Scrape {
-        let mut typed: HashMap<String, String> = HashMap::new();
-        let mut helped = Vec::new();
-        for line in text.lines() {
-            match LineInfo::parse(line) {
-                LineInfo::Doc { metric_name, .. } => helped.push(metric_name.to_owned()),
-                LineInfo::Type {
-                    metric_alias,
-                    metric_name,
-                    ..
-                } => {
-                    let family = metric_alias.unwrap_or(metric_name);
-                    let kind = line.split_whitespace().nth(3).unwrap().to_owned();
-                    assert!(helped.contains(&family), "TYPE before HELP: {line}");
-                    assert!(typed.insert(family, kind).is_none(), "TYPE twice: {line}");
-                }
-                LineInfo::Sample {
-                    metric_name, value, ..
-                } => {
-                    assert!(
-                        value.parse::<f64>().is_ok() || value == "+Inf",
-                        "value of {line}"
-                    );
-                    let family = typed.keys().find(|f| {
-                        metric_name == f.as_str()
-                            || (typed[f.as_str()] == "histogram"
-                                && ["_bucket", "_sum", "_count"]
-                                    .iter()
-                                    .any(|s| metric_name == format!("{f}{s}")))
-                    });
-                    assert!(family.is_some(), "sample of an undeclared family: {line}");
-                }
-                LineInfo::Empty => {}
-                LineInfo::Ignored => panic!("not Prometheus text: {line:?}"),
-            }
-        }
-        let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-            .expect("parses as Prometheus text");
-        // Histograms: cumulative buckets, the last (+Inf) equal to _count.
-        for s in &parsed.samples {
-            if let Value::Histogram(buckets) = &s.value {
-                assert!(buckets
-                    .windows(2)
-                    .all(|w| w[0].less_than < w[1].less_than && w[0].count <= w[1].count));
-                let inf = buckets.last().unwrap();
-                assert!(inf.less_than.is_infinite());
-                let count = parsed
-                    .samples
-                    .iter()
-                    .find(|c| c.metric == format!("{}_count", s.metric) && c.labels == s.labels)
-                    .expect("a _count per histogram");
-                assert_eq!(number(&count.value), inf.count, "{}", s.metric);
-            }
-        }
-        Scrape {
-            text,
-            samples: parsed.samples,
-        }
-    }
-
-    /// Every sample named `name`, with its labels.
-    fn family(&self, name: &str) -> Vec<(HashMap<String, String>, f64)> {
-        self.samples
-            .iter()
-            .filter(|s| s.metric == name && !matches!(s.value, Value::Histogram(_)))
-            .map(|s| ((*s.labels).clone(), number(&s.value)))
-            .collect()
-    }
-
-    /// Asserts the family's exact contents: each listed series has its value
-    /// and every other series of the family is 0.
-    fn assert_family(&self, name: &str, expected: &[(&[(&str, &str)], f64)]) {
-        let family = self.family(name);
-        assert!(!family.is_empty(), "no {name} in\n{}", self.text);
-        for (labels, want) in expected {
-            let got = family
-                .iter()
-                .find(|(l, _)| same_labels(l, labels))
-                .map(|(_, v)| *v);
-            assert_eq!(got, Some(*want), "{name}{labels:?}\n{}", self.text);
-        }
-        for (l, v) in &family {
-            if !expected.iter().any(|(e, _)| same_labels(l, e)) {
-                assert_eq!(*v, 0.0, "{name}{l:?} should be 0\n{}", self.text);
-            }
-        }
-    }
-
-    /// Asserts one series' value exactly.
-    fn assert_value(&self, name: &str, labels: &[(&str, &str)], want: f64) {
-        let got = self
-            .family(name)
-            .into_iter()
-            .find(|(l, _)| same_labels(l, labels))
-            .map(|(_, v)| v);
-        assert_eq!(got, Some(want), "{name}{labels:?}\n{}", self.text);
-    }
-}
-
-fn same_labels(got: &HashMap<String, String>, want: &[(&str, &str)]) -> bool {
-    got.len() == want.len()
-        && want
-            .iter()
-            .all(|(k, v)| got.get(*k).map(String::as_str) == Some(*v))
-}
-
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => *x,
-        other => panic!("not a number: {other:?}"),
-    }
-}
-
 /// Waits (bounded) until a gauge reads `want`; returns the last scrape.
 async fn wait_gauge(admin: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = scrape(admin).await;
-        let got = s
-            .family(name)
-            .into_iter()
-            .find(|(l, _)| same_labels(l, labels))
-            .map(|(_, v)| v);
-        if got == Some(want) || Instant::now() > deadline {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    metrics::wait_value(admin, name, labels, want, Duration::from_secs(10)).await
 }
 
 // --- tests -----------------------------------------------------------------
@@ -637,17 +466,7 @@ async fn metrics_and_access_log_count_known_traffic_exactly() {
 
 /// Sends raw bytes and reads until the server closes (or 10 s pass).
 async fn raw_request(addr: SocketAddr, request: &str) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return out,
-            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
-        }
-    }
+    raw::exchange(addr, request.as_bytes()).await
 }
 
 /// A spent retry budget is counted, and the retry is not made.
@@ -793,13 +612,16 @@ async fn drain_api_takes_a_backend_out_and_lets_its_requests_finish() {
     // Errors: unknown address, wrong methods, unknown paths.
     let r = admin_post(admin, "/api/backends/10.9.9.9%3A1/drain").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert!(json(&r)["error"].as_str().unwrap().contains("10.9.9.9:1"));
+    assert!(admin::body(&r)["error"]
+        .as_str()
+        .unwrap()
+        .contains("10.9.9.9:1"));
     let r = client::get(admin, &format!("/api/backends/{busy}/drain"))
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers["allow"], "POST");
-    assert!(json(&r)["error"].is_string());
+    assert!(admin::body(&r)["error"].is_string());
     let r = admin_post(admin, "/api/backends").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers["allow"], "GET, HEAD");
@@ -807,7 +629,7 @@ async fn drain_api_takes_a_backend_out_and_lets_its_requests_finish() {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     let r = admin_post(admin, &format!("/api/backends/{busy}/explode")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert!(json(&r)["error"].is_string());
+    assert!(admin::body(&r)["error"].is_string());
     assert_eq!(
         client::get(admin, "/nope").await.unwrap().status,
         StatusCode::NOT_FOUND
@@ -844,7 +666,10 @@ async fn backend_api_addresses_and_health_states() {
     // An ejected backend is not "drained": undrain refuses and says why.
     let r = admin_post(admin, &format!("/api/backends/{nd}/undrain")).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(json(&r)["error"].as_str().unwrap().contains("ejected"));
+    assert!(admin::body(&r)["error"]
+        .as_str()
+        .unwrap()
+        .contains("ejected"));
     // Draining it keeps it out even if it recovers; no ejection is counted
     // for a backend already out of rotation.
     assert_eq!(drain(admin, &nd).await[0]["state"], "drained");
