@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -12,16 +11,9 @@ use unstick::testkit::client::{self, Conn};
 use unstick::testkit::scripted::{Scripted, ScriptedBackend};
 use unstick::testkit::{test_config, BackendOptions, FakeBackend};
 
-/// How long any single read may wait.
-const READ_LIMIT: Duration = Duration::from_secs(5);
-
-async fn fake(id: &str) -> FakeBackend {
-    FakeBackend::start(BackendOptions {
-        id: id.into(),
-        ..Default::default()
-    })
-    .await
-}
+mod support;
+use support::backends::fake;
+use support::raw::{get, Raw, READ_LIMIT};
 
 /// `GET path` on a new connection, answered within [`READ_LIMIT`].
 async fn fetch(addr: SocketAddr, path: &str) -> client::Reply {
@@ -29,161 +21,6 @@ async fn fetch(addr: SocketAddr, path: &str) -> client::Reply {
         .await
         .expect("answered within 5 s")
         .unwrap()
-}
-
-/// A response as the client read it off the wire.
-#[derive(Debug)]
-struct Resp {
-    version: String,
-    status: u16,
-    headers: Vec<(String, String)>,
-    /// The body, de-chunked.
-    body: Vec<u8>,
-    /// Trailer fields of a chunked body, lowercased names.
-    trailers: Vec<(String, String)>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A client connection that writes raw bytes and parses responses itself.
-struct Raw {
-    s: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        let s = TcpStream::connect(addr).await.unwrap();
-        s.set_nodelay(true).unwrap();
-        Raw {
-            s,
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).await.unwrap();
-    }
-
-    /// Reads more bytes; false at the end of the stream.
-    async fn fill(&mut self) -> bool {
-        self.buf.reserve(16 * 1024);
-        let n = tokio::time::timeout(READ_LIMIT, self.s.read_buf(&mut self.buf))
-            .await
-            .expect("the proxy answers within 5 s")
-            .unwrap_or(0);
-        n > 0
-    }
-
-    /// Reads a CRLF-terminated line (without the CRLF).
-    async fn line(&mut self) -> String {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8(self.buf[..i].to_vec()).unwrap();
-                self.buf.advance(i + 2);
-                return line;
-            }
-            assert!(self.fill().await, "closed mid-line: {:?}", self.buf);
-        }
-    }
-
-    async fn exact(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() < n {
-            assert!(self.fill().await, "closed mid-body");
-        }
-        self.buf.split_to(n).to_vec()
-    }
-
-    /// Reads one response to a request with `method`.
-    async fn response(&mut self, method: &str) -> Resp {
-        let status_line = self.line().await;
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap().to_owned();
-        let status: u16 = parts.next().unwrap().parse().unwrap();
-        let mut headers = Vec::new();
-        loop {
-            let line = self.line().await;
-            if line.is_empty() {
-                break;
-            }
-            let (n, v) = line.split_once(':').expect("a header line");
-            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-        }
-        let mut resp = Resp {
-            version,
-            status,
-            headers,
-            body: Vec::new(),
-            trailers: Vec::new(),
-        };
-        let bodiless = method == "HEAD" || status < 200 || status == 204 || status == 304;
-        if bodiless {
-            return resp;
-        }
-        if resp
-            .header("transfer-encoding")
-            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-        {
-            loop {
-                let size_line = self.line().await;
-                let size = size_line.split(';').next().unwrap().trim();
-                let size = usize::from_str_radix(size, 16).expect("a chunk size");
-                if size == 0 {
-                    break;
-                }
-                let data = self.exact(size).await;
-                resp.body.extend_from_slice(&data);
-                assert_eq!(self.line().await, "", "CRLF after chunk data");
-            }
-            loop {
-                let line = self.line().await;
-                if line.is_empty() {
-                    break;
-                }
-                let (n, v) = line.split_once(':').expect("a trailer line");
-                resp.trailers
-                    .push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        } else if let Some(len) = resp.header("content-length") {
-            let len: usize = len.parse().unwrap();
-            resp.body = self.exact(len).await;
-        } else {
-            // Close-delimited.
-            while self.fill().await {}
-            resp.body = self.buf.split().to_vec();
-        }
-        resp
-    }
-
-    /// Reads until the proxy closes; the bytes read meanwhile (none expected
-    /// in most tests).
-    async fn until_closed(&mut self) -> Vec<u8> {
-        while self.fill().await {}
-        self.buf.split().to_vec()
-    }
-}
-
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
 }
 
 // 1. One keep-alive connection: fast, handed to hyper, then on.
