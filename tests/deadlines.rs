@@ -10,6 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use unstick::testkit::process::ChildUnstick;
 
+mod support;
+use support::h2::{ping, settings, PREFACE};
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_unstick"))
 }
@@ -17,25 +20,6 @@ fn bin() -> &'static Path {
 /// The longest any cut here may take: far above the configured timeouts,
 /// so a busy machine does not fail a test, while a connection nobody cuts does.
 const LIMIT: Duration = Duration::from_secs(20);
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// An HTTP/2 frame header and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn ping() -> Vec<u8> {
-    frame(6, 0, 0, &[7; 8])
-}
-
-fn settings() -> Vec<u8> {
-    frame(4, 0, 0, &[])
-}
 
 /// A raw backend: answers every request with `head` and `body`, then keeps
 /// the connection open without another byte. Counts connections it saw

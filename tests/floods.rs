@@ -5,12 +5,11 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use support::h2::{frame, ping, settings, PREFACE};
 use support::{metrics, raw, wait, Rig, Serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Control frames unstick answers within its bound (`server::h2flood`:
 /// 1,000 within 10 s).
@@ -22,23 +21,6 @@ const CUT: Duration = Duration::from_secs(8);
 
 /// The longest a well-behaved request may take while floods run.
 const GOOD: Duration = Duration::from_secs(3);
-
-/// An HTTP/2 frame header and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn ping() -> Vec<u8> {
-    frame(6, 0, 0, &[7; 8])
-}
-
-fn settings() -> Vec<u8> {
-    frame(4, 0, 0, &[])
-}
 
 /// `GET /` on `stream` (HPACK: static-table method, scheme, path; a literal
 /// `:authority`), ending the stream.

@@ -29,6 +29,7 @@
 //!   processes, and [`backends::addrs`] for either.
 //! - [`many`]: thousands of client connections at once (the open-file
 //!   limit raised, source addresses spread over 127.0.0.2 and up).
+//! - [`h2`]: raw HTTP/2 frames (preface, PING, SETTINGS).
 //! - [`pki`]: a throwaway CA, certificates and TLS clients that trust it.
 //! - [`raw`]: a raw TCP client that writes bytes and parses the answer
 //!   itself (framings hyper would refuse to write or read).
@@ -52,6 +53,7 @@
 pub mod admin;
 pub mod backends;
 pub mod chaos;
+pub mod h2;
 pub mod load;
 pub mod local;
 pub mod many;
