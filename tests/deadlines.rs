@@ -121,6 +121,14 @@ async fn a_silent_connection_gets_the_header_timeout_not_the_idle_one() {
     }
 }
 
+/// Reads until unstick closes `s`; the answer must be a 408 (`case` names
+/// what was sent).
+async fn assert_408_then_closed(s: &mut TcpStream, case: &str) {
+    let (got, _) = until_closed(s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{case}: {text:?}");
+}
+
 #[tokio::test]
 async fn a_request_head_that_does_not_come_in_time_gets_408() {
     let b = RawBackend::start(2, None).await;
@@ -142,12 +150,8 @@ async fn a_request_head_that_does_not_come_in_time_gets_408() {
                 }
             }
             s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-            let (got, _) = until_closed(&mut s).await;
-            let text = String::from_utf8_lossy(&got);
-            assert!(
-                text.starts_with("HTTP/1.1 408"),
-                "{extra:?} served first: {served_first}: {text:?}"
-            );
+            let case = format!("{extra:?} served first: {served_first}");
+            assert_408_then_closed(&mut s, &case).await;
         }
     }
 }
@@ -272,12 +276,7 @@ async fn a_request_body_that_stalls_gets_408() {
             let head = format!("POST / HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n");
             s.write_all(head.as_bytes()).await.unwrap();
             s.write_all(b"5\r\nhello").await.unwrap();
-            let (got, _) = until_closed(&mut s).await;
-            let text = String::from_utf8_lossy(&got);
-            assert!(
-                text.starts_with("HTTP/1.1 408"),
-                "{extra:?} {framing}: {text:?}"
-            );
+            assert_408_then_closed(&mut s, &format!("{extra:?} {framing}")).await;
         }
     }
 }

@@ -18,6 +18,7 @@ use unstick::upstream::State;
 
 mod support;
 use support::backends::{addrs, children, fake, fakes_named};
+use support::local::front;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
 
@@ -163,9 +164,7 @@ async fn under_sigkill(
     clients: usize,
 ) -> (App, Arc<Tally>, Vec<(Instant, Option<Duration>)>) {
     let mut backends = spawn_backends(3);
-    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
-    fast_health(&mut config);
-    let app = App::start(config).await.unwrap();
+    let app = front(&addrs(&backends), fast_health).await;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let tasks = start_clients(app.proxy_addr, clients, method, stop.clone(), tally.clone());
@@ -297,7 +296,7 @@ async fn read_until_head(s: &mut tokio::net::TcpStream) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_backend_leaves_rotation_and_nothing_waits_on_it() {
     let backends = spawn_backends(3);
-    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
+    let mut config = test_config(&addrs(&backends));
     fast_health(&mut config);
     config.timeouts.response_header = Duration::from_secs(10);
     let interval = config.health.active.interval;
@@ -345,9 +344,7 @@ async fn a_stopped_backend_leaves_rotation_and_nothing_waits_on_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_with_sigterm_gives_zero_errors() {
     let mut backends = spawn_backends(3);
-    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
-    fast_health(&mut config);
-    let app = App::start(config).await.unwrap();
+    let app = front(&addrs(&backends), fast_health).await;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let mut tasks = start_clients(app.proxy_addr, 4, Method::GET, stop.clone(), tally.clone());
@@ -403,9 +400,7 @@ async fn rolling_restart_with_sigterm_gives_zero_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_backends_down_gives_503_at_once() {
     let backends = spawn_backends(3);
-    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
-    fast_health(&mut config);
-    let app = App::start(config).await.unwrap();
+    let app = front(&addrs(&backends), fast_health).await;
     assert_eq!(
         client::get(app.proxy_addr, "/").await.unwrap().status,
         StatusCode::OK
@@ -459,9 +454,10 @@ async fn get_by(via: Via, addr: SocketAddr) -> client::Reply {
 /// generous).
 async fn mass_crash(via: Via) {
     let mut backends = spawn_backends(3);
-    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
-    config.http1_fast_path = !matches!(via, Via::Hyper);
-    let app = App::start(config).await.unwrap();
+    let app = front(&addrs(&backends), |c| {
+        c.http1_fast_path = !matches!(via, Via::Hyper)
+    })
+    .await;
     let mut served = std::collections::HashSet::new();
     for _ in 0..30 {
         let r = get_by(via, app.proxy_addr).await;
@@ -620,9 +616,10 @@ async fn passive_ejection_and_backoff_probe_readmission() {
     // Active checks off: a refused connect ejects at once, and a backoff
     // probe brings the backend back once it listens again.
     let mut backends = spawn_backends(2);
-    let mut config = test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>());
-    config.health.backoff = Duration::from_millis(200);
-    let app = App::start(config).await.unwrap();
+    let app = front(&addrs(&backends), |c| {
+        c.health.backoff = Duration::from_millis(200)
+    })
+    .await;
     backends[0].process.signal(libc::SIGKILL);
     let _ = backends[0].process.wait_timeout(Duration::from_secs(2));
     for _ in 0..4 {
