@@ -20,6 +20,18 @@ pub static X_UNSTICK_DRAIN: http::HeaderName = http::HeaderName::from_static("x-
 /// The longest wait between backoff probes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The first probe of a backend ejected for a refused connect (later ones
+/// double from there): nothing listened, as while a process restarts, and a
+/// refused probe costs next to nothing, so it is tried again soon.
+pub const REFUSED_FIRST_PROBE: Duration = Duration::from_millis(100);
+
+/// How often a request may try a backend ejected for a refused connect,
+/// when no backend in rotation is left for it (none is in rotation, or
+/// each failed this request): a request the balancer could only answer
+/// with a 502 or 503 goes to one that may be listening again. The other
+/// requests meanwhile get their 502 or 503 at once, without a connect.
+pub const TRY_REFUSED_EVERY: Duration = Duration::from_millis(25);
+
 /// How often a backend out of rotation is probed while none is in
 /// rotation: one listening again serves within this (plus its answer).
 pub const ALL_DOWN_PROBE: Duration = Duration::from_millis(250);
@@ -92,19 +104,41 @@ impl Health {
         }
     }
 
-    /// Takes a healthy backend out of rotation.
+    /// Takes a healthy backend out of rotation. One that refused a connect
+    /// is probed first after [`REFUSED_FIRST_PROBE`] (at most
+    /// `health.backoff`), and requests left without a backend in rotation
+    /// may try it ([`TRY_REFUSED_EVERY`]).
     pub fn eject(self: &Arc<Self>, b: &Arc<Backend>, reason: &str, detail: &str) {
         if b.transition(State::Healthy, State::Ejected) {
             tracing::warn!(backend = %b.name, reason, detail, "backend ejected");
             b.metrics.ejection(reason);
+            let mut first = self.config.load().backoff;
+            if reason == "connect_refused" {
+                b.allow_tries(TRY_REFUSED_EVERY);
+                first = first.min(REFUSED_FIRST_PROBE);
+            }
             self.upstreams.refresh();
-            self.watch_return(b);
+            self.watch_return_after(b, first);
+        }
+    }
+
+    /// A backend out of rotation answered a request that tried it (see
+    /// [`TRY_REFUSED_EVERY`]): it is back in rotation, as after a probe.
+    pub fn answered_out_of_rotation(&self, b: &Backend) {
+        if b.transition(State::Ejected, State::Healthy) {
+            tracing::info!(backend = %b.name, "backend back in rotation (answered a request)");
+            self.upstreams.refresh();
         }
     }
 
     /// Makes sure something will bring `b` back: a probe task per
     /// backend out of rotation (see [`Health::return_probe`]).
     pub fn watch_return(self: &Arc<Self>, b: &Arc<Backend>) {
+        self.watch_return_after(b, self.config.load().backoff);
+    }
+
+    /// [`Health::watch_return`], the first backoff probe after `first`.
+    fn watch_return_after(self: &Arc<Self>, b: &Arc<Backend>, first: Duration) {
         {
             let mut probing = self.probing.lock().unwrap_or_else(|e| e.into_inner());
             if probing.iter().any(|p| Arc::ptr_eq(p, b)) {
@@ -115,7 +149,7 @@ impl Health {
         let this = self.clone();
         let b = b.clone();
         tokio::spawn(async move {
-            this.return_probe(&b).await;
+            this.return_probe(&b, first).await;
             this.probing
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -124,14 +158,17 @@ impl Health {
     }
 
     /// Probes a backend out of rotation until it is back (or gone). With
-    /// active checks off: after `health.backoff`, doubling to 30 s, and
+    /// active checks off: after `first`, doubling to 30 s, and
     /// leniently, since the app may have no health path (any answer below
     /// 500 without a drain request counts). While no backend at all is in
     /// rotation, every [`ALL_DOWN_PROBE`] whatever the backoff, and with
     /// active checks on as well (strictly, and one good answer is enough:
     /// a backend that answers its health check beats a 503 for everyone).
-    async fn return_probe(&self, b: &Arc<Backend>) {
-        let mut wait = self.config.load().backoff;
+    async fn return_probe(&self, b: &Arc<Backend>, first: Duration) {
+        let mut wait = first;
+        if wait > REFUSED_FIRST_PROBE && self.gone(b).await {
+            wait = REFUSED_FIRST_PROBE;
+        }
         let mut due = Instant::now() + wait;
         loop {
             tokio::time::sleep_until(due.min(Instant::now() + ALL_DOWN_PROBE)).await;
@@ -161,6 +198,21 @@ impl Health {
                 Probe::Draining | Probe::Down(_) => {}
             }
         }
+    }
+
+    /// Whether a backend ejected for failed requests has gone (its process
+    /// died: the failures were its connections closing): a connect
+    /// [`REFUSED_FIRST_PROBE`] after is refused. Then it is treated as one
+    /// ejected for a refused connect (probed soon, tried by requests left
+    /// without a backend).
+    async fn gone(&self, b: &Backend) -> bool {
+        tokio::time::sleep(REFUSED_FIRST_PROBE).await;
+        if b.state() != State::Ejected || !b.pool.refuses().await {
+            return false;
+        }
+        tracing::debug!(backend = %b.name, "ejected backend refuses connections");
+        b.allow_tries(TRY_REFUSED_EVERY);
+        true
     }
 
     /// Runs active checks until the task is dropped.

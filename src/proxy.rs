@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::affinity::{Rules as AffinityRules, Tracker as AffinityTracker};
 use crate::balancer::{self, Balance};
 use crate::config::{Config, Retries, Timeouts};
-use crate::health::Health;
+use crate::health::{self, Health};
 use crate::hops::{self, Watch};
 use crate::metrics::Metrics;
 use crate::shutdown::{Phase, TunnelHold};
@@ -204,6 +204,9 @@ struct Attempts {
     /// Some attempt failed otherwise than by a connect error (a connect
     /// timeout is other: it cost its wait).
     other_failure: bool,
+    /// The current attempt's backend was out of rotation when picked (see
+    /// [`health::TRY_REFUSED_EVERY`]).
+    out_of_rotation: bool,
 }
 
 // === impl Attempts ===
@@ -514,7 +517,10 @@ impl Proxy {
                 tried => tried,
             };
             match tried {
-                Ok(fwd) => return Ok(fwd),
+                Ok(fwd) => {
+                    self.answered_by(&attempts, &backend);
+                    return Ok(fwd);
+                }
                 Err(error) if error.source == Source::Client => {
                     return Err(Failed {
                         error,
@@ -619,6 +625,7 @@ impl Proxy {
                 return None;
             }
         }
+        attempts.out_of_rotation = !backend.is_healthy();
         // Recorded before the attempt, so a client that leaves while it runs
         // is counted against this backend.
         done.backend = Some(backend.clone());
@@ -652,20 +659,33 @@ impl Proxy {
         true
     }
 
-    /// Picks a backend in rotation that has not been tried for this request.
+    /// Picks a backend in rotation that has not been tried for this
+    /// request; if none is left, one out of rotation after a refused
+    /// connect whose try is due (see [`health::TRY_REFUSED_EVERY`]).
     fn pick(&self, s: &Settings, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let snapshot = self.upstreams.load();
-        if tried.is_empty() {
-            return s.balancer.pick(&snapshot.healthy).cloned();
+        let untried = |b: &&Arc<Backend>| !tried.iter().any(|t| Arc::ptr_eq(t, b));
+        let picked = if tried.is_empty() {
+            s.balancer.pick(&snapshot.healthy).cloned()
+        } else {
+            // Retries only: a small allocation off the common path.
+            let others: Vec<Arc<Backend>> =
+                snapshot.healthy.iter().filter(untried).cloned().collect();
+            s.balancer.pick(&others).cloned()
+        };
+        picked.or_else(|| {
+            let mut out = snapshot.all.iter().filter(untried);
+            out.find(|b| b.claim_try(health::TRY_REFUSED_EVERY))
+                .cloned()
+        })
+    }
+
+    /// The backend of the last attempt answered: one tried out of rotation
+    /// is back in it.
+    fn answered_by(&self, attempts: &Attempts, backend: &Backend) {
+        if attempts.out_of_rotation {
+            self.health.answered_out_of_rotation(backend);
         }
-        // Retries only: a small allocation off the common path.
-        let others: Vec<Arc<Backend>> = snapshot
-            .healthy
-            .iter()
-            .filter(|b| !tried.iter().any(|t| Arc::ptr_eq(t, b)))
-            .cloned()
-            .collect();
-        s.balancer.pick(&others).cloned()
     }
 
     /// One attempt on one backend (on a new connection if `fresh`). On

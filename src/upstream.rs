@@ -112,6 +112,10 @@ pub struct Backend {
     ejected_since_ms: AtomicU64,
     /// Monotonic time it came back (for slow start), in ms since `epoch`.
     returned_at_ms: AtomicU64,
+    /// While out of rotation after a refused connect: the monotonic time
+    /// (ms since `epoch`) from which a request may try it again (see
+    /// [`Backend::claim_try`]); 0 when no request may.
+    try_at_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// Smooth weighted round-robin's running weight (used under the balancer's lock).
     pub(crate) rr_current: AtomicI64,
@@ -158,6 +162,7 @@ impl Backend {
             failures: AtomicU64::new(0),
             ejected_since_ms: AtomicU64::new(0),
             returned_at_ms: AtomicU64::new(0),
+            try_at_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             rr_current: AtomicI64::new(0),
         }
@@ -215,7 +220,30 @@ impl Backend {
         prev
     }
 
+    /// Lets requests try this backend out of rotation (a connect tells at
+    /// once whether something listens again), one every `every`, the first
+    /// `every` from now. Cleared by any change of state.
+    pub fn allow_tries(&self, every: Duration) {
+        let at = now_ms() + every.as_millis() as u64;
+        self.try_at_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// Claims a request's try of this backend out of rotation, if tries are
+    /// allowed ([`Backend::allow_tries`]) and the last was `every` ago.
+    pub fn claim_try(&self, every: Duration) -> bool {
+        let at = self.try_at_ms.load(Ordering::Relaxed);
+        let now = now_ms();
+        if at == 0 || now < at || self.state() != State::Ejected {
+            return false;
+        }
+        let next = now + every.as_millis() as u64;
+        self.try_at_ms
+            .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
     fn on_state_change(&self, to: State) {
+        self.try_at_ms.store(0, Ordering::Relaxed);
         if to == State::Healthy {
             self.ejected_since_ms.store(0, Ordering::Relaxed);
             self.returned_at_ms

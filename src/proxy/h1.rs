@@ -556,10 +556,14 @@ impl Proxy {
                 Ok(answered)
                     if !hold || Held::wanted(&answered, s.retries.response_buffer).is_none() =>
                 {
-                    return Ok(answered)
+                    self.answered_by(&attempts, &backend);
+                    return Ok(answered);
                 }
                 Ok(mut answered) => match hold_whole(&mut answered, &s.retries, timer).await {
-                    Ok(()) => return Ok(answered),
+                    Ok(()) => {
+                        self.answered_by(&attempts, &backend);
+                        return Ok(answered);
+                    }
                     Err(e) => e,
                 },
                 Err(e) => e,

@@ -489,6 +489,14 @@ impl Pool {
             .unwrap_or(Err(ConnectError::Timeout(timeout)))
     }
 
+    /// Whether nothing listens at the backend's address now: a TCP
+    /// connect (closed at once) is refused.
+    pub async fn refuses(&self) -> bool {
+        let timeout = self.settings.connect_timeout;
+        let connect = tokio::time::timeout(timeout, self.connect_tcp()).await;
+        matches!(connect, Ok(Err(ConnectError::Refused)))
+    }
+
     async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
         let stream = match TcpStream::connect(self.addr).await {
             Ok(s) => s,
