@@ -10,7 +10,25 @@ use http::{Method, StatusCode};
 use unstick::testkit::client::{self, Reply};
 use unstick::testkit::process::{signal, ChildProcess};
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
+
+/// A demo app on a `store` it cannot open: it runs, and a login gets a 503
+/// naming the store.
+async fn login_fails_naming(store: &str) {
+    let dead = spawn_app(store);
+    let r = call(
+        dead.addr,
+        &mut Jar::default(),
+        Method::POST,
+        "/login",
+        "user=ada",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().contains(store), "{}", r.text());
+}
 
 /// One `unstick demo-app` process.
 struct AppProcess {
@@ -235,41 +253,13 @@ async fn demo_app_refuses_big_forms_and_unknown_sessions_and_names_a_dead_store(
     assert!(r.text().contains(&instance(&r)) && r.text().contains("log in"));
 
     // A store that cannot be opened: the app runs and answers 503 naming it.
-    let dead = spawn_app("sqlite:/nonexistent-unstick-dir/s.db");
-    let r = call(
-        dead.addr,
-        &mut Jar::default(),
-        Method::POST,
-        "/login",
-        "user=ada",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        r.text().contains("sqlite:/nonexistent-unstick-dir/s.db"),
-        "{}",
-        r.text()
-    );
+    login_fails_naming("sqlite:/nonexistent-unstick-dir/s.db").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let dead = spawn_app(&format!("redis://127.0.0.1:{port}"));
-    let r = call(
-        dead.addr,
-        &mut Jar::default(),
-        Method::POST,
-        "/login",
-        "user=ada",
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        r.text().contains(&format!("redis://127.0.0.1:{port}")),
-        "{}",
-        r.text()
-    );
+    login_fails_naming(&format!("redis://127.0.0.1:{port}")).await;
 }
 
 #[test]
@@ -587,24 +577,14 @@ fn the_printed_commands_work_and_leave_no_files() {
         .filter(|l| !l.starts_with("kill "))
         .collect();
     assert!(script.len() >= 5, "{printed:?}");
-    let cwd = tempfile::tempdir().unwrap();
-    let out = Command::new("sh")
-        .args(["-ec", &(script.join("\n") + "\nrm -f \"$jar\"\n")])
-        .current_dir(cwd.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cwd = support::Files::new();
+    let stdout = support::sh_in(cwd.dir(), &(script.join("\n") + "\nrm -f \"$jar\"\n"));
     assert!(
         stdout.lines().any(|l| l.trim() == "ada"),
         "whoami names the user:\n{stdout}"
     );
     assert!(stdout.contains("tea"), "the cart holds the item:\n{stdout}");
-    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(cwd.dir()).unwrap().collect();
     assert!(
         left.is_empty(),
         "the printed commands left files behind: {left:?}"

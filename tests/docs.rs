@@ -9,6 +9,8 @@ use clap::Parser;
 use unstick::cli::Cli;
 use unstick::testkit::process::ChildProcess;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_unstick");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOC_START: &str = "<!-- toc -->";
@@ -399,14 +401,7 @@ fn readme_check_serve_and_chaos_commands_run() {
     for args in readme_unstick("serve") {
         let mut cmd = Command::new(BIN);
         cmd.args(&args[1..])
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--access-log",
-                "off",
-            ])
+            .args(support::PORT_ZERO)
             .env_remove("UNSTICK_CONFIG");
         let mut serve = ChildProcess::spawn(cmd).unwrap();
         let line = serve
@@ -442,14 +437,7 @@ fn readme_quick_start_and_load_test_run_against_the_demo() {
     let demos = readme_unstick("demo");
     assert_eq!(demos.len(), 1, "{demos:?}");
     let mut cmd = Command::new(BIN);
-    cmd.args(&demos[0][1..]).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--access-log",
-        "off",
-    ]);
+    cmd.args(&demos[0][1..]).args(support::PORT_ZERO);
     let demo = ChildProcess::spawn(cmd).unwrap();
     let line = demo
         .stderr
@@ -464,18 +452,8 @@ fn readme_quick_start_and_load_test_run_against_the_demo() {
         .iter()
         .find(|b| b.contains("curl") && b.contains("/login"))
         .expect("a README block that logs in to the demo");
-    let cwd = tempfile::tempdir().unwrap();
-    let out = Command::new("sh")
-        .args(["-ec", &session.replace("127.0.0.1:8080", &listen)])
-        .current_dir(cwd.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cwd = support::Files::new();
+    let stdout = support::sh_in(cwd.dir(), &session.replace("127.0.0.1:8080", &listen));
     let users = stdout.lines().filter(|l| l.trim() == "ada").count();
     assert_eq!(
         users, 2,
@@ -487,7 +465,7 @@ fn readme_quick_start_and_load_test_run_against_the_demo() {
         .map(|l| l[14..].trim())
         .collect();
     assert_eq!(instances.len(), 2, "two instances answered:\n{stdout}");
-    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(cwd.dir()).unwrap().collect();
     assert!(
         left.is_empty(),
         "the README's lines left files behind: {left:?}"

@@ -72,6 +72,33 @@ use std::path::{Path, PathBuf};
 /// The `unstick` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_unstick");
 
+/// Flags that put a command's listeners on port 0 with the access log off.
+pub const PORT_ZERO: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--admin",
+    "127.0.0.1:0",
+    "--access-log",
+    "off",
+];
+
+/// Runs `script` with `sh -ec` in the folder `dir`; panics with its output
+/// unless it exits 0; its stdout.
+pub fn sh_in(dir: &Path, script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-ec", script])
+        .current_dir(dir)
+        .output()
+        .expect("run sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A temporary folder for config files and the like, removed on drop.
 pub struct Files {
     dir: tempfile::TempDir,
